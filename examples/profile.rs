@@ -1,0 +1,46 @@
+//! Times the UNet's building blocks on flex, forward and forward+backward, to find where a
+//! training step goes. `cargo run --release --example profile`.
+use std::time::Instant;
+
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::{GroupNormConfig, PaddingConfig2d};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor};
+use ddpm::noise::Noise;
+
+fn time(name: &str, mut f: impl FnMut() -> Tensor<4>) {
+    for _ in 0..2 {
+        let _ = f().into_data();
+    }
+    let t0 = Instant::now();
+    let n = 5;
+    for _ in 0..n {
+        let _ = f().into_data();
+    }
+    println!("{name:40} {:8.2} ms", t0.elapsed().as_secs_f64() * 1e3 / n as f64);
+}
+
+fn main() {
+    let device = Device::flex();
+    for ad in [false, true] {
+        let dev = if ad { device.clone().autodiff() } else { device.clone() };
+        let tag = if ad { "fwd+bwd" } else { "fwd" };
+        let x = Noise::new(0).gaussian([64, 32, 32, 32], &dev);
+        let x = if ad { x.require_grad() } else { x };
+        let conv = Conv2dConfig::new([32, 32], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(&dev);
+        let gn = GroupNormConfig::new(32, 32).init(&dev);
+        let run = |y: Tensor<4>| {
+            if ad {
+                let g = y.clone().sum().backward();
+                x.grad(&g).unwrap()
+            } else {
+                y
+            }
+        };
+        time(&format!("conv3x3 32->32 @64x32x32 {tag}"), || run(conv.forward(x.clone())));
+        time(&format!("groupnorm(32) @64x32x32x32 {tag}"), || run(gn.forward(x.clone())));
+        time(&format!("silu @64x32x32x32 {tag}"), || run(silu(x.clone())));
+        time(&format!("add+mul @64x32x32x32 {tag}"), || run(x.clone() * 2.0 + x.clone()));
+        time(&format!("cat dim1 {tag}"), || run(Tensor::cat(vec![x.clone(), x.clone()], 1)));
+    }
+}

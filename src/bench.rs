@@ -1,0 +1,132 @@
+//! `ddpm bench`: the UNet forward pass, one training step and one sampling step, timed the
+//! same way as `../shared/ref/torch_bench.py` (warm-up, then the median of up to `reps` calls
+//! within a time budget) and printed as the same JSON lines, so the two compare side by side.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use crate::data::Dataset;
+use crate::diffusion::{Diffusion, ScheduleConfig};
+use crate::noise::Noise;
+use crate::sampler::{Method, Sampler};
+use crate::train::{TrainConfig, Trainer};
+use crate::unet::UNetConfig;
+
+pub struct Options<'a> {
+    pub reps: usize,
+    pub max_seconds: f64,
+    pub only: Vec<&'a str>,
+}
+
+/// Calls `f` to warm up, then times up to `reps` calls (at least 3) within `max_seconds`.
+/// `f` must block until its result is computed (it reads a value back).
+fn time_call(mut f: impl FnMut(), reps: usize, max_seconds: f64) -> Vec<f64> {
+    let t0 = Instant::now();
+    f();
+    let mut per_call = t0.elapsed().as_secs_f64();
+    if per_call < max_seconds / 4.0 {
+        let t0 = Instant::now();
+        f();
+        per_call = t0.elapsed().as_secs_f64();
+    }
+    let budget = (max_seconds / per_call.max(1e-9)) as usize;
+    let n = if budget >= reps { reps } else { budget.max(reps.min(3)) };
+    (0..n)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64() * 1e3
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// Forces the computation behind `x` by reading one value back.
+fn sync(x: Tensor<4>) {
+    let _ = x.slice([0..1, 0..1, 0..1, 0..1]).into_scalar::<f32>();
+}
+
+/// Runs the measurements on `device`, handing each JSON line to `emit`.
+pub fn run(
+    backend: &str,
+    unet: &UNetConfig,
+    schedule: &ScheduleConfig,
+    device: &Device,
+    opts: &Options,
+    emit: &mut dyn FnMut(String),
+) -> Result<()> {
+    let model = unet.init(device);
+    let params = model.num_params();
+    let config = format!(
+        "img{c}x{s}x{s} base{} mults{} attn{} blocks{}",
+        unet.base_channels,
+        unet.channel_mults.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(","),
+        unet.attn.iter().map(|&a| (a as u8).to_string()).collect::<Vec<_>>().join(","),
+        unet.blocks,
+        c = unet.image_channels,
+        s = unet.image_size
+    );
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut report = |what: &str, batch: usize, times: Vec<f64>| {
+        let line = serde_json::json!({
+            "backend": backend, "what": what, "batch": batch,
+            "ms": (median(times.clone()) * 1e3).round() / 1e3,
+            "min_ms": times.iter().copied().fold(f64::INFINITY, f64::min),
+            "max_ms": times.iter().copied().fold(0.0, f64::max),
+            "n": times.len(), "params": params, "threads": threads, "config": config,
+        });
+        emit(line.to_string());
+    };
+    let diffusion = Diffusion::new(schedule.clone());
+    let shape = [unet.image_channels, unet.image_size, unet.image_size];
+    let mut noise = Noise::new(0);
+
+    if opts.only.contains(&"forward") {
+        for b in [1, 16, 64] {
+            let x = noise.gaussian([b, shape[0], shape[1], shape[2]], device);
+            let t = diffusion.t_tensor(diffusion.steps() / 2, b, device);
+            report("forward", b, time_call(|| sync(model.forward(x.clone(), t.clone())), opts.reps, opts.max_seconds));
+        }
+    }
+    if opts.only.contains(&"train_step") {
+        let b = 64;
+        let data = Dataset { shape, pixels: noise.gaussian_vec(b * shape.iter().product::<usize>()), labels: None };
+        let train = TrainConfig {
+            steps: usize::MAX,
+            batch_size: b,
+            lr: 2e-4,
+            warmup: 1,
+            grad_clip: 1.0,
+            ema_decay: 0.999,
+            seed: 0,
+            data: "bench".into(),
+        };
+        let mut trainer = Trainer::new(unet.clone(), schedule.clone(), train, device)?;
+        // A step reads its loss and gradient norm back, so it is complete when it returns.
+        let times = time_call(|| drop(trainer.step(&data).expect("finite loss on random data")), opts.reps, opts.max_seconds);
+        report("train_step", b, times);
+    }
+    if opts.only.contains(&"sample_step") {
+        let b = 16;
+        let seeds: Vec<u64> = (0..b as u64).collect();
+        let mut sampler = Sampler::new(&diffusion, Method::Ddpm, shape, &seeds, device);
+        let times = time_call(
+            || {
+                sampler.step(&model).expect("1000 steps outlast the benchmark");
+                sync(sampler.x().clone());
+            },
+            opts.reps,
+            opts.max_seconds,
+        );
+        report("sample_step", b, times);
+    }
+    Ok(())
+}

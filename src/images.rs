@@ -1,0 +1,86 @@
+//! Tensors in [−1, 1] (the paper's data range) to 8-bit pixels, for PNGs, GIFs and canvases.
+
+/// [−1, 1] → 0..=255, rounding to nearest: the map the paper's code uses to save images.
+pub fn to_u8(v: f32) -> u8 {
+    (((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round()) as u8
+}
+
+/// 0..=255 → [−1, 1], the inverse of [`to_u8`] on the pixel grid.
+pub fn from_u8(p: u8) -> f32 {
+    p as f32 / 127.5 - 1.0
+}
+
+/// A batch laid out as a grid of RGBA pixels (grayscale repeated into R, G and B), `cols`
+/// images per row with `pad` pixels of dark border: the canvas and PNG form of a batch.
+pub struct Grid {
+    pub width: usize,
+    pub height: usize,
+    pub rgba: Vec<u8>,
+}
+
+impl Grid {
+    /// `values` is a [B, C, H, W] batch flattened row-major, C = 1 or 3.
+    pub fn new(values: &[f32], [b, c, h, w]: [usize; 4], cols: usize, pad: usize) -> Self {
+        assert!(c == 1 || c == 3, "images have 1 or 3 channels");
+        assert_eq!(values.len(), b * c * h * w, "values match the shape");
+        let cols = cols.clamp(1, b.max(1));
+        let rows = b.div_ceil(cols);
+        let width = cols * (w + pad) + pad;
+        let height = rows * (h + pad) + pad;
+        let mut rgba = [24u8, 24, 24, 255].repeat(width * height);
+        for (i, image) in values.chunks_exact(c * h * w).enumerate() {
+            let (x0, y0) = (pad + (i % cols) * (w + pad), pad + (i / cols) * (h + pad));
+            for y in 0..h {
+                for x in 0..w {
+                    let at = 4 * ((y0 + y) * width + x0 + x);
+                    for ch in 0..3 {
+                        rgba[at + ch] = to_u8(image[(ch % c) * h * w + y * w + x]);
+                    }
+                }
+            }
+        }
+        Self { width, height, rgba }
+    }
+}
+
+/// One image of a [C, H, W] block as interleaved 8-bit pixels (L for C = 1, RGB for C = 3).
+pub fn interleaved(image: &[f32], [c, h, w]: [usize; 3]) -> Vec<u8> {
+    (0..h * w).flat_map(|p| (0..c).map(move |ch| to_u8(image[ch * h * w + p]))).collect()
+}
+
+/// Saves one [C, H, W] image as an 8-bit gray or RGB PNG.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save_png(path: &std::path::Path, image: &[f32], [c, h, w]: [usize; 3]) -> anyhow::Result<()> {
+    let color = if c == 1 { image::ExtendedColorType::L8 } else { image::ExtendedColorType::Rgb8 };
+    image::save_buffer(path, &interleaved(image, [c, h, w]), w as u32, h as u32, color)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Grid {
+    /// Saves the grid as an RGBA PNG, each pixel drawn as a `scale`×`scale` block.
+    pub fn save_png(&self, path: &std::path::Path, scale: usize) -> anyhow::Result<()> {
+        let img = self.scaled(scale);
+        img.save(path).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+    }
+
+    /// Nearest-neighbour upscaling, so small digits stay crisp.
+    pub fn scaled(&self, scale: usize) -> image::RgbaImage {
+        let img = image::RgbaImage::from_raw(self.width as u32, self.height as u32, self.rgba.clone())
+            .expect("buffer matches the grid size");
+        let s = scale.max(1) as u32;
+        image::imageops::resize(&img, img.width() * s, img.height() * s, image::imageops::FilterType::Nearest)
+    }
+}
+
+/// Saves frames (all the same size) as a looping GIF, `delay_ms` per frame.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save_gif(path: &std::path::Path, frames: Vec<image::RgbaImage>, delay_ms: u32) -> anyhow::Result<()> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    let file = std::fs::File::create(path).map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+    let mut encoder = GifEncoder::new_with_speed(std::io::BufWriter::new(file), 10);
+    encoder.set_repeat(Repeat::Infinite)?;
+    let delay = image::Delay::from_numer_denom_ms(delay_ms, 1);
+    encoder.encode_frames(frames.into_iter().map(|f| image::Frame::from_parts(f, 0, 0, delay)))?;
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! ddpm-web: Denoising Diffusion Probabilistic Models (Ho et al. 2020) on burn.
+//!
+//! The ε-model ([`unet`]) and the diffusion maths ([`diffusion`], [`sampler`]) are written once
+//! and run on any burn device: flex or wgpu natively, WebGPU or flex in the browser.
+
+pub mod diffusion;
+pub mod images;
+pub mod noise;
+pub mod sampler;
+pub mod unet;
+pub mod weights;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod data;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod eval;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod train;
+#[cfg(target_arch = "wasm32")]
+pub mod web;

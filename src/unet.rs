@@ -1,0 +1,389 @@
+//! The noise-prediction network ε_θ(x_t, t): a UNet after labml.ai's annotated DDPM
+//! (`labml_nn/diffusion/ddpm/unet.py`), which follows the paper's PixelCNN++-style backbone
+//! (Ho et al. 2020, §4 and Appendix B).
+//!
+//! Module and parameter names match labml's so the two read side by side, and the exported
+//! safetensors keys equal labml's `state_dict()` keys (`down.0.res.conv1.weight`, ...).
+//! Two deliberate departures, both towards the paper:
+//! * channel multipliers mean "level width = base × mult" (labml compounds them);
+//! * the attention block applies its GroupNorm before the projection (labml builds it, never uses it).
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
+use burn::nn::{Dropout, DropoutConfig, GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+/// Everything needed to build a UNet; stored in the weights file so a reader can rebuild the model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UNetConfig {
+    /// Channels of the images (1 for MNIST, 3 for RGB).
+    pub image_channels: usize,
+    /// Height = width of the images.
+    pub image_size: usize,
+    /// Width of the first level (labml's `n_channels`).
+    pub base_channels: usize,
+    /// Level i has `base_channels * channel_mults[i]` channels (the paper's meaning).
+    pub channel_mults: Vec<usize>,
+    /// Self-attention after each residual block at level i (labml's `is_attn`).
+    pub attn: Vec<bool>,
+    /// Residual blocks per level (labml's `n_blocks`).
+    pub blocks: usize,
+    /// GroupNorm groups in residual and attention blocks (labml: 32).
+    pub groups: usize,
+    /// Dropout inside residual blocks while training (paper: 0.1).
+    pub dropout: f64,
+}
+
+impl Default for UNetConfig {
+    /// The MNIST model: labml's structure at base 32, widths 32/64/128, attention at 7×7.
+    fn default() -> Self {
+        Self {
+            image_channels: 1,
+            image_size: 28,
+            base_channels: 32,
+            channel_mults: vec![1, 2, 4],
+            attn: vec![false, false, true],
+            blocks: 1,
+            groups: 32,
+            dropout: 0.1,
+        }
+    }
+}
+
+impl UNetConfig {
+    /// Width of level `i`.
+    pub fn width(&self, i: usize) -> usize {
+        self.base_channels * self.channel_mults[i]
+    }
+
+    /// Channel count of the time embedding (labml: 4 × base).
+    pub fn time_channels(&self) -> usize {
+        4 * self.base_channels
+    }
+
+    /// Groups of the final GroupNorm (labml: 8).
+    fn final_groups(&self) -> usize {
+        self.groups.min(8)
+    }
+
+    /// Checks that the configuration builds a working network; the message names the problem.
+    pub fn validate(&self) -> Result<(), String> {
+        let levels = self.channel_mults.len();
+        if self.image_channels == 0 || self.base_channels == 0 || self.blocks == 0 || self.groups == 0 {
+            return Err("image channels, base channels, blocks and groups must all be at least 1".into());
+        }
+        if levels == 0 {
+            return Err("channel multipliers must name at least one level".into());
+        }
+        if self.attn.len() != levels {
+            return Err(format!(
+                "attention flags ({}) and channel multipliers ({levels}) must have the same length",
+                self.attn.len()
+            ));
+        }
+        if self.channel_mults.contains(&0) {
+            return Err("channel multipliers must be at least 1".into());
+        }
+        // Each downsample halves the size with a stride-2 conv, each upsample doubles it back:
+        // the round trip is exact only when every level's size is even.
+        let factor = 1usize << (levels - 1);
+        if self.image_size == 0 || self.image_size % factor != 0 {
+            return Err(format!(
+                "image size {} must be a positive multiple of {factor} for {levels} levels",
+                self.image_size
+            ));
+        }
+        if self.time_channels() / 8 < 2 {
+            return Err("base channels must be at least 4 for the sinusoidal time embedding".into());
+        }
+        for i in 0..levels {
+            if self.width(i) % self.groups != 0 {
+                return Err(format!("level {i} width {} is not divisible by {} groups", self.width(i), self.groups));
+            }
+        }
+        if self.base_channels % self.final_groups() != 0 {
+            return Err(format!("base channels {} not divisible by {} groups", self.base_channels, self.final_groups()));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("dropout {} must be in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+
+    /// Builds the network with fresh weights (PyTorch-style default initialisation).
+    pub fn init(&self, device: &Device) -> UNet {
+        let tch = self.time_channels();
+        let base = self.base_channels;
+        let levels = self.channel_mults.len();
+        let image_proj = conv3x3(self.image_channels, base, device);
+        let time_emb = TimeEmbedding::new(tch, device);
+
+        // Down path: `blocks` DownBlocks per level, then a Downsample except after the last level.
+        let mut down = Vec::new();
+        let mut width = base;
+        for i in 0..levels {
+            for _ in 0..self.blocks {
+                down.push(Down::Block(ResBlock::new(self, width, self.width(i), self.attn[i], device)));
+                width = self.width(i);
+            }
+            if i + 1 < levels {
+                down.push(Down::Downsample(Resample::down(width, device)));
+            }
+        }
+
+        let middle = MiddleBlock {
+            res1: ResidualBlock::new(self, width, width, device),
+            attn: AttentionBlock::new(width, self.groups, device),
+            res2: ResidualBlock::new(self, width, width, device),
+        };
+
+        // Up path, deepest level first: `blocks` UpBlocks at the level width, one more that
+        // narrows to the level below, then an Upsample except at level 0. Every UpBlock eats one
+        // skip tensor saved on the way down, so its residual block sees in + out channels.
+        let mut up = Vec::new();
+        for i in (0..levels).rev() {
+            let below = if i == 0 { base } else { self.width(i - 1) };
+            for _ in 0..self.blocks {
+                up.push(Up::Block(ResBlock::new(self, width + width, width, self.attn[i], device)));
+            }
+            up.push(Up::Block(ResBlock::new(self, width + below, below, self.attn[i], device)));
+            width = below;
+            if i > 0 {
+                up.push(Up::Upsample(Resample::up(width, device)));
+            }
+        }
+
+        UNet {
+            image_proj,
+            time_emb,
+            down,
+            middle,
+            up,
+            norm: GroupNormConfig::new(self.final_groups(), base).init(device),
+            final_: conv3x3(base, self.image_channels, device),
+        }
+    }
+}
+
+fn conv3x3(c_in: usize, c_out: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device)
+}
+
+/// Swish(x) = x·σ(x) (labml's `Swish`; burn calls it SiLU).
+fn swish<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    silu(x)
+}
+
+/// Sinusoidal embedding of the step t (the Transformer's positional encoding, paper §4),
+/// followed by `lin1` → Swish → `lin2`.
+#[derive(Module, Debug)]
+pub struct TimeEmbedding {
+    lin1: Linear,
+    lin2: Linear,
+}
+
+impl TimeEmbedding {
+    fn new(n_channels: usize, device: &Device) -> Self {
+        Self {
+            lin1: LinearConfig::new(n_channels / 4, n_channels).init(device),
+            lin2: LinearConfig::new(n_channels, n_channels).init(device),
+        }
+    }
+
+    fn forward(&self, t: Tensor<1>) -> Tensor<2> {
+        let dim = self.lin1.weight.dims()[0];
+        self.lin2.forward(swish(self.lin1.forward(sinusoidal_embedding(t, dim))))
+    }
+}
+
+/// `[sin(t·f_0..f_{h-1}), cos(t·f_0..f_{h-1})]` with f_i = exp(−i·ln 10000 / (h − 1)), h = dim/2.
+pub fn sinusoidal_embedding(t: Tensor<1>, dim: usize) -> Tensor<2> {
+    let half = dim / 2;
+    let scale = -(10_000f64.ln()) / (half as f64 - 1.0);
+    let freqs: Vec<f32> = (0..half).map(|i| (i as f64 * scale).exp() as f32).collect();
+    let freqs = Tensor::<1>::from_data(TensorData::new(freqs, [half]), &t.device());
+    let angles = t.unsqueeze_dim::<2>(1) * freqs.unsqueeze_dim::<2>(0); // [B, half]
+    Tensor::cat(vec![angles.clone().sin(), angles.cos()], 1)
+}
+
+/// GroupNorm → Swish → conv, plus the projected time embedding, then GroupNorm → Swish →
+/// dropout → conv, plus a (1×1-projected when widths differ) shortcut.
+#[derive(Module, Debug)]
+pub struct ResidualBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+    time_emb: Linear,
+    dropout: Dropout,
+}
+
+impl ResidualBlock {
+    fn new(cfg: &UNetConfig, c_in: usize, c_out: usize, device: &Device) -> Self {
+        Self {
+            norm1: GroupNormConfig::new(cfg.groups, c_in).init(device),
+            conv1: conv3x3(c_in, c_out, device),
+            norm2: GroupNormConfig::new(cfg.groups, c_out).init(device),
+            conv2: conv3x3(c_out, c_out, device),
+            shortcut: (c_in != c_out).then(|| Conv2dConfig::new([c_in, c_out], [1, 1]).init(device)),
+            time_emb: LinearConfig::new(cfg.time_channels(), c_out).init(device),
+            dropout: DropoutConfig::new(cfg.dropout).init(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>, t: &Tensor<2>) -> Tensor<4> {
+        let h = self.conv1.forward(swish(self.norm1.forward(x.clone())));
+        let h = h + self.time_emb.forward(swish(t.clone())).unsqueeze_dims::<4>(&[2, 3]);
+        let h = self.conv2.forward(self.dropout.forward(swish(self.norm2.forward(h))));
+        h + match &self.shortcut {
+            Some(conv) => conv.forward(x),
+            None => x,
+        }
+    }
+}
+
+/// Single-head self-attention over the H·W positions with a residual add. The GroupNorm is
+/// applied first, as in the paper's code (labml builds `norm` but skips it).
+#[derive(Module, Debug)]
+pub struct AttentionBlock {
+    norm: GroupNorm,
+    projection: Linear,
+    output: Linear,
+}
+
+impl AttentionBlock {
+    fn new(c: usize, groups: usize, device: &Device) -> Self {
+        Self {
+            norm: GroupNormConfig::new(groups, c).init(device),
+            projection: LinearConfig::new(c, 3 * c).init(device),
+            output: LinearConfig::new(c, c).init(device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, hh, ww] = x.dims();
+        let n = hh * ww;
+        let h = self.norm.forward(x.clone()).reshape([b, c, n]).swap_dims(1, 2); // [B, N, C]
+        let qkv = self.projection.forward(h); // [B, N, 3C]
+        let q = qkv.clone().narrow(2, 0, c);
+        let k = qkv.clone().narrow(2, c, c);
+        let v = qkv.narrow(2, 2 * c, c);
+        // softmax(q kᵀ / √d_k) over the keys, d_k = C (one head).
+        let attn = softmax(q.matmul(k.swap_dims(1, 2)).mul_scalar((c as f64).powf(-0.5)), 2);
+        let out = self.output.forward(attn.matmul(v)); // [B, N, C]
+        x + out.swap_dims(1, 2).reshape([b, c, hh, ww])
+    }
+}
+
+/// labml's DownBlock/UpBlock: a residual block, then attention at the chosen resolutions.
+#[derive(Module, Debug)]
+pub struct ResBlock {
+    res: ResidualBlock,
+    attn: Option<AttentionBlock>,
+}
+
+impl ResBlock {
+    fn new(cfg: &UNetConfig, c_in: usize, c_out: usize, attn: bool, device: &Device) -> Self {
+        Self {
+            res: ResidualBlock::new(cfg, c_in, c_out, device),
+            attn: attn.then(|| AttentionBlock::new(c_out, cfg.groups, device)),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>, t: &Tensor<2>) -> Tensor<4> {
+        let h = self.res.forward(x, t);
+        match &self.attn {
+            Some(attn) => attn.forward(h),
+            None => h,
+        }
+    }
+}
+
+/// Halves the resolution (3×3 conv, stride 2) or doubles it (4×4 transposed conv, stride 2);
+/// both hold their kernel in `conv`, as labml's Downsample/Upsample do.
+#[derive(Module, Debug)]
+pub struct Resample<C> {
+    conv: C,
+}
+
+impl Resample<Conv2d> {
+    fn down(c: usize, device: &Device) -> Self {
+        let conv = Conv2dConfig::new([c, c], [3, 3])
+            .with_stride([2, 2])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(device);
+        Self { conv }
+    }
+}
+
+impl Resample<ConvTranspose2d> {
+    fn up(c: usize, device: &Device) -> Self {
+        let conv = ConvTranspose2dConfig::new([c, c], [4, 4]).with_stride([2, 2]).with_padding([1, 1]).init(device);
+        Self { conv }
+    }
+}
+
+/// One entry of `down`: a block or a Downsample (their index is the labml key: `down.3.conv`).
+#[derive(Module, Debug)]
+pub enum Down {
+    Block(ResBlock),
+    Downsample(Resample<Conv2d>),
+}
+
+/// One entry of `up`: a block or an Upsample.
+#[derive(Module, Debug)]
+pub enum Up {
+    Block(ResBlock),
+    Upsample(Resample<ConvTranspose2d>),
+}
+
+/// Residual, attention, residual at the lowest resolution.
+#[derive(Module, Debug)]
+pub struct MiddleBlock {
+    res1: ResidualBlock,
+    attn: AttentionBlock,
+    res2: ResidualBlock,
+}
+
+/// ε_θ(x_t, t).
+#[derive(Module, Debug)]
+pub struct UNet {
+    image_proj: Conv2d,
+    time_emb: TimeEmbedding,
+    down: Vec<Down>,
+    middle: MiddleBlock,
+    up: Vec<Up>,
+    norm: GroupNorm,
+    /// labml's `final` (a Rust keyword); the weights file uses the name `final`.
+    final_: Conv2d,
+}
+
+impl UNet {
+    /// Predicts the noise in `x` ([B, C, H, W], data in [−1, 1] scaled by √ᾱ) at steps `t` ([B]).
+    pub fn forward(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
+        let t = self.time_emb.forward(t);
+        let mut x = self.image_proj.forward(x);
+        let mut skips = vec![x.clone()];
+        for layer in &self.down {
+            x = match layer {
+                Down::Block(block) => block.forward(x, &t),
+                Down::Downsample(d) => d.conv.forward(x),
+            };
+            skips.push(x.clone());
+        }
+        x = self.middle.res2.forward(self.middle.attn.forward(self.middle.res1.forward(x, &t)), &t);
+        for layer in &self.up {
+            x = match layer {
+                Up::Block(block) => {
+                    let skip = skips.pop().expect("one skip per up block, by construction");
+                    block.forward(Tensor::cat(vec![x, skip], 1), &t)
+                }
+                Up::Upsample(u) => u.conv.forward(x),
+            };
+        }
+        self.final_.forward(swish(self.norm.forward(x)))
+    }
+}

@@ -1,0 +1,231 @@
+//! The weights file: safetensors with labml's `state_dict()` keys and PyTorch layouts, and the
+//! model and schedule config in the header's metadata, so a reader (the page, `ddpm sample`,
+//! or PyTorch) rebuilds the right model from the file alone.
+//!
+//! Loading validates everything before touching the model: the format and its version, the
+//! config, and every tensor's name, dtype and shape. Any problem is one [`WeightsError`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::diffusion::ScheduleConfig;
+use crate::unet::{UNet, UNetConfig};
+
+pub const FORMAT: &str = "ddpm-web";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("not a safetensors file ({0})")]
+    NotSafetensors(String),
+    #[error("not a ddpm-web weights file: {0}")]
+    Format(String),
+    #[error("weights format version {found} is not supported (this build reads version {FORMAT_VERSION})")]
+    Version { found: String },
+    #[error("bad model config in the weights file: {0}")]
+    Config(String),
+    #[error("tensor `{0}` is missing from the weights file")]
+    Missing(String),
+    #[error("tensor `{0}` in the weights file is not part of this model")]
+    Unexpected(String),
+    #[error("tensor `{key}` has shape {found:?}, the model needs {expected:?}")]
+    Shape { key: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("tensor `{key}` has dtype {dtype}, expected F32 or F16")]
+    Dtype { key: String, dtype: String },
+    #[error("tensor `{0}` holds NaN or infinite values")]
+    NonFinite(String),
+}
+
+/// Storage precision of an exported file.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Precision {
+    F32,
+    F16,
+}
+
+/// What the header says about the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Header {
+    pub unet: UNetConfig,
+    pub schedule: ScheduleConfig,
+    /// The rest of the metadata (training step, data set, ...), for display.
+    pub info: BTreeMap<String, String>,
+}
+
+/// Serialises `model` with its config in the metadata (`header.info` adds free-form entries).
+pub fn to_safetensors(model: &UNet, header: &Header, precision: Precision) -> Result<Vec<u8>, WeightsError> {
+    let mut metadata: HashMap<String, String> = header.info.clone().into_iter().collect();
+    metadata.insert("format".into(), FORMAT.into());
+    metadata.insert("format_version".into(), FORMAT_VERSION.to_string());
+    metadata.insert("unet".into(), serde_json::to_string(&header.unet).expect("config serialises"));
+    metadata.insert("schedule".into(), serde_json::to_string(&header.schedule).expect("config serialises"));
+    module_to_safetensors(model, metadata, precision)
+}
+
+/// Any module's float parameters as safetensors, under PyTorch-style keys and layouts.
+pub fn module_to_safetensors<M: Module>(
+    module: &M,
+    metadata: HashMap<String, String>,
+    precision: Precision,
+) -> Result<Vec<u8>, WeightsError> {
+    let mut collector = Collector { path: Vec::new(), tensors: Vec::new() };
+    module.visit(&mut collector);
+    let (dtype, raw): (Dtype, fn(&[f32]) -> Vec<u8>) = match precision {
+        Precision::F32 => (Dtype::F32, |v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Precision::F16 => (Dtype::F16, |v| v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()),
+    };
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        collector.tensors.into_iter().map(|(key, shape, values)| (key, shape, raw(&values))).collect();
+    let views = bytes
+        .iter()
+        .map(|(key, shape, raw)| Ok((key.clone(), TensorView::new(dtype, shape.clone(), raw).map_err(st_err)?)))
+        .collect::<Result<Vec<_>, WeightsError>>()?;
+    safetensors::serialize(views, Some(metadata)).map_err(st_err)
+}
+
+fn st_err(e: safetensors::SafeTensorError) -> WeightsError {
+    WeightsError::NotSafetensors(e.to_string())
+}
+
+/// Reads and validates the header's metadata.
+pub fn read_header(bytes: &[u8]) -> Result<Header, WeightsError> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(st_err)?;
+    let mut info: BTreeMap<String, String> =
+        meta.metadata().clone().ok_or_else(|| WeightsError::Format("no metadata".into()))?.into_iter().collect();
+    let format = info.remove("format").unwrap_or_default();
+    if format != FORMAT {
+        return Err(WeightsError::Format(format!("metadata `format` is {format:?}, expected {FORMAT:?}")));
+    }
+    let version = info.remove("format_version").unwrap_or_default();
+    if version != FORMAT_VERSION.to_string() {
+        return Err(WeightsError::Version { found: version });
+    }
+    let mut parse = |key: &str| info.remove(key).ok_or_else(|| WeightsError::Config(format!("metadata `{key}` is missing")));
+    let unet: UNetConfig =
+        serde_json::from_str(&parse("unet")?).map_err(|e| WeightsError::Config(format!("unet: {e}")))?;
+    let schedule: ScheduleConfig =
+        serde_json::from_str(&parse("schedule")?).map_err(|e| WeightsError::Config(format!("schedule: {e}")))?;
+    unet.validate().map_err(WeightsError::Config)?;
+    schedule.validate().map_err(WeightsError::Config)?;
+    Ok(Header { unet, schedule, info })
+}
+
+/// Builds the model the file describes on `device` and fills in its weights.
+pub fn load(bytes: &[u8], device: &Device) -> Result<(UNet, Header), WeightsError> {
+    let header = read_header(bytes)?;
+    let model = load_module(header.unet.init(device), bytes, device)?;
+    Ok((model, header))
+}
+
+/// Fills `module`'s parameters from safetensors `bytes`, checking that every tensor is there
+/// with the right shape and that the file holds nothing else.
+pub fn load_module<M: Module>(module: M, bytes: &[u8], device: &Device) -> Result<M, WeightsError> {
+    let file = SafeTensors::deserialize(bytes).map_err(st_err)?;
+    let mut tensors = HashMap::new();
+    for (key, view) in file.iter() {
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => view.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => return Err(WeightsError::Dtype { key: key.to_string(), dtype: format!("{other:?}") }),
+        };
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(WeightsError::NonFinite(key.to_string()));
+        }
+        tensors.insert(key.to_string(), (view.shape().to_vec(), values));
+    }
+    let mut loader = Loader { path: Vec::new(), tensors, device: device.clone(), error: None };
+    let module = module.map(&mut loader);
+    if let Some(error) = loader.error {
+        return Err(error);
+    }
+    if let Some(key) = loader.tensors.keys().min() {
+        return Err(WeightsError::Unexpected(key.clone()));
+    }
+    Ok(module)
+}
+
+/// Tracks the module path as labml's key: enum variants are not part of it, burn's
+/// GroupNorm `gamma`/`beta` are PyTorch's `weight`/`bias`, and `final_` is `final`.
+/// Each path entry is (field name, type of the module holding it). Returns (key, whether the
+/// leaf is a Linear's weight, which burn stores [in, out] and PyTorch [out, in]).
+fn key(path: &[(String, String)]) -> (String, bool) {
+    let mut parts: Vec<&str> = path.iter().filter(|(_, kind)| !kind.starts_with("Enum:")).map(|(n, _)| n.as_str()).collect();
+    let renamed = match parts.last().copied() {
+        Some("gamma") => Some("weight"),
+        Some("beta") => Some("bias"),
+        _ => None,
+    };
+    if let Some(r) = renamed {
+        *parts.last_mut().expect("non-empty") = r;
+    }
+    let key = parts.iter().map(|p| if *p == "final_" { "final" } else { p }).collect::<Vec<_>>().join(".");
+    let linear_weight = path.last().is_some_and(|(name, kind)| name == "weight" && kind == "Struct:Linear");
+    (key, linear_weight)
+}
+
+struct Collector {
+    path: Vec<(String, String)>,
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl ModuleVisitor for Collector {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push((name.into(), container_type.into()));
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let (key, linear_weight) = key(&self.path);
+        let mut tensor = param.val();
+        if linear_weight {
+            tensor = tensor.transpose();
+        }
+        let shape = tensor.dims().to_vec();
+        let values = tensor.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 after convert");
+        self.tensors.push((key, shape, values));
+    }
+}
+
+struct Loader {
+    path: Vec<(String, String)>,
+    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    device: Device,
+    error: Option<WeightsError>,
+}
+
+impl ModuleMapper for Loader {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push((name.into(), container_type.into()));
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.error.is_some() {
+            return param;
+        }
+        let (key, linear_weight) = key(&self.path);
+        let shape: Vec<usize> = param.lazy_shape().dims::<D>().to_vec();
+        let mut file_shape = shape.clone();
+        if linear_weight {
+            file_shape.reverse();
+        }
+        let Some((found, values)) = self.tensors.remove(&key) else {
+            self.error = Some(WeightsError::Missing(key));
+            return param;
+        };
+        if found != file_shape {
+            self.error = Some(WeightsError::Shape { key, expected: file_shape, found });
+            return param;
+        }
+        let mut tensor = Tensor::<D>::from_data(TensorData::new(values, file_shape), &self.device);
+        if linear_weight {
+            tensor = tensor.transpose();
+        }
+        Param::initialized(param.id, tensor)
+    }
+}

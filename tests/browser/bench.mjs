@@ -1,0 +1,41 @@
+// `cargo xtask bench-web`: the page's speed, as JSON lines (a benchmark, not a test):
+// ms per sampling step on WebGPU and on the CPU fallback at batch 1 and 16, the time from
+// navigation to the first drawn step, and the gzipped size of what the page downloads.
+import { readFileSync } from 'node:fs';
+import { gzipSync } from 'node:zlib';
+import { launch } from './harness.mjs';
+
+const URL_ = process.env.DDPM_URL;
+const emit = (o) => console.log(JSON.stringify(o));
+
+const files = ['www/pkg/ddpm_bg.wasm', 'www/pkg/ddpm.js', 'www/app.js', 'www/index.html', 'www/style.css'];
+const gz = files.reduce((n, f) => n + gzipSync(readFileSync(f), { level: 9 }).length, 0);
+const raw = files.reduce((n, f) => n + readFileSync(f).length, 0);
+emit({ what: 'bundle', files, bytes: raw, gzip_bytes: gz, gzip_mb: +(gz / 1e6).toFixed(3) });
+
+const median = (v) => { const s = [...v].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]; };
+
+for (const webgpu of [true, false]) {
+  const browser = await launch({ webgpu });
+  const page = await browser.page();
+  // Page load to first drawn step: autostart runs the default sampler (DDIM, 16 images).
+  await page.goto(URL_);
+  await page.waitForFunction(() => window.ddpmState?.firstStepAt || window.ddpmState?.error, null, { timeout: 300_000 });
+  const s = await page.evaluate(() => ({ first: window.ddpmState.firstStepAt, backend: window.ddpmState.backend, error: window.ddpmState.error }));
+  if (s.error) throw new Error(s.error);
+  const backend = webgpu ? 'webgpu' : 'cpu-wasm';
+  emit({ backend, what: 'first_step_drawn', ms: Math.round(s.first), detail: s.backend });
+  await page.waitForFunction(() => !window.ddpmState.running, null, { timeout: 600_000 });
+  for (const batch of [1, 16]) {
+    const steps = 12;
+    await page.selectOption('#count', String(batch));
+    await page.selectOption('#sampler', 'ddim');
+    await page.fill('#ddim-steps', String(steps));
+    const before = await page.evaluate(() => window.ddpmState.msPerStep.length);
+    await page.click('#start');
+    await page.waitForFunction((n) => window.ddpmState.msPerStep.length >= n && !window.ddpmState.running, before + steps, { timeout: 600_000 });
+    const ms = await page.evaluate((n) => window.ddpmState.msPerStep.slice(n + 2), before);
+    emit({ backend, what: 'sample_step', batch, ms: +median(ms).toFixed(2), n: ms.length });
+  }
+  await browser.close();
+}

@@ -1,0 +1,37 @@
+// Launches Debian's Chromium (never a downloaded browser) headless through playwright-core,
+// with or without WebGPU, and records every page error and console error.
+import { chromium } from 'playwright-core';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PNG } from 'pngjs';
+
+export const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+
+export async function launch({ webgpu }) {
+  const args = [
+    '--headless=new', '--no-sandbox', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--disable-quic',
+    `--user-data-dir=${mkdtempSync(join(tmpdir(), 'ddpm-chromium-'))}`,
+  ];
+  // Without this flag headless Chromium offers no WebGPU adapter: the CPU-fallback case.
+  if (webgpu) args.push('--enable-unsafe-webgpu');
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args, ignoreDefaultArgs: ['--headless'] });
+  const errors = [];
+  return {
+    errors,
+    async page() {
+      const page = await browser.newPage();
+      page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+      page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
+      return page;
+    },
+    close: () => browser.close(),
+  };
+}
+
+// A PNG's first channel, 0..255 per pixel.
+export function pngPixels(bytes) {
+  const png = PNG.sync.read(bytes);
+  return Array.from({ length: png.width * png.height }, (_, i) => png.data[i * 4]);
+}

@@ -1,0 +1,172 @@
+// The demo page in Debian's headless Chromium, on real WebGPU (SwiftShader) and on the CPU
+// fallback. Run by `cargo xtask test`, which serves the page and sets DDPM_URL and DDPM_BIN.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { launch, pngPixels } from './harness.mjs';
+
+const URL_ = process.env.DDPM_URL;
+const BIN = process.env.DDPM_BIN;
+const WEIGHTS = process.env.DDPM_WEIGHTS ?? 'weights/mnist.safetensors';
+assert.ok(URL_ && BIN, 'run through `cargo xtask test` (needs DDPM_URL and DDPM_BIN)');
+
+const STEPS = 10; // DDIM steps: SwiftShader runs WebGPU on the CPU, so keep runs short
+const SEED = 11;
+const COUNT = 4;
+
+// Native images for the same seeds and steps, as gray values 0..255, one array per image.
+function nativeSamples(seed, count, steps) {
+  const dir = mkdtempSync(join(tmpdir(), 'ddpm-native-'));
+  execFileSync(BIN, ['sample', '--weights', WEIGHTS, '--count', String(count), '--seed', String(seed),
+    '--steps', String(steps), '--out', dir], { stdio: 'pipe' });
+  return Array.from({ length: count }, (_, i) => pngPixels(readFileSync(join(dir, `${String(i).padStart(6, '0')}.png`))));
+}
+
+// Image `i` of a canvas grid (1-pixel borders, `cols` per row) as gray values (the R channel).
+async function canvasTiles(page, id, count, size) {
+  return page.evaluate(({ id, count, size }) => {
+    const c = document.getElementById(id);
+    const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    const cols = Math.ceil(Math.sqrt(count));
+    return Array.from({ length: count }, (_, i) => {
+      const x0 = 1 + (i % cols) * (size + 1), y0 = 1 + Math.floor(i / cols) * (size + 1);
+      const out = [];
+      for (let y = 0; y < size; y++) for (let x = 0; x < size; x++) out.push(data[((y0 + y) * c.width + x0 + x) * 4]);
+      return out;
+    });
+  }, { id, count, size });
+}
+
+async function canvasPixels(page, id) {
+  return page.evaluate((id) => {
+    const c = document.getElementById(id);
+    return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);
+  }, id);
+}
+
+function compare(a, b) {
+  let sum = 0, max = 0;
+  for (let i = 0; i < a.length; i++) { const d = Math.abs(a[i] - b[i]); sum += d; max = Math.max(max, d); }
+  return { mean: sum / a.length, max };
+}
+
+async function ready(page, query = '') {
+  await page.goto(`${URL_}?autostart=0${query}`);
+  await page.waitForFunction(() => window.ddpmState?.ready || window.ddpmState?.error, null, { timeout: 120_000 });
+  const error = await page.evaluate(() => window.ddpmState.error);
+  assert.equal(error, null, `page error: ${error}`);
+}
+
+async function sample(page, seed, count, steps) {
+  await page.fill('#seed', String(seed));
+  await page.selectOption('#count', String(count));
+  await page.selectOption('#sampler', 'ddim');
+  await page.fill('#ddim-steps', String(steps));
+  const before = await page.evaluate(() => window.ddpmState.stepsDrawn);
+  await page.click('#start');
+  return before;
+}
+
+const waitDone = (page, timeout = 300_000) => page.waitForFunction(
+  () => !window.ddpmState.running && window.ddpmState.lastStep?.index === window.ddpmState.lastStep?.total,
+  null, { timeout, polling: 100 });
+
+const browsers = [];
+after(async () => { for (const b of browsers) await b.close(); });
+
+for (const gpu of [true, false]) {
+  const label = gpu ? 'WebGPU' : 'CPU fallback';
+  test(`${label}: loads, denoises step by step, matches native sampling, interpolates, stops`, { timeout: 900_000 }, async (t) => {
+    const browser = await launch({ webgpu: gpu });
+    browsers.push(browser);
+    const page = await browser.page();
+    await ready(page);
+    const backend = await page.textContent('#backend');
+    if (gpu) assert.match(backend, /Running on: WebGPU/);
+    else assert.match(backend, /CPU/);
+
+    await t.test('canvas changes from step to step', async () => {
+      const before = await sample(page, SEED, COUNT, STEPS);
+      await page.waitForFunction((n) => window.ddpmState.stepsDrawn >= n + 1, before, { timeout: 120_000, polling: 10 });
+      const first = await canvasPixels(page, 'x0');
+      await page.waitForFunction((n) => window.ddpmState.stepsDrawn >= n + 3, before, { timeout: 120_000, polling: 10 });
+      const later = await canvasPixels(page, 'x0');
+      assert.notDeepEqual(first, later);
+      await waitDone(page);
+    });
+
+    await t.test('the final images equal `ddpm sample` for the same seeds and steps', async () => {
+      const size = await page.evaluate(() => window.ddpmState.imageSize);
+      const page_ = await canvasTiles(page, 'xt', COUNT, size);
+      const native = nativeSamples(SEED, COUNT, STEPS);
+      for (let i = 0; i < COUNT; i++) {
+        const { mean, max } = compare(page_[i], native[i]);
+        assert.ok(mean <= 1 && max <= 8, `image ${i}: mean |diff| ${mean.toFixed(3)}/255, max ${max}/255`);
+      }
+    });
+
+    for (const mode of ['noise', 'slerp']) {
+      await t.test(`interpolation slider (${mode}): moves, and its ends are samples A and B`, async () => {
+        await page.fill('#seed-a', '3');
+        await page.fill('#seed-b', '4');
+        await page.selectOption('#mode', mode);
+        await page.fill('#t', '300');
+        await page.fill('#frames', '5');
+        await page.fill('#ddim-steps', String(STEPS));
+        await page.click('#interp');
+        await page.waitForFunction(() => window.ddpmState.interpolationReady, null, { timeout: 300_000, polling: 100 });
+        const at = async (v) => {
+          await page.fill('#lambda', String(v));
+          await page.dispatchEvent('#lambda', 'input');
+          return (await canvasPixels(page, 'morph')).filter((_, i) => i % 4 === 0);
+        };
+        const [a, mid, b] = [await at(0), await at(2), await at(4)];
+        const [na, nb] = [nativeSamples(3, 1, STEPS)[0], nativeSamples(4, 1, STEPS)[0]];
+        for (const [got, want, name] of [[a, na, 'A'], [b, nb, 'B']]) {
+          const { mean, max } = compare(got, want);
+          assert.ok(mean <= 1 && max <= 8, `${mode} end ${name}: mean ${mean.toFixed(3)}, max ${max}`);
+        }
+        assert.ok(compare(mid, a).mean > 2 && compare(mid, b).mean > 2, 'the middle frame differs from both ends');
+      });
+    }
+
+    await t.test('stop cancels at once, and a new start works', async () => {
+      await page.fill('#seed', '5');
+      await page.selectOption('#count', '1');
+      await page.selectOption('#sampler', 'ddpm');
+      const before = await page.evaluate(() => window.ddpmState.stepsDrawn);
+      await page.click('#start');
+      await page.waitForFunction((n) => window.ddpmState.stepsDrawn >= n + 2, before, { timeout: 120_000, polling: 10 });
+      await page.click('#stop');
+      const stopped = await page.evaluate(() => window.ddpmState.stepsDrawn);
+      await page.waitForTimeout(1500);
+      assert.equal(await page.evaluate(() => window.ddpmState.stepsDrawn), stopped, 'no step is drawn after stop');
+      assert.equal(await page.evaluate(() => window.ddpmState.running), false);
+      await sample(page, 6, 1, 5);
+      await waitDone(page);
+      assert.equal(await page.evaluate(() => window.ddpmState.lastStep.total), 5);
+    });
+
+    assert.deepEqual(browser.errors, [], 'no page errors or console errors');
+  });
+}
+
+test('a bad weights URL and a corrupt file show the error on the page', { timeout: 300_000 }, async () => {
+  const browser = await launch({ webgpu: false });
+  browsers.push(browser);
+  const page = await browser.page();
+  await page.goto(`${URL_}?weights=weights/absent.safetensors`);
+  await page.waitForFunction(() => window.ddpmState?.error, null, { timeout: 60_000 });
+  assert.match(await page.textContent('#error'), /could not fetch the weights at weights\/absent\.safetensors: HTTP 404/);
+  assert.equal(await page.isVisible('#error'), true);
+
+  await page.route('**/weights/corrupt.safetensors', (route) => route.fulfill({ body: Buffer.from('corrupt bytes'.repeat(50)) }));
+  await page.goto(`${URL_}?weights=weights/corrupt.safetensors`);
+  await page.waitForFunction(() => window.ddpmState?.error, null, { timeout: 60_000 });
+  assert.match(await page.textContent('#error'), /Could not load the model: not a safetensors file/);
+  // The 404 above is logged by Chromium itself; nothing else may be.
+  assert.deepEqual(browser.errors.filter((e) => !/404/.test(e)), []);
+});

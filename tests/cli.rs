@@ -1,0 +1,125 @@
+//! `ddpm` end to end on a tiny generated image folder, and its answers to bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn ddpm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ddpm")).args(args).output().expect("runs ddpm")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = ddpm(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "ddpm {args:?} failed: {stderr}");
+    stderr
+}
+
+/// Fails with exit code 1 (2 for flags clap rejects) and an `error:` naming the problem;
+/// a panic would exit with 101.
+fn fails(args: &[&str], needle: &str) {
+    let out = ddpm(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(matches!(out.status.code(), Some(1 | 2)), "ddpm {args:?} exited with {:?}: {stderr}", out.status.code());
+    assert!(stderr.starts_with("error:"), "ddpm {args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "ddpm {args:?} panicked: {stderr}");
+    assert!(stderr.to_lowercase().contains(&needle.to_lowercase()), "ddpm {args:?}: expected {needle:?} in {stderr}");
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ddpm-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Ten RGB images of assorted sizes and formats in nested folders, plus a non-image file.
+fn image_folder(dir: &Path) {
+    std::fs::create_dir_all(dir.join("nested")).unwrap();
+    for i in 0..10u32 {
+        let (w, h) = (12 + i, 10 + 2 * i);
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 20) as u8, (y * 12) as u8, (i * 25) as u8]));
+        let name = if i % 3 == 0 { format!("nested/{i}.jpg") } else { format!("{i}.png") };
+        img.save(dir.join(name)).unwrap();
+    }
+    std::fs::write(dir.join("README.txt"), "not an image").unwrap();
+}
+
+const MODEL: &[&str] = &[
+    "--image-size", "8", "--channels", "3", "--base-channels", "32", "--channel-mults", "1,2", "--attn", "0,1",
+    "--diffusion-steps", "50",
+];
+
+#[test]
+fn train_export_sample_interpolate_animate() {
+    let root = tempdir("e2e");
+    let (data, run) = (root.join("images"), root.join("run"));
+    image_folder(&data);
+    let (data, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
+
+    let mut train = vec!["train", "--data", data, "--out", run_s, "--steps", "3", "--batch-size", "4"];
+    train.extend(["--checkpoint-every", "2", "--sample-every", "3"]);
+    train.extend(MODEL);
+    ok(&train);
+    assert!(run.join("checkpoint.ddpm").exists());
+    assert!(run.join("samples/step_000003.png").exists());
+    let log = |n| std::fs::read_to_string(run.join("log.jsonl")).unwrap().lines().count() == n;
+    assert!(log(3));
+    // A second `train` into the same folder must not clobber the run.
+    fails(&train, "--resume");
+    ok(&["train", "--data", data, "--out", run_s, "--steps", "5", "--resume"]);
+    assert!(log(5));
+
+    let weights = root.join("model.safetensors");
+    let w = weights.to_str().unwrap();
+    ok(&["export", "--run", run_s, "--out", w, "--f16"]);
+
+    let (s1, s2) = (root.join("s1"), root.join("s2"));
+    let grid = root.join("grid.png");
+    ok(&["sample", "--weights", w, "--count", "3", "--seed", "7", "--steps", "10", "--out", s1.to_str().unwrap(), "--grid", grid.to_str().unwrap()]);
+    for i in 0..3 {
+        let img = image::open(s1.join(format!("{i:06}.png"))).unwrap();
+        assert_eq!((img.width(), img.height(), img.color()), (8, 8, image::ColorType::Rgb8));
+    }
+    assert!(grid.exists());
+    // Image i is seed 7 + i in any batch: sampling seed 8 alone reproduces image 1.
+    ok(&["sample", "--weights", w, "--count", "1", "--seed", "8", "--steps", "10", "--out", s2.to_str().unwrap()]);
+    assert_eq!(std::fs::read(s1.join("000001.png")).unwrap(), std::fs::read(s2.join("000000.png")).unwrap());
+    // Full DDPM (steps = T).
+    ok(&["sample", "--weights", w, "--count", "2", "--steps", "50", "--out", s2.to_str().unwrap()]);
+
+    let strip = root.join("interp.png");
+    ok(&["interpolate", "--weights", w, "--seed-a", "1", "--seed-b", "2", "--t", "20", "--frames", "4", "--steps", "10", "--scale", "1", "--out", strip.to_str().unwrap()]);
+    let img = image::open(&strip).unwrap();
+    assert_eq!((img.width(), img.height()), (4 * 10 + 2, 12));
+    let gif = root.join("anim.gif");
+    ok(&["animate", "--weights", w, "--steps", "10", "--frames", "5", "--out", gif.to_str().unwrap()]);
+    assert!(std::fs::read(&gif).unwrap().starts_with(b"GIF89a"));
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let root = tempdir("bad");
+    let run = root.join("run");
+    let r = run.to_str().unwrap();
+    let empty = root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    fails(&["train", "--data", empty.to_str().unwrap(), "--out", r, "--steps", "1", "--image-size", "8", "--channels", "3", "--channel-mults", "1,2", "--attn", "0,1"], "no PNG or JPEG");
+    let corrupt = root.join("corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    std::fs::write(corrupt.join("broken.png"), b"\x89PNG not really").unwrap();
+    fails(&["train", "--data", corrupt.to_str().unwrap(), "--out", r, "--steps", "1", "--image-size", "8", "--channels", "3", "--channel-mults", "1,2", "--attn", "0,1"], "broken.png");
+    fails(&["train", "--data", "/no/such/folder", "--out", r], "not `mnist` and not a folder");
+    fails(&["train", "--data", "mnist", "--out", r, "--channel-mults", "1,2", "--attn", "0,0,1"], "same length");
+    fails(&["train", "--data", "mnist", "--out", r, "--image-size", "30"], "multiple of 4");
+    fails(&["train", "--data", "mnist", "--out", r, "--lr=-1"], "learning rate");
+    fails(&["train", "--data", "mnist", "--out", r, "--channel-mults", "1,x"], "invalid value 'x'");
+    fails(&["train", "--data", "mnist", "--out", r, "--resume"], "checkpoint");
+
+    let junk = root.join("junk.safetensors");
+    std::fs::write(&junk, b"definitely not weights").unwrap();
+    let out = root.join("out");
+    let o = out.to_str().unwrap();
+    fails(&["sample", "--weights", junk.to_str().unwrap(), "--out", o], "not a safetensors file");
+    fails(&["sample", "--weights", "/no/such.safetensors", "--out", o], "reading /no/such.safetensors");
+    fails(&["export", "--run", "/no/such/run", "--out", o], "checkpoint");
+}

@@ -1,0 +1,197 @@
+//! The UNet's structure and the weights file: shapes, parameter counts, labml's keys,
+//! round trips and every kind of bad file.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use ddpm::diffusion::ScheduleConfig;
+use ddpm::noise::Noise;
+use ddpm::unet::UNetConfig;
+use ddpm::weights::{self, Header, Precision, WeightsError};
+use safetensors::SafeTensors;
+
+fn tiny() -> UNetConfig {
+    UNetConfig {
+        image_channels: 1,
+        image_size: 8,
+        base_channels: 8,
+        channel_mults: vec![1, 2],
+        attn: vec![false, true],
+        blocks: 1,
+        groups: 4,
+        dropout: 0.0,
+    }
+}
+
+/// The yardstick config of the performance issue (`../shared/ref/torch_bench.py`).
+fn reference() -> UNetConfig {
+    UNetConfig { image_size: 32, ..UNetConfig::default() }
+}
+
+fn header(unet: &UNetConfig) -> Header {
+    Header { unet: unet.clone(), schedule: ScheduleConfig::default(), info: Default::default() }
+}
+
+fn values(x: Tensor<4>) -> Vec<f32> {
+    x.into_data().try_into_vec::<f32>().unwrap()
+}
+
+#[test]
+fn parameter_count_matches_pytorch() {
+    // labml's UNet at base 32, widths 32/64/128, attention at the lowest level, one block:
+    // 2,226,817 parameters in PyTorch.
+    let device = Device::flex();
+    assert_eq!(reference().init(&device).num_params(), 2_226_817);
+}
+
+#[test]
+fn output_has_the_input_shape() {
+    let device = Device::flex();
+    for (cfg, b) in [
+        (tiny(), 3),
+        (UNetConfig { image_channels: 3, blocks: 2, ..tiny() }, 2),
+        (UNetConfig { image_size: 16, channel_mults: vec![1, 2, 2], attn: vec![false, true, true], ..tiny() }, 1),
+        (UNetConfig::default(), 2),
+    ] {
+        cfg.validate().unwrap();
+        let model = cfg.init(&device);
+        let shape = [b, cfg.image_channels, cfg.image_size, cfg.image_size];
+        let x = Noise::new(0).gaussian(shape, &device);
+        let t = Tensor::<1>::from_floats(vec![5.0; b].as_slice(), &device);
+        assert_eq!(model.forward(x, t).dims(), shape, "{cfg:?}");
+    }
+}
+
+#[test]
+fn more_blocks_and_width_mean_more_parameters() {
+    let device = Device::flex();
+    let base = tiny().init(&device).num_params();
+    let deeper = UNetConfig { blocks: 2, ..tiny() }.init(&device).num_params();
+    let wider = UNetConfig { base_channels: 16, ..tiny() }.init(&device).num_params();
+    assert!(deeper > base && wider > base);
+}
+
+#[test]
+fn invalid_configs_name_the_problem() {
+    let msg = |c: UNetConfig| c.validate().unwrap_err();
+    assert!(msg(UNetConfig { attn: vec![true], ..tiny() }).contains("same length"));
+    assert!(msg(UNetConfig { image_size: 7, ..tiny() }).contains("multiple of 2"));
+    assert!(msg(UNetConfig { base_channels: 6, ..tiny() }).contains("divisible"));
+    assert!(msg(UNetConfig { channel_mults: vec![], attn: vec![], ..tiny() }).contains("at least one level"));
+}
+
+#[test]
+fn exported_keys_are_labmls() {
+    let device = Device::flex();
+    let model = reference().init(&device);
+    let bytes = weights::to_safetensors(&model, &header(&reference()), Precision::F32).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let shape = |k: &str| file.tensor(k).unwrap_or_else(|_| panic!("missing {k}")).shape().to_vec();
+    // PyTorch layouts: Linear is [out, in], convs [out, in, k, k], transposed convs [in, out, k, k].
+    assert_eq!(shape("image_proj.weight"), [32, 1, 3, 3]);
+    assert_eq!(shape("time_emb.lin1.weight"), [128, 32]);
+    assert_eq!(shape("time_emb.lin2.bias"), [128]);
+    assert_eq!(shape("down.0.res.conv1.weight"), [32, 32, 3, 3]);
+    assert_eq!(shape("down.0.res.norm1.weight"), [32]);
+    assert_eq!(shape("down.0.res.time_emb.weight"), [32, 128]);
+    assert_eq!(shape("down.1.conv.weight"), [32, 32, 3, 3]);
+    assert_eq!(shape("down.2.res.shortcut.weight"), [64, 32, 1, 1]);
+    assert_eq!(shape("down.4.attn.projection.weight"), [384, 128]);
+    assert_eq!(shape("down.4.attn.norm.bias"), [128]);
+    assert_eq!(shape("middle.attn.output.weight"), [128, 128]);
+    assert_eq!(shape("middle.res2.conv2.weight"), [128, 128, 3, 3]);
+    assert_eq!(shape("up.0.res.conv1.weight"), [128, 256, 3, 3]);
+    assert_eq!(shape("up.1.res.conv1.weight"), [64, 192, 3, 3]);
+    assert_eq!(shape("up.2.conv.weight"), [64, 64, 4, 4]);
+    assert_eq!(shape("norm.weight"), [32]);
+    assert_eq!(shape("final.weight"), [1, 32, 3, 3]);
+    assert!(!file.names().iter().any(|k| k.contains("gamma") || k.contains("final_") || k.contains("Block")));
+    let total: usize = file.tensors().iter().map(|(_, v)| v.shape().iter().product::<usize>()).sum();
+    assert_eq!(total, 2_226_817);
+}
+
+#[test]
+fn f32_round_trip_is_bit_exact() {
+    let device = Device::flex();
+    let cfg = tiny();
+    let model = cfg.init(&device);
+    let bytes = weights::to_safetensors(&model, &header(&cfg), Precision::F32).unwrap();
+    let (loaded, h) = weights::load(&bytes, &device).unwrap();
+    assert_eq!(h.unet, cfg);
+    assert_eq!(weights::to_safetensors(&loaded, &h, Precision::F32).unwrap(), bytes);
+    let x = Noise::new(1).gaussian([2, 1, 8, 8], &device);
+    let t = Tensor::<1>::from_floats([3.0, 900.0], &device);
+    assert_eq!(values(model.forward(x.clone(), t.clone())), values(loaded.forward(x, t)));
+}
+
+#[test]
+fn f16_round_trip_is_within_half_precision() {
+    let device = Device::flex();
+    let cfg = tiny();
+    let model = cfg.init(&device);
+    let f32_bytes = weights::to_safetensors(&model, &header(&cfg), Precision::F32).unwrap();
+    let f16_bytes = weights::to_safetensors(&model, &header(&cfg), Precision::F16).unwrap();
+    assert!(f16_bytes.len() < f32_bytes.len() * 6 / 10);
+    let (loaded, _) = weights::load(&f16_bytes, &device).unwrap();
+    let back = weights::to_safetensors(&loaded, &header(&cfg), Precision::F32).unwrap();
+    let (a, b) = (SafeTensors::deserialize(&f32_bytes).unwrap(), SafeTensors::deserialize(&back).unwrap());
+    for (name, view) in a.tensors() {
+        let other = b.tensor(&name).unwrap();
+        for (x, y) in view.data().chunks_exact(4).zip(other.data().chunks_exact(4)) {
+            let (x, y) = (f32::from_le_bytes(x.try_into().unwrap()), f32::from_le_bytes(y.try_into().unwrap()));
+            // f16 has an 11-bit significand: relative error ≤ 2^-11, plus subnormal rounding.
+            assert!((x - y).abs() <= x.abs() * 4.9e-4 + 6e-8, "{name}: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn bad_weights_files_are_errors_not_panics() {
+    let device = Device::flex();
+    let cfg = tiny();
+    let model = cfg.init(&device);
+    let good = weights::to_safetensors(&model, &header(&cfg), Precision::F16).unwrap();
+    let err = |bytes: &[u8]| weights::load(bytes, &device).err().expect("must fail");
+
+    // Random bytes, empty, truncated.
+    let random: Vec<u8> = Noise::new(5).gaussian_vec(1000).iter().map(|v| (v * 100.0) as u8).collect();
+    assert!(matches!(err(&random), WeightsError::NotSafetensors(_)));
+    assert!(matches!(err(&[]), WeightsError::NotSafetensors(_)));
+    assert!(matches!(err(&good[..good.len() - 10]), WeightsError::NotSafetensors(_)));
+    assert!(matches!(err(&good[..good.len() / 2]), WeightsError::NotSafetensors(_)));
+
+    // A safetensors file that is not ours.
+    let plain = safetensors::serialize(Vec::<(&str, safetensors::tensor::TensorView)>::new(), None).unwrap();
+    assert!(matches!(err(&plain), WeightsError::Format(_)));
+
+    // Another model's config: every tensor's shape is checked against the file's own config,
+    // and a file whose config disagrees with its tensors fails by name.
+    let other = UNetConfig { base_channels: 16, ..cfg.clone() };
+    let lying = weights::to_safetensors(&model, &header(&other), Precision::F16).unwrap();
+    let e = err(&lying);
+    assert!(matches!(e, WeightsError::Shape { .. }), "{e}");
+    assert!(e.to_string().contains("image_proj.weight"), "{e}");
+
+    // A config that cannot build a model.
+    let broken = weights::to_safetensors(&model, &header(&UNetConfig { attn: vec![true], ..cfg.clone() }), Precision::F16).unwrap();
+    assert!(matches!(err(&broken), WeightsError::Config(_)));
+
+    // A future format version.
+    let text = String::from_utf8_lossy(&good).replacen("\"format_version\":\"1\"", "\"format_version\":\"9\"", 1);
+    assert!(matches!(err(text.as_bytes()), WeightsError::Version { .. }));
+}
+
+#[test]
+fn missing_and_unexpected_tensors_are_named() {
+    let device = Device::flex();
+    let cfg = tiny();
+    let small = UNetConfig { blocks: 1, ..cfg.clone() };
+    let big = UNetConfig { blocks: 2, ..cfg.clone() };
+    // Tensors of a 2-block model labelled as 1-block: extra keys, or shapes that disagree.
+    let bytes = weights::to_safetensors(&big.init(&device), &header(&small), Precision::F32).unwrap();
+    let e = weights::load(&bytes, &device).err().unwrap();
+    assert!(matches!(e, WeightsError::Shape { .. } | WeightsError::Unexpected(_)), "{e}");
+    // Tensors of a 1-block model labelled as 2-block: something is missing.
+    let bytes = weights::to_safetensors(&small.init(&device), &header(&big), Precision::F32).unwrap();
+    let e = weights::load(&bytes, &device).err().unwrap();
+    assert!(matches!(e, WeightsError::Shape { .. } | WeightsError::Missing(_)), "{e}");
+}

@@ -1,0 +1,252 @@
+// The page: fetches the weights, asks the wasm module for one denoising step at a time and
+// draws it. All maths is in Rust (src/web.rs); this file only wires controls to it.
+import init, { Ddpm } from './pkg/ddpm.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const weightsUrl = params.get('weights') ?? 'weights/mnist.safetensors';
+
+// State the tests read (tests/browser.mjs); nothing here is needed by the page itself.
+const state = window.ddpmState = {
+  ready: false, backend: null, error: null, stepsDrawn: 0, lastStep: null, running: false,
+  interpolationReady: false, msPerStep: [], firstStepAt: null,
+};
+
+let model = null;
+let runId = 0; // a run stops drawing as soon as a newer run (or stop) bumps this
+
+function showError(message) {
+  state.error = message;
+  $('error').textContent = message;
+  $('error').hidden = false;
+  $('status').textContent = 'Something went wrong (see above).';
+}
+
+function draw(canvas, width, height, rgba) {
+  if (canvas.width !== width || canvas.height !== height) {
+    canvas.width = width;
+    canvas.height = height;
+  }
+  canvas.getContext('2d').putImageData(new ImageData(rgba, width, height), 0, 0);
+}
+
+const yieldToBrowser = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+// Fetches with a progress bar; any failure is turned into a sentence for the page.
+async function fetchWeights(url) {
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    throw new Error(`could not fetch the weights at ${url}: ${e.message}`);
+  }
+  if (!response.ok) throw new Error(`could not fetch the weights at ${url}: HTTP ${response.status}`);
+  const total = Number(response.headers.get('Content-Length')) || 0;
+  const reader = response.body.getReader();
+  const chunks = [];
+  let received = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    received += value.length;
+    if (total) $('progress').value = received / total;
+  }
+  const bytes = new Uint8Array(received);
+  let offset = 0;
+  for (const c of chunks) { bytes.set(c, offset); offset += c.length; }
+  return bytes;
+}
+
+// Runs the model's current sampler to the end, drawing each step; resolves to the last step
+// or null if the run was replaced or stopped.
+async function drive(id, onStep) {
+  let last = null;
+  for (;;) {
+    const t0 = performance.now();
+    const step = await model.step();
+    if (id !== runId) return null;
+    if (!step) return last;
+    const ms = performance.now() - t0;
+    state.msPerStep.push(ms);
+    onStep(step, ms);
+    state.stepsDrawn += 1;
+    state.firstStepAt ??= performance.now();
+    last = step;
+    if (step.done) return last;
+    await yieldToBrowser();
+  }
+}
+
+function sampleSteps() {
+  return $('sampler').value === 'ddpm' ? model.diffusion_steps : Number($('ddim-steps').value);
+}
+
+function setRunning(running) {
+  state.running = running;
+  $('start').disabled = false;
+  $('interp').disabled = running;
+  $('stop').disabled = !running;
+}
+
+async function startSampling() {
+  const id = ++runId;
+  const seed = Number($('seed').value) >>> 0;
+  const count = Number($('count').value);
+  const seeds = Uint32Array.from({ length: count }, (_, i) => (seed + i) >>> 0);
+  try {
+    model.start(seeds, sampleSteps(), 0);
+  } catch (e) {
+    showError(e.message);
+    return;
+  }
+  $('error').hidden = true;
+  setRunning(true);
+  $('download').disabled = true;
+  const last = await drive(id, (step, ms) => {
+    draw($('xt'), step.width, step.height, step.x_t);
+    draw($('x0'), step.width, step.height, step.x0);
+    state.lastStep = { index: step.index, total: step.total, t: step.t };
+    $('progress-text').textContent = `step ${step.index} / ${step.total} (t = ${step.t}) · ${ms.toFixed(0)} ms per step`;
+  }).catch((e) => { showError(e.message ?? String(e)); return null; });
+  if (id !== runId) return;
+  setRunning(false);
+  $('download').disabled = !last;
+  $('status').textContent = last ? `Done: ${count} image(s) from seed ${seed}.` : 'Stopped.';
+}
+
+function stop() {
+  runId += 1;
+  model.cancel();
+  setRunning(false);
+  $('status').textContent = 'Stopped.';
+  $('progress-text').textContent += ' · stopped';
+}
+
+function download() {
+  const src = $('xt');
+  const scale = 4;
+  const big = document.createElement('canvas');
+  big.width = src.width * scale;
+  big.height = src.height * scale;
+  const ctx = big.getContext('2d');
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(src, 0, 0, big.width, big.height);
+  const a = document.createElement('a');
+  a.download = `ddpm-seed${$('seed').value}.png`;
+  a.href = big.toDataURL('image/png');
+  a.click();
+}
+
+// Interpolation frames: a grid of `frames` images with a 1-pixel border, one per λ, plus the
+// samples A and B themselves for the slider's ends.
+const morph = { frames: null, ends: null, size: 0, count: 0, mode: 'noise' };
+
+// The pixels of image `index` of a one-row grid.
+function tile(grid, index, size) {
+  const stride = grid.width;
+  const out = new Uint8ClampedArray(size * size * 4);
+  const x0 = 1 + index * (size + 1);
+  for (let y = 0; y < size; y++) {
+    const from = ((1 + y) * stride + x0) * 4;
+    out.set(grid.x_t.subarray(from, from + size * 4), y * size * 4);
+  }
+  return out;
+}
+
+function showFrame() {
+  if (!morph.frames) return;
+  const i = Number($('lambda').value);
+  const last = morph.count - 1;
+  // labml's frames at λ = 0 and 1 are re-noised copies of A and B; the slider's ends show A
+  // and B themselves. DDIM's spherical frames reproduce A and B exactly there.
+  const pixels = morph.mode === 'noise' && (i === 0 || i === last)
+    ? tile(morph.ends, i === 0 ? 0 : 1, morph.size)
+    : tile(morph.frames, i, morph.size);
+  draw($('morph'), morph.size, morph.size, pixels);
+  $('lambda-text').textContent = `λ = ${(i / last).toFixed(3)}`;
+}
+
+async function interpolate() {
+  const id = ++runId;
+  const seedA = Number($('seed-a').value) >>> 0;
+  const seedB = Number($('seed-b').value) >>> 0;
+  const mode = $('mode').value;
+  const frames = Number($('frames').value);
+  const t = Number($('t').value);
+  const steps = Number($('ddim-steps').value);
+  state.interpolationReady = false;
+  $('lambda').disabled = true;
+  setRunning(true);
+  try {
+    // 1. The two samples, with the same deterministic DDIM sampler the frames use.
+    model.start(Uint32Array.of(seedA, seedB), steps, 0);
+    const ends = await drive(id, (s) => {
+      draw($('morph'), s.width, s.height, s.x0);
+      $('interp-text').textContent = `sampling A and B: step ${s.index} / ${s.total}`;
+    });
+    if (!ends) return;
+    // 2. Every frame at once, as one batch through the reverse process.
+    model.start_interpolation(mode, seedA, seedB, t, frames, steps);
+    const last = await drive(id, (s) => {
+      draw($('morph'), s.width, s.height, s.x0);
+      $('interp-text').textContent = `denoising ${frames} frames together: step ${s.index} / ${s.total}`;
+    });
+    if (!last) return;
+    Object.assign(morph, { frames: last, ends, size: model.image_size, count: frames, mode });
+    $('lambda').max = String(frames - 1);
+    $('lambda').disabled = false;
+    $('interp-text').textContent = 'Drag the slider to morph A into B.';
+    state.interpolationReady = true;
+    showFrame();
+  } catch (e) {
+    showError(e.message ?? String(e));
+  } finally {
+    if (id === runId) setRunning(false);
+  }
+}
+
+async function main() {
+  try {
+    await init();
+    const bytes = await fetchWeights(weightsUrl);
+    $('loading').hidden = true;
+    const wantGpu = params.get('backend') !== 'cpu' && 'gpu' in navigator;
+    $('status').textContent = wantGpu ? 'Starting WebGPU…' : 'Starting the CPU backend…';
+    model = await Ddpm.create(bytes, wantGpu);
+  } catch (e) {
+    showError(`Could not load the model: ${e.message ?? e}`);
+    return;
+  }
+  state.backend = model.backend;
+  state.imageSize = model.image_size;
+  $('backend').textContent = `Running on: ${model.backend}`;
+  $('backend').hidden = false;
+  if (!model.on_gpu) {
+    $('backend').classList.add('warn');
+    if (!('gpu' in navigator)) $('backend').textContent += ' (this browser has no WebGPU)';
+  }
+  const info = JSON.parse(model.describe());
+  $('model-info').textContent = `Model: ${info.params.toLocaleString()} parameters, ` +
+    `${info.unet.image_size}×${info.unet.image_size}, T = ${info.schedule.steps}` +
+    (info.info.train_steps ? `, trained ${Number(info.info.train_steps).toLocaleString()} steps` : '') + '.';
+  $('status').textContent = 'Ready.';
+  state.ready = true;
+  $('start').disabled = false;
+  $('interp').disabled = false;
+
+  $('sample-form').addEventListener('submit', (e) => { e.preventDefault(); startSampling(); });
+  $('interp-form').addEventListener('submit', (e) => { e.preventDefault(); interpolate(); });
+  $('stop').addEventListener('click', stop);
+  $('download').addEventListener('click', download);
+  $('lambda').addEventListener('input', showFrame);
+  const syncSampler = () => { $('ddim-steps-label').hidden = $('sampler').value === 'ddpm'; };
+  $('sampler').addEventListener('change', syncSampler);
+  $('mode').addEventListener('change', () => { $('t-label').hidden = $('mode').value === 'slerp'; });
+  syncSampler();
+  if (params.get('autostart') !== '0') startSampling();
+}
+
+window.addEventListener('error', (e) => showError(e.message));
+window.addEventListener('unhandledrejection', (e) => showError(String(e.reason?.message ?? e.reason)));
+main();
