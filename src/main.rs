@@ -138,7 +138,7 @@ struct TrainArgs {
     ema_decay: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Save a checkpoint every N steps.
+    /// Save a checkpoint every N steps (and always at the end).
     #[arg(long, default_value_t = 500)]
     checkpoint_every: usize,
     /// Save a grid of EMA samples (DDIM, 50 steps) every N steps; 0 turns it off.
@@ -298,6 +298,7 @@ fn checkpoint_path(run: &Path) -> PathBuf {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
+    ensure!(a.checkpoint_every > 0, "--checkpoint-every must be at least 1");
     let device = a.backend.device()?;
     let ckpt = checkpoint_path(&a.out);
     std::fs::create_dir_all(a.out.join("samples")).with_context(|| format!("creating {}", a.out.display()))?;
@@ -363,7 +364,7 @@ fn train(a: TrainArgs) -> Result<()> {
             stats.lr,
             started.elapsed().as_secs_f64()
         )?;
-        if trainer.step % a.checkpoint_every == 0 || trainer.step == trainer.train.steps {
+        if trainer.step % a.checkpoint_every == 0 {
             trainer.save(&ckpt)?;
         }
         if a.sample_every > 0 && trainer.step % a.sample_every == 0 {
@@ -371,6 +372,7 @@ fn train(a: TrainArgs) -> Result<()> {
             sample_grid(&trainer.ema, &trainer.diffusion, &trainer.unet, &device, &path)?;
         }
     }
+    trainer.save(&ckpt)?;
     bar.finish_with_message("done");
     Ok(())
 }

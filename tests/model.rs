@@ -117,10 +117,19 @@ fn f32_round_trip_is_bit_exact() {
     let bytes = weights::to_safetensors(&model, &header(&cfg), Precision::F32).unwrap();
     let (loaded, h) = weights::load(&bytes, &device).unwrap();
     assert_eq!(h.unet, cfg);
-    assert_eq!(weights::to_safetensors(&loaded, &h, Precision::F32).unwrap(), bytes);
+    let again = weights::to_safetensors(&loaded, &h, Precision::F32).unwrap();
+    let (a, b) = (SafeTensors::deserialize(&bytes).unwrap(), SafeTensors::deserialize(&again).unwrap());
+    assert_eq!(a.len(), b.len());
+    for (name, view) in a.tensors() {
+        assert_eq!(view.data(), b.tensor(&name).unwrap().data(), "{name} changed in the round trip");
+    }
     let x = Noise::new(1).gaussian([2, 1, 8, 8], &device);
     let t = Tensor::<1>::from_floats([3.0, 900.0], &device);
-    assert_eq!(values(model.forward(x.clone(), t.clone())), values(loaded.forward(x, t)));
+    // Same weights; the loaded Linear weights are transposed views, so summation order (and the
+    // last bit) may differ.
+    for (a, b) in values(model.forward(x.clone(), t.clone())).iter().zip(values(loaded.forward(x, t))) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
 }
 
 #[test]
@@ -175,9 +184,11 @@ fn bad_weights_files_are_errors_not_panics() {
     let broken = weights::to_safetensors(&model, &header(&UNetConfig { attn: vec![true], ..cfg.clone() }), Precision::F16).unwrap();
     assert!(matches!(err(&broken), WeightsError::Config(_)));
 
-    // A future format version.
-    let text = String::from_utf8_lossy(&good).replacen("\"format_version\":\"1\"", "\"format_version\":\"9\"", 1);
-    assert!(matches!(err(text.as_bytes()), WeightsError::Version { .. }));
+    // A future format version (same length, so the file stays well-formed).
+    let mut future = good.clone();
+    let at = future.windows(19).position(|w| w == b"\"format_version\":\"1").expect("version in header");
+    future[at + 18] = b'9';
+    assert!(matches!(err(&future), WeightsError::Version { .. }), "{}", err(&future));
 }
 
 #[test]
@@ -188,10 +199,12 @@ fn missing_and_unexpected_tensors_are_named() {
     let big = UNetConfig { blocks: 2, ..cfg.clone() };
     // Tensors of a 2-block model labelled as 1-block: extra keys, or shapes that disagree.
     let bytes = weights::to_safetensors(&big.init(&device), &header(&small), Precision::F32).unwrap();
-    let e = weights::load(&bytes, &device).err().unwrap();
-    assert!(matches!(e, WeightsError::Shape { .. } | WeightsError::Unexpected(_)), "{e}");
-    // Tensors of a 1-block model labelled as 2-block: something is missing.
+    let named = |e: WeightsError| {
+        assert!(matches!(e, WeightsError::Shape { .. } | WeightsError::Missing(_) | WeightsError::Unexpected(_)), "{e}");
+        assert!(e.to_string().contains('`'), "names the tensor: {e}");
+    };
+    named(weights::load(&bytes, &device).err().unwrap());
+    // Tensors of a 1-block model labelled as 2-block.
     let bytes = weights::to_safetensors(&small.init(&device), &header(&big), Precision::F32).unwrap();
-    let e = weights::load(&bytes, &device).err().unwrap();
-    assert!(matches!(e, WeightsError::Shape { .. } | WeightsError::Missing(_)), "{e}");
+    named(weights::load(&bytes, &device).err().unwrap());
 }

@@ -1,42 +1,14 @@
-//! Training: a tiny model overfits one batch, a checkpoint resumes a run exactly, and the
-//! EMA and learning-rate schedules do what they say.
+//! Training: a tiny model overfits one batch, damaged checkpoints are refused, and the EMA and
+//! learning-rate schedules do what they say. (Exact resume is in tests/resume.rs: it needs a
+//! process of its own, since burn's device RNG is shared by the threads of a test binary.)
 
 use burn::tensor::Device;
-use ddpm::data::Dataset;
 use ddpm::diffusion::ScheduleConfig;
-use ddpm::noise::Noise;
 use ddpm::train::{TrainConfig, Trainer};
+
+mod common;
+use common::{bars, recipe, tempdir, tiny};
 use ddpm::unet::UNetConfig;
-
-fn tiny() -> UNetConfig {
-    UNetConfig {
-        image_channels: 1,
-        image_size: 8,
-        base_channels: 8,
-        channel_mults: vec![1, 2],
-        attn: vec![false, true],
-        blocks: 1,
-        groups: 4,
-        dropout: 0.1,
-    }
-}
-
-fn recipe(steps: usize, batch_size: usize, lr: f64) -> TrainConfig {
-    TrainConfig { steps, batch_size, lr, warmup: 10, grad_clip: 1.0, ema_decay: 0.99, seed: 42, data: "test".into() }
-}
-
-/// `n` images of bars: simple structure a tiny UNet can learn.
-fn bars(n: usize) -> Dataset {
-    let mut pixels = Vec::new();
-    for i in 0..n {
-        for y in 0..8 {
-            for x in 0..8 {
-                pixels.push(if (x + i) % 4 < 2 || y == i % 8 { 1.0 } else { -1.0 });
-            }
-        }
-    }
-    Dataset { shape: [1, 8, 8], pixels, labels: None }
-}
 
 #[test]
 fn a_tiny_model_overfits_one_batch() {
@@ -44,42 +16,13 @@ fn a_tiny_model_overfits_one_batch() {
     // at least tenfold from its starting value (≈ 1, the variance of ε).
     let device = Device::flex();
     let schedule = ScheduleConfig { steps: 20, ..Default::default() };
-    let mut trainer = Trainer::new(UNetConfig { dropout: 0.0, ..tiny() }, schedule, recipe(400, 4, 3e-3), &device).unwrap();
+    let mut trainer = Trainer::new(UNetConfig { dropout: 0.0, ..tiny() }, schedule, recipe(1000, 4, 2e-3), &device).unwrap();
     let data = bars(1);
-    let losses: Vec<f64> = (0..400).map(|_| trainer.step(&data).unwrap().loss).collect();
+    let losses: Vec<f64> = (0..1000).map(|_| trainer.step(&data).unwrap().loss).collect();
     let start = losses[..10].iter().sum::<f64>() / 10.0;
-    let end = losses[losses.len() - 20..].iter().sum::<f64>() / 20.0;
+    let end = losses[losses.len() - 50..].iter().sum::<f64>() / 50.0;
     assert!(start > 0.5, "initial loss {start}");
     assert!(end < start / 10.0, "loss fell from {start} to only {end}");
-}
-
-#[test]
-fn resume_continues_exactly() {
-    let device = Device::flex();
-    let dir = tempdir("resume");
-    let data = bars(16);
-    let new = || Trainer::new(tiny(), ScheduleConfig::default(), recipe(12, 8, 1e-3), &device).unwrap();
-
-    let mut straight = new();
-    let all: Vec<f64> = (0..12).map(|_| straight.step(&data).unwrap().loss).collect();
-
-    let mut first = new();
-    let head: Vec<f64> = (0..6).map(|_| first.step(&data).unwrap().loss).collect();
-    let ckpt = dir.join("checkpoint.ddpm");
-    first.save(&ckpt).unwrap();
-    drop(first);
-    let mut resumed = Trainer::load(&ckpt, &device).unwrap();
-    assert_eq!(resumed.step, 6);
-    let tail: Vec<f64> = (0..6).map(|_| resumed.step(&data).unwrap().loss).collect();
-
-    assert_eq!(head, all[..6], "same seed, same first half");
-    assert_eq!(tail, all[6..], "the resumed half repeats the straight run's losses exactly");
-    // And the weights end identical.
-    let x = Noise::new(0).gaussian([1, 1, 8, 8], &device);
-    let t = straight.diffusion.t_tensor(500, 1, &device);
-    let a = straight.ema.forward(x.clone(), t.clone()).into_data().try_into_vec::<f32>().unwrap();
-    let b = resumed.ema.forward(x, t).into_data().try_into_vec::<f32>().unwrap();
-    assert_eq!(a, b);
 }
 
 #[test]
@@ -106,10 +49,4 @@ fn schedules() {
     assert!(recipe(1, 0, 1e-3).validate().is_err());
     assert!(recipe(1, 1, -1.0).validate().is_err());
     assert!(TrainConfig { ema_decay: 1.0, ..recipe(1, 1, 1e-3) }.validate().is_err());
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ddpm-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

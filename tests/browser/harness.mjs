@@ -12,11 +12,14 @@ export async function launch({ webgpu }) {
   const args = [
     '--headless=new', '--no-sandbox', '--no-first-run', '--disable-background-networking',
     '--disable-component-update', '--disable-sync', '--disable-quic',
-    `--user-data-dir=${mkdtempSync(join(tmpdir(), 'ddpm-chromium-'))}`,
   ];
   // Without this flag headless Chromium offers no WebGPU adapter: the CPU-fallback case.
   if (webgpu) args.push('--enable-unsafe-webgpu');
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args, ignoreDefaultArgs: ['--headless'] });
+  // A fresh profile every launch (playwright passes it as --user-data-dir).
+  const profile = mkdtempSync(join(tmpdir(), 'ddpm-chromium-'));
+  const browser = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM, args, ignoreDefaultArgs: ['--headless'],
+  });
   const errors = [];
   return {
     errors,

@@ -1,0 +1,42 @@
+//! Helpers shared by the training tests.
+#![allow(dead_code)]
+
+use ddpm::data::Dataset;
+use ddpm::train::TrainConfig;
+use ddpm::unet::UNetConfig;
+
+pub fn tiny() -> UNetConfig {
+    UNetConfig {
+        image_channels: 1,
+        image_size: 8,
+        base_channels: 8,
+        channel_mults: vec![1, 2],
+        attn: vec![false, true],
+        blocks: 1,
+        groups: 4,
+        dropout: 0.1,
+    }
+}
+
+pub fn recipe(steps: usize, batch_size: usize, lr: f64) -> TrainConfig {
+    TrainConfig { steps, batch_size, lr, warmup: 10, grad_clip: 1.0, ema_decay: 0.99, seed: 42, data: "test".into() }
+}
+
+/// `n` images of bars: simple structure a tiny UNet can learn.
+pub fn bars(n: usize) -> Dataset {
+    let mut pixels = Vec::new();
+    for i in 0..n {
+        for y in 0..8 {
+            for x in 0..8 {
+                pixels.push(if (x + i) % 4 < 2 || y == i % 8 { 1.0 } else { -1.0 });
+            }
+        }
+    }
+    Dataset { shape: [1, 8, 8], pixels, labels: None }
+}
+
+pub fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ddpm-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

