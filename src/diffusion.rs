@@ -128,7 +128,10 @@ impl Diffusion {
         eta * ((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)).sqrt()
     }
 
-    /// DDIM (Song et al. 2020, eq. 12): x_prev = √ᾱ_prev x̂₀ + √(1 − ᾱ_prev − σ²) ε_θ + σ z.
+    /// DDIM (Song et al. 2020, eq. 12): x_prev = √ᾱ_prev x̂₀ + √(1 − ᾱ_prev − σ²) ε + σ z.
+    /// x̂₀ is clipped to the data range [−1, 1] and ε re-derived from it, as the paper's own code
+    /// does when it forms the DDPM posterior mean: large strides otherwise carry a slightly wrong ε
+    /// at high t (where x̂₀ = (x_t − …)/√ᾱ_t amplifies it ~150×) into saturated images.
     /// `t_prev` None means the step lands on x₀ (ᾱ_prev = 1).
     pub fn ddim_step(
         &self,
@@ -139,9 +142,11 @@ impl Diffusion {
         eta: f64,
         z: Option<Tensor<4>>,
     ) -> Tensor<4> {
-        let ab_prev = t_prev.map_or(1.0, |p| self.alpha_bar[p]);
+        let (ab, ab_prev) = (self.alpha_bar[t], t_prev.map_or(1.0, |p| self.alpha_bar[p]));
         let sigma = self.ddim_sigma(t, t_prev, eta);
-        let x0 = self.predict_x0(x_t, t, eps.clone());
+        let x0 = self.predict_x0(x_t.clone(), t, eps).clamp(-1.0, 1.0);
+        // ε consistent with the clipped x̂₀: ε = (x_t − √ᾱ_t x̂₀)/√(1 − ᾱ_t).
+        let eps = (x_t - x0.clone().mul_scalar(ab.sqrt())).mul_scalar(1.0 / (1.0 - ab).sqrt());
         let dir = eps.mul_scalar((1.0 - ab_prev - sigma * sigma).max(0.0).sqrt());
         let x = x0.mul_scalar(ab_prev.sqrt()) + dir;
         match z {

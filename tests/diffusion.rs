@@ -107,27 +107,36 @@ fn x0_prediction_inverts_q_sample() {
 fn ddim_step_matches_hand_computation() {
     let device = Device::flex();
     let d = Diffusion::new(ScheduleConfig::default());
-    let (x, eps, z) = (0.3f64, -0.4f64, 0.9f64);
+    let (eps, z) = (-0.4f64, 0.9f64);
     let (t, p) = (600usize, 580usize);
-    for eta in [0.0, 0.5, 1.0] {
-        let out = values(d.ddim_step(
-            constant(x as f32, 1, &device),
-            t,
-            Some(p),
-            constant(eps as f32, 1, &device),
-            eta,
-            Some(constant(z as f32, 1, &device)),
-        ));
-        let (ab, abp) = (d.alpha_bar[t], d.alpha_bar[p]);
-        let x0 = (x - (1.0 - ab).sqrt() * eps) / ab.sqrt();
-        let sigma = eta * ((1.0 - abp) / (1.0 - ab)).sqrt() * (1.0 - ab / abp).sqrt();
-        let want = abp.sqrt() * x0 + (1.0 - abp - sigma * sigma).sqrt() * eps + sigma * z;
-        assert!((out[0] as f64 - want).abs() < 1e-5, "eta={eta}: {} vs {want}", out[0]);
+    let (ab, abp) = (d.alpha_bar[t], d.alpha_bar[p]);
+    // x = −0.3 keeps x̂₀ inside [−1, 1]; x = 0.3 pushes it above 1, where it is clipped.
+    for x in [-0.3f64, 0.3] {
+        for eta in [0.0, 0.5, 1.0] {
+            let out = values(d.ddim_step(
+                constant(x as f32, 1, &device),
+                t,
+                Some(p),
+                constant(eps as f32, 1, &device),
+                eta,
+                Some(constant(z as f32, 1, &device)),
+            ));
+            let x0 = ((x - (1.0 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1.0, 1.0);
+            let e = (x - ab.sqrt() * x0) / (1.0 - ab).sqrt();
+            let sigma = eta * ((1.0 - abp) / (1.0 - ab)).sqrt() * (1.0 - ab / abp).sqrt();
+            let want = abp.sqrt() * x0 + (1.0 - abp - sigma * sigma).sqrt() * e + sigma * z;
+            assert!((out[0] as f64 - want).abs() < 1e-5, "x={x} eta={eta}: {} vs {want}", out[0]);
+            if x < 0.0 {
+                // Unclipped, ε is the network's own: the textbook DDIM update.
+                let plain = abp.sqrt() * x0 + (1.0 - abp - sigma * sigma).sqrt() * eps + sigma * z;
+                assert!((want - plain).abs() < 1e-9);
+            }
+        }
     }
     // The last DDIM step lands on x̂₀.
-    let out = values(d.ddim_step(constant(x as f32, 1, &device), 5, None, constant(eps as f32, 1, &device), 0.0, None));
+    let out = values(d.ddim_step(constant(0.3, 1, &device), 5, None, constant(eps as f32, 1, &device), 0.0, None));
     let ab = d.alpha_bar[5];
-    assert!((out[0] as f64 - (x - (1.0 - ab).sqrt() * eps) / ab.sqrt()).abs() < 1e-5);
+    assert!((out[0] as f64 - (0.3 - (1.0 - ab).sqrt() * eps) / ab.sqrt()).abs() < 1e-5);
 }
 
 #[test]

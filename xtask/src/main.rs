@@ -103,7 +103,7 @@ fn build_web(root: &Path) -> Result<()> {
             "--enable-multivalue",
             "--enable-simd",
         ];
-        let status = Command::new(&wasm_opt).args(features).args(["-O2", "-o"]).arg(&bg).arg(&bg).status()?;
+        let status = Command::new(&wasm_opt).args(features).args(["-Oz", "--strip-debug", "--strip-producers", "-o"]).arg(&bg).arg(&bg).status()?;
         ensure!(status.success(), "wasm-opt failed");
     } else {
         eprintln!("note: {} not found (npm install): the wasm is not size-optimised", wasm_opt.display());
