@@ -9,18 +9,8 @@ use ddpm::unet::UNetConfig;
 use ddpm::weights::{self, Header, Precision, WeightsError};
 use safetensors::SafeTensors;
 
-fn tiny() -> UNetConfig {
-    UNetConfig {
-        image_channels: 1,
-        image_size: 8,
-        base_channels: 8,
-        channel_mults: vec![1, 2],
-        attn: vec![false, true],
-        blocks: 1,
-        groups: 4,
-        dropout: 0.0,
-    }
-}
+mod common;
+use common::tiny;
 
 /// The yardstick config of the performance issue (`../shared/ref/torch_bench.py`).
 fn reference() -> UNetConfig {
