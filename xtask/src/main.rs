@@ -83,6 +83,16 @@ fn build_web(root: &Path) -> Result<()> {
     cargo(root, &["rustc", "--lib", "--crate-type", "cdylib", "--target", "wasm32-unknown-unknown", "--profile", "wasm"])?;
     let wasm = target_dir(root).join("wasm32-unknown-unknown/wasm/ddpm.wasm");
     let out = root.join("www/pkg");
+    let bg = out.join("ddpm_bg.wasm");
+    // wasm-opt takes minutes: skip bindgen and optimisation when the stamp written after the
+    // last complete run names this very build.
+    let stamp = out.join("build.stamp");
+    let meta = std::fs::metadata(&wasm)?;
+    let id = format!("{:?} {}", meta.modified()?, meta.len());
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == id) && bg.exists() {
+        eprintln!("{} is up to date", bg.display());
+        return Ok(());
+    }
     std::fs::create_dir_all(&out)?;
     wasm_bindgen_cli_support::Bindgen::new()
         .input_path(&wasm)
@@ -91,7 +101,6 @@ fn build_web(root: &Path) -> Result<()> {
         .typescript(false)
         .generate(&out)
         .context("wasm-bindgen")?;
-    let bg = out.join("ddpm_bg.wasm");
     let wasm_opt = root.join("node_modules/.bin/wasm-opt");
     if wasm_opt.exists() {
         let features = [
@@ -108,6 +117,7 @@ fn build_web(root: &Path) -> Result<()> {
     } else {
         eprintln!("note: {} not found (npm install): the wasm is not size-optimised", wasm_opt.display());
     }
+    std::fs::write(&stamp, id)?;
     eprintln!("wrote {} ({} bytes)", bg.display(), std::fs::metadata(&bg)?.len());
     Ok(())
 }
