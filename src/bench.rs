@@ -104,6 +104,7 @@ pub fn run(
             batch_size: b,
             lr: 2e-4,
             warmup: 1,
+            lr_decay: 0,
             grad_clip: 1.0,
             ema_decay: 0.999,
             seed: 0,

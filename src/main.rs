@@ -133,6 +133,10 @@ struct TrainArgs {
     /// Learning-rate warm-up steps.
     #[arg(long, default_value_t = 500)]
     warmup: usize,
+    /// Let the learning rate fall linearly to 0 over the run's last N steps (default: no decay;
+    /// with --resume, given only to change the resumed run's decay).
+    #[arg(long)]
+    lr_decay: Option<usize>,
     /// EMA decay of the exported weights.
     #[arg(long, default_value_t = 0.999)]
     ema_decay: f64,
@@ -305,6 +309,9 @@ fn train(a: TrainArgs) -> Result<()> {
     let mut trainer = if a.resume {
         let mut t = Trainer::load(&ckpt, &device)?;
         t.train.steps = a.steps;
+        if let Some(n) = a.lr_decay {
+            t.train.lr_decay = n;
+        }
         t
     } else {
         ensure!(!ckpt.exists(), "{} already holds a run: pass --resume to continue it, or pick another --out", a.out.display());
@@ -314,6 +321,7 @@ fn train(a: TrainArgs) -> Result<()> {
             batch_size: a.batch_size,
             lr: a.lr,
             warmup: a.warmup,
+            lr_decay: a.lr_decay.unwrap_or(0),
             grad_clip: 1.0,
             ema_decay: a.ema_decay,
             seed: a.seed,

@@ -29,6 +29,10 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Steps of linear learning-rate warm-up (paper: 5000 at batch 128).
     pub warmup: usize,
+    /// Steps at the end of the run over which the learning rate falls linearly to 0 (0: none,
+    /// the paper's constant rate). Older checkpoints have no such field: none.
+    #[serde(default)]
+    pub lr_decay: usize,
     /// Clip the global gradient norm to this (paper: 1).
     pub grad_clip: f64,
     /// Decay of the weights' moving average (paper: 0.9999).
@@ -55,9 +59,16 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Linear warm-up to `lr`, then constant (the paper's schedule).
+    /// Linear warm-up to `lr`, then constant (the paper's schedule), then with `lr_decay` a
+    /// linear fall towards 0 over the run's last `lr_decay` steps: a short run ends on
+    /// weights that have settled instead of still jumping at the full rate.
     pub fn lr_at(&self, step: usize) -> f64 {
-        self.lr * ((step + 1) as f64 / self.warmup.max(1) as f64).min(1.0)
+        let warm_up = ((step + 1) as f64 / self.warmup.max(1) as f64).min(1.0);
+        let decay = match self.lr_decay {
+            0 => 1.0,
+            n => (self.steps.saturating_sub(step) as f64 / n as f64).min(1.0),
+        };
+        self.lr * warm_up * decay
     }
 
     /// EMA decay at `step`, ramped as min(decay, (1 + s)/(10 + s)) so early averages do not

@@ -49,12 +49,13 @@ impl Ddpm {
     /// `use_gpu` it runs on WebGPU when an adapter is available, else on the CPU (flex).
     pub async fn create(bytes: Vec<u8>, use_gpu: bool) -> Result<Ddpm, JsError> {
         let header = weights::read_header(&bytes).map_err(js_err)?;
-        let (device, backend) = match use_gpu.then_some(()) {
-            Some(()) => match gpu().await {
+        let (device, backend) = if !use_gpu {
+            (Device::flex(), "CPU (flex, wasm)".to_string())
+        } else {
+            match gpu().await {
                 Ok(device) => (device, "WebGPU".to_string()),
                 Err(reason) => (Device::flex(), format!("CPU (flex, wasm) — WebGPU unavailable: {reason}")),
-            },
-            None => (Device::flex(), "CPU (flex, wasm)".to_string()),
+            }
         };
         let (model, _) = weights::load(&bytes, &device).map_err(js_err)?;
         let diffusion = Diffusion::new(header.schedule.clone());

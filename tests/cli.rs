@@ -66,8 +66,13 @@ fn train_export_sample_interpolate_animate() {
     assert!(log(3));
     // A second `train` into the same folder must not clobber the run.
     fails(&train, "--resume");
-    ok(&["train", "--data", data, "--out", run_s, "--steps", "5", "--resume"]);
+    ok(&["train", "--data", data, "--out", run_s, "--steps", "5", "--resume", "--lr-decay", "2"]);
     assert!(log(5));
+    // Still warming up (lr·(s+1)/500), so only the decay over the last 2 steps can lower it.
+    let lrs: Vec<f64> = std::fs::read_to_string(run.join("log.jsonl")).unwrap().lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap())
+        .collect();
+    assert!((lrs[4] - 2e-4 * 5.0 / 500.0 / 2.0).abs() < 1e-12, "the resumed run decays: {lrs:?}");
 
     let weights = root.join("model.safetensors");
     let w = weights.to_str().unwrap();

@@ -44,6 +44,10 @@ fn schedules() {
     let r = recipe(100, 1, 2e-4);
     assert!((r.lr_at(0) - 2e-5).abs() < 1e-12, "warm-up starts at lr/warmup");
     assert!((r.lr_at(9) - 2e-4).abs() < 1e-12 && (r.lr_at(50) - 2e-4).abs() < 1e-12);
+    let d = TrainConfig { lr_decay: 40, ..r.clone() };
+    assert!((d.lr_at(50) - 2e-4).abs() < 1e-12, "no decay before the last 40 steps");
+    assert!((d.lr_at(60) - 2e-4).abs() < 1e-12 && (d.lr_at(80) - 1e-4).abs() < 1e-12, "halfway down");
+    assert!((d.lr_at(99) - 5e-6).abs() < 1e-12, "the last step runs at lr/40");
     assert!((r.ema_at(0) - 0.1).abs() < 1e-12, "early EMA follows the weights");
     assert!((r.ema_at(100_000) - 0.99).abs() < 1e-12);
     assert!(recipe(1, 0, 1e-3).validate().is_err());

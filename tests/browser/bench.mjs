@@ -15,16 +15,27 @@ emit({ what: 'bundle', files, bytes: raw, gzip_bytes: gz, gzip_mb: +(gz / 1e6).t
 
 const median = (v) => { const s = [...v].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]; };
 
-for (const webgpu of [true, false]) {
+// DDPM_BROWSER_BACKENDS=cpu (or webgpu) times one backend only, as in the tests.
+const backends = (process.env.DDPM_BROWSER_BACKENDS ?? 'webgpu,cpu').split(',');
+for (const webgpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : 'cpu'))) {
   const browser = await launch({ webgpu });
   const page = await browser.page();
-  // Page load to first drawn step: autostart runs the default sampler (DDIM, 16 images).
+  // Page load to first drawn step: autostart runs the default sampler (DDIM; 16 images on
+  // WebGPU, 4 on the CPU).
   await page.goto(URL_);
   await page.waitForFunction(() => window.ddpmState?.firstStepAt || window.ddpmState?.error, null, { timeout: 300_000 });
-  const s = await page.evaluate(() => ({ first: window.ddpmState.firstStepAt, backend: window.ddpmState.backend, error: window.ddpmState.error }));
+  const s = await page.evaluate(() => {
+    const { firstStepAt, loaded, backend, error, msPerStep } = window.ddpmState;
+    return { firstStepAt, loaded, backend, error, firstStepMs: msPerStep[0], count: document.getElementById('count').value };
+  });
   if (s.error) throw new Error(s.error);
   const backend = webgpu ? 'webgpu' : 'cpu-wasm';
-  emit({ backend, what: 'first_step_drawn', ms: Math.round(s.first), detail: s.backend });
+  // The phases, each from navigation start: wasm instantiated, weights downloaded (the two
+  // overlap), model built on the backend, first step drawn.
+  const phases = Object.fromEntries(Object.entries(s.loaded).map(([k, v]) => [`${k}_ms`, Math.round(v)]));
+  emit({ backend, what: 'first_step_drawn', ms: Math.round(s.firstStepAt), ...phases, step_ms: Math.round(s.firstStepMs), batch: Number(s.count), detail: s.backend });
+  // The autostarted run is not timed: stop it (SwiftShader would take minutes to finish it).
+  await page.click('#stop');
   await page.waitForFunction(() => !window.ddpmState.running, null, { timeout: 600_000 });
   for (const batch of [1, 16]) {
     const steps = 12;

@@ -89,6 +89,8 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
     const backend = await page.textContent('#backend');
     if (gpu) assert.match(backend, /Running on: WebGPU/);
     else assert.match(backend, /CPU/);
+    // The CPU fallback starts with fewer images so that its first step appears quickly.
+    assert.equal(await page.inputValue('#count'), gpu ? '16' : '4');
 
     await t.test('canvas changes from step to step', async () => {
       const before = await sample(page, SEED, COUNT, STEPS);

@@ -15,7 +15,10 @@ use anyhow::{Context, Result, bail, ensure};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf();
+    // `cargo run` passes the manifest dir at run time; the compile-time one can name another
+    // clone when clones share a target dir (CI's cache), as cargo does not rebuild for a move.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let root = manifest.parent().expect("xtask lives in the workspace").to_path_buf();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     match args.first().map(String::as_str) {
         Some("build-web") => build_web(&root),
