@@ -25,6 +25,9 @@ export async function launch({ webgpu }) {
     errors,
     async page() {
       const page = await browser.newPage();
+      // SwiftShader's WebGPU generates and compiles every kernel during the first step, keeping
+      // the page busy for tens of seconds on a loaded 2-core machine: actions wait that long.
+      page.setDefaultTimeout(180_000);
       page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
       page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
       return page;
