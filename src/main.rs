@@ -19,6 +19,9 @@ use ddpm::unet::{UNet, UNetConfig};
 use ddpm::weights::{self, Header, Precision};
 use ddpm::{bench, data, eval};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "ddpm", version, about = "Denoising Diffusion Probabilistic Models (Ho et al. 2020) on burn")]
 struct Cli {
