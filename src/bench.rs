@@ -112,7 +112,8 @@ pub fn run(
         };
         let mut trainer = Trainer::new(unet.clone(), schedule.clone(), train, device)?;
         // A step reads its loss and gradient norm back, so it is complete when it returns.
-        let times = time_call(|| drop(trainer.step(&data).expect("finite loss on random data")), opts.reps, opts.max_seconds);
+        let times =
+            time_call(|| drop(trainer.step(&data).expect("finite loss on random data")), opts.reps, opts.max_seconds);
         report("train_step", b, times);
     }
     if opts.only.contains(&"sample_step") {

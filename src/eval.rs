@@ -33,7 +33,8 @@ pub struct Classifier {
 
 impl Classifier {
     pub fn new(device: &Device) -> Self {
-        let conv = |i, o| Conv2dConfig::new([i, o], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device);
+        let conv =
+            |i, o| Conv2dConfig::new([i, o], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device);
         Self {
             conv1: conv(1, 32),
             conv2: conv(32, 64),
@@ -60,7 +61,11 @@ pub fn split(mnist: &Dataset) -> (Dataset, Dataset) {
     let (mut train, mut held) = (Vec::new(), Vec::new());
     for (i, &l) in labels.iter().enumerate() {
         let n = &mut seen[l as usize];
-        if *n % 10 == 9 { held.push(i) } else { train.push(i) }
+        if *n % 10 == 9 {
+            held.push(i)
+        } else {
+            train.push(i)
+        }
         *n += 1;
     }
     (mnist.select(&train), mnist.select(&held))
@@ -119,8 +124,8 @@ pub fn load_classifier(path: &Path, device: &Device) -> Result<(Classifier, f64)
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a safetensors file ({e})", path.display()))?;
     let accuracy = meta.metadata().as_ref().and_then(|m| m.get("held_out_accuracy")).and_then(|a| a.parse().ok());
-    let model =
-        weights::load_module(Classifier::new(device), &bytes, device).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let model = weights::load_module(Classifier::new(device), &bytes, device)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok((model, accuracy.with_context(|| format!("{}: no held_out_accuracy in the metadata", path.display()))?))
 }
 
@@ -174,7 +179,10 @@ pub fn symmetric_eigen(a: &[f64], d: usize) -> (Vec<f64>, Vec<f64>) {
         v[i * d + i] = 1.0;
     }
     for _sweep in 0..100 {
-        let off: f64 = (0..d).flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * d + j].powi(2)).sum();
+        let off: f64 = (0..d)
+            .flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * d + j].powi(2))
+            .sum();
         let scale: f64 = a.iter().map(|x| x * x).sum::<f64>().max(1e-300);
         if off <= 1e-22 * scale {
             break;

@@ -315,9 +315,14 @@ fn train(a: TrainArgs) -> Result<()> {
         if let Some(n) = a.lr_decay {
             t.train.lr_decay = n;
         }
+        trim_log(&a.out.join("log.jsonl"), t.step)?;
         t
     } else {
-        ensure!(!ckpt.exists(), "{} already holds a run: pass --resume to continue it, or pick another --out", a.out.display());
+        ensure!(
+            !ckpt.exists(),
+            "{} already holds a run: pass --resume to continue it, or pick another --out",
+            a.out.display()
+        );
         let (unet, schedule) = a.model.configs()?;
         let train = TrainConfig {
             steps: a.steps,
@@ -349,7 +354,8 @@ fn train(a: TrainArgs) -> Result<()> {
 
     let bar = indicatif::ProgressBar::new(trainer.train.steps as u64).with_position(trainer.step as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} {per_sec} ETA {eta}").expect("valid template"),
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} {per_sec} ETA {eta}")
+            .expect("valid template"),
     );
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(a.out.join("log.jsonl"))?;
     let started = Instant::now();
@@ -386,6 +392,18 @@ fn train(a: TrainArgs) -> Result<()> {
     trainer.save(&ckpt)?;
     bar.finish_with_message("done");
     Ok(())
+}
+
+/// Drops the log lines past the checkpoint's step: a run killed between two checkpoints logged
+/// steps that the resumed run does again, and the log should read as one run.
+fn trim_log(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let logged_step = |line: &str| serde_json::from_str::<serde_json::Value>(line).ok()?["step"].as_u64();
+    let kept: Vec<&str> = text.lines().filter(|l| logged_step(l).is_none_or(|s| s as usize <= step)).collect();
+    if kept.len() == text.lines().count() {
+        return Ok(());
+    }
+    atomic_write(path, (kept.join("\n") + "\n").as_bytes())
 }
 
 /// 16 EMA samples (DDIM, 50 steps, seeds 0..16) as a 4×4 grid: a progress picture.

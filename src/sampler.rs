@@ -153,7 +153,8 @@ impl Sampler {
                 self.diffusion.p_sample(x_t, t, eps, z)
             }
             Method::Ddim { eta, .. } => {
-                let z = (self.diffusion.ddim_sigma(t, t_prev, eta) > 0.0).then(|| draw(&mut self.noises, [c, h, w], &device));
+                let z = (self.diffusion.ddim_sigma(t, t_prev, eta) > 0.0)
+                    .then(|| draw(&mut self.noises, [c, h, w], &device));
                 self.diffusion.ddim_step(x_t, t, t_prev, eps, eta, z)
             }
         };

@@ -205,11 +205,21 @@ impl Trainer {
             Ok(Bytes::from_bytes_vec(file.tensor(name).map_err(|_| anyhow::anyhow!(bad(name)))?.data().to_vec()))
         };
         let mut trainer = Self::new(state.unet, state.schedule, state.train, device)?;
-        let record = |name: &str| -> Result<_> { burn::store::ModuleRecord::from_bytes(blob(name)?).with_context(|| bad(name)) };
+        let record =
+            |name: &str| -> Result<_> { burn::store::ModuleRecord::from_bytes(blob(name)?).with_context(|| bad(name)) };
         let ad = device.clone().autodiff();
-        trainer.model = trainer.unet.init(&ad).try_load_record(record("model")?).map_err(|e| anyhow::anyhow!("{}: {e}", bad("model")))?;
-        trainer.ema = trainer.unet.init(device).try_load_record(record("ema")?).map_err(|e| anyhow::anyhow!("{}: {e}", bad("ema")))?;
-        trainer.optim = AdamConfig::new().with_epsilon(1e-8).init().from_bytes(blob("optim")?).with_context(|| bad("optimizer"))?;
+        trainer.model = trainer
+            .unet
+            .init(&ad)
+            .try_load_record(record("model")?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", bad("model")))?;
+        trainer.ema = trainer
+            .unet
+            .init(device)
+            .try_load_record(record("ema")?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", bad("ema")))?;
+        trainer.optim =
+            AdamConfig::new().with_epsilon(1e-8).init().from_bytes(blob("optim")?).with_context(|| bad("optimizer"))?;
         trainer.noise = Noise::from_state(&state.noise).map_err(anyhow::Error::msg)?;
         trainer.step = state.step;
         Ok(trainer)

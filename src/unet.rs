@@ -104,7 +104,11 @@ impl UNetConfig {
             }
         }
         if self.base_channels % self.final_groups() != 0 {
-            return Err(format!("base channels {} not divisible by {} groups", self.base_channels, self.final_groups()));
+            return Err(format!(
+                "base channels {} not divisible by {} groups",
+                self.base_channels,
+                self.final_groups()
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout {} must be in [0, 1)", self.dropout));

@@ -127,7 +127,8 @@ impl Ddpm {
         let sampler = match mode {
             "noise" => {
                 let method = self.method(steps, 0.0)?;
-                let ends = self.last.clone().filter(|x| x.dims()[0] == 2).ok_or_else(|| js_err("sample A and B first"))?;
+                let ends =
+                    self.last.clone().filter(|x| x.dims()[0] == 2).ok_or_else(|| js_err("sample A and B first"))?;
                 if t >= self.diffusion.steps() {
                     return Err(js_err(format!("t must be below {}", self.diffusion.steps())));
                 }

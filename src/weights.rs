@@ -103,7 +103,8 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, WeightsError> {
     if version != FORMAT_VERSION.to_string() {
         return Err(WeightsError::Version { found: version });
     }
-    let mut parse = |key: &str| info.remove(key).ok_or_else(|| WeightsError::Config(format!("metadata `{key}` is missing")));
+    let mut parse =
+        |key: &str| info.remove(key).ok_or_else(|| WeightsError::Config(format!("metadata `{key}` is missing")));
     let unet: UNetConfig =
         serde_json::from_str(&parse("unet")?).map_err(|e| WeightsError::Config(format!("unet: {e}")))?;
     let schedule: ScheduleConfig =
@@ -128,7 +129,9 @@ pub fn load_module<M: Module>(module: M, bytes: &[u8], device: &Device) -> Resul
     for (key, view) in file.iter() {
         let values: Vec<f32> = match view.dtype() {
             Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => view.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F16 => {
+                view.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
             other => return Err(WeightsError::Dtype { key: key.to_string(), dtype: format!("{other:?}") }),
         };
         if values.iter().any(|v| !v.is_finite()) {
@@ -152,7 +155,8 @@ pub fn load_module<M: Module>(module: M, bytes: &[u8], device: &Device) -> Resul
 /// Each path entry is (field name, type of the module holding it). Returns (key, whether the
 /// leaf is a Linear's weight, which burn stores [in, out] and PyTorch [out, in]).
 fn key(path: &[(String, String)]) -> (String, bool) {
-    let mut parts: Vec<&str> = path.iter().filter(|(_, kind)| !kind.starts_with("Enum:")).map(|(n, _)| n.as_str()).collect();
+    let mut parts: Vec<&str> =
+        path.iter().filter(|(_, kind)| !kind.starts_with("Enum:")).map(|(n, _)| n.as_str()).collect();
     let renamed = match parts.last().copied() {
         Some("gamma") => Some("weight"),
         Some("beta") => Some("bias"),

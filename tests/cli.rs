@@ -1,5 +1,6 @@
 //! `ddpm` end to end on a tiny generated image folder, and its answers to bad input.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -45,8 +46,18 @@ fn image_folder(dir: &Path) {
 }
 
 const MODEL: &[&str] = &[
-    "--image-size", "8", "--channels", "3", "--base-channels", "32", "--channel-mults", "1,2", "--attn", "0,1",
-    "--diffusion-steps", "50",
+    "--image-size",
+    "8",
+    "--channels",
+    "3",
+    "--base-channels",
+    "32",
+    "--channel-mults",
+    "1,2",
+    "--attn",
+    "0,1",
+    "--diffusion-steps",
+    "50",
 ];
 
 #[test]
@@ -66,10 +77,20 @@ fn train_export_sample_interpolate_animate() {
     assert!(log(3));
     // A second `train` into the same folder must not clobber the run.
     fails(&train, "--resume");
+    // A run killed between checkpoints leaves log lines past the checkpoint (step 3 here):
+    // resuming drops them, so the log reads as one run.
+    let mut f = std::fs::OpenOptions::new().append(true).open(run.join("log.jsonl")).unwrap();
+    writeln!(f, r#"{{"step":4,"loss":99.0,"grad_norm":1.0,"lr":1e-4,"seconds":9.0}}"#).unwrap();
     ok(&["train", "--data", data, "--out", run_s, "--steps", "5", "--resume", "--lr-decay", "2"]);
     assert!(log(5));
+    let text = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    let steps: Vec<u64> =
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    assert!(steps == [1, 2, 3, 4, 5] && !text.contains("99.0"), "the stale line is gone: {text}");
     // Still warming up (lr·(s+1)/500), so only the decay over the last 2 steps can lower it.
-    let lrs: Vec<f64> = std::fs::read_to_string(run.join("log.jsonl")).unwrap().lines()
+    let lrs: Vec<f64> = std::fs::read_to_string(run.join("log.jsonl"))
+        .unwrap()
+        .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap())
         .collect();
     assert!((lrs[4] - 2e-4 * 5.0 / 500.0 / 2.0).abs() < 1e-12, "the resumed run decays: {lrs:?}");
@@ -80,7 +101,21 @@ fn train_export_sample_interpolate_animate() {
 
     let (s1, s2) = (root.join("s1"), root.join("s2"));
     let grid = root.join("grid.png");
-    ok(&["sample", "--weights", w, "--count", "3", "--seed", "7", "--steps", "10", "--out", s1.to_str().unwrap(), "--grid", grid.to_str().unwrap()]);
+    ok(&[
+        "sample",
+        "--weights",
+        w,
+        "--count",
+        "3",
+        "--seed",
+        "7",
+        "--steps",
+        "10",
+        "--out",
+        s1.to_str().unwrap(),
+        "--grid",
+        grid.to_str().unwrap(),
+    ]);
     for i in 0..3 {
         let img = image::open(s1.join(format!("{i:06}.png"))).unwrap();
         assert_eq!((img.width(), img.height(), img.color()), (8, 8, image::ColorType::Rgb8));
@@ -93,7 +128,25 @@ fn train_export_sample_interpolate_animate() {
     ok(&["sample", "--weights", w, "--count", "2", "--steps", "50", "--out", s2.to_str().unwrap()]);
 
     let strip = root.join("interp.png");
-    ok(&["interpolate", "--weights", w, "--seed-a", "1", "--seed-b", "2", "--t", "20", "--frames", "4", "--steps", "10", "--scale", "1", "--out", strip.to_str().unwrap()]);
+    ok(&[
+        "interpolate",
+        "--weights",
+        w,
+        "--seed-a",
+        "1",
+        "--seed-b",
+        "2",
+        "--t",
+        "20",
+        "--frames",
+        "4",
+        "--steps",
+        "10",
+        "--scale",
+        "1",
+        "--out",
+        strip.to_str().unwrap(),
+    ]);
     let img = image::open(&strip).unwrap();
     assert_eq!((img.width(), img.height()), (4 * 10 + 2, 12));
     let gif = root.join("anim.gif");
@@ -108,11 +161,49 @@ fn bad_input_gets_a_clear_error() {
     let r = run.to_str().unwrap();
     let empty = root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    fails(&["train", "--data", empty.to_str().unwrap(), "--out", r, "--steps", "1", "--image-size", "8", "--channels", "3", "--channel-mults", "1,2", "--attn", "0,1"], "no PNG or JPEG");
+    fails(
+        &[
+            "train",
+            "--data",
+            empty.to_str().unwrap(),
+            "--out",
+            r,
+            "--steps",
+            "1",
+            "--image-size",
+            "8",
+            "--channels",
+            "3",
+            "--channel-mults",
+            "1,2",
+            "--attn",
+            "0,1",
+        ],
+        "no PNG or JPEG",
+    );
     let corrupt = root.join("corrupt");
     std::fs::create_dir_all(&corrupt).unwrap();
     std::fs::write(corrupt.join("broken.png"), b"\x89PNG not really").unwrap();
-    fails(&["train", "--data", corrupt.to_str().unwrap(), "--out", r, "--steps", "1", "--image-size", "8", "--channels", "3", "--channel-mults", "1,2", "--attn", "0,1"], "broken.png");
+    fails(
+        &[
+            "train",
+            "--data",
+            corrupt.to_str().unwrap(),
+            "--out",
+            r,
+            "--steps",
+            "1",
+            "--image-size",
+            "8",
+            "--channels",
+            "3",
+            "--channel-mults",
+            "1,2",
+            "--attn",
+            "0,1",
+        ],
+        "broken.png",
+    );
     fails(&["train", "--data", "/no/such/folder", "--out", r], "not `mnist` and not a folder");
     fails(&["train", "--data", "mnist", "--out", r, "--channel-mults", "1,2", "--attn", "0,0,1"], "same length");
     fails(&["train", "--data", "mnist", "--out", r, "--image-size", "30"], "multiple of 4");

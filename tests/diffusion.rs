@@ -76,14 +76,24 @@ fn p_sample_follows_algorithm_2() {
     let d = Diffusion::new(ScheduleConfig::default());
     let (x, eps, z) = (0.5f64, 0.2f64, -1.3f64);
     for t in [999usize, 400, 1] {
-        let out = values(d.p_sample(constant(x as f32, 1, &device), t, constant(eps as f32, 1, &device), Some(constant(z as f32, 1, &device))));
+        let out = values(d.p_sample(
+            constant(x as f32, 1, &device),
+            t,
+            constant(eps as f32, 1, &device),
+            Some(constant(z as f32, 1, &device)),
+        ));
         // x_{t−1} = (x_t − β_t/√(1 − ᾱ_t) ε)/√α_t + √β_t z
         let (b, a, ab) = (d.beta[t], d.alpha[t], d.alpha_bar[t]);
         let want = (x - b / (1.0 - ab).sqrt() * eps) / a.sqrt() + b.sqrt() * z;
         assert!((out[0] as f64 - want).abs() < 1e-5, "t={t}: {} vs {want}", out[0]);
     }
     // No noise at the last step, even when z is given.
-    let out = values(d.p_sample(constant(x as f32, 1, &device), 0, constant(eps as f32, 1, &device), Some(constant(z as f32, 1, &device))));
+    let out = values(d.p_sample(
+        constant(x as f32, 1, &device),
+        0,
+        constant(eps as f32, 1, &device),
+        Some(constant(z as f32, 1, &device)),
+    ));
     let want = (x - d.beta[0] / (1.0 - d.alpha_bar[0]).sqrt() * eps) / d.alpha[0].sqrt();
     assert!((out[0] as f64 - want).abs() < 1e-5);
 }

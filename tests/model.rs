@@ -171,7 +171,9 @@ fn bad_weights_files_are_errors_not_panics() {
     assert!(e.to_string().contains("image_proj.weight"), "{e}");
 
     // A config that cannot build a model.
-    let broken = weights::to_safetensors(&model, &header(&UNetConfig { attn: vec![true], ..cfg.clone() }), Precision::F16).unwrap();
+    let broken =
+        weights::to_safetensors(&model, &header(&UNetConfig { attn: vec![true], ..cfg.clone() }), Precision::F16)
+            .unwrap();
     assert!(matches!(err(&broken), WeightsError::Config(_)));
 
     // A future format version (same length, so the file stays well-formed).
@@ -190,7 +192,10 @@ fn missing_and_unexpected_tensors_are_named() {
     // Tensors of a 2-block model labelled as 1-block: extra keys, or shapes that disagree.
     let bytes = weights::to_safetensors(&big.init(&device), &header(&small), Precision::F32).unwrap();
     let named = |e: WeightsError| {
-        assert!(matches!(e, WeightsError::Shape { .. } | WeightsError::Missing(_) | WeightsError::Unexpected(_)), "{e}");
+        assert!(
+            matches!(e, WeightsError::Shape { .. } | WeightsError::Missing(_) | WeightsError::Unexpected(_)),
+            "{e}"
+        );
         assert!(e.to_string().contains('`'), "names the tensor: {e}");
     };
     named(weights::load(&bytes, &device).err().unwrap());

@@ -16,7 +16,8 @@ fn a_tiny_model_overfits_one_batch() {
     // at least tenfold from its starting value (≈ 1, the variance of ε).
     let device = Device::flex();
     let schedule = ScheduleConfig { steps: 20, ..Default::default() };
-    let mut trainer = Trainer::new(UNetConfig { dropout: 0.0, ..tiny() }, schedule, recipe(1000, 4, 2e-3), &device).unwrap();
+    let mut trainer =
+        Trainer::new(UNetConfig { dropout: 0.0, ..tiny() }, schedule, recipe(1000, 4, 2e-3), &device).unwrap();
     let data = bars(1);
     let losses: Vec<f64> = (0..1000).map(|_| trainer.step(&data).unwrap().loss).collect();
     let start = losses[..10].iter().sum::<f64>() / 10.0;

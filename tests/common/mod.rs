@@ -19,7 +19,17 @@ pub fn tiny() -> UNetConfig {
 }
 
 pub fn recipe(steps: usize, batch_size: usize, lr: f64) -> TrainConfig {
-    TrainConfig { steps, batch_size, lr, warmup: 10, lr_decay: 0, grad_clip: 1.0, ema_decay: 0.99, seed: 42, data: "test".into() }
+    TrainConfig {
+        steps,
+        batch_size,
+        lr,
+        warmup: 10,
+        lr_decay: 0,
+        grad_clip: 1.0,
+        ema_decay: 0.99,
+        seed: 42,
+        data: "test".into(),
+    }
 }
 
 /// `n` images of bars: simple structure a tiny UNet can learn.

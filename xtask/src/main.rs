@@ -17,7 +17,8 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `cargo run` passes the manifest dir at run time; the compile-time one can name another
     // clone when clones share a target dir (CI's cache), as cargo does not rebuild for a move.
-    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let manifest =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     let root = manifest.parent().expect("xtask lives in the workspace").to_path_buf();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     match args.first().map(String::as_str) {
@@ -31,6 +32,7 @@ fn main() -> Result<()> {
         }
         Some("test") => {
             npm_install(&root)?;
+            cargo(&root, &["fmt", "--all", "--check"])?;
             cargo(&root, &["test", "--release", "-p", "ddpm-web"])?;
             build_web(&root)?;
             node_with_server(&root, &["--test", "--test-concurrency=1", "tests/browser/"])
@@ -61,7 +63,10 @@ fn npm_install(root: &Path) -> Result<()> {
     if root.join("node_modules/.package-lock.json").exists() {
         return Ok(());
     }
-    let status = Command::new("npm").current_dir(root).args(["ci", "--no-audit", "--no-fund"]).status()
+    let status = Command::new("npm")
+        .current_dir(root)
+        .args(["ci", "--no-audit", "--no-fund"])
+        .status()
         .context("running npm (install Node.js and npm)")?;
     ensure!(status.success(), "npm ci failed");
     Ok(())
@@ -75,7 +80,12 @@ fn node_with_server(root: &Path, args: &[&str]) -> Result<()> {
     let served = root.to_path_buf();
     std::thread::spawn(move || accept(&served, listener));
     let bin = target_dir(root).join("release/ddpm");
-    let status = Command::new("node").current_dir(root).args(args).env("DDPM_URL", &url).env("DDPM_BIN", &bin).status()
+    let status = Command::new("node")
+        .current_dir(root)
+        .args(args)
+        .env("DDPM_URL", &url)
+        .env("DDPM_BIN", &bin)
+        .status()
         .context("running node")?;
     ensure!(status.success(), "node {} failed", args.join(" "));
     Ok(())
@@ -83,7 +93,10 @@ fn node_with_server(root: &Path, args: &[&str]) -> Result<()> {
 
 fn build_web(root: &Path) -> Result<()> {
     eprintln!("building the wasm module (a cold build of burn takes ~20 minutes on 2 cores)...");
-    cargo(root, &["rustc", "--lib", "--crate-type", "cdylib", "--target", "wasm32-unknown-unknown", "--profile", "wasm"])?;
+    cargo(
+        root,
+        &["rustc", "--lib", "--crate-type", "cdylib", "--target", "wasm32-unknown-unknown", "--profile", "wasm"],
+    )?;
     let wasm = target_dir(root).join("wasm32-unknown-unknown/wasm/ddpm.wasm");
     let out = root.join("www/pkg");
     let bg = out.join("ddpm_bg.wasm");
@@ -115,7 +128,12 @@ fn build_web(root: &Path) -> Result<()> {
             "--enable-multivalue",
             "--enable-simd",
         ];
-        let status = Command::new(&wasm_opt).args(features).args(["-Oz", "--strip-debug", "--strip-producers", "-o"]).arg(&bg).arg(&bg).status()?;
+        let status = Command::new(&wasm_opt)
+            .args(features)
+            .args(["-Oz", "--strip-debug", "--strip-producers", "-o"])
+            .arg(&bg)
+            .arg(&bg)
+            .status()?;
         ensure!(status.success(), "wasm-opt failed");
         // Only an optimised module counts as done: after `npm install` the next build optimises.
         std::fs::write(&stamp, id)?;
