@@ -46,18 +46,8 @@ fn image_folder(dir: &Path) {
 }
 
 const MODEL: &[&str] = &[
-    "--image-size",
-    "8",
-    "--channels",
-    "3",
-    "--base-channels",
-    "32",
-    "--channel-mults",
-    "1,2",
-    "--attn",
-    "0,1",
-    "--diffusion-steps",
-    "50",
+    "--image-size", "8", "--channels", "3", "--base-channels", "32", "--channel-mults", "1,2", "--attn", "0,1",
+    "--diffusion-steps", "50",
 ];
 
 #[test]
@@ -101,21 +91,8 @@ fn train_export_sample_interpolate_animate() {
 
     let (s1, s2) = (root.join("s1"), root.join("s2"));
     let grid = root.join("grid.png");
-    ok(&[
-        "sample",
-        "--weights",
-        w,
-        "--count",
-        "3",
-        "--seed",
-        "7",
-        "--steps",
-        "10",
-        "--out",
-        s1.to_str().unwrap(),
-        "--grid",
-        grid.to_str().unwrap(),
-    ]);
+    let (s1_s, grid_s) = (s1.to_str().unwrap(), grid.to_str().unwrap());
+    ok(&["sample", "--weights", w, "--count", "3", "--seed", "7", "--steps", "10", "--out", s1_s, "--grid", grid_s]);
     for i in 0..3 {
         let img = image::open(s1.join(format!("{i:06}.png"))).unwrap();
         assert_eq!((img.width(), img.height(), img.color()), (8, 8, image::ColorType::Rgb8));
@@ -128,24 +105,10 @@ fn train_export_sample_interpolate_animate() {
     ok(&["sample", "--weights", w, "--count", "2", "--steps", "50", "--out", s2.to_str().unwrap()]);
 
     let strip = root.join("interp.png");
+    let strip_s = strip.to_str().unwrap();
     ok(&[
-        "interpolate",
-        "--weights",
-        w,
-        "--seed-a",
-        "1",
-        "--seed-b",
-        "2",
-        "--t",
-        "20",
-        "--frames",
-        "4",
-        "--steps",
-        "10",
-        "--scale",
-        "1",
-        "--out",
-        strip.to_str().unwrap(),
+        "interpolate", "--weights", w, "--seed-a", "1", "--seed-b", "2", "--t", "20", "--frames", "4", "--steps", "10",
+        "--scale", "1", "--out", strip_s,
     ]);
     let img = image::open(&strip).unwrap();
     assert_eq!((img.width(), img.height()), (4 * 10 + 2, 12));
@@ -159,51 +122,14 @@ fn bad_input_gets_a_clear_error() {
     let root = tempdir("bad");
     let run = root.join("run");
     let r = run.to_str().unwrap();
+    let tiny = ["--steps", "1", "--image-size", "8", "--channels", "3", "--channel-mults", "1,2", "--attn", "0,1"];
     let empty = root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    fails(
-        &[
-            "train",
-            "--data",
-            empty.to_str().unwrap(),
-            "--out",
-            r,
-            "--steps",
-            "1",
-            "--image-size",
-            "8",
-            "--channels",
-            "3",
-            "--channel-mults",
-            "1,2",
-            "--attn",
-            "0,1",
-        ],
-        "no PNG or JPEG",
-    );
+    fails(&[&["train", "--data", empty.to_str().unwrap(), "--out", r][..], &tiny].concat(), "no PNG or JPEG");
     let corrupt = root.join("corrupt");
     std::fs::create_dir_all(&corrupt).unwrap();
     std::fs::write(corrupt.join("broken.png"), b"\x89PNG not really").unwrap();
-    fails(
-        &[
-            "train",
-            "--data",
-            corrupt.to_str().unwrap(),
-            "--out",
-            r,
-            "--steps",
-            "1",
-            "--image-size",
-            "8",
-            "--channels",
-            "3",
-            "--channel-mults",
-            "1,2",
-            "--attn",
-            "0,1",
-        ],
-        "broken.png",
-    );
+    fails(&[&["train", "--data", corrupt.to_str().unwrap(), "--out", r][..], &tiny].concat(), "broken.png");
     fails(&["train", "--data", "/no/such/folder", "--out", r], "not `mnist` and not a folder");
     fails(&["train", "--data", "mnist", "--out", r, "--channel-mults", "1,2", "--attn", "0,0,1"], "same length");
     fails(&["train", "--data", "mnist", "--out", r, "--image-size", "30"], "multiple of 4");
