@@ -14,14 +14,15 @@ const WEIGHTS = process.env.DDPM_WEIGHTS ?? 'weights/mnist.safetensors';
 assert.ok(URL_ && BIN, 'run through `cargo xtask test` (needs DDPM_URL and DDPM_BIN)');
 
 const STEPS = 10; // DDIM steps: SwiftShader runs WebGPU on the CPU, so keep runs short
+const ETA = 1; // the page's default: fresh per-image noise every step, drawn from the same seeds natively
 const SEED = 11;
 const COUNT = 4;
 
 // Native images for the same seeds and steps, as gray values 0..255, one array per image.
-function nativeSamples(seed, count, steps) {
+function nativeSamples(seed, count, steps, eta) {
   const dir = mkdtempSync(join(tmpdir(), 'ddpm-native-'));
   execFileSync(BIN, ['sample', '--weights', WEIGHTS, '--count', String(count), '--seed', String(seed),
-    '--steps', String(steps), '--out', dir], { stdio: 'pipe' });
+    '--steps', String(steps), '--eta', String(eta), '--out', dir], { stdio: 'pipe' });
   return Array.from({ length: count }, (_, i) => pngPixels(readFileSync(join(dir, `${String(i).padStart(6, '0')}.png`))));
 }
 
@@ -64,11 +65,12 @@ async function ready(page, query = '') {
   assert.equal(error, null, `page error: ${error}`);
 }
 
-async function sample(page, seed, count, steps) {
+async function sample(page, seed, count, steps, eta) {
   await page.fill('#seed', String(seed));
   await page.selectOption('#count', String(count));
   await page.selectOption('#sampler', 'ddim');
   await page.fill('#ddim-steps', String(steps));
+  await page.fill('#eta', String(eta));
   const before = await page.evaluate(() => window.ddpmState.stepsDrawn);
   await page.click('#start');
   return before;
@@ -95,9 +97,12 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
     else assert.match(backend, /CPU/);
     // The CPU fallback starts with fewer images so that its first step appears quickly.
     assert.equal(await page.inputValue('#count'), gpu ? '16' : '4');
+    // The default sampler is the one the README's model card is measured with (50 steps, η = 1).
+    assert.deepEqual([await page.inputValue('#sampler'), await page.inputValue('#ddim-steps'), await page.inputValue('#eta')],
+      ['ddim', '50', '1']);
 
     await t.test('canvas changes from step to step', async () => {
-      const before = await sample(page, SEED, COUNT, STEPS);
+      const before = await sample(page, SEED, COUNT, STEPS, ETA);
       await page.waitForFunction((n) => window.ddpmState.stepsDrawn >= n + 1, before, { timeout: 120_000, polling: 10 });
       const first = await canvasPixels(page, 'x0');
       await page.waitForFunction((n) => window.ddpmState.stepsDrawn >= n + 3, before, { timeout: 120_000, polling: 10 });
@@ -109,7 +114,7 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
     await t.test('the final images equal `ddpm sample` for the same seeds and steps', async () => {
       const size = await page.evaluate(() => window.ddpmState.imageSize);
       const page_ = await canvasTiles(page, 'xt', COUNT, size);
-      const native = nativeSamples(SEED, COUNT, STEPS);
+      const native = nativeSamples(SEED, COUNT, STEPS, ETA);
       for (let i = 0; i < COUNT; i++) {
         const { mean, max } = compare(page_[i], native[i]);
         assert.ok(same({ mean, max }), `image ${i}: mean |diff| ${mean.toFixed(3)}/255, max ${max}/255`);
@@ -133,7 +138,7 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
           return (await canvasPixels(page, 'morph')).filter((_, i) => i % 4 === 0);
         };
         const [a, mid, b] = [await at(0), await at(2), await at(4)];
-        const [na, nb] = [nativeSamples(3, 1, STEPS)[0], nativeSamples(4, 1, STEPS)[0]];
+        const [na, nb] = [nativeSamples(3, 1, STEPS, 0)[0], nativeSamples(4, 1, STEPS, 0)[0]];
         for (const [got, want, other, name] of [[a, na, nb, 'A'], [b, nb, na, 'B']]) {
           const { mean, max } = compare(got, want);
           const detail = `vs the other end ${compare(got, other).mean.toFixed(2)}, size ${got.length}/${want.length}`;
@@ -155,7 +160,7 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
       await page.waitForTimeout(1500);
       assert.equal(await page.evaluate(() => window.ddpmState.stepsDrawn), stopped, 'no step is drawn after stop');
       assert.equal(await page.evaluate(() => window.ddpmState.running), false);
-      await sample(page, 6, 1, 5);
+      await sample(page, 6, 1, 5, ETA);
       await waitDone(page);
       assert.equal(await page.evaluate(() => window.ddpmState.lastStep.total), 5);
     });
