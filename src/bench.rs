@@ -19,6 +19,8 @@ pub struct Options<'a> {
     pub reps: usize,
     pub max_seconds: f64,
     pub only: Vec<&'a str>,
+    /// Shards of the training step's batch (see [`TrainConfig::shards`]).
+    pub shards: usize,
 }
 
 /// Calls `f` to warm up, then times up to `reps` calls (at least 3) within `max_seconds`.
@@ -108,6 +110,7 @@ pub fn run(
             grad_clip: 1.0,
             ema_decay: 0.999,
             seed: 0,
+            shards: opts.shards.min(b),
             data: "bench".into(),
         };
         let mut trainer = Trainer::new(unet.clone(), schedule.clone(), train, device)?;

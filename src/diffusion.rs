@@ -82,14 +82,13 @@ impl Diffusion {
         x0 * Self::per_item(mean, &device) + eps * Self::per_item(std, &device)
     }
 
-    /// Eq. 14 (L_simple): ‖ε − ε_θ(√ᾱ_t x₀ + √(1 − ᾱ_t) ε, t)‖², t ~ U{0..T−1}, ε ~ N(0, I),
-    /// averaged over pixels and batch. `noise` supplies t and ε so a run is reproducible.
-    pub fn loss(&self, eps_theta: &UNet, x0: Tensor<4>, noise: &mut Noise) -> Tensor<1> {
+    /// Eq. 14 (L_simple): ‖ε − ε_θ(√ᾱ_t x₀ + √(1 − ᾱ_t) ε, t)‖², averaged over pixels and
+    /// batch, for the caller's draws of t ~ U{0..T−1} (one per item) and ε ~ N(0, I); the
+    /// network runs in training mode, its dropout masks drawn from `dropout`.
+    pub fn loss(&self, eps_theta: &UNet, x0: Tensor<4>, t: &[usize], eps: Tensor<4>, dropout: &mut Noise) -> Tensor<1> {
         let device = x0.device();
-        let t: Vec<usize> = (0..x0.dims()[0]).map(|_| noise.below(self.steps())).collect();
-        let eps = noise.gaussian(x0.dims(), &device);
-        let x_t = self.q_sample(x0, &t, eps.clone());
-        let pred = eps_theta.forward(x_t, self.t_tensor_items(&t, &device));
+        let x_t = self.q_sample(x0, t, eps.clone());
+        let pred = eps_theta.forward_train(x_t, self.t_tensor_items(t, &device), dropout);
         (eps - pred).square().mean()
     }
 

@@ -63,6 +63,15 @@ impl Backend {
             Backend::Wgpu => Device::wgpu_options().init().map_err(|e| anyhow::anyhow!("no wgpu adapter: {e}"))?,
         })
     }
+
+    /// Default shards of a training step: one per CPU thread on flex, whose element-wise ops
+    /// each run on one thread; one on wgpu, which runs every op across the GPU already.
+    fn shards(self) -> usize {
+        match self {
+            Backend::Cpu => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Backend::Wgpu => 1,
+        }
+    }
 }
 
 /// Model shape flags, shared by `train` and `bench`.
@@ -154,6 +163,10 @@ struct TrainArgs {
     /// Continue the run in --out from its checkpoint (its model config wins).
     #[arg(long)]
     resume: bool,
+    /// Split each batch into N shards computed on N threads at once (default: one per CPU
+    /// thread on cpu, 1 on wgpu; with --resume, given only to change the resumed run's).
+    #[arg(long)]
+    shards: Option<usize>,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: Backend,
     #[command(flatten)]
@@ -315,6 +328,10 @@ fn train(a: TrainArgs) -> Result<()> {
         if let Some(n) = a.lr_decay {
             t.train.lr_decay = n;
         }
+        if let Some(n) = a.shards {
+            t.train.shards = n;
+            t.train.validate().map_err(anyhow::Error::msg)?;
+        }
         trim_log(&a.out.join("log.jsonl"), t.step)?;
         t
     } else {
@@ -333,6 +350,7 @@ fn train(a: TrainArgs) -> Result<()> {
             grad_clip: 1.0,
             ema_decay: a.ema_decay,
             seed: a.seed,
+            shards: a.shards.unwrap_or_else(|| a.backend.shards().min(a.batch_size)),
             data: a.data.clone(),
         };
         Trainer::new(unet, schedule, train, &device)?
@@ -511,7 +529,8 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             }
             Err(e) => return Err(e),
         };
-        let opts = bench::Options { reps: a.reps, max_seconds: a.max_seconds, only: only.clone() };
+        let opts =
+            bench::Options { reps: a.reps, max_seconds: a.max_seconds, only: only.clone(), shards: backend.shards() };
         bench::run(name, &unet, &schedule, &device, &opts, &mut |line| println!("{line}"))?;
     }
     Ok(())

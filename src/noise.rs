@@ -1,7 +1,7 @@
 //! Seeded, portable Gaussian noise.
 //!
 //! Every random draw of the sampler (x_T and the z of each ancestral step) and of training
-//! (t and ε) comes from here, on the CPU, and is uploaded. Backend RNGs differ between flex,
+//! (t, ε and the dropout masks) comes from here, on the CPU, and is uploaded. Backend RNGs differ between flex,
 //! wgpu and the browser; this one does not, so one seed gives one image everywhere.
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -56,6 +56,29 @@ impl Noise {
     pub fn gaussian<const D: usize>(&mut self, shape: [usize; D], device: &Device) -> Tensor<D> {
         let n = shape.iter().product();
         Tensor::from_data(TensorData::new(self.gaussian_vec(n), shape), device)
+    }
+
+    /// Inverted dropout's mask: each element 1/p_keep with probability p_keep, else 0 (mean 1).
+    pub fn keep_mask<const D: usize>(&mut self, shape: [usize; D], p_keep: f64, device: &Device) -> Tensor<D> {
+        let n = shape.iter().product();
+        let threshold = (p_keep * 4_294_967_296.0) as u64;
+        let scale = (1.0 / p_keep) as f32;
+        let mask = (0..n).map(|_| if (self.rng.next_u32() as u64) < threshold { scale } else { 0.0 }).collect();
+        Tensor::from_data(TensorData::new(mask, shape), device)
+    }
+
+    /// `n` generators for a training step's `n` shards, which draw their dropout masks
+    /// concurrently: ChaCha's streams 0..n under one seed drawn from this generator. One draw
+    /// whatever `n`, so the batches, t and ε that follow do not depend on the shard count.
+    pub fn split(&mut self, n: usize) -> Vec<Noise> {
+        let seed = self.rng.next_u64();
+        (0..n as u64)
+            .map(|stream| {
+                let mut noise = Noise::new(seed);
+                noise.rng.set_stream(stream);
+                noise
+            })
+            .collect()
     }
 
     pub fn state(&self) -> NoiseState {

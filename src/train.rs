@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bytes, Device, Tensor};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -38,14 +38,30 @@ pub struct TrainConfig {
     /// Decay of the weights' moving average (paper: 0.9999).
     pub ema_decay: f64,
     pub seed: u64,
+    /// The batch is split into this many shards whose gradients are computed on as many threads
+    /// at once and summed (flex runs element-wise ops on one thread, so one graph leaves cores
+    /// idle). Only float rounding depends on it; it is kept in the checkpoint so that a resumed
+    /// run adds the same sums. Older checkpoints have no such field: one shard.
+    #[serde(default = "one")]
+    pub shards: usize,
     /// Where the images came from (`mnist` or a folder), for the exported metadata.
     pub data: String,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.batch_size == 0 {
             return Err("batch size must be at least 1".into());
+        }
+        if !(1..=self.batch_size).contains(&self.shards) {
+            return Err(format!(
+                "shards must be between 1 and the batch size {}, got {}",
+                self.batch_size, self.shards
+            ));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(format!("learning rate must be positive, got {}", self.lr));
@@ -135,18 +151,58 @@ impl Trainer {
         })
     }
 
-    /// One optimiser step on a random batch of `data`.
+    /// One optimiser step on a random batch of `data` (Algorithm 1, lines 2-5).
     pub fn step(&mut self, data: &Dataset) -> Result<StepStats> {
-        // Dropout draws from the device RNG: reseed it per step so a resumed run repeats it.
-        self.device.seed(self.train.seed ^ (self.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let ad = self.device.clone().autodiff();
-        let x0 = data.random_batch(self.train.batch_size, &mut self.noise, &ad);
-        let loss = self.diffusion.loss(&self.model, x0, &mut self.noise);
-        let loss_value = loss.clone().into_scalar::<f64>();
+        // x₀ ~ q(x₀), t ~ U{0..T−1}, ε ~ N(0, I): drawn here, on the CPU, for the whole batch.
+        let b = self.train.batch_size;
+        let x0 = data.random_batch(b, &mut self.noise, &ad);
+        let t: Vec<usize> = (0..b).map(|_| self.noise.below(self.diffusion.steps())).collect();
+        let eps = self.noise.gaussian(x0.dims(), &ad);
+
+        // Shard k takes items [start_k, start_k + n_k) and weighs its mean loss by n_k / B, so
+        // the shards' losses and gradients add up to those of the whole batch.
+        let shards = self.train.shards;
+        let mut start = 0;
+        let jobs: Vec<Shard> = (self.noise.split(shards).into_iter().enumerate())
+            .map(|(k, dropout)| {
+                let n = b / shards + usize::from(k < b % shards);
+                let items = start..start + n;
+                start += n;
+                Shard {
+                    replica: self.model.clone().map(&mut Replica),
+                    x0: x0.clone().narrow(0, items.start, n),
+                    t: t[items.clone()].to_vec(),
+                    eps: eps.clone().narrow(0, items.start, n),
+                    dropout,
+                    weight: n as f64 / b as f64,
+                }
+            })
+            .collect();
+        let diffusion = &self.diffusion;
+        let results: Vec<(f64, Vec<Tensor<1>>)> = if shards == 1 {
+            jobs.into_iter().map(|job| job.run(diffusion)).collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = jobs.into_iter().map(|job| scope.spawn(move || job.run(diffusion))).collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().map_err(|_| anyhow::anyhow!("a training thread panicked")))
+                    .collect::<Result<_>>()
+            })?
+        };
+
+        let loss_value: f64 = results.iter().map(|(loss, _)| loss).sum();
         if !loss_value.is_finite() {
             bail!("loss is {loss_value} at step {}; stopping (the last checkpoint is kept as it was)", self.step + 1);
         }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let mut sums: Vec<Tensor<1>> = Vec::new();
+        for (_, grads) in results {
+            sums = if sums.is_empty() { grads } else { sums.into_iter().zip(grads).map(|(a, g)| a + g).collect() };
+        }
+        let mut assign = Assign { grads: sums.into_iter(), out: GradientsParams::new() };
+        self.model.visit(&mut assign);
+        let mut grads = assign.out;
         let grad_norm = clip_global_norm(&self.model, &mut grads, self.train.grad_clip);
         let lr = self.train.lr_at(self.step);
         self.model = self.optim.step(lr, self.model.clone(), grads);
@@ -268,6 +324,60 @@ fn clip_global_norm(model: &UNet, grads: &mut GradientsParams, clip: f64) -> f64
         model.visit(&mut Scale(grads, clip / norm));
     }
     norm
+}
+
+/// One shard of a training step's batch, with its own copy of the model.
+struct Shard {
+    replica: UNet,
+    x0: Tensor<4>,
+    t: Vec<usize>,
+    eps: Tensor<4>,
+    dropout: Noise,
+    weight: f64,
+}
+
+impl Shard {
+    /// The shard's weighted loss and its gradients, flattened in the parameters' visiting order.
+    fn run(mut self, diffusion: &Diffusion) -> (f64, Vec<Tensor<1>>) {
+        let loss = diffusion.loss(&self.replica, self.x0, &self.t, self.eps, &mut self.dropout).mul_scalar(self.weight);
+        let value = loss.clone().into_scalar::<f64>();
+        let grads = GradientsParams::from_grads(loss.backward(), &self.replica);
+        let mut flat = FlattenGrads(&grads, Vec::new());
+        self.replica.visit(&mut flat);
+        (value, flat.1)
+    }
+}
+
+/// Copies a module's parameters under fresh ids: each shard's autodiff graph then shares no
+/// node with another's, and burn runs graphs that share nothing concurrently.
+struct Replica;
+
+impl ModuleMapper for Replica {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        Param::initialized(ParamId::new(), param.val().detach().require_grad())
+    }
+}
+
+struct FlattenGrads<'a>(&'a GradientsParams, Vec<Tensor<1>>);
+
+impl ModuleVisitor for FlattenGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let grad = self.0.get::<D>(param.id).expect("every UNet parameter takes part in the loss");
+        self.1.push(grad.reshape([-1]));
+    }
+}
+
+/// Registers flattened gradients, in visiting order, under the visited module's parameter ids.
+struct Assign<I> {
+    grads: I,
+    out: GradientsParams,
+}
+
+impl<I: Iterator<Item = Tensor<1>>> ModuleVisitor for Assign<I> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let grad = self.grads.next().expect("one gradient per parameter");
+        self.out.register::<D>(param.id, grad.reshape(param.shape()));
+    }
 }
 
 /// The parameters in visiting order, flattened (a module's visit order is fixed by its type).

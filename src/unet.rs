@@ -15,6 +15,8 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::noise::Noise;
+
 /// Everything needed to build a UNet; stored in the weights file so a reader can rebuild the model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UNetConfig {
@@ -222,6 +224,7 @@ pub struct ResidualBlock {
     conv2: Conv2d,
     shortcut: Option<Conv2d>,
     time_emb: Linear,
+    /// Holds the rate only: the mask comes from the caller's [`Noise`] (see [`UNet::forward_train`]).
     dropout: Dropout,
 }
 
@@ -238,10 +241,18 @@ impl ResidualBlock {
         }
     }
 
-    fn forward(&self, x: Tensor<4>, t: &Tensor<2>) -> Tensor<4> {
+    fn forward(&self, x: Tensor<4>, t: &Tensor<2>, dropout: Option<&mut Noise>) -> Tensor<4> {
         let h = self.conv1.forward(swish(self.norm1.forward(x.clone())));
         let h = h + self.time_emb.forward(swish(t.clone())).unsqueeze_dims::<4>(&[2, 3]);
-        let h = self.conv2.forward(self.dropout.forward(swish(self.norm2.forward(h))));
+        let h = swish(self.norm2.forward(h));
+        let h = match dropout {
+            Some(noise) if self.dropout.prob > 0.0 => {
+                let mask = noise.keep_mask(h.dims(), 1.0 - self.dropout.prob, &h.device());
+                h * mask
+            }
+            _ => h,
+        };
+        let h = self.conv2.forward(h);
         h + match &self.shortcut {
             Some(conv) => conv.forward(x),
             None => x,
@@ -297,8 +308,8 @@ impl ResBlock {
         }
     }
 
-    fn forward(&self, x: Tensor<4>, t: &Tensor<2>) -> Tensor<4> {
-        let h = self.res.forward(x, t);
+    fn forward(&self, x: Tensor<4>, t: &Tensor<2>, dropout: Option<&mut Noise>) -> Tensor<4> {
+        let h = self.res.forward(x, t, dropout);
         match &self.attn {
             Some(attn) => attn.forward(h),
             None => h,
@@ -368,22 +379,35 @@ pub struct UNet {
 impl UNet {
     /// Predicts the noise in `x` ([B, C, H, W], data in [−1, 1] scaled by √ᾱ) at steps `t` ([B]).
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
+        self.forward_with(x, t, None)
+    }
+
+    /// The same in training mode: dropout after each residual block's second Swish (Appendix B),
+    /// its masks drawn from `dropout`, the project's CPU generator, so a run repeats exactly on
+    /// any backend, also when a training step runs shards of its batch on several threads (burn's
+    /// own dropout reads the device's one global generator, in whatever order threads reach it).
+    pub fn forward_train(&self, x: Tensor<4>, t: Tensor<1>, dropout: &mut Noise) -> Tensor<4> {
+        self.forward_with(x, t, Some(dropout))
+    }
+
+    fn forward_with(&self, x: Tensor<4>, t: Tensor<1>, mut dropout: Option<&mut Noise>) -> Tensor<4> {
         let t = self.time_emb.forward(t);
         let mut x = self.image_proj.forward(x);
         let mut skips = vec![x.clone()];
         for layer in &self.down {
             x = match layer {
-                Down::Block(block) => block.forward(x, &t),
+                Down::Block(block) => block.forward(x, &t, dropout.as_deref_mut()),
                 Down::Downsample(d) => d.conv.forward(x),
             };
             skips.push(x.clone());
         }
-        x = self.middle.res2.forward(self.middle.attn.forward(self.middle.res1.forward(x, &t)), &t);
+        let h = self.middle.res1.forward(x, &t, dropout.as_deref_mut());
+        x = self.middle.res2.forward(self.middle.attn.forward(h), &t, dropout.as_deref_mut());
         for layer in &self.up {
             x = match layer {
                 Up::Block(block) => {
                     let skip = skips.pop().expect("one skip per up block, by construction");
-                    block.forward(Tensor::cat(vec![x, skip], 1), &t)
+                    block.forward(Tensor::cat(vec![x, skip], 1), &t, dropout.as_deref_mut())
                 }
                 Up::Upsample(u) => u.conv.forward(x),
             };

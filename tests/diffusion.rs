@@ -71,6 +71,26 @@ fn noise_is_standard_normal_and_reproducible() {
 }
 
 #[test]
+fn dropout_masks_keep_the_mean_and_split_streams_differ() {
+    let device = Device::flex();
+    let n = 200_000;
+    let mask = Noise::new(5).keep_mask([n], 0.9, &device).into_data().try_into_vec::<f32>().unwrap();
+    let dropped = mask.iter().filter(|&&m| m == 0.0).count() as f64 / n as f64;
+    let mean = mask.iter().map(|&m| m as f64).sum::<f64>() / n as f64;
+    assert!((dropped - 0.1).abs() < 0.003, "dropped share {dropped}");
+    assert!((mean - 1.0).abs() < 0.005, "mean {mean}");
+    assert!(mask.iter().all(|&m| m == 0.0 || (m - 1.0 / 0.9).abs() < 1e-6));
+    // One draw from the parent whatever the count; distinct streams below it.
+    let (mut a, mut b) = (Noise::new(8), Noise::new(8));
+    let two = a.split(2);
+    let three = b.split(3);
+    assert_eq!(a.gaussian_vec(4), b.gaussian_vec(4), "the parent goes on the same way");
+    let first = |v: &[Noise], k: usize| v[k].clone().gaussian_vec(4);
+    assert_eq!(first(&two, 1), first(&three, 1));
+    assert_ne!(first(&three, 0), first(&three, 1));
+}
+
+#[test]
 fn p_sample_follows_algorithm_2() {
     let device = Device::flex();
     let d = Diffusion::new(ScheduleConfig::default());

@@ -52,6 +52,21 @@ fn output_has_the_input_shape() {
 }
 
 #[test]
+fn dropout_acts_in_training_only_and_follows_its_seed() {
+    let device = Device::flex();
+    let model = tiny().init(&device); // dropout 0.1
+    let x = Noise::new(0).gaussian([2, 1, 8, 8], &device);
+    let t = Tensor::<1>::from_floats([5.0, 700.0].as_slice(), &device);
+    let eval = values(model.forward(x.clone(), t.clone()));
+    let train = |seed| values(model.forward_train(x.clone(), t.clone(), &mut Noise::new(seed)));
+    assert_ne!(train(1), eval, "masks change the training output");
+    assert_eq!(train(1), train(1), "the same masks from the same seed");
+    assert_ne!(train(1), train(2));
+    let no_dropout = UNetConfig { dropout: 0.0, ..tiny() }.init(&device).load_record(model.clone().into_record());
+    assert_eq!(values(no_dropout.forward_train(x.clone(), t.clone(), &mut Noise::new(1))), eval);
+}
+
+#[test]
 fn more_blocks_and_width_mean_more_parameters() {
     let device = Device::flex();
     let base = tiny().init(&device).num_params();

@@ -1,10 +1,11 @@
-//! A checkpointed run resumes exactly: N steps, save, load, N more equals 2N steps straight.
-//! Alone in its binary: burn's device RNG (dropout) is global, so no other test may share it.
+//! A checkpointed run resumes exactly: N steps, save, load, N more equals 2N steps straight,
+//! with dropout drawn by two shards on two threads. Alone in its binary: burn's device RNG
+//! (weight initialisation) is global, so no other test may share it.
 
 use burn::tensor::Device;
 use ddpm::diffusion::ScheduleConfig;
 use ddpm::noise::Noise;
-use ddpm::train::Trainer;
+use ddpm::train::{TrainConfig, Trainer};
 
 mod common;
 use common::{bars, recipe, tempdir, tiny};
@@ -14,7 +15,8 @@ fn resume_continues_exactly() {
     let device = Device::flex();
     let dir = tempdir("resume");
     let data = bars(16);
-    let new = || Trainer::new(tiny(), ScheduleConfig::default(), recipe(12, 8, 1e-3), &device).unwrap();
+    let recipe = TrainConfig { shards: 2, ..recipe(12, 8, 1e-3) };
+    let new = || Trainer::new(tiny(), ScheduleConfig::default(), recipe.clone(), &device).unwrap();
 
     let mut straight = new();
     let all: Vec<f64> = (0..12).map(|_| straight.step(&data).unwrap().loss).collect();

@@ -1,6 +1,7 @@
 //! Training: a tiny model overfits one batch, damaged checkpoints are refused, and the EMA and
-//! learning-rate schedules do what they say. (Exact resume is in tests/resume.rs: it needs a
-//! process of its own, since burn's device RNG is shared by the threads of a test binary.)
+//! learning-rate schedules do what they say, and a batch split into shards trains as the whole.
+//! (Exact resume is in tests/resume.rs: it needs a process of its own, since burn's device
+//! RNG, which initialises the weights, is shared by the threads of a test binary.)
 
 use burn::tensor::Device;
 use ddpm::diffusion::ScheduleConfig;
@@ -13,17 +14,45 @@ use ddpm::unet::UNetConfig;
 #[test]
 fn a_tiny_model_overfits_one_batch() {
     // Few T steps keep the regression target simple: with one fixed batch the loss must fall
-    // at least tenfold from its starting value (≈ 1, the variance of ε).
+    // at least tenfold from its starting value (≈ 1, the variance of ε). The rate decays over the
+    // second half so that the last losses measure the fit, not the optimiser's jitter.
     let device = Device::flex();
     let schedule = ScheduleConfig { steps: 20, ..Default::default() };
-    let mut trainer =
-        Trainer::new(UNetConfig { dropout: 0.0, ..tiny() }, schedule, recipe(1000, 4, 2e-3), &device).unwrap();
+    let recipe = TrainConfig { lr_decay: 500, ..recipe(1000, 4, 2e-3) };
+    let mut trainer = Trainer::new(UNetConfig { dropout: 0.0, ..tiny() }, schedule, recipe, &device).unwrap();
     let data = bars(1);
     let losses: Vec<f64> = (0..1000).map(|_| trainer.step(&data).unwrap().loss).collect();
     let start = losses[..10].iter().sum::<f64>() / 10.0;
     let end = losses[losses.len() - 50..].iter().sum::<f64>() / 50.0;
     assert!(start > 0.5, "initial loss {start}");
     assert!(end < start / 10.0, "loss fell from {start} to only {end}");
+}
+
+#[test]
+fn sharded_steps_add_up_to_the_whole_batch() {
+    // Batch 7 as three uneven shards (3, 2, 2) on three threads against one shard: the same
+    // draws, so the same losses and weights up to float rounding. Both start from one saved
+    // run (loading does not depend on burn's global RNG, which other tests here share).
+    let device = Device::flex();
+    let path = tempdir("shards").join("checkpoint.ddpm");
+    let config = UNetConfig { dropout: 0.0, ..tiny() };
+    Trainer::new(config, ScheduleConfig::default(), recipe(20, 7, 1e-3), &device).unwrap().save(&path).unwrap();
+    let data = bars(16);
+    let run = |shards| {
+        let mut trainer = Trainer::load(&path, &device).unwrap();
+        trainer.train.shards = shards;
+        let losses: Vec<f64> = (0..6).map(|_| trainer.step(&data).unwrap().loss).collect();
+        let x = ddpm::noise::Noise::new(0).gaussian([1, 1, 8, 8], &device);
+        let t = trainer.diffusion.t_tensor(500, 1, &device);
+        (losses, trainer.ema.forward(x, t).into_data().try_into_vec::<f32>().unwrap())
+    };
+    let (one, out_one) = run(1);
+    let (three, out_three) = run(3);
+    for (a, b) in one.iter().zip(&three) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "loss {a} with one shard, {b} with three");
+    }
+    let diff = out_one.iter().zip(&out_three).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(diff < 1e-4, "the trained networks differ by {diff}");
 }
 
 #[test]
@@ -54,4 +83,6 @@ fn schedules() {
     assert!(recipe(1, 0, 1e-3).validate().is_err());
     assert!(recipe(1, 1, -1.0).validate().is_err());
     assert!(TrainConfig { ema_decay: 1.0, ..recipe(1, 1, 1e-3) }.validate().is_err());
+    assert!(TrainConfig { shards: 0, ..recipe(1, 4, 1e-3) }.validate().is_err());
+    assert!(TrainConfig { shards: 5, ..recipe(1, 4, 1e-3) }.validate().is_err());
 }

@@ -28,6 +28,7 @@ pub fn recipe(steps: usize, batch_size: usize, lr: f64) -> TrainConfig {
         grad_clip: 1.0,
         ema_decay: 0.99,
         seed: 42,
+        shards: 1,
         data: "test".into(),
     }
 }
