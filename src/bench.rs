@@ -11,7 +11,8 @@ use burn::tensor::{Device, Tensor};
 use crate::data::Dataset;
 use crate::diffusion::{Diffusion, ScheduleConfig};
 use crate::noise::Noise;
-use crate::sampler::{Method, Sampler};
+use crate::sampler::{EpsTheta, Method, Sampler};
+use crate::threads::Sharded;
 use crate::train::{TrainConfig, Trainer};
 use crate::unet::UNetConfig;
 
@@ -19,7 +20,7 @@ pub struct Options<'a> {
     pub reps: usize,
     pub max_seconds: f64,
     pub only: Vec<&'a str>,
-    /// Shards of the training step's batch (see [`TrainConfig::shards`]).
+    /// Threads that share a batch: sampling's [`Sharded`], training's [`TrainConfig::shards`].
     pub shards: usize,
 }
 
@@ -88,6 +89,7 @@ pub fn run(
         emit(line.to_string());
     };
     let diffusion = Diffusion::new(schedule.clone());
+    let eps_theta = Sharded::new(&model, opts.shards);
     let shape = [unet.image_channels, unet.image_size, unet.image_size];
     let mut noise = Noise::new(0);
 
@@ -95,7 +97,7 @@ pub fn run(
         for b in [1, 16, 64] {
             let x = noise.gaussian([b, shape[0], shape[1], shape[2]], device);
             let t = diffusion.t_tensor(diffusion.steps() / 2, b, device);
-            report("forward", b, time_call(|| sync(model.forward(x.clone(), t.clone())), opts.reps, opts.max_seconds));
+            report("forward", b, time_call(|| sync(eps_theta.eps(x.clone(), t.clone())), opts.reps, opts.max_seconds));
         }
     }
     if opts.only.contains(&"train_step") {
@@ -126,7 +128,7 @@ pub fn run(
             let mut sampler = Sampler::new(&diffusion, Method::Ddpm, shape, &seeds, device);
             let times = time_call(
                 || {
-                    sampler.step(&model).expect("1000 steps outlast the benchmark");
+                    sampler.step(&eps_theta).expect("1000 steps outlast the benchmark");
                     sync(sampler.x().clone());
                 },
                 opts.reps,

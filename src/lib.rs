@@ -17,6 +17,8 @@ pub mod data;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod eval;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod threads;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod train;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ddpm::diffusion::{Diffusion, ScheduleConfig};
 use ddpm::images::{Grid, save_gif, save_png};
 use ddpm::sampler::{Method, Sampler};
+use ddpm::threads::Sharded;
 use ddpm::train::{TrainConfig, Trainer, atomic_write};
 use ddpm::unet::{UNet, UNetConfig};
 use ddpm::weights::{self, Header, Precision};
@@ -404,7 +405,8 @@ fn train(a: TrainArgs) -> Result<()> {
         }
         if a.sample_every > 0 && trainer.step % a.sample_every == 0 {
             let path = a.out.join("samples").join(format!("step_{:06}.png", trainer.step));
-            sample_grid(&trainer.ema, &trainer.diffusion, &trainer.unet, &device, &path)?;
+            let eps_theta = Sharded::new(&trainer.ema, a.backend.shards());
+            sample_grid(&eps_theta, &trainer.diffusion, &trainer.unet, &device, &path)?;
         }
     }
     trainer.save(&ckpt)?;
@@ -425,11 +427,17 @@ fn trim_log(path: &Path, step: usize) -> Result<()> {
 }
 
 /// 16 EMA samples (DDIM, 50 steps, seeds 0..16) as a 4×4 grid: a progress picture.
-fn sample_grid(model: &UNet, diffusion: &Diffusion, cfg: &UNetConfig, device: &Device, path: &Path) -> Result<()> {
+fn sample_grid(
+    eps_theta: &Sharded,
+    diffusion: &Diffusion,
+    cfg: &UNetConfig,
+    device: &Device,
+    path: &Path,
+) -> Result<()> {
     let method = Method::Ddim { steps: 50.min(diffusion.steps()), eta: 0.0 };
     let shape = [cfg.image_channels, cfg.image_size, cfg.image_size];
     let seeds: Vec<u64> = (0..16).collect();
-    let x = Sampler::new(diffusion, method, shape, &seeds, device).run(model);
+    let x = Sampler::new(diffusion, method, shape, &seeds, device).run(eps_theta);
     Grid::new(&to_vec(x), [16, shape[0], shape[1], shape[2]], 4, 2).save_png(path, 2)
 }
 
@@ -452,12 +460,13 @@ fn export(a: ExportArgs) -> Result<()> {
 fn sample(a: SampleArgs) -> Result<()> {
     ensure!(a.count > 0 && a.batch > 0, "--count and --batch must be at least 1");
     let (model, header, diffusion, method, device) = a.sampler.load()?;
+    let eps_theta = Sharded::new(&model, a.sampler.backend.shards());
     let shape = [header.unet.image_channels, header.unet.image_size, header.unet.image_size];
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut all = Vec::new();
     let seeds: Vec<u64> = (0..a.count as u64).map(|i| a.seed + i).collect();
     for chunk in seeds.chunks(a.batch) {
-        let values = to_vec(Sampler::new(&diffusion, method, shape, chunk, &device).run(&model));
+        let values = to_vec(Sampler::new(&diffusion, method, shape, chunk, &device).run(&eps_theta));
         for (i, image) in values.chunks_exact(shape.iter().product()).enumerate() {
             let index = (chunk[0] - a.seed) as usize + i;
             save_png(&a.out.join(format!("{index:06}.png")), image, shape)?;
@@ -475,14 +484,15 @@ fn sample(a: SampleArgs) -> Result<()> {
 fn interpolate(a: InterpolateArgs) -> Result<()> {
     ensure!(a.frames >= 2, "--frames must be at least 2");
     let (model, header, diffusion, method, device) = a.sampler.load()?;
+    let eps_theta = Sharded::new(&model, a.sampler.backend.shards());
     ensure!(a.t < diffusion.steps(), "--t must be below T = {}", diffusion.steps());
     let shape = [header.unet.image_channels, header.unet.image_size, header.unet.image_size];
-    let ends = Sampler::new(&diffusion, method, shape, &[a.seed_a, a.seed_b], &device).run(&model);
+    let ends = Sampler::new(&diffusion, method, shape, &[a.seed_a, a.seed_b], &device).run(&eps_theta);
     let x_a = ends.clone().narrow(0, 0, 1);
     let x_b = ends.narrow(0, 1, 1);
     let lambdas: Vec<f64> = (0..a.frames).map(|i| i as f64 / (a.frames - 1) as f64).collect();
     let seed = a.seed_a.wrapping_mul(1_000_003) ^ a.seed_b;
-    let frames = Sampler::interpolate(&diffusion, method, x_a, x_b, a.t, &lambdas, seed).run(&model);
+    let frames = Sampler::interpolate(&diffusion, method, x_a, x_b, a.t, &lambdas, seed).run(&eps_theta);
     Grid::new(&to_vec(frames), [a.frames, shape[0], shape[1], shape[2]], a.frames, 2).save_png(&a.out, a.scale)
 }
 

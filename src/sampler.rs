@@ -7,6 +7,18 @@ use crate::diffusion::{Diffusion, slerp};
 use crate::noise::Noise;
 use crate::unet::UNet;
 
+/// ε_θ as the sampler calls it: the UNet itself, or natively the UNet with each batch split
+/// across CPU threads (`threads::Sharded`).
+pub trait EpsTheta {
+    fn eps(&self, x_t: Tensor<4>, t: Tensor<1>) -> Tensor<4>;
+}
+
+impl EpsTheta for UNet {
+    fn eps(&self, x_t: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
+        self.forward(x_t, t)
+    }
+}
+
 /// Which reverse process to run.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Method {
@@ -121,7 +133,7 @@ impl Sampler {
     }
 
     /// Runs the remaining steps and returns x₀.
-    pub fn run(mut self, eps_theta: &UNet) -> Tensor<4> {
+    pub fn run(mut self, eps_theta: &impl EpsTheta) -> Tensor<4> {
         while self.step(eps_theta).is_some() {}
         self.x
     }
@@ -139,13 +151,13 @@ impl Sampler {
     }
 
     /// Runs ε_θ once and moves x one step back; None once x₀ is reached.
-    pub fn step(&mut self, eps_theta: &UNet) -> Option<Step> {
+    pub fn step(&mut self, eps_theta: &impl EpsTheta) -> Option<Step> {
         let &t = self.timesteps.get(self.done)?;
         let t_prev = self.timesteps.get(self.done + 1).copied();
         let [b, c, h, w] = self.x.dims();
         let device = self.x.device();
         let x_t = self.x.clone();
-        let eps = eps_theta.forward(x_t.clone(), self.diffusion.t_tensor(t, b, &device));
+        let eps = eps_theta.eps(x_t.clone(), self.diffusion.t_tensor(t, b, &device));
         let x0_hat = self.diffusion.predict_x0(x_t.clone(), t, eps.clone());
         self.x = match self.method {
             Method::Ddpm => {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Dataset;
 use crate::diffusion::{Diffusion, ScheduleConfig};
 use crate::noise::{Noise, NoiseState};
+use crate::threads::{run_all, shard_ranges};
 use crate::unet::{UNet, UNetConfig};
 use crate::weights::Header;
 
@@ -160,37 +161,24 @@ impl Trainer {
         let t: Vec<usize> = (0..b).map(|_| self.noise.below(self.diffusion.steps())).collect();
         let eps = self.noise.gaussian(x0.dims(), &ad);
 
-        // Shard k takes items [start_k, start_k + n_k) and weighs its mean loss by n_k / B, so
-        // the shards' losses and gradients add up to those of the whole batch.
-        let shards = self.train.shards;
-        let mut start = 0;
-        let jobs: Vec<Shard> = (self.noise.split(shards).into_iter().enumerate())
-            .map(|(k, dropout)| {
-                let n = b / shards + usize::from(k < b % shards);
-                let items = start..start + n;
-                start += n;
-                Shard {
+        // Shard k takes a slice of n_k items and weighs its mean loss by n_k / B, so the shards'
+        // losses and gradients add up to those of the whole batch.
+        let dropout = self.noise.split(self.train.shards);
+        let diffusion = &self.diffusion;
+        let jobs: Vec<_> = (shard_ranges(b, self.train.shards).into_iter().zip(dropout))
+            .map(|(items, dropout)| {
+                let shard = Shard {
                     replica: self.model.clone().map(&mut Replica),
-                    x0: x0.clone().narrow(0, items.start, n),
+                    x0: x0.clone().narrow(0, items.start, items.len()),
                     t: t[items.clone()].to_vec(),
-                    eps: eps.clone().narrow(0, items.start, n),
+                    eps: eps.clone().narrow(0, items.start, items.len()),
                     dropout,
-                    weight: n as f64 / b as f64,
-                }
+                    weight: items.len() as f64 / b as f64,
+                };
+                move || shard.run(diffusion)
             })
             .collect();
-        let diffusion = &self.diffusion;
-        let results: Vec<(f64, Vec<Tensor<1>>)> = if shards == 1 {
-            jobs.into_iter().map(|job| job.run(diffusion)).collect()
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = jobs.into_iter().map(|job| scope.spawn(move || job.run(diffusion))).collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().map_err(|_| anyhow::anyhow!("a training thread panicked")))
-                    .collect::<Result<_>>()
-            })?
-        };
+        let results = run_all(jobs);
 
         let loss_value: f64 = results.iter().map(|(loss, _)| loss).sum();
         if !loss_value.is_finite() {

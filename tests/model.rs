@@ -67,6 +67,25 @@ fn dropout_acts_in_training_only_and_follows_its_seed() {
 }
 
 #[test]
+fn a_batch_split_across_threads_gives_the_same_noise_prediction() {
+    use ddpm::sampler::EpsTheta;
+    use ddpm::threads::{Sharded, shard_ranges};
+    assert_eq!(shard_ranges(7, 3), [0..3, 3..5, 5..7]);
+    assert_eq!(shard_ranges(2, 2), [0..1, 1..2]);
+    let device = Device::flex();
+    let model = tiny().init(&device);
+    let x = Noise::new(0).gaussian([5, 1, 8, 8], &device);
+    let t = Tensor::<1>::from_floats([0.0, 10.0, 300.0, 600.0, 999.0].as_slice(), &device);
+    let whole = values(model.forward(x.clone(), t.clone()));
+    for shards in [1, 2, 3, 8] {
+        let split = values(Sharded::new(&model, shards).eps(x.clone(), t.clone()));
+        assert_eq!(split.len(), whole.len());
+        let diff = whole.iter().zip(&split).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(diff < 1e-5, "{shards} shards differ by {diff}");
+    }
+}
+
+#[test]
 fn more_blocks_and_width_mean_more_parameters() {
     let device = Device::flex();
     let base = tiny().init(&device).num_params();

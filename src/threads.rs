@@ -1,0 +1,63 @@
+//! A batch split across CPU threads (native only). burn's flex backend runs its element-wise
+//! ops (Swish, GroupNorm, adds) on the calling thread and only its matrix products on all
+//! cores, so one forward pass leaves cores idle; slices of the batch on threads of their own
+//! keep them busy. Sampling uses [`Sharded`]; training splits its gradients the same way
+//! (`Trainer::step`).
+
+use std::ops::Range;
+
+use burn::tensor::Tensor;
+
+use crate::sampler::EpsTheta;
+use crate::unet::UNet;
+
+/// `batch` items cut into `shards` contiguous slices whose sizes differ by at most one.
+pub fn shard_ranges(batch: usize, shards: usize) -> Vec<Range<usize>> {
+    let mut start = 0;
+    (0..shards)
+        .map(|k| {
+            let n = batch / shards + usize::from(k < batch % shards);
+            start += n;
+            start - n..start
+        })
+        .collect()
+}
+
+/// Runs the jobs on threads of their own (on this one if there is only one), in order.
+pub fn run_all<T: Send>(jobs: Vec<impl FnOnce() -> T + Send>) -> Vec<T> {
+    if jobs.len() == 1 {
+        return jobs.into_iter().map(|job| job()).collect();
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs.into_iter().map(|job| scope.spawn(job)).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
+}
+
+/// ε_θ with each batch cut into `shards` slices, run at once and put back together: the same
+/// images as one pass, item by item.
+pub struct Sharded<'a> {
+    model: &'a UNet,
+    shards: usize,
+}
+
+impl<'a> Sharded<'a> {
+    pub fn new(model: &'a UNet, shards: usize) -> Self {
+        Self { model, shards: shards.max(1) }
+    }
+}
+
+impl EpsTheta for Sharded<'_> {
+    fn eps(&self, x_t: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
+        let batch = x_t.dims()[0];
+        let jobs: Vec<_> = shard_ranges(batch, self.shards.min(batch))
+            .into_iter()
+            .map(|items| {
+                let x = x_t.clone().narrow(0, items.start, items.len());
+                let t = t.clone().narrow(0, items.start, items.len());
+                move || self.model.forward(x, t)
+            })
+            .collect();
+        Tensor::cat(run_all(jobs), 0)
+    }
+}
