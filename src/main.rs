@@ -65,8 +65,9 @@ impl Backend {
         })
     }
 
-    /// Default shards of a training step: one per CPU thread on flex, whose element-wise ops
-    /// each run on one thread; one on wgpu, which runs every op across the GPU already.
+    /// How many threads share a batch by default (training's shards, the samplers' slices): one
+    /// per CPU thread on flex, whose element-wise ops each run on one thread; one on wgpu, which
+    /// spreads every op across the GPU already.
     fn shards(self) -> usize {
         match self {
             Backend::Cpu => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -1,8 +1,9 @@
 //! Seeded, portable Gaussian noise.
 //!
 //! Every random draw of the sampler (x_T and the z of each ancestral step) and of training
-//! (t, ε and the dropout masks) comes from here, on the CPU, and is uploaded. Backend RNGs differ between flex,
-//! wgpu and the browser; this one does not, so one seed gives one image everywhere.
+//! (t, ε and the dropout masks) comes from here, on the CPU, and is uploaded. Backend RNGs
+//! differ between flex, wgpu and the browser; this one does not, so one seed gives one image
+//! everywhere.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;

@@ -184,10 +184,9 @@ impl Trainer {
         if !loss_value.is_finite() {
             bail!("loss is {loss_value} at step {}; stopping (the last checkpoint is kept as it was)", self.step + 1);
         }
-        let mut sums: Vec<Tensor<1>> = Vec::new();
-        for (_, grads) in results {
-            sums = if sums.is_empty() { grads } else { sums.into_iter().zip(grads).map(|(a, g)| a + g).collect() };
-        }
+        let mut shard_grads = results.into_iter().map(|(_, grads)| grads);
+        let first = shard_grads.next().expect("at least one shard");
+        let sums = shard_grads.fold(first, |acc, grads| acc.into_iter().zip(grads).map(|(a, g)| a + g).collect());
         let mut assign = Assign { grads: sums.into_iter(), out: GradientsParams::new() };
         self.model.visit(&mut assign);
         let mut grads = assign.out;

@@ -134,6 +134,7 @@ fn bad_input_gets_a_clear_error() {
     fails(&["train", "--data", "mnist", "--out", r, "--channel-mults", "1,2", "--attn", "0,0,1"], "same length");
     fails(&["train", "--data", "mnist", "--out", r, "--image-size", "30"], "multiple of 4");
     fails(&["train", "--data", "mnist", "--out", r, "--lr=-1"], "learning rate");
+    fails(&["train", "--data", "mnist", "--out", r, "--batch-size", "4", "--shards", "5"], "shards must be between 1");
     fails(&["train", "--data", "mnist", "--out", r, "--channel-mults", "1,x"], "invalid value 'x'");
     fails(&["train", "--data", "mnist", "--out", r, "--resume"], "checkpoint");
 
