@@ -139,8 +139,10 @@ struct TrainArgs {
     /// Total optimiser steps.
     #[arg(long, default_value_t = 20_000)]
     steps: usize,
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    /// Images per step [default: 64] (with --resume, given only to change the resumed run's,
+    /// e.g. to fill a GPU).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Adam's learning rate after warm-up.
     #[arg(long, default_value_t = 2e-4)]
     lr: f64,
@@ -330,10 +332,13 @@ fn train(a: TrainArgs) -> Result<()> {
         if let Some(n) = a.lr_decay {
             t.train.lr_decay = n;
         }
+        if let Some(n) = a.batch_size {
+            t.train.batch_size = n;
+        }
         if let Some(n) = a.shards {
             t.train.shards = n;
-            t.train.validate().map_err(anyhow::Error::msg)?;
         }
+        t.train.validate().map_err(anyhow::Error::msg)?;
         trim_log(&a.out.join("log.jsonl"), t.step)?;
         t
     } else {
@@ -343,16 +348,17 @@ fn train(a: TrainArgs) -> Result<()> {
             a.out.display()
         );
         let (unet, schedule) = a.model.configs()?;
+        let batch_size = a.batch_size.unwrap_or(64);
         let train = TrainConfig {
             steps: a.steps,
-            batch_size: a.batch_size,
+            batch_size,
             lr: a.lr,
             warmup: a.warmup,
             lr_decay: a.lr_decay.unwrap_or(0),
             grad_clip: 1.0,
             ema_decay: a.ema_decay,
             seed: a.seed,
-            shards: a.shards.unwrap_or_else(|| a.backend.shards().min(a.batch_size)),
+            shards: a.shards.unwrap_or_else(|| a.backend.shards().min(batch_size)),
             data: a.data.clone(),
         };
         Trainer::new(unet, schedule, train, &device)?

@@ -71,7 +71,12 @@ fn train_export_sample_interpolate_animate() {
     // resuming drops them, so the log reads as one run.
     let mut f = std::fs::OpenOptions::new().append(true).open(run.join("log.jsonl")).unwrap();
     writeln!(f, r#"{{"step":4,"loss":99.0,"grad_norm":1.0,"lr":1e-4,"seconds":9.0}}"#).unwrap();
-    ok(&["train", "--data", data, "--out", run_s, "--steps", "5", "--resume", "--lr-decay", "2"]);
+    // A resumed run takes a new batch size (to fill a GPU, say), validated like a new run's.
+    fails(&["train", "--data", data, "--out", run_s, "--steps", "5", "--resume", "--batch-size", "0"], "batch size");
+    ok(&[
+        "train", "--data", data, "--out", run_s, "--steps", "5", "--resume", "--lr-decay", "2", "--batch-size", "2",
+        "--shards", "1",
+    ]);
     assert!(log(5));
     let text = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
     let steps: Vec<u64> =
