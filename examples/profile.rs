@@ -6,6 +6,7 @@ use burn::nn::conv::Conv2dConfig;
 use burn::nn::{GroupNormConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
+use ddpm::kernels::group_norm_swish;
 use ddpm::noise::Noise;
 
 fn time(name: &str, mut f: impl FnMut() -> Tensor<4>) {
@@ -40,6 +41,8 @@ fn main() {
         time(&format!("conv3x3 32->32 @64x32x32 {tag}"), || run(conv.forward(x.clone())));
         time(&format!("groupnorm(32) @64x32x32x32 {tag}"), || run(gn.forward(x.clone())));
         time(&format!("silu @64x32x32x32 {tag}"), || run(silu(x.clone())));
+        time(&format!("silu(groupnorm) @64x32x32x32 {tag}"), || run(silu(gn.forward(x.clone()))));
+        time(&format!("group_norm_swish @64x32x32x32 {tag}"), || run(group_norm_swish(&gn, x.clone())));
         time(&format!("add+mul @64x32x32x32 {tag}"), || run(x.clone() * 2.0 + x.clone()));
         time(&format!("cat dim1 {tag}"), || run(Tensor::cat(vec![x.clone(), x.clone()], 1)));
     }

@@ -22,8 +22,9 @@ fn main() {
     let x = Noise::new(1).gaussian([4, 1, 32, 32], &device);
     let t = Tensor::<1>::from_floats([0.0, 10.0, 500.0, 999.0], &device);
     let y = model.forward(x.clone(), t);
-    let raw =
-        |x: Tensor<4>| x.into_data().to_vec::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let raw = |x: Tensor<4>| {
+        x.into_data().try_to_vec::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()
+    };
     let (xb, yb) = (raw(x), raw(y));
     let view = |b| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4, 1, 32, 32], b).unwrap();
     let io = safetensors::serialize([("x", view(&xb)), ("y", view(&yb))], None::<HashMap<String, String>>).unwrap();

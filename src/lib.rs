@@ -5,6 +5,7 @@
 
 pub mod diffusion;
 pub mod images;
+pub mod kernels;
 pub mod noise;
 pub mod sampler;
 pub mod unet;

@@ -15,6 +15,7 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::{conv2d, group_norm_swish};
 use crate::noise::Noise;
 
 /// Everything needed to build a UNet; stored in the weights file so a reader can rebuild the model.
@@ -242,9 +243,9 @@ impl ResidualBlock {
     }
 
     fn forward(&self, x: Tensor<4>, t: &Tensor<2>, dropout: Option<&mut Noise>) -> Tensor<4> {
-        let h = self.conv1.forward(swish(self.norm1.forward(x.clone())));
+        let h = conv2d(&self.conv1, group_norm_swish(&self.norm1, x.clone()));
         let h = h + self.time_emb.forward(swish(t.clone())).unsqueeze_dims::<4>(&[2, 3]);
-        let h = swish(self.norm2.forward(h));
+        let h = group_norm_swish(&self.norm2, h);
         let h = match dropout {
             Some(noise) if self.dropout.prob > 0.0 => {
                 let mask = noise.keep_mask(h.dims(), 1.0 - self.dropout.prob, &h.device());
@@ -252,9 +253,9 @@ impl ResidualBlock {
             }
             _ => h,
         };
-        let h = self.conv2.forward(h);
+        let h = conv2d(&self.conv2, h);
         h + match &self.shortcut {
-            Some(conv) => conv.forward(x),
+            Some(conv) => conv2d(conv, x),
             None => x,
         }
     }
@@ -392,12 +393,12 @@ impl UNet {
 
     fn forward_with(&self, x: Tensor<4>, t: Tensor<1>, mut dropout: Option<&mut Noise>) -> Tensor<4> {
         let t = self.time_emb.forward(t);
-        let mut x = self.image_proj.forward(x);
+        let mut x = conv2d(&self.image_proj, x);
         let mut skips = vec![x.clone()];
         for layer in &self.down {
             x = match layer {
                 Down::Block(block) => block.forward(x, &t, dropout.as_deref_mut()),
-                Down::Downsample(d) => d.conv.forward(x),
+                Down::Downsample(d) => conv2d(&d.conv, x),
             };
             skips.push(x.clone());
         }
@@ -412,6 +413,6 @@ impl UNet {
                 Up::Upsample(u) => u.conv.forward(x),
             };
         }
-        self.final_.forward(swish(self.norm.forward(x)))
+        conv2d(&self.final_, group_norm_swish(&self.norm, x))
     }
 }

@@ -20,7 +20,7 @@ fn shipped_weights_draw_digits() {
     let diffusion = Diffusion::new(header.schedule.clone());
     let seeds: Vec<u64> = (0..16).collect();
     let x = Sampler::new(&diffusion, Method::Ddim { steps: 50, eta: 0.0 }, [1, 28, 28], &seeds, &device).run(&model);
-    let samples = Dataset { shape: [1, 28, 28], pixels: x.into_data().to_vec::<f32>().unwrap(), labels: None };
+    let samples = Dataset { shape: [1, 28, 28], pixels: x.into_data().try_to_vec::<f32>().unwrap(), labels: None };
 
     // Digits are mostly dark background: a blank or noisy output fails here.
     let dark = samples.pixels.iter().filter(|&&v| v < -0.5).count() as f64 / samples.pixels.len() as f64;

@@ -1,0 +1,22 @@
+//! The UNet's two hot operations, convolution and GroupNorm + Swish, as burn backend
+//! extensions: hand-written kernels on flex (native and the browser's CPU fallback), burn's own
+//! ops on every other backend. Model code calls [`conv2d`] and [`group_norm_swish`] and never
+//! learns which ran.
+//!
+//! Why: on two cores flex's generic conv2d, its autodiff fallbacks and its one-op-at-a-time
+//! element-wise passes made a training step about twice PyTorch's; `ddpm bench` and
+//! `cargo run --release --example profile` measure the difference.
+
+pub mod conv2d;
+pub mod group_norm_swish;
+
+pub use conv2d::conv2d;
+pub use group_norm_swish::group_norm_swish;
+
+use burn::backend::flex::FlexTensor;
+
+/// The elements of a contiguous f32 flex tensor.
+fn f32s(t: &FlexTensor) -> &[f32] {
+    let start = t.layout().start_offset();
+    &t.storage::<f32>()[start..start + t.layout().num_elements()]
+}

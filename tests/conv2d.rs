@@ -1,0 +1,88 @@
+//! The flex convolutions (im2col + GEMM) against burn's conv2d: outputs and all three
+//! gradients, for every kind of layer the UNet has.
+
+use burn::module::Param;
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::tensor::{Device, Tensor};
+use ddpm::kernels::conv2d;
+use ddpm::noise::Noise;
+
+/// (c_in, c_out, kernel, stride, padding): the UNet's 3×3 convs, its Downsample, a shortcut.
+const LAYERS: [(usize, usize, usize, usize, usize); 4] =
+    [(3, 5, 3, 1, 1), (4, 4, 3, 2, 1), (6, 3, 1, 1, 0), (2, 3, 3, 1, 0)];
+
+fn layer((c_in, c_out, k, stride, padding): (usize, usize, usize, usize, usize), device: &Device) -> Conv2d {
+    let mut conv = Conv2dConfig::new([c_in, c_out], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(if padding == 0 {
+            PaddingConfig2d::Valid
+        } else {
+            PaddingConfig2d::Explicit(padding, padding, padding, padding)
+        })
+        .init(device);
+    // A bias far from zero, so that a dropped or doubled bias shows.
+    conv.bias = Some(Param::from_tensor(Noise::new(9).gaussian([c_out], device) + 1.0));
+    conv
+}
+
+/// Whether the kernel fits the padded input.
+fn fits((_, _, k, _, padding): (usize, usize, usize, usize, usize), size: usize) -> bool {
+    size + 2 * padding >= k
+}
+
+fn assert_close<const D: usize>(what: &str, got: Tensor<D>, want: Tensor<D>) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let (got, want) = (got.into_data().try_to_vec::<f32>().unwrap(), want.into_data().try_to_vec::<f32>().unwrap());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= 1e-5 * scale, "{what}[{i}]: gemm {g} vs burn {w}");
+    }
+}
+
+#[test]
+fn outputs_match_burns_conv2d() {
+    let device = Device::flex();
+    // Batches below, at and above the thread count; even and odd sizes (the stride-2 edge).
+    for (i, spec) in LAYERS.into_iter().enumerate() {
+        // Size 1: kernel columns that see only padding.
+        for (batch, size) in [(1, 7), (2, 8), (5, 9), (2, 1)].into_iter().filter(|&(_, size)| fits(spec, size)) {
+            let conv = layer(spec, &device);
+            let x = Noise::new(i as u64).gaussian([batch, spec.0, size, size + 1], &device);
+            assert_close(&format!("layer {i} batch {batch}"), conv2d(&conv, x.clone()), conv.forward(x));
+        }
+    }
+}
+
+#[test]
+fn strided_input_reads_in_logical_order() {
+    let device = Device::flex();
+    let conv = layer(LAYERS[0], &device);
+    let x = Noise::new(3).gaussian([3, 2, 6, 5], &device).swap_dims(0, 1); // [2, 3, 6, 5], strided
+    assert_close("out", conv2d(&conv, x.clone()), conv.forward(x));
+}
+
+#[test]
+fn gradients_match_burns_conv2d() {
+    let device = Device::flex().autodiff();
+    for (i, spec) in LAYERS.into_iter().enumerate() {
+        for (batch, size) in [(1, 6), (3, 9), (2, 1)].into_iter().filter(|&(_, size)| fits(spec, size)) {
+            let conv = layer(spec, &device);
+            let x = Noise::new(i as u64).gaussian([batch, spec.0, size, size], &device).require_grad();
+            let grads = |out: Tensor<4>| {
+                // A random upstream gradient, so that no term cancels by symmetry.
+                let w = Noise::new(5).gaussian(out.dims(), &device);
+                let g = (out * w).sum().backward();
+                let weight = conv.weight.val().grad(&g).unwrap();
+                let bias = conv.bias.as_ref().unwrap().val().grad(&g).unwrap();
+                (x.grad(&g).unwrap(), weight, bias)
+            };
+            let (dx, dw, db) = grads(conv2d(&conv, x.clone()));
+            let (dx_ref, dw_ref, db_ref) = grads(conv.forward(x.clone()));
+            let what = format!("layer {i} batch {batch}");
+            assert_close(&format!("{what} dx"), dx, dx_ref);
+            assert_close(&format!("{what} dweight"), dw, dw_ref);
+            assert_close(&format!("{what} dbias"), db, db_ref);
+        }
+    }
+}
