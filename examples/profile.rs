@@ -6,7 +6,7 @@ use burn::nn::conv::Conv2dConfig;
 use burn::nn::{GroupNormConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
-use ddpm::kernels::group_norm_swish;
+use ddpm::kernels::{conv2d, group_norm_swish};
 use ddpm::noise::Noise;
 
 fn time(name: &str, mut f: impl FnMut() -> Tensor<4>) {
@@ -39,6 +39,7 @@ fn main() {
             }
         };
         time(&format!("conv3x3 32->32 @64x32x32 {tag}"), || run(conv.forward(x.clone())));
+        time(&format!("conv3x3 im2col+gemm @64x32x32 {tag}"), || run(conv2d(&conv, x.clone())));
         time(&format!("groupnorm(32) @64x32x32x32 {tag}"), || run(gn.forward(x.clone())));
         time(&format!("silu @64x32x32x32 {tag}"), || run(silu(x.clone())));
         time(&format!("silu(groupnorm) @64x32x32x32 {tag}"), || run(silu(gn.forward(x.clone()))));
