@@ -6,7 +6,7 @@
 //! channels swapped for the weight gradient); the `gemm` crate that flex itself uses reaches
 //! 45-60 GFLOP/s on one core for the same products laid out as below. So on flex, per image:
 //! * forward: col = im2col(x) [C_in·k·k, H'·W'], out = W [C_out, C_in·k·k] · col + b;
-//! * backward: ∂W += ∂out · colᵀ, ∂b += Σ ∂out, ∂x = col2im(Wᵀ · ∂out).
+//! * backward: ∂Wᵀ += col · ∂outᵀ, ∂b += Σ ∂out, ∂x = col2im(Wᵀ · ∂out).
 //!
 //! Other backends (wgpu and the other cubecl runtimes) run burn's own conv2d. Dilation and
 //! groups are not used by the UNet; a layer with either falls back to burn's conv2d everywhere.
@@ -170,25 +170,15 @@ impl<C: CheckpointStrategy> Conv2dGemm for Autodiff<Flex, C> {
         if x.primitive().dtype() != DType::F32 {
             return Self::conv2d(x, weight, Some(bias), options(stride, padding));
         }
+        let forward = |x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>| {
+            Flex::conv2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), stride, padding)
+        };
         match Gemm.prepare::<C>([x.node(), weight.node(), bias.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let state = ([prep.checkpoint(&x), prep.checkpoint(&weight)], stride, padding);
-                let out = Flex::conv2d_gemm(
-                    x.into_primitive(),
-                    weight.into_primitive(),
-                    bias.into_primitive(),
-                    stride,
-                    padding,
-                );
-                prep.finish(state, out)
+                prep.finish(state, forward(x, weight, bias))
             }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d_gemm(
-                x.into_primitive(),
-                weight.into_primitive(),
-                bias.into_primitive(),
-                stride,
-                padding,
-            )),
+            OpsKind::UnTracked(prep) => prep.finish(forward(x, weight, bias)),
         }
     }
 }
@@ -441,7 +431,7 @@ mod kernel {
             }
         }
         split_batch(g.batch, &mut out, out_len, |images, out, parallelism| {
-            with_scratch(if pointwise(g) { 0 } else { rows * n }, |col, _| {
+            with_scratch([if pointwise(g) { 0 } else { rows * n }, 0, 0], |[col, _, _]| {
                 for (b, out) in images.zip(out.chunks_mut(out_len)) {
                     let x = &x[b * x_len..][..x_len];
                     let col = if pointwise(g) { x } else { im2col(g, x, col) };
@@ -458,17 +448,22 @@ mod kernel {
         let (rows, n) = g.col();
         let (x_len, out_len) = (g.c_in * g.h * g.w, g.c_out * n);
         let mut dx = vec![0.0f32; g.batch * x_len];
-        // Each slice of the batch sums its own ∂W and ∂b; the sums are added in batch order, so
+        // Each slice of the batch sums its own ∂Wᵀ and ∂b; the sums are added in batch order, so
         // that a run repeats bit for bit.
         let partials = split_batch(g.batch, &mut dx, x_len, |images, dx, parallelism| {
-            let (mut dw, mut db) = (vec![0.0f32; g.c_out * rows], vec![0.0f32; g.c_out]);
-            with_scratch(if pointwise(g) { 0 } else { rows * n }, |col, dcol| {
+            let (mut dw_t, mut db) = (vec![0.0f32; rows * g.c_out], vec![0.0f32; g.c_out]);
+            let col_len = if pointwise(g) { 0 } else { rows * n };
+            with_scratch([col_len, col_len, g.c_out * n], |[col, dcol, d_out_t]| {
                 for (i, (b, dx)) in images.zip(dx.chunks_mut(x_len)).enumerate() {
                     let d_out = &d_out[b * out_len..][..out_len];
                     let x = &x[b * x_len..][..x_len];
                     let col = if pointwise(g) { x } else { im2col(g, x, col) };
-                    // ∂W [C_out, rows] += ∂out [C_out, n] · colᵀ [n, rows].
-                    matmul(g.c_out, rows, n, &mut dw, i > 0, d_out, false, col, true, parallelism);
+                    // ∂Wᵀ [rows, C_out] += col [rows, n] · ∂outᵀ [n, C_out]. gemm copies the
+                    // operand that shares the output's contiguous axis into panels, element by
+                    // element when that axis is strided: ∂W = ∂out·colᵀ would copy col that way
+                    // (a fifth of a training step), this form copies ∂outᵀ, transposed here once.
+                    transpose(g.c_out, n, d_out, d_out_t);
+                    matmul(rows, g.c_out, n, &mut dw_t, i > 0, col, false, d_out_t, false, parallelism);
                     for (d, row) in db.iter_mut().zip(d_out.chunks(n)) {
                         *d += row.iter().sum::<f32>();
                     }
@@ -481,36 +476,64 @@ mod kernel {
                     }
                 }
             });
-            (dw, db)
+            (dw_t, db)
         });
         let mut partials = partials.into_iter();
-        let (mut dw, mut db) = partials.next().expect("a batch has at least one image");
+        let (mut dw_t, mut db) = partials.next().expect("a batch has at least one image");
         for (pw, pb) in partials {
-            dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+            dw_t.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
             db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
         }
+        let mut dw = vec![0.0f32; g.c_out * rows];
+        transpose(rows, g.c_out, &dw_t, &mut dw);
         (dx, dw, db)
     }
 
-    std::thread_local! {
-        /// Per-thread im2col buffers, kept between calls: a fresh one would cost a zeroing pass
-        /// and fresh pages every call.
-        static SCRATCH: std::cell::RefCell<[Vec<f32>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+    /// dst [cols, rows] = srcᵀ for a row-major src [rows, cols], tile by tile so that both
+    /// sides stay in cache.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn transpose(rows: usize, cols: usize, src: &[f32], dst: &mut [f32]) {
+        const TILE: usize = 16;
+        let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+        for r0 in (0..rows).step_by(TILE) {
+            for c0 in (0..cols).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    for c in c0..(c0 + TILE).min(cols) {
+                        dst[c * rows + r] = src[r * cols + c];
+                    }
+                }
+            }
+        }
     }
 
-    /// Runs `f` with two buffers of `len` floats (contents unspecified), this thread's own when
-    /// free, else fresh ones.
-    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
-        SCRATCH.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buffers) => {
-                let [a, b] = &mut *buffers;
-                if a.len() < len {
-                    a.resize(len, 0.0);
-                    b.resize(len, 0.0);
+    std::thread_local! {
+        /// Per-thread scratch buffers, kept between calls: a fresh one would cost a zeroing pass
+        /// and fresh pages every call.
+        static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+    }
+
+    /// Runs `f` with three buffers of the given lengths (contents unspecified), this thread's
+    /// own when free, else fresh ones.
+    fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce([&mut [f32]; 3]) -> R) -> R {
+        SCRATCH.with(|cell| {
+            let (mut own, mut fresh);
+            let buffers = match cell.try_borrow_mut() {
+                Ok(buffers) => {
+                    own = buffers;
+                    for (buffer, &len) in own.iter_mut().zip(&lens) {
+                        if buffer.len() < len {
+                            buffer.resize(len, 0.0);
+                        }
+                    }
+                    &mut *own
                 }
-                f(&mut a[..len], &mut b[..len])
-            }
-            Err(_) => f(&mut vec![0.0; len], &mut vec![0.0; len]),
+                Err(_) => {
+                    fresh = lens.map(|len| vec![0.0; len]);
+                    &mut fresh
+                }
+            };
+            let [a, b, c] = buffers;
+            f([&mut a[..lens[0]], &mut b[..lens[1]], &mut c[..lens[2]]])
         })
     }
 }

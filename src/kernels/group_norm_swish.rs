@@ -159,25 +159,15 @@ impl<C: CheckpointStrategy> GroupNormSwish for Autodiff<Flex, C> {
         if x.primitive().dtype() != DType::F32 {
             return composed::<Self>(x, gamma, beta, groups, epsilon);
         }
+        let forward = |x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>| {
+            Flex::group_norm_swish(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), groups, epsilon)
+        };
         match Fused.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let state = ([prep.checkpoint(&x), prep.checkpoint(&gamma), prep.checkpoint(&beta)], groups, epsilon);
-                let out = Flex::group_norm_swish(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    groups,
-                    epsilon,
-                );
-                prep.finish(state, out)
+                prep.finish(state, forward(x, gamma, beta))
             }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::group_norm_swish(
-                x.into_primitive(),
-                gamma.into_primitive(),
-                beta.into_primitive(),
-                groups,
-                epsilon,
-            )),
+            OpsKind::UnTracked(prep) => prep.finish(forward(x, gamma, beta)),
         }
     }
 }
