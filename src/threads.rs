@@ -1,8 +1,7 @@
 //! A batch split across CPU threads (native only). burn's flex backend runs its element-wise
-//! ops (Swish, GroupNorm, adds) on the calling thread and only its matrix products on all
-//! cores, so one forward pass leaves cores idle; slices of the batch on threads of their own
-//! keep them busy. Sampling uses [`Sharded`]; training splits its gradients the same way
-//! (`Trainer::step`).
+//! ops (adds, layout copies) on the calling thread and only its matrix products on all cores,
+//! so one forward pass leaves cores idle; slices of the batch run at once keep them busy.
+//! Sampling uses [`Sharded`]; training splits its gradients the same way (`Trainer::step`).
 
 use std::ops::Range;
 
@@ -23,15 +22,16 @@ pub fn shard_ranges(batch: usize, shards: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// Runs the jobs on threads of their own (on this one if there is only one), in order.
+/// Runs the jobs at once on flex's rayon threads (on this one if there is only one) and returns
+/// their results in order. On the pool, the kernels' own splits of each job's work are cheap
+/// work-stealing among the same threads; from threads of our own, every kernel call would queue
+/// its pieces to the pool and put the calling thread to sleep until they were done.
 pub fn run_all<T: Send>(jobs: Vec<impl FnOnce() -> T + Send>) -> Vec<T> {
+    use rayon::prelude::*;
     if jobs.len() == 1 {
         return jobs.into_iter().map(|job| job()).collect();
     }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs.into_iter().map(|job| scope.spawn(job)).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
-    })
+    jobs.into_par_iter().map(|job| job()).collect()
 }
 
 /// ε_θ with each batch cut into `shards` slices, run at once and put back together: the same
