@@ -6,7 +6,7 @@
 //! backward for a 64×32×32×32 activation on flex, against 4 and 12-16 ms here (`cargo run
 //! --release --example profile`). So:
 //! * flex gets two hand-written passes per group (statistics, then normalise + affine + Swish,
-//!   σ from a polynomial eˣ that vectorises, with AVX2 where the CPU has it) and, under
+//!   σ from a polynomial eˣ that vectorises, with AVX-512 or AVX2 where the CPU has them) and, under
 //!   autodiff, a fused backward of three more;
 //! * every other backend (wgpu and the other cubecl runtimes) runs the same maths composed from
 //!   burn's ops, differentiated by burn's autodiff.
@@ -174,10 +174,10 @@ impl<C: CheckpointStrategy> GroupNormSwish for Autodiff<Flex, C> {
 
 /// The flex kernels on plain slices laid out [B, C, H·W] (a group's channels are adjacent).
 mod kernel {
-    /// Defines `pub fn $name` whose body runs compiled for AVX2 when the CPU has it (8 lanes
-    /// where the x86-64 baseline, SSE2, has 4), else as built. Every helper the body calls is
-    /// `#[inline(always)]`, so that it is compiled into both versions.
-    macro_rules! with_avx2 {
+    /// Defines `pub fn $name` whose body runs compiled for AVX-512 or AVX2 when the CPU has
+    /// them (16 or 8 lanes where the x86-64 baseline, SSE2, has 4), else as built. Every helper
+    /// the body calls is `#[inline(always)]`, so that it is compiled into each version.
+    macro_rules! with_simd {
         ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
             $(#[$meta])*
             pub fn $name($($arg: $ty),*) {
@@ -186,10 +186,19 @@ mod kernel {
                 fn body($($arg: $ty),*) $body
                 #[cfg(target_arch = "x86_64")]
                 {
+                    #[target_feature(enable = "avx512f")]
+                    #[allow(clippy::too_many_arguments)]
+                    fn avx512($($arg: $ty),*) {
+                        body($($arg),*)
+                    }
                     #[target_feature(enable = "avx2")]
                     #[allow(clippy::too_many_arguments)]
                     fn avx2($($arg: $ty),*) {
                         body($($arg),*)
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: the CPU has just been checked for AVX-512.
+                        return unsafe { avx512($($arg),*) };
                     }
                     if std::arch::is_x86_feature_detected!("avx2") {
                         // SAFETY: the CPU has just been checked for AVX2.
@@ -203,7 +212,7 @@ mod kernel {
 
     /// Independent partial sums: lets the compiler vectorise reductions that IEEE order would
     /// otherwise keep sequential.
-    const LANES: usize = 8;
+    const LANES: usize = 16;
 
     /// Σ f(a_i, b_i).
     #[inline(always)]
@@ -265,7 +274,7 @@ mod kernel {
         (0..len / (cpg * hw)).map(move |i| (i * cpg * hw..(i + 1) * cpg * hw, (i % groups) * cpg))
     }
 
-    with_avx2! {
+    with_simd! {
     /// out = y·σ(y), y = γ_c x̂ + β_c.
     fn forward(x: &[f32], gamma: &[f32], beta: &[f32], hw: usize, groups: usize, epsilon: f32, out: &mut [f32]) {
         let c = gamma.len();
@@ -283,7 +292,7 @@ mod kernel {
     }
     }
 
-    with_avx2! {
+    with_simd! {
     /// dx, dγ, dβ from the upstream gradient `dout` (the module's formulas). dx first holds
     /// dy = ∂L/∂y, whose sums give dγ, dβ and the group means, then is overwritten with ∂L/∂x.
     #[cfg(not(target_arch = "wasm32"))]
