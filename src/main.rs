@@ -317,8 +317,19 @@ struct EvalArgs {
     classifier: PathBuf,
 }
 
+/// Makes this thread one of the global rayon pool's (flex's and our shards' pool) instead of a
+/// third thread beside its two workers on a 2-core machine: the kernels' parallel splits then run
+/// one half in place, where from outside the pool every call queued both halves to the workers
+/// and slept on a latch until they were done, while the idle workers' spinning took turns with
+/// this thread's serial work.
+fn join_thread_pool() {
+    // Fails only if the pool already exists, which it cannot before the first command runs.
+    let _ = rayon::ThreadPoolBuilder::new().use_current_thread().build_global();
+}
+
 fn main() {
     keep_freed_memory();
+    join_thread_pool();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train(a),
