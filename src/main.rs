@@ -557,6 +557,8 @@ fn animate(a: AnimateArgs) -> Result<()> {
 
 fn run_bench(a: BenchArgs) -> Result<()> {
     let (unet, schedule) = a.model.configs()?;
+    ensure!(a.reps >= 1, "--reps must be at least 1");
+    ensure!(a.max_seconds > 0.0 && a.max_seconds.is_finite(), "--max-seconds must be a positive number of seconds");
     let only: Vec<&str> = a.only.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     if let Some(bad) = only.iter().find(|w| !["forward", "train_step", "sample_step"].contains(w)) {
         bail!("--only: unknown measurement `{bad}`");

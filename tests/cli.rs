@@ -150,4 +150,26 @@ fn bad_input_gets_a_clear_error() {
     fails(&["sample", "--weights", junk.to_str().unwrap(), "--out", o], "not a safetensors file");
     fails(&["sample", "--weights", "/no/such.safetensors", "--out", o], "reading /no/such.safetensors");
     fails(&["export", "--run", "/no/such/run", "--out", o], "checkpoint");
+    fails(&["bench", "--backend", "cpu", "--reps", "0"], "--reps must be at least 1");
+    fails(&["bench", "--backend", "cpu", "--max-seconds", "0"], "--max-seconds");
+    fails(&["bench", "--backend", "cpu", "--only", "backward"], "unknown measurement `backward`");
+}
+
+#[test]
+fn bench_prints_one_json_line_per_measurement() {
+    // More timed calls (60) than diffusion steps (50): the sampling step starts over, it does not stop.
+    let out = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args([&["bench", "--backend", "cpu", "--reps", "60", "--only", "forward,sample_step"][..], MODEL].concat())
+        .output()
+        .expect("runs ddpm");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let got: Vec<(&str, u64, u64)> = lines
+        .iter()
+        .map(|l| (l["what"].as_str().unwrap(), l["batch"].as_u64().unwrap(), l["n"].as_u64().unwrap()))
+        .collect();
+    let want = [("forward", 1), ("forward", 16), ("forward", 64), ("sample_step", 1), ("sample_step", 16)];
+    assert_eq!(got, want.map(|(w, b)| (w, b, 60)));
+    assert!(lines.iter().all(|l| l["ms"].as_f64().unwrap() > 0.0 && l["backend"] == "flex"));
 }
