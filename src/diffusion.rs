@@ -109,11 +109,17 @@ impl Diffusion {
         (x_t - eps.mul_scalar((1.0 - ab).sqrt())).mul_scalar(1.0 / ab.sqrt())
     }
 
-    /// Algorithm 2, line 4: x_{t−1} = (x_t − β_t/√(1 − ᾱ_t) ε_θ)/√α_t + σ_t z with σ_t² = β_t.
-    /// `z` is None at the last step (t = 0), where the paper adds no noise.
+    /// Algorithm 2, line 4: x_{t−1} = μ_θ(x_t, t) + σ_t z with σ_t² = β_t; `z` is None at the last
+    /// step (t = 0), where the paper adds no noise. μ_θ is formed as the paper's own code does:
+    /// x̂₀ (eq. 15) clipped to the data range [−1, 1], then the posterior mean of eq. 7,
+    /// μ̃ = √ᾱ_{t−1} β_t/(1 − ᾱ_t) x̂₀ + √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) x_t,
+    /// which is exactly Algorithm 2's (x_t − β_t/√(1 − ᾱ_t) ε_θ)/√α_t wherever x̂₀ is not clipped.
     pub fn p_sample(&self, x_t: Tensor<4>, t: usize, eps: Tensor<4>, z: Option<Tensor<4>>) -> Tensor<4> {
-        let coef = self.beta[t] / (1.0 - self.alpha_bar[t]).sqrt();
-        let mean = (x_t - eps.mul_scalar(coef)).mul_scalar(1.0 / self.alpha[t].sqrt());
+        let (ab, ab_prev) = (self.alpha_bar[t], if t > 0 { self.alpha_bar[t - 1] } else { 1.0 });
+        let x0 = self.predict_x0(x_t.clone(), t, eps).clamp(-1.0, 1.0);
+        let coef_x0 = ab_prev.sqrt() * self.beta[t] / (1.0 - ab);
+        let coef_xt = self.alpha[t].sqrt() * (1.0 - ab_prev) / (1.0 - ab);
+        let mean = x0.mul_scalar(coef_x0) + x_t.mul_scalar(coef_xt);
         match z {
             Some(z) if t > 0 => mean + z.mul_scalar(self.beta[t].sqrt()),
             _ => mean,
