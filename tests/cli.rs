@@ -158,10 +158,8 @@ fn bad_input_gets_a_clear_error() {
 #[test]
 fn bench_prints_one_json_line_per_measurement() {
     // More timed calls (60) than diffusion steps (50): the sampling step starts over, it does not stop.
-    let out = Command::new(env!("CARGO_BIN_EXE_ddpm"))
-        .args([&["bench", "--backend", "cpu", "--reps", "60", "--only", "forward,sample_step"][..], MODEL].concat())
-        .output()
-        .expect("runs ddpm");
+    let out =
+        ddpm(&[&["bench", "--backend", "cpu", "--reps", "60", "--only", "forward,sample_step"][..], MODEL].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> =
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
