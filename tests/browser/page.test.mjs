@@ -76,8 +76,8 @@ async function sample(page, seed, count, steps, eta) {
   return before;
 }
 
-// The waits are long because SwiftShader emulates WebGPU on the CPU: about 12 s per 4-image step
-// of the shipped base-64 model, 8 minutes for the whole WebGPU test.
+// The waits are long because SwiftShader emulates WebGPU on the CPU: about 6 s per 4-image step
+// of the shipped base-64 model, 4 minutes for the whole WebGPU test on an idle 2-core machine.
 const waitDone = (page, timeout = 600_000) => page.waitForFunction(
   () => !window.ddpmState.running && window.ddpmState.lastStep?.index === window.ddpmState.lastStep?.total,
   null, { timeout, polling: 100 });
