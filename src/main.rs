@@ -144,6 +144,8 @@ impl ModelArgs {
 
 /// `train --batch-size` when a new run is given none.
 const DEFAULT_BATCH_SIZE: usize = 64;
+/// `train --lr` when a new run is given none.
+const DEFAULT_LR: f64 = 2e-4;
 
 #[derive(Args)]
 struct TrainArgs {
@@ -160,9 +162,10 @@ struct TrainArgs {
     /// e.g. to fill a GPU).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Adam's learning rate after warm-up.
-    #[arg(long, default_value_t = 2e-4)]
-    lr: f64,
+    /// Adam's learning rate after warm-up [default: 2e-4] (with --resume, given only to change
+    /// the resumed run's, e.g. to restart a decayed run at a lower peak).
+    #[arg(long)]
+    lr: Option<f64>,
     /// Learning-rate warm-up steps.
     #[arg(long, default_value_t = 500)]
     warmup: usize,
@@ -358,6 +361,9 @@ fn train(a: TrainArgs) -> Result<()> {
     let mut trainer = if a.resume {
         let mut t = Trainer::load(&ckpt, &device)?;
         t.train.steps = a.steps;
+        if let Some(lr) = a.lr {
+            t.train.lr = lr;
+        }
         if let Some(n) = a.lr_decay {
             t.train.lr_decay = n;
         }
@@ -381,7 +387,7 @@ fn train(a: TrainArgs) -> Result<()> {
         let train = TrainConfig {
             steps: a.steps,
             batch_size,
-            lr: a.lr,
+            lr: a.lr.unwrap_or(DEFAULT_LR),
             warmup: a.warmup,
             lr_decay: a.lr_decay.unwrap_or(0),
             grad_clip: 1.0,

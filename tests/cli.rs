@@ -71,24 +71,28 @@ fn train_export_sample_interpolate_animate() {
     // resuming drops them, so the log reads as one run.
     let mut f = std::fs::OpenOptions::new().append(true).open(run.join("log.jsonl")).unwrap();
     writeln!(f, r#"{{"step":4,"loss":99.0,"grad_norm":1.0,"lr":1e-4,"seconds":9.0}}"#).unwrap();
-    // A resumed run takes a new batch size (to fill a GPU, say), validated like a new run's.
+    // A resumed run takes a new batch size (to fill a GPU, say) and a new peak rate (to restart a
+    // decayed run lower), validated like a new run's.
     fails(&["train", "--data", data, "--out", run_s, "--steps", "5", "--resume", "--batch-size", "0"], "batch size");
+    fails(&["train", "--data", data, "--out", run_s, "--steps", "5", "--resume", "--lr", "0"], "learning rate");
     ok(&[
         "train", "--data", data, "--out", run_s, "--steps", "5", "--resume", "--lr-decay", "2", "--batch-size", "2",
-        "--shards", "1",
+        "--shards", "1", "--lr", "1e-4",
     ]);
     assert!(log(5));
     let text = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
     let steps: Vec<u64> =
         text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
     assert!(steps == [1, 2, 3, 4, 5] && !text.contains("99.0"), "the stale line is gone: {text}");
-    // Still warming up (lr·(s+1)/500), so only the decay over the last 2 steps can lower it.
+    // Still warming up (lr·(s+1)/500): the new run at the default 2e-4, the resumed one at its new
+    // 1e-4, lowered further only by the decay over the last 2 steps.
     let lrs: Vec<f64> = std::fs::read_to_string(run.join("log.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap())
         .collect();
-    assert!((lrs[4] - 2e-4 * 5.0 / 500.0 / 2.0).abs() < 1e-12, "the resumed run decays: {lrs:?}");
+    assert!((lrs[2] - 2e-4 * 3.0 / 500.0).abs() < 1e-12, "the new run's default rate: {lrs:?}");
+    assert!((lrs[4] - 1e-4 * 5.0 / 500.0 / 2.0).abs() < 1e-12, "the resumed run's new rate decays: {lrs:?}");
 
     let weights = root.join("model.safetensors");
     let w = weights.to_str().unwrap();
