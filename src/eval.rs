@@ -257,14 +257,30 @@ pub fn confident_share(probs: &[Vec<f32>]) -> f64 {
     probs.iter().filter(|p| p.iter().copied().fold(0.0, f32::max) > 0.9).count() as f64 / probs.len() as f64
 }
 
-/// Entropy in bits of the histogram of predicted classes (log2 10 ≈ 3.32 when balanced).
-pub fn class_entropy(probs: &[Vec<f32>]) -> f64 {
+/// How many images the classifier puts in each class.
+pub fn class_counts(probs: &[Vec<f32>]) -> [usize; 10] {
     let mut counts = [0usize; 10];
     for p in probs {
         counts[argmax(p)] += 1;
     }
+    counts
+}
+
+/// Per predicted class, the share of its images classified with confidence above 0.9: which
+/// digits a model draws ambiguously (0 for a class it never draws).
+pub fn confident_share_by_class(probs: &[Vec<f32>]) -> [f64; 10] {
+    let mut confident = [0usize; 10];
+    for p in probs.iter().filter(|p| p.iter().copied().fold(0.0, f32::max) > 0.9) {
+        confident[argmax(p)] += 1;
+    }
+    let counts = class_counts(probs);
+    std::array::from_fn(|k| if counts[k] == 0 { 0.0 } else { confident[k] as f64 / counts[k] as f64 })
+}
+
+/// Entropy in bits of the histogram of predicted classes (log2 10 ≈ 3.32 when balanced).
+pub fn class_entropy(probs: &[Vec<f32>]) -> f64 {
     let n = probs.len() as f64;
-    counts.iter().filter(|&&c| c > 0).map(|&c| -(c as f64 / n) * (c as f64 / n).log2()).sum()
+    class_counts(probs).iter().filter(|&&c| c > 0).map(|&c| -(c as f64 / n) * (c as f64 / n).log2()).sum()
 }
 
 /// L2 distance (in [−1, 1] pixel units) from each image to its nearest neighbour in `pool`.
@@ -338,6 +354,10 @@ pub fn run(samples: &Path, classifier_path: &Path) -> Result<serde_json::Value> 
         "confident_share_real_held_out": confident_share(&p_held),
         "class_entropy_bits": class_entropy(&p_gen),
         "class_entropy_real_held_out_bits": class_entropy(&p_held),
+        "class_counts": class_counts(&p_gen),
+        "class_counts_real_held_out": class_counts(&p_held),
+        "confident_share_by_class": confident_share_by_class(&p_gen).map(|s| (s * 1000.0).round() / 1000.0),
+        "confident_share_by_class_real_held_out": confident_share_by_class(&p_held).map(|s| (s * 1000.0).round() / 1000.0),
         "classifier_held_out_accuracy": accuracy,
         "nearest_train_l2_generated": quantiles(nn_generated),
         "nearest_train_l2_real_held_out": floor_nn,

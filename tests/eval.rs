@@ -53,7 +53,7 @@ fn real_digits_score_near_the_floor_noise_near_the_ceiling() {
     let (_, held) = eval::split(&mnist);
     let root = std::env::temp_dir().join(format!("ddpm-eval-{}", std::process::id()));
     let (real, noise, ones) = (root.join("real"), root.join("noise"), root.join("ones"));
-    write(&real, &held, (0..held.len()).step_by(2)); // 500 held-out digits, 50 per class
+    write(&real, &held, (0..held.len()).step_by(2)); // every other held-out digit, about 50 per class
     let noisy = Dataset { shape: [1, 28, 28], pixels: Noise::new(5).gaussian_vec(300 * 784), labels: None };
     write(&noise, &noisy, 0..300);
     let one = held.labels.as_ref().unwrap().iter().position(|&l| l == 1).unwrap();
@@ -72,6 +72,16 @@ fn real_digits_score_near_the_floor_noise_near_the_ceiling() {
     assert!(f(&n, "mnist_fd") > 20.0 * f(&r, "mnist_fd"), "noise {n} vs real {r}");
     assert!(f(&r, "class_entropy_bits") > 3.25 && f(&r, "confident_share") > 0.85, "{r}");
     assert!(f(&o, "class_entropy_bits") < 0.5, "{o}");
+    // The per-class report: every image counted once, about 50 real digits a class, the repeated
+    // digit all in class 1.
+    let counts = |v: &serde_json::Value| -> Vec<u64> {
+        v["class_counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect()
+    };
+    assert_eq!(counts(&r).iter().sum::<u64>(), f(&r, "images") as u64, "{r}");
+    assert!(counts(&r).iter().all(|&c| (40..=60).contains(&c)), "{r}");
+    assert_eq!(counts(&o)[1], 200, "{o}");
+    let by_class = r["confident_share_by_class"].as_array().unwrap();
+    assert!(by_class.iter().all(|s| s.as_f64().unwrap() > 0.6), "{r}");
     // Real training digits are copies of themselves: the nearest-neighbour check sees it.
     assert_eq!(f(&o, "near_copies") as usize, 200, "{o}");
     assert!(f(&n, "near_copies") == 0.0, "{n}");
