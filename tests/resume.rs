@@ -8,12 +8,12 @@ use ddpm::noise::Noise;
 use ddpm::train::{TrainConfig, Trainer};
 
 mod common;
-use common::{bars, recipe, tempdir, tiny};
+use common::{TempDir, bars, recipe, tiny};
 
 #[test]
 fn resume_continues_exactly() {
     let device = Device::flex();
-    let dir = tempdir("resume");
+    let dir = TempDir::new("resume");
     let data = bars(16);
     let recipe = TrainConfig { shards: 2, ..recipe(12, 8, 1e-3) };
     let new = || Trainer::new(tiny(), ScheduleConfig::default(), recipe.clone(), &device).unwrap();

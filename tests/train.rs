@@ -8,7 +8,7 @@ use ddpm::diffusion::ScheduleConfig;
 use ddpm::train::{TrainConfig, Trainer};
 
 mod common;
-use common::{bars, recipe, tempdir, tiny};
+use common::{TempDir, bars, recipe, tiny};
 use ddpm::unet::UNetConfig;
 
 #[test]
@@ -34,7 +34,8 @@ fn sharded_steps_add_up_to_the_whole_batch() {
     // draws, so the same losses and weights up to float rounding. Both start from one saved
     // run (loading does not depend on burn's global RNG, which other tests here share).
     let device = Device::flex();
-    let path = tempdir("shards").join("checkpoint.ddpm");
+    let dir = TempDir::new("shards");
+    let path = dir.join("checkpoint.ddpm");
     let config = UNetConfig { dropout: 0.0, ..tiny() };
     Trainer::new(config, ScheduleConfig::default(), recipe(20, 7, 1e-3), &device).unwrap().save(&path).unwrap();
     let data = bars(16);
@@ -58,7 +59,7 @@ fn sharded_steps_add_up_to_the_whole_batch() {
 #[test]
 fn a_damaged_checkpoint_is_an_error() {
     let device = Device::flex();
-    let dir = tempdir("damaged");
+    let dir = TempDir::new("damaged");
     let path = dir.join("checkpoint.ddpm");
     let trainer = Trainer::new(tiny(), ScheduleConfig::default(), recipe(1, 2, 1e-3), &device).unwrap();
     trainer.save(&path).unwrap();

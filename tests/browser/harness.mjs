@@ -1,7 +1,7 @@
 // Launches Debian's Chromium (never a downloaded browser) headless through playwright-core,
 // with or without WebGPU, and records every page error and console error.
 import { chromium } from 'playwright-core';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
@@ -32,7 +32,11 @@ export async function launch({ webgpu }) {
       page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
       return page;
     },
-    close: () => browser.close(),
+    // The profile goes with the browser: each launch writes tens of MB.
+    async close() {
+      await browser.close();
+      rmSync(profile, { recursive: true, force: true });
+    },
   };
 }
 

@@ -3,7 +3,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { launch, pngPixels } from './harness.mjs';
@@ -23,7 +23,9 @@ function nativeSamples(seed, count, steps, eta) {
   const dir = mkdtempSync(join(tmpdir(), 'ddpm-native-'));
   execFileSync(BIN, ['sample', '--weights', WEIGHTS, '--count', String(count), '--seed', String(seed),
     '--steps', String(steps), '--eta', String(eta), '--out', dir], { stdio: 'pipe' });
-  return Array.from({ length: count }, (_, i) => pngPixels(readFileSync(join(dir, `${String(i).padStart(6, '0')}.png`))));
+  const images = Array.from({ length: count }, (_, i) => pngPixels(readFileSync(join(dir, `${String(i).padStart(6, '0')}.png`))));
+  rmSync(dir, { recursive: true, force: true });
+  return images;
 }
 
 // Image `i` of a canvas grid (1-pixel borders, `cols` per row) as gray values (the R channel).

@@ -1,4 +1,4 @@
-//! Helpers shared by the training tests.
+//! Helpers shared by the tests.
 #![allow(dead_code)]
 
 use ddpm::data::Dataset;
@@ -46,8 +46,30 @@ pub fn bars(n: usize) -> Dataset {
     Dataset { shape: [1, 8, 8], pixels, labels: None }
 }
 
-pub fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ddpm-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh folder for one test, removed with its contents when dropped, unless the test is
+/// failing: then it stays for a look at what the test wrote.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ddpm-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
