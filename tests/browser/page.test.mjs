@@ -101,9 +101,9 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
     else assert.match(backend, /CPU/);
     // The CPU fallback starts with fewer images so that its first step appears quickly.
     assert.equal(await page.inputValue('#count'), gpu ? '16' : '4');
-    // The default sampler is the one the README's model card is measured with (50 steps, η = 0).
+    // The default sampler is the one the README's model card is measured with (DDIM, 100 steps, η = 1).
     assert.deepEqual([await page.inputValue('#sampler'), await page.inputValue('#ddim-steps'), await page.inputValue('#eta')],
-      ['ddim', '50', '0']);
+      ['ddim', '100', '1']);
 
     await t.test('canvas changes from step to step', async () => {
       const before = await sample(page, SEED, COUNT, STEPS, ETA);
