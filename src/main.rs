@@ -50,6 +50,8 @@ enum Command {
     Train(TrainArgs),
     /// Write a run's EMA weights as a safetensors file the page and `sample` load.
     Export(ExportArgs),
+    /// Average weights files of one model (SWA: snapshots from the ends of learning-rate cycles).
+    Average(AverageArgs),
     /// Generate images to PNG files.
     Sample(SampleArgs),
     /// Morph between two samples (labml's method: noise both to step t, mix, denoise back).
@@ -210,6 +212,19 @@ struct ExportArgs {
     f16: bool,
 }
 
+#[derive(Args)]
+struct AverageArgs {
+    /// Two or more weights files of the same model, from `ddpm export` (f32 keeps the mean exact).
+    #[arg(required = true, num_args = 2..)]
+    weights: Vec<PathBuf>,
+    /// Output file, e.g. weights/mnist.safetensors.
+    #[arg(long)]
+    out: PathBuf,
+    /// Store half-precision weights (half the size; what the page loads).
+    #[arg(long)]
+    f16: bool,
+}
+
 /// How to run the reverse process.
 #[derive(Args, Clone)]
 struct SamplerArgs {
@@ -229,9 +244,7 @@ struct SamplerArgs {
 impl SamplerArgs {
     fn load(&self) -> Result<(UNet, Header, Diffusion, Method, Device)> {
         let device = self.backend.device()?;
-        let bytes = std::fs::read(&self.weights).with_context(|| format!("reading {}", self.weights.display()))?;
-        let (model, header) =
-            weights::load(&bytes, &device).map_err(|e| anyhow::anyhow!("{}: {e}", self.weights.display()))?;
+        let (model, header) = load_weights(&self.weights, &device)?;
         let diffusion = Diffusion::new(header.schedule.clone());
         let method = Method::from_steps(self.steps, diffusion.steps(), self.eta).map_err(anyhow::Error::msg)?;
         Ok((model, header, diffusion, method, device))
@@ -337,6 +350,7 @@ fn main() {
     let result = match cli.command {
         Command::Train(a) => train(a),
         Command::Export(a) => export(a),
+        Command::Average(a) => average(a),
         Command::Sample(a) => sample(a),
         Command::Interpolate(a) => interpolate(a),
         Command::Animate(a) => animate(a),
@@ -489,14 +503,50 @@ fn to_vec(x: Tensor<4>) -> Vec<f32> {
 
 fn export(a: ExportArgs) -> Result<()> {
     let trainer = Trainer::load(&checkpoint_path(&a.run), &Device::flex())?;
-    let precision = if a.f16 { Precision::F16 } else { Precision::F32 };
-    let bytes = weights::to_safetensors(&trainer.ema, &trainer.header(), precision)?;
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let size = write_weights(&a.out, &trainer.ema, &trainer.header(), a.f16)?;
+    eprintln!("wrote {} ({size} bytes, EMA weights at step {})", a.out.display(), trainer.step);
+    Ok(())
+}
+
+fn average(a: AverageArgs) -> Result<()> {
+    let device = Device::flex();
+    let snapshots = a.weights.iter().map(|p| load_weights(p, &device)).collect::<Result<Vec<_>>>()?;
+    let first = &snapshots[0].1;
+    for ((_, header), path) in snapshots.iter().zip(&a.weights).skip(1) {
+        ensure!(
+            (&header.unet, &header.schedule) == (&first.unet, &first.schedule),
+            "{} holds a different model or schedule than {}: only snapshots of one model can be averaged",
+            path.display(),
+            a.weights[0].display()
+        );
+    }
+    let steps: Vec<&str> =
+        snapshots.iter().map(|(_, h)| h.info.get("train_steps").map_or("?", String::as_str)).collect();
+    // The last snapshot's training metadata, plus the steps of all of them.
+    let mut header = snapshots[snapshots.len() - 1].1.clone();
+    header.info.insert("averaged_train_steps".into(), steps.join(","));
+    let steps = steps.join(", ");
+    let mean = ddpm::train::average(snapshots.into_iter().map(|(m, _)| m).collect());
+    let size = write_weights(&a.out, &mean, &header, a.f16)?;
+    eprintln!("wrote {} ({size} bytes, the mean of the weights at steps {steps})", a.out.display());
+    Ok(())
+}
+
+/// Reads a weights file, naming it in any error.
+fn load_weights(path: &Path, device: &Device) -> Result<(UNet, Header)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    weights::load(&bytes, device).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Writes `model` as a weights file (atomically, creating its folder); returns its size.
+fn write_weights(out: &Path, model: &UNet, header: &Header, f16: bool) -> Result<usize> {
+    let precision = if f16 { Precision::F16 } else { Precision::F32 };
+    let bytes = weights::to_safetensors(model, header, precision)?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    atomic_write(&a.out, &bytes)?;
-    eprintln!("wrote {} ({} bytes, EMA weights at step {})", a.out.display(), bytes.len(), trainer.step);
-    Ok(())
+    atomic_write(out, &bytes)?;
+    Ok(bytes.len())
 }
 
 fn sample(a: SampleArgs) -> Result<()> {

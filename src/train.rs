@@ -377,6 +377,21 @@ impl ModuleVisitor for Flatten {
     }
 }
 
+/// Stochastic weight averaging (Izmailov et al. 2018): the plain mean of snapshots of one run,
+/// taken where each cycle of the learning rate has decayed, lands in a flatter region of the loss
+/// than any one of them. A running mean is an EMA whose decay grows: θ̄_k = (k−1)/k · θ̄_{k−1} + θ_k / k.
+pub fn average(models: Vec<UNet>) -> UNet {
+    let mut models = models.into_iter();
+    let mut mean = models.next().expect("at least one model to average");
+    for (k, model) in models.enumerate().map(|(i, m)| (i + 2, m)) {
+        let mut current = Flatten::default();
+        model.visit(&mut current);
+        let mut update = EmaUpdate { current: current.0.into_iter(), decay: (k - 1) as f64 / k as f64 };
+        mean = mean.map(&mut update);
+    }
+    mean
+}
+
 struct EmaUpdate<I> {
     current: I,
     decay: f64,

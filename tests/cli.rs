@@ -4,6 +4,11 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use burn::tensor::Device;
+use ddpm::diffusion::ScheduleConfig;
+use ddpm::weights::{self, Header, Precision};
+use safetensors::SafeTensors;
+
 mod common;
 use common::TempDir;
 
@@ -61,6 +66,12 @@ fn train_export_sample_interpolate_animate() {
     assert!(run.join("samples/step_000003.png").exists());
     let log = |n| std::fs::read_to_string(run.join("log.jsonl")).unwrap().lines().count() == n;
     assert!(log(3));
+    let snapshot = |name: &str| {
+        let path = root.join(name);
+        ok(&["export", "--run", run_s, "--out", path.to_str().unwrap()]);
+        path
+    };
+    let snap3 = snapshot("step3.safetensors");
     // A second `train` into the same folder must not clobber the run.
     fails(&train, "--resume");
     // A run killed between checkpoints leaves log lines past the checkpoint (step 3 here):
@@ -93,6 +104,38 @@ fn train_export_sample_interpolate_animate() {
     let weights = root.join("model.safetensors");
     let w = weights.to_str().unwrap();
     ok(&["export", "--run", run_s, "--out", w, "--f16"]);
+
+    // SWA: the mean of two snapshots of the run, tensor by tensor, with the run's metadata.
+    let snap5 = snapshot("step5.safetensors");
+    let mean = root.join("mean.safetensors");
+    let (a, b, m) = (snap3.to_str().unwrap(), snap5.to_str().unwrap(), mean.to_str().unwrap());
+    ok(&["average", a, b, "--out", m]);
+    let files = [&snap3, &snap5, &mean].map(|p| std::fs::read(p).unwrap());
+    let [f3, f5, fm] = files.each_ref().map(|bytes| SafeTensors::deserialize(bytes).unwrap());
+    let floats = |t: &SafeTensors, key: &str| -> Vec<f32> {
+        t.tensor(key).unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    };
+    assert_eq!(fm.len(), f3.len());
+    let mut moved = 0;
+    for key in fm.names() {
+        let (x3, x5, xm) = (floats(&f3, key), floats(&f5, key), floats(&fm, key));
+        moved += x3.iter().zip(&x5).filter(|(p, q)| p != q).count();
+        for ((p, q), r) in x3.iter().zip(&x5).zip(&xm) {
+            assert!((r - (p + q) / 2.0).abs() <= 1e-6 * (1.0 + p.abs()), "{key}: mean of {p} and {q} is not {r}");
+        }
+    }
+    assert!(moved > 0, "two steps of training changed the weights");
+    let meta = SafeTensors::read_metadata(&files[2]).unwrap().1.metadata().clone().unwrap();
+    assert_eq!((meta["averaged_train_steps"].as_str(), meta["train_steps"].as_str()), ("3,5", "5"));
+    // Only snapshots of one model average.
+    let other = root.join("other.safetensors");
+    let mut unet = common::tiny();
+    unet.image_channels = 3;
+    let header = Header { unet: unet.clone(), schedule: ScheduleConfig::default(), info: Default::default() };
+    let bytes = weights::to_safetensors(&unet.init(&Device::flex()), &header, Precision::F32).unwrap();
+    std::fs::write(&other, bytes).unwrap();
+    fails(&["average", a, other.to_str().unwrap(), "--out", m], "different model");
+    fails(&["average", a, "--out", m], "2 values");
 
     let (s1, s2) = (root.join("s1"), root.join("s2"));
     let grid = root.join("grid.png");
