@@ -1,5 +1,5 @@
 //! The shipped model loads and draws digits: a loose version of the quality bar on a 16-sample
-//! batch from the page's default sampler (DDIM, 100 steps, η = 1: what the page draws first), judged
+//! batch from the page's default sampler (DDIM, 150 steps, η = 1: what the page draws first), judged
 //! by the shipped MNIST classifier, so a broken export or a wrong sampler cannot land. `ddpm eval`
 //! on 1,000 samples is the real measure.
 
@@ -19,7 +19,7 @@ fn shipped_weights_draw_digits() {
 
     let diffusion = Diffusion::new(header.schedule.clone());
     let seeds: Vec<u64> = (0..16).collect();
-    let x = Sampler::new(&diffusion, Method::Ddim { steps: 100, eta: 1.0 }, [1, 28, 28], &seeds, &device).run(&model);
+    let x = Sampler::new(&diffusion, Method::Ddim { steps: 150, eta: 1.0 }, [1, 28, 28], &seeds, &device).run(&model);
     let samples = Dataset { shape: [1, 28, 28], pixels: x.into_data().try_to_vec::<f32>().unwrap(), labels: None };
 
     // Digits are mostly dark background: a blank or noisy output fails here.

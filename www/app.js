@@ -236,9 +236,11 @@ async function main() {
     if (!('gpu' in navigator)) $('backend').textContent += ' (this browser has no WebGPU)';
   }
   const info = JSON.parse(model.describe());
+  const steps = (list) => list.split(',').map((s) => Number(s).toLocaleString()).join(', ');
   $('model-info').textContent = `Model: ${info.params.toLocaleString()} parameters, ` +
     `${info.unet.image_size}×${info.unet.image_size}, T = ${info.schedule.steps}` +
-    (info.info.train_steps ? `, trained ${Number(info.info.train_steps).toLocaleString()} steps` : '') + '.';
+    (info.info.train_steps ? `, trained ${steps(info.info.train_steps)} steps` : '') +
+    (info.info.averaged_train_steps ? ` (the mean of its weights at steps ${steps(info.info.averaged_train_steps)})` : '') + '.';
   $('status').textContent = 'Ready.';
   state.ready = true;
   $('start').disabled = false;

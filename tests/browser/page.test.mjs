@@ -18,6 +18,13 @@ const ETA = 1; // stochastic DDIM: the fresh noise of every step must come from 
 const SEED = 11;
 const COUNT = 4;
 
+// The training metadata in the weights file's safetensors header, as the page reads it.
+function weightsInfo() {
+  const bytes = readFileSync(WEIGHTS);
+  const n = Number(bytes.readBigUInt64LE(0));
+  return JSON.parse(bytes.subarray(8, 8 + n).toString()).__metadata__;
+}
+
 // Native images for the same seeds and steps, as gray values 0..255, one array per image.
 function nativeSamples(seed, count, steps, eta) {
   const dir = mkdtempSync(join(tmpdir(), 'ddpm-native-'));
@@ -101,9 +108,15 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
     else assert.match(backend, /CPU/);
     // The CPU fallback starts with fewer images so that its first step appears quickly.
     assert.equal(await page.inputValue('#count'), gpu ? '16' : '4');
-    // The default sampler is the one the README's model card is measured with (DDIM, 100 steps, η = 1).
+    // The default sampler is the one the README's model card is measured with (DDIM, 150 steps, η = 1).
     assert.deepEqual([await page.inputValue('#sampler'), await page.inputValue('#ddim-steps'), await page.inputValue('#eta')],
-      ['ddim', '100', '1']);
+      ['ddim', '150', '1']);
+    // The model line names how the shipped file was trained, averaged snapshots included.
+    const meta = weightsInfo();
+    const steps = (list) => list.split(',').map((s) => Number(s).toLocaleString('en-US')).join(', ');
+    const info = await page.textContent('#model-info');
+    assert.ok(info.includes(`trained ${steps(meta.train_steps)} steps`), info);
+    if (meta.averaged_train_steps) assert.ok(info.includes(`the mean of its weights at steps ${steps(meta.averaged_train_steps)}`), info);
 
     await t.test('canvas changes from step to step', async () => {
       const before = await sample(page, SEED, COUNT, STEPS, ETA);
