@@ -522,10 +522,10 @@ fn average(a: AverageArgs) -> Result<()> {
     }
     let steps: Vec<&str> =
         snapshots.iter().map(|(_, h)| h.info.get("train_steps").map_or("?", String::as_str)).collect();
+    let steps = steps.join(",");
     // The last snapshot's training metadata, plus the steps of all of them.
-    let mut header = snapshots[snapshots.len() - 1].1.clone();
-    header.info.insert("averaged_train_steps".into(), steps.join(","));
-    let steps = steps.join(", ");
+    let mut header = snapshots.last().expect("clap requires two files or more").1.clone();
+    header.info.insert("averaged_train_steps".into(), steps.clone());
     let mean = ddpm::train::average(snapshots.into_iter().map(|(m, _)| m).collect());
     let size = write_weights(&a.out, &mean, &header, a.f16)?;
     eprintln!("wrote {} ({size} bytes, the mean of the weights at steps {steps})", a.out.display());

@@ -383,7 +383,7 @@ impl ModuleVisitor for Flatten {
 pub fn average(models: Vec<UNet>) -> UNet {
     let mut models = models.into_iter();
     let mut mean = models.next().expect("at least one model to average");
-    for (k, model) in models.enumerate().map(|(i, m)| (i + 2, m)) {
+    for (model, k) in models.zip(2..) {
         let mut current = Flatten::default();
         model.visit(&mut current);
         let mut update = EmaUpdate { current: current.0.into_iter(), decay: (k - 1) as f64 / k as f64 };
