@@ -153,38 +153,79 @@ fn idx_file(dir: &Path) -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-/// MNIST's IDX format: big-endian magic 0x0803, count, rows, cols, then u8 pixels.
+/// The largest side an image folder's file may declare: decoding stops at the header of a
+/// bigger one (a "decompression bomb": a few bytes of PNG can declare 30,000 × 30,000 pixels).
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+/// The most bytes one image's decoder may allocate.
+const MAX_DECODE_BYTES: u64 = 256 << 20;
+/// The most floats a data set may hold in memory (4 GiB).
+const MAX_DATASET_FLOATS: usize = 1 << 30;
+
+/// MNIST's IDX format: big-endian magic 0x0803, count, rows, cols, then u8 pixels; the labels
+/// file 0x0801, count, then one byte per image. Every declared size is checked against the
+/// file's length in checked arithmetic before anything is allocated.
 fn mnist_idx(images: &Path, labels: &Path) -> Result<Dataset> {
-    let bytes = fs::read(images).with_context(|| format!("reading {}", images.display()))?;
+    let name = images.display();
+    let bytes = fs::read(images).with_context(|| format!("reading {name}"))?;
     let be = |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
-    ensure!(bytes.len() >= 16 && be(0) == 0x0803, "{}: not an IDX image file", images.display());
+    ensure!(bytes.len() >= 16 && be(0) == 0x0803, "{name}: not an IDX image file (magic 0x00000803)");
     let (n, h, w) = (be(4), be(8), be(12));
-    ensure!(bytes.len() == 16 + n * h * w, "{}: truncated ({} images of {h}×{w} announced)", images.display(), n);
+    ensure!(n > 0, "{name}: declares 0 images");
+    ensure!(
+        (1..=crate::limits::MAX_IMAGE_SIZE).contains(&h) && (1..=crate::limits::MAX_IMAGE_SIZE).contains(&w),
+        "{name}: images of {h}×{w} are outside 1..={} pixels a side",
+        crate::limits::MAX_IMAGE_SIZE
+    );
+    let expected = n.checked_mul(h * w).and_then(|p| p.checked_add(16));
+    ensure!(
+        expected == Some(bytes.len()),
+        "{name}: {} bytes, but its header announces {n} images of {h}×{w} ({} bytes)",
+        bytes.len(),
+        expected.map_or("more than fit in memory".to_string(), |e| e.to_string())
+    );
     let pixels = bytes[16..].iter().map(|&p| from_u8(p)).collect();
     let labels = match fs::read(labels) {
-        Ok(l) if l.len() == 8 + n => Some(l[8..].to_vec()),
-        _ => None,
+        Ok(l) => {
+            let ok = l.len() == 8 + n && u32::from_be_bytes([l[0], l[1], l[2], l[3]]) == 0x0801;
+            ensure!(ok, "{}: not an IDX label file for {n} images", labels.display());
+            ensure!(l[8..].iter().all(|&c| c < 10), "{}: labels must be digits 0-9", labels.display());
+            Some(l[8..].to_vec())
+        }
+        Err(_) => None,
     };
     Ok(Dataset { shape: [1, h, w], pixels, labels })
 }
 
 /// Every PNG/JPEG under `dir` (recursively, in path order), center-cropped to a square and
-/// resized to `size`×`size`, as gray (C = 1) or RGB (C = 3).
+/// resized to `size`×`size`, as gray (C = 1) or RGB (C = 3). Files that do not decode (truncated,
+/// not an image, larger than [`MAX_IMAGE_SIDE`]) are skipped and counted on stderr with the
+/// first one's reason; a folder with no decodable image is an error.
 pub fn image_folder(dir: &Path, channels: usize, size: usize) -> Result<Dataset> {
     ensure!(channels == 1 || channels == 3, "--channels must be 1 or 3 for image folders, got {channels}");
     let mut files = Vec::new();
     walk(dir, &mut files)?;
     files.sort();
     ensure!(!files.is_empty(), "no PNG or JPEG images found under {}", dir.display());
-    let mut pixels = Vec::with_capacity(files.len() * channels * size * size);
+    let mut pixels = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
     for file in &files {
-        let img = image::open(file).with_context(|| format!("cannot decode image {}", file.display()))?;
+        let img = match decode_bounded(file) {
+            Ok(img) => img,
+            Err(e) => {
+                skipped.push(format!("{}: {e:#}", file.display()));
+                continue;
+            }
+        };
         let side = img.width().min(img.height());
-        ensure!(side > 0, "image {} is empty", file.display());
         let img = img.crop_imm((img.width() - side) / 2, (img.height() - side) / 2, side, side).resize_exact(
             size as u32,
             size as u32,
             image::imageops::FilterType::Triangle,
+        );
+        ensure!(
+            pixels.len() + channels * size * size <= MAX_DATASET_FLOATS,
+            "{}: more images than fit in memory at {size}×{size} ({MAX_DATASET_FLOATS} floats); use a smaller folder",
+            dir.display()
         );
         let raw = if channels == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
         // Interleaved HWC bytes → planar CHW floats in [−1, 1].
@@ -192,13 +233,41 @@ pub fn image_folder(dir: &Path, channels: usize, size: usize) -> Result<Dataset>
             pixels.extend((0..size * size).map(|p| from_u8(raw[p * channels + ch])));
         }
     }
+    let read = files.len() - skipped.len();
+    ensure!(
+        read > 0,
+        "no readable images under {}: all {} files failed to decode (first: {})",
+        dir.display(),
+        files.len(),
+        skipped[0]
+    );
+    if let Some(first) = skipped.first() {
+        eprintln!("skipped {} of {} files that did not decode (first: {first})", skipped.len(), files.len());
+    }
     Ok(Dataset { shape: [channels, size, size], pixels, labels: None })
 }
 
+/// Decodes one image with the decoder's memory and size bounded, by its content rather than
+/// its extension.
+fn decode_bounded(file: &Path) -> Result<image::DynamicImage> {
+    let mut reader = image::ImageReader::open(file)?.with_guessed_format()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let img = reader.decode()?;
+    ensure!(img.width() > 0 && img.height() > 0, "empty image");
+    Ok(img)
+}
+
+/// The image files under `dir`. Symlinked folders are not entered (a link to a parent would
+/// loop forever); symlinked files are read.
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
             walk(&path, out)?;
         } else if path
             .extension()

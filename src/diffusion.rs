@@ -7,6 +7,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::limits;
 use crate::noise::Noise;
 use crate::unet::UNet;
 
@@ -27,8 +28,12 @@ impl Default for ScheduleConfig {
 impl ScheduleConfig {
     pub fn validate(&self) -> Result<(), String> {
         let ok_beta = |b: f64| b > 0.0 && b < 1.0;
-        if self.steps < 2 {
-            return Err(format!("T = {} diffusion steps: need at least 2", self.steps));
+        if !(2..=limits::MAX_DIFFUSION_STEPS).contains(&self.steps) {
+            return Err(format!(
+                "steps: T = {} diffusion steps is outside 2..={}",
+                self.steps,
+                limits::MAX_DIFFUSION_STEPS
+            ));
         }
         if !ok_beta(self.beta_start) || !ok_beta(self.beta_end) || self.beta_start > self.beta_end {
             return Err(format!("β must rise within (0, 1): got {} .. {}", self.beta_start, self.beta_end));

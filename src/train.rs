@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bytes, Device, Tensor};
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
 use crate::diffusion::{Diffusion, ScheduleConfig};
+use crate::limits;
 use crate::noise::{Noise, NoiseState};
 use crate::threads::{run_all, shard_ranges};
 use crate::unet::{UNet, UNetConfig};
@@ -55,8 +56,8 @@ fn one() -> usize {
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.batch_size == 0 {
-            return Err("batch size must be at least 1".into());
+        if !(1..=limits::MAX_BATCH).contains(&self.batch_size) {
+            return Err(format!("batch size must be 1..={}, got {}", limits::MAX_BATCH, self.batch_size));
         }
         if !(1..=self.batch_size).contains(&self.shards) {
             return Err(format!(
@@ -238,6 +239,14 @@ impl Trainer {
 
     /// Resumes the run saved at `path` on `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let size = fs::metadata(path).with_context(|| format!("reading checkpoint {}", path.display()))?.len();
+        // Model, EMA and Adam's two moments: four copies of the weights.
+        ensure!(
+            size <= 4 * limits::MAX_WEIGHTS_BYTES,
+            "checkpoint {} is {size} bytes, above the largest supported ({})",
+            path.display(),
+            4 * limits::MAX_WEIGHTS_BYTES
+        );
         let bytes = fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
         let bad = |what: &str| format!("checkpoint {} is damaged: {what}", path.display());
         let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!(bad(&e.to_string())))?;
@@ -269,16 +278,50 @@ impl Trainer {
     }
 }
 
-/// Write-then-rename, with the data flushed to disk before the rename.
+/// Replaces `path` with `bytes` so that a crash at any moment (kill -9, power loss) leaves
+/// either the old file or the new one, whole: write a temporary file beside it, fsync it,
+/// rename it over `path` (atomic within a folder), then fsync the folder so the rename itself
+/// is on disk. A failed write (a full disk, a read-only folder) removes the temporary file and
+/// leaves `path` as it was.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp: PathBuf = path.with_extension("tmp");
-    {
+    let tmp = temp_path(path);
+    let written = (|| -> std::io::Result<()> {
         use std::io::Write;
-        let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| {
+            format!("writing {} ({} bytes); {} is unchanged", tmp.display(), bytes.len(), path.display())
+        });
     }
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()));
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing folder {} after writing {}", dir.display(), path.display()))
+}
+
+/// The temporary file [`atomic_write`] writes `path` through: `.NAME.tmp` beside it.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+/// Removes the temporary file a killed [`atomic_write`] of `path` left behind; returns whether
+/// there was one.
+pub fn sweep_temp(path: &Path) -> Result<bool> {
+    let tmp = temp_path(path);
+    match fs::remove_file(&tmp) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("removing the stale {}", tmp.display())),
+    }
 }
 
 /// Scales all gradients by min(1, clip / ‖g‖) with ‖g‖ the norm over every parameter

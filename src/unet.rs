@@ -16,6 +16,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::{conv2d, group_norm_swish};
+use crate::limits;
 use crate::noise::Noise;
 
 /// Everything needed to build a UNet; stored in the weights file so a reader can rebuild the model.
@@ -71,39 +72,64 @@ impl UNetConfig {
         self.groups.min(8)
     }
 
-    /// Checks that the configuration builds a working network; the message names the problem.
+    /// Checks that the configuration builds a working network within [`crate::limits`]; the
+    /// message names the field. Bounds come first, so that the arithmetic after them cannot
+    /// overflow, and the parameter count is taken from the lazily built model (burn allocates
+    /// no weights until they are used).
     pub fn validate(&self) -> Result<(), String> {
         let levels = self.channel_mults.len();
-        if self.image_channels == 0 || self.base_channels == 0 || self.blocks == 0 || self.groups == 0 {
-            return Err("image channels, base channels, blocks and groups must all be at least 1".into());
+        let within = |name: &str, value: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&value) { Ok(()) } else { Err(format!("{name} {value} is outside {lo}..={hi}")) }
+        };
+        if !limits::IMAGE_CHANNELS.contains(&self.image_channels) {
+            return Err(format!("image_channels {} is not 1 (gray) or 3 (RGB)", self.image_channels));
         }
-        if levels == 0 {
-            return Err("channel multipliers must name at least one level".into());
-        }
+        within("image_size", self.image_size, 1, limits::MAX_IMAGE_SIZE)?;
+        within("levels (channel_mults)", levels, 1, limits::MAX_LEVELS)?;
+        within("base_channels", self.base_channels, 4, limits::MAX_WIDTH)?;
+        within("blocks", self.blocks, 1, limits::MAX_BLOCKS)?;
+        within("groups", self.groups, 1, limits::MAX_GROUPS)?;
         if self.attn.len() != levels {
             return Err(format!(
                 "attention flags ({}) and channel multipliers ({levels}) must have the same length",
                 self.attn.len()
             ));
         }
-        if self.channel_mults.contains(&0) {
-            return Err("channel multipliers must be at least 1".into());
+        for (i, &mult) in self.channel_mults.iter().enumerate() {
+            let width = self.base_channels.checked_mul(mult).unwrap_or(usize::MAX);
+            if mult == 0 || width > limits::MAX_WIDTH {
+                return Err(format!(
+                    "channel_mults[{i}] {mult}: level width base × mult must be 1..={}",
+                    limits::MAX_WIDTH
+                ));
+            }
         }
         // Each downsample halves the size with a stride-2 conv, each upsample doubles it back:
         // the round trip is exact only when every level's size is even.
         let factor = 1usize << (levels - 1);
-        if self.image_size == 0 || self.image_size % factor != 0 {
+        if self.image_size % factor != 0 {
             return Err(format!(
-                "image size {} must be a positive multiple of {factor} for {levels} levels",
+                "image_size {} must be a positive multiple of {factor} for {levels} levels",
                 self.image_size
             ));
         }
-        if self.time_channels() / 8 < 2 {
-            return Err("base channels must be at least 4 for the sinusoidal time embedding".into());
-        }
         for i in 0..levels {
+            let size = self.image_size >> i;
             if self.width(i) % self.groups != 0 {
                 return Err(format!("level {i} width {} is not divisible by {} groups", self.width(i), self.groups));
+            }
+            if self.width(i) * size * size > limits::MAX_ACTIVATION {
+                return Err(format!(
+                    "level {i}: width {} at {size}×{size} is above {} floats per image",
+                    self.width(i),
+                    limits::MAX_ACTIVATION
+                ));
+            }
+            if self.attn[i] && size * size > limits::MAX_ATTENTION_POSITIONS {
+                return Err(format!(
+                    "attn[{i}]: attention at {size}×{size} is above {} positions",
+                    limits::MAX_ATTENTION_POSITIONS
+                ));
             }
         }
         if self.base_channels % self.final_groups() != 0 {
@@ -115,6 +141,10 @@ impl UNetConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout {} must be in [0, 1)", self.dropout));
+        }
+        let params = self.init(&Device::flex()).num_params();
+        if params > limits::MAX_PARAMS {
+            return Err(format!("{params} parameters is above the largest supported model, {}", limits::MAX_PARAMS));
         }
         Ok(())
     }

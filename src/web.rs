@@ -39,6 +39,12 @@ pub struct Ddpm {
     last: Option<Tensor<4>>,
 }
 
+/// The largest weights file the page downloads, in bytes (the loader's own bound).
+#[wasm_bindgen]
+pub fn max_weights_bytes() -> f64 {
+    crate::limits::MAX_WEIGHTS_BYTES as f64
+}
+
 fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }

@@ -12,6 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::diffusion::ScheduleConfig;
+use crate::limits;
 use crate::unet::{UNet, UNetConfig};
 
 pub const FORMAT: &str = "ddpm-web";
@@ -19,6 +20,8 @@ pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
+    #[error("the file is {0} bytes, above the largest supported weights file ({max} bytes)", max = limits::MAX_WEIGHTS_BYTES)]
+    TooLarge(u64),
     #[error("not a safetensors file ({0})")]
     NotSafetensors(String),
     #[error("not a ddpm-web weights file: {0}")]
@@ -92,6 +95,7 @@ fn st_err(e: safetensors::SafeTensorError) -> WeightsError {
 
 /// Reads and validates the header's metadata.
 pub fn read_header(bytes: &[u8]) -> Result<Header, WeightsError> {
+    check_size(bytes.len() as u64)?;
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(st_err)?;
     let mut info: BTreeMap<String, String> =
         meta.metadata().clone().ok_or_else(|| WeightsError::Format("no metadata".into()))?.into_iter().collect();
@@ -114,6 +118,11 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, WeightsError> {
     Ok(Header { unet, schedule, info })
 }
 
+/// Refuses a file (or a download) above [`limits::MAX_WEIGHTS_BYTES`] before it is read.
+pub fn check_size(bytes: u64) -> Result<(), WeightsError> {
+    if bytes > limits::MAX_WEIGHTS_BYTES { Err(WeightsError::TooLarge(bytes)) } else { Ok(()) }
+}
+
 /// Builds the model the file describes on `device` and fills in its weights.
 pub fn load(bytes: &[u8], device: &Device) -> Result<(UNet, Header), WeightsError> {
     let header = read_header(bytes)?;
@@ -122,23 +131,12 @@ pub fn load(bytes: &[u8], device: &Device) -> Result<(UNet, Header), WeightsErro
 }
 
 /// Fills `module`'s parameters from safetensors `bytes`, checking that every tensor is there
-/// with the right shape and that the file holds nothing else.
+/// with the right dtype and shape and that the file holds nothing else. A tensor's values are
+/// decoded only once its shape has matched the module's, so the memory used is the model's own
+/// (whose size the validated config bounds), never what a header claims.
 pub fn load_module<M: Module>(module: M, bytes: &[u8], device: &Device) -> Result<M, WeightsError> {
     let file = SafeTensors::deserialize(bytes).map_err(st_err)?;
-    let mut tensors = HashMap::new();
-    for (key, view) in file.iter() {
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => {
-                view.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
-            other => return Err(WeightsError::Dtype { key: key.to_string(), dtype: format!("{other:?}") }),
-        };
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err(WeightsError::NonFinite(key.to_string()));
-        }
-        tensors.insert(key.to_string(), (view.shape().to_vec(), values));
-    }
+    let tensors: HashMap<String, TensorView> = file.tensors().into_iter().collect();
     let mut loader = Loader { path: Vec::new(), tensors, device: device.clone(), error: None };
     let module = module.map(&mut loader);
     if let Some(error) = loader.error {
@@ -148,6 +146,19 @@ pub fn load_module<M: Module>(module: M, bytes: &[u8], device: &Device) -> Resul
         return Err(WeightsError::Unexpected(key.clone()));
     }
     Ok(module)
+}
+
+/// A tensor's values as f32 (from F32 or F16), refusing NaN and infinities.
+fn decode(key: &str, view: &TensorView) -> Result<Vec<f32>, WeightsError> {
+    let values: Vec<f32> = match view.dtype() {
+        Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => view.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        other => return Err(WeightsError::Dtype { key: key.to_string(), dtype: format!("{other:?}") }),
+    };
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(WeightsError::NonFinite(key.to_string()));
+    }
+    Ok(values)
 }
 
 /// Tracks the module path as labml's key: enum variants are not part of it, burn's
@@ -194,14 +205,14 @@ impl ModuleVisitor for Collector {
     }
 }
 
-struct Loader {
+struct Loader<'a> {
     path: Vec<(String, String)>,
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: HashMap<String, TensorView<'a>>,
     device: Device,
     error: Option<WeightsError>,
 }
 
-impl ModuleMapper for Loader {
+impl ModuleMapper for Loader<'_> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.push((name.into(), container_type.into()));
     }
@@ -218,14 +229,21 @@ impl ModuleMapper for Loader {
         if linear_weight {
             file_shape.reverse();
         }
-        let Some((found, values)) = self.tensors.remove(&key) else {
+        let Some(view) = self.tensors.remove(&key) else {
             self.error = Some(WeightsError::Missing(key));
             return param;
         };
-        if found != file_shape {
-            self.error = Some(WeightsError::Shape { key, expected: file_shape, found });
+        if view.shape() != file_shape {
+            self.error = Some(WeightsError::Shape { key, expected: file_shape, found: view.shape().to_vec() });
             return param;
         }
+        let values = match decode(&key, &view) {
+            Ok(values) => values,
+            Err(e) => {
+                self.error = Some(e);
+                return param;
+            }
+        };
         let mut tensor = Tensor::<D>::from_data(TensorData::new(values, file_shape), &self.device);
         if linear_weight {
             tensor = tensor.transpose();

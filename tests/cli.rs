@@ -87,6 +87,25 @@ fn train_export_sample_interpolate_animate() {
         "--shards", "1", "--lr", "1e-4",
     ]);
     assert!(log(5));
+    // A resume keeps what the checkpoint holds: a flag that would change the model, the data,
+    // the warm-up, the EMA or the seed is refused with the checkpoint's value; one that repeats
+    // it is fine; --data and --steps may be left out (the run's own data and target).
+    fn resume<'a>(run: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        [&["train", "--out", run, "--resume"][..], extra].concat()
+    }
+    let resume = |extra| resume(run_s, extra);
+    fails(&resume(&["--seed", "5"]), "--seed 5: the checkpoint");
+    fails(&resume(&["--seed", "5"]), "holds 0");
+    fails(&resume(&["--base-channels", "16"]), "holds 32");
+    fails(&resume(&["--channel-mults", "1,2,4"]), "--channel-mults 1,2,4: the checkpoint");
+    fails(&resume(&["--attn", "0,0"]), "holds 0,1");
+    fails(&resume(&["--diffusion-steps", "1000"]), "holds 50");
+    fails(&resume(&["--warmup", "7"]), "--warmup");
+    fails(&resume(&["--ema-decay", "0.5"]), "--ema-decay");
+    fails(&resume(&["--data", "mnist"]), "--data mnist");
+    let kept = ok(&resume(&["--base-channels", "32", "--data", data]));
+    assert!(kept.contains("steps 5..5"), "no --steps keeps the checkpoint's target: {kept}");
+    assert!(log(5));
     let text = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
     let steps: Vec<u64> =
         text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
@@ -192,6 +211,18 @@ fn bad_input_gets_a_clear_error() {
     let o = out.to_str().unwrap();
     fails(&["sample", "--weights", junk.to_str().unwrap(), "--out", o], "not a safetensors file");
     fails(&["sample", "--weights", "/no/such.safetensors", "--out", o], "reading /no/such.safetensors");
+    // A header that lies about the model: one error line naming the file and the field (this
+    // aborted in the allocator before the config was bounded).
+    let lying = root.join("lying.safetensors");
+    let l = lying.to_str().unwrap();
+    let tiny = common::tiny_weights();
+    std::fs::write(&lying, common::edit_config(&tiny, "unet", |c| c["blocks"] = 1_000_000_000u64.into())).unwrap();
+    fails(&["sample", "--weights", l, "--out", o], &format!("{l}: bad model config in the weights file: blocks"));
+    std::fs::write(&lying, common::edit_config(&tiny, "schedule", |c| c["steps"] = (1u64 << 40).into())).unwrap();
+    fails(&["sample", "--weights", l, "--out", o], "steps: T = 1099511627776");
+    // A file above the bound is refused before it is read (sparse: no disk used).
+    std::fs::File::create(&lying).unwrap().set_len(ddpm::limits::MAX_WEIGHTS_BYTES + 1).unwrap();
+    fails(&["sample", "--weights", l, "--out", o], "above the largest supported weights file");
     fails(&["export", "--run", "/no/such/run", "--out", o], "checkpoint");
     fails(&["bench", "--backend", "cpu", "--reps", "0"], "--reps must be at least 1");
     fails(&["bench", "--backend", "cpu", "--max-seconds", "0"], "--max-seconds");

@@ -1,6 +1,6 @@
 // The page: fetches the weights, asks the wasm module for one denoising step at a time and
 // draws it. All maths is in Rust (src/web.rs); this file only wires controls to it.
-import init, { Ddpm } from './pkg/ddpm.js';
+import init, { Ddpm, max_weights_bytes } from './pkg/ddpm.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -10,9 +10,14 @@ const weightsUrl = params.get('weights') ?? 'weights/mnist.safetensors';
 const state = window.ddpmState = {
   ready: false, backend: null, error: null, stepsDrawn: 0, lastStep: null, running: false,
   interpolationReady: false, msPerStep: [], firstStepAt: null, loaded: {},
+  runIndices: [], // the step indices drawn by the latest run, in order
 };
 
 let model = null;
+let wasm = null; // the module's exports, for its memory size
+// The memory the page holds, for the tests' leak checks: the wasm linear memory and, where the
+// browser reports it, the JS heap.
+window.ddpmMemory = () => ({ wasm: wasm?.memory.buffer.byteLength ?? 0, heap: performance.memory?.usedJSHeapSize ?? 0 });
 let runId = 0; // a run stops drawing as soon as a newer run (or stop) bumps this
 
 function showError(message) {
@@ -32,8 +37,10 @@ function draw(canvas, width, height, rgba) {
 
 const yieldToBrowser = () => new Promise((resolve) => setTimeout(resolve, 0));
 
-// Fetches with a progress bar; any failure is turned into a sentence for the page.
-async function fetchWeights(url) {
+// Fetches with a progress bar; any failure is turned into a sentence for the page. A file above
+// the loader's bound (`limit`, a promise: the module may still be loading) is refused as soon as
+// its size shows, before it fills the tab's memory.
+async function fetchWeights(url, limit) {
   let response;
   try {
     response = await fetch(url);
@@ -42,6 +49,13 @@ async function fetchWeights(url) {
   }
   if (!response.ok) throw new Error(`could not fetch the weights at ${url}: HTTP ${response.status}`);
   const total = Number(response.headers.get('Content-Length')) || 0;
+  const max = await limit;
+  const tooLarge = (bytes) => new Error(`the weights at ${url} are ${bytes.toLocaleString('en-US')} bytes or more, ` +
+    `above the largest model this page loads (${max.toLocaleString('en-US')} bytes)`);
+  if (total > max) {
+    response.body.cancel();
+    throw tooLarge(total);
+  }
   const reader = response.body.getReader();
   const chunks = [];
   let received = 0;
@@ -50,6 +64,11 @@ async function fetchWeights(url) {
     if (done) break;
     chunks.push(value);
     received += value.length;
+    // A server may send no length, or a wrong one: the bytes themselves are counted too.
+    if (received > max) {
+      reader.cancel();
+      throw tooLarge(received);
+    }
     if (total) $('progress').value = received / total;
   }
   const bytes = new Uint8Array(received);
@@ -62,7 +81,11 @@ async function fetchWeights(url) {
 // or null if the run was replaced or stopped.
 async function drive(id, onStep) {
   let last = null;
+  state.runIndices = [];
   for (;;) {
+    // Checked before every step, not only after: a loop waking from its yield after a newer run
+    // started must not take a step of that run.
+    if (id !== runId) return null;
     const t0 = performance.now();
     const step = await model.step();
     if (id !== runId) return null;
@@ -70,6 +93,7 @@ async function drive(id, onStep) {
     const ms = performance.now() - t0;
     state.msPerStep.push(ms);
     onStep(step, ms);
+    state.runIndices.push(step.index);
     state.stepsDrawn += 1;
     state.firstStepAt ??= performance.now();
     last = step;
@@ -140,9 +164,9 @@ function download() {
   a.click();
 }
 
-// Interpolation frames: a grid of `frames` images with a 1-pixel border, one per λ, plus the
-// samples A and B themselves for the slider's ends.
-const morph = { frames: null, ends: null, size: 0, count: 0, mode: 'noise' };
+// Interpolation frames: a grid of `frames` images with a 1-pixel border, one per λ, exactly as
+// `ddpm interpolate` computes them; the samples A and B are drawn beside the slider's ends.
+const morph = { frames: null, size: 0, count: 0 };
 
 // The pixels of image `index` of a one-row grid.
 function tile(grid, index, size) {
@@ -160,12 +184,7 @@ function showFrame() {
   if (!morph.frames) return;
   const i = Number($('lambda').value);
   const last = morph.count - 1;
-  // labml's frames at λ = 0 and 1 are re-noised copies of A and B; the slider's ends show A
-  // and B themselves. DDIM's spherical frames reproduce A and B exactly there.
-  const pixels = morph.mode === 'noise' && (i === 0 || i === last)
-    ? tile(morph.ends, i === 0 ? 0 : 1, morph.size)
-    : tile(morph.frames, i, morph.size);
-  draw($('morph'), morph.size, morph.size, pixels);
+  draw($('morph'), morph.size, morph.size, tile(morph.frames, i, morph.size));
   $('lambda-text').textContent = `λ = ${(i / last).toFixed(3)}`;
 }
 
@@ -188,6 +207,11 @@ async function interpolate() {
       $('interp-text').textContent = `sampling A and B: step ${s.index} / ${s.total}`;
     });
     if (!ends) return;
+    // labml's frames at λ = 0 and 1 are A and B noised to t and denoised again, near A and B
+    // but not equal to them: A and B themselves stay in view beside the slider.
+    const size = model.image_size;
+    draw($('morph-a'), size, size, tile(ends, 0, size));
+    draw($('morph-b'), size, size, tile(ends, 1, size));
     // 2. Every frame at once, as one batch through the reverse process.
     model.start_interpolation(mode, seedA, seedB, t, frames, steps);
     const last = await drive(id, (s) => {
@@ -195,7 +219,7 @@ async function interpolate() {
       $('interp-text').textContent = `denoising ${frames} frames together: step ${s.index} / ${s.total}`;
     });
     if (!last) return;
-    Object.assign(morph, { frames: last, ends, size: model.image_size, count: frames, mode });
+    Object.assign(morph, { frames: last, size, count: frames });
     $('lambda').max = String(frames - 1);
     $('lambda').disabled = false;
     $('interp-text').textContent = 'Drag the slider to morph A into B.';
@@ -211,9 +235,11 @@ async function interpolate() {
 async function main() {
   try {
     // The module and the weights download side by side; each phase's end is kept for the benchmark.
+    const module = init().then((exports) => { wasm = exports; state.loaded.wasm = performance.now(); });
     const [, bytes] = await Promise.all([
-      init().then(() => { state.loaded.wasm = performance.now(); }),
-      fetchWeights(weightsUrl).then((b) => { state.loaded.weights = performance.now(); return b; }),
+      module,
+      fetchWeights(weightsUrl, module.then(() => max_weights_bytes()))
+        .then((b) => { state.loaded.weights = performance.now(); return b; }),
     ]);
     $('loading').hidden = true;
     const wantGpu = params.get('backend') !== 'cpu' && 'gpu' in navigator;

@@ -12,6 +12,8 @@ export async function launch({ webgpu }) {
   const args = [
     '--headless=new', '--no-sandbox', '--no-first-run', '--disable-background-networking',
     '--disable-component-update', '--disable-sync', '--disable-quic',
+    // window.gc(), so that the memory checks measure what is still reachable.
+    '--js-flags=--expose-gc',
   ];
   // Without this flag headless Chromium offers no WebGPU adapter: the CPU-fallback case.
   if (webgpu) args.push('--enable-unsafe-webgpu');
@@ -44,4 +46,20 @@ export async function launch({ webgpu }) {
 export function pngPixels(bytes) {
   const png = PNG.sync.read(bytes);
   return Array.from({ length: png.width * png.height }, (_, i) => png.data[i * 4]);
+}
+
+// Image `i` of a one-row PNG strip as written by `ddpm interpolate` (`pad`-pixel borders), as
+// gray values (the R channel), one array per image.
+export function pngTiles(bytes, count, size, pad, scale = 1) {
+  const png = PNG.sync.read(bytes);
+  return Array.from({ length: count }, (_, i) => {
+    const out = [];
+    for (let y = 0; y < size; y++) {
+      for (let x = 0; x < size; x++) {
+        const px = (pad + i * (size + pad) + x) * scale, py = (pad + y) * scale;
+        out.push(png.data[(py * png.width + px) * 4]);
+      }
+    }
+    return out;
+  });
 }

@@ -73,3 +73,34 @@ impl Drop for TempDir {
         }
     }
 }
+
+/// `bytes` (a safetensors file) with its metadata entry `entry` (a JSON object stored as a
+/// string, such as `unet` or `schedule`) edited by `edit`: the tensors stay as they are, so a
+/// loader sees a header that lies about them.
+pub fn edit_config(bytes: &[u8], entry: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let meta = header["__metadata__"].as_object_mut().unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(meta[entry].as_str().unwrap()).unwrap();
+    edit(&mut config);
+    meta.insert(entry.into(), config.to_string().into());
+    let text = header.to_string();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text.as_bytes());
+    out.extend(&bytes[8 + n..]);
+    out
+}
+
+/// A tiny model's weights file (f16, a few kB), for tests and the fuzzer's seeds.
+pub fn tiny_weights() -> Vec<u8> {
+    let unet = UNetConfig { base_channels: 4, channel_mults: vec![1, 2], attn: vec![false, true], groups: 2, ..tiny() };
+    let model = unet.init(&burn::tensor::Device::flex());
+    let schedule = ddpm::diffusion::ScheduleConfig { steps: 20, ..Default::default() };
+    let info = [("train_steps".to_string(), "1".to_string())].into();
+    ddpm::weights::to_safetensors(
+        &model,
+        &ddpm::weights::Header { unet, schedule, info },
+        ddpm::weights::Precision::F16,
+    )
+    .unwrap()
+}

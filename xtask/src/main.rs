@@ -6,8 +6,8 @@
 //! * `cargo xtask test`: every test: `cargo test --release`, then the page in headless Chromium;
 //! * `cargo xtask bench-web`: the page's speed as JSON lines.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+mod serve;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -28,12 +28,14 @@ fn main() -> Result<()> {
                 build_web(&root)?;
             }
             let port: u16 = flag("--port").unwrap_or_else(|| "8080".into()).parse().context("--port takes a number")?;
-            serve(&root, port)
+            let (listener, addr) = serve::bind(port)?;
+            println!("serving the demo at http://{addr}/ (Ctrl-C stops)");
+            serve::run(&root, listener)
         }
         Some("test") => {
             npm_install(&root)?;
             cargo(&root, &["fmt", "--all", "--check"])?;
-            cargo(&root, &["test", "--release", "-p", "ddpm-web"])?;
+            cargo(&root, &["test", "--release", "-p", "ddpm-web", "-p", "xtask"])?;
             build_web(&root)?;
             node_with_server(&root, &["--test", "--test-concurrency=1", "tests/browser/"])
         }
@@ -75,10 +77,14 @@ fn npm_install(root: &Path) -> Result<()> {
 /// Serves the demo on a free port and runs node with DDPM_URL (the page) and DDPM_BIN (the
 /// native `ddpm`, for parity checks) set.
 fn node_with_server(root: &Path, args: &[&str]) -> Result<()> {
-    let listener = TcpListener::bind(("127.0.0.1", 0))?;
-    let url = format!("http://{}/", listener.local_addr()?);
+    let (listener, addr) = serve::bind(0)?;
+    let url = format!("http://{addr}/");
     let served = root.to_path_buf();
-    std::thread::spawn(move || accept(&served, listener));
+    std::thread::spawn(move || {
+        if let Err(e) = serve::run(&served, listener) {
+            eprintln!("the test server stopped: {e:#}");
+        }
+    });
     let bin = target_dir(root).join("release/ddpm");
     let status = Command::new("node")
         .current_dir(root)
@@ -91,7 +97,26 @@ fn node_with_server(root: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// rustup installs `rust-toolchain.toml`'s targets only with the toolchain itself: a toolchain
+/// that was there before (as on a fresh machine with Rust preinstalled) lacks wasm32 until added.
+fn ensure_wasm_target(root: &Path) -> Result<()> {
+    let sysroot = Command::new("rustc").current_dir(root).args(["--print", "sysroot"]).output()?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot.join("lib/rustlib/wasm32-unknown-unknown/lib").is_dir() {
+        return Ok(());
+    }
+    eprintln!("adding the wasm32-unknown-unknown target to the toolchain (rustup target add)...");
+    let status = Command::new("rustup")
+        .current_dir(root)
+        .args(["target", "add", "wasm32-unknown-unknown"])
+        .status()
+        .context("the wasm32-unknown-unknown target is missing and rustup could not be run to add it")?;
+    ensure!(status.success(), "`rustup target add wasm32-unknown-unknown` failed");
+    Ok(())
+}
+
 fn build_web(root: &Path) -> Result<()> {
+    ensure_wasm_target(root)?;
     eprintln!("building the wasm module (a cold build of burn takes ~20 minutes on 2 cores)...");
     cargo(
         root,
@@ -142,80 +167,4 @@ fn build_web(root: &Path) -> Result<()> {
     }
     eprintln!("wrote {} ({} bytes)", bg.display(), std::fs::metadata(&bg)?.len());
     Ok(())
-}
-
-/// A small static file server: `/weights/...` from weights/, everything else from www/.
-fn serve(root: &Path, port: u16) -> Result<()> {
-    let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("binding 127.0.0.1:{port}"))?;
-    println!("serving the demo at http://{}/ (Ctrl-C stops)", listener.local_addr()?);
-    accept(root, listener);
-    Ok(())
-}
-
-fn accept(root: &Path, listener: TcpListener) {
-    for stream in listener.incoming().flatten() {
-        let root = root.to_path_buf();
-        std::thread::spawn(move || {
-            if let Err(e) = respond(&root, stream) {
-                eprintln!("request failed: {e}");
-            }
-        });
-    }
-}
-
-fn respond(root: &Path, mut stream: TcpStream) -> Result<()> {
-    let mut line = String::new();
-    let mut reader = BufReader::new(stream.try_clone()?);
-    reader.read_line(&mut line)?;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
-            break;
-        }
-    }
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-    let path = target.split(['?', '#']).next().unwrap_or("/");
-    let file = resolve(root, path);
-    let (status, body, kind) = match (method, file.as_deref().map(std::fs::read)) {
-        ("GET" | "HEAD", Some(Ok(body))) => ("200 OK", body, content_type(file.as_deref().expect("resolved"))),
-        ("GET" | "HEAD", _) => ("404 Not Found", b"not found\n".to_vec(), "text/plain"),
-        _ => ("405 Method Not Allowed", b"GET only\n".to_vec(), "text/plain"),
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    if method != "HEAD" {
-        stream.write_all(&body)?;
-    }
-    Ok(())
-}
-
-/// Maps a URL path to a file, refusing anything that climbs out of the served folders.
-fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
-    let rel = path.trim_start_matches('/');
-    if rel.split('/').any(|c| c == ".." || c.starts_with('.')) {
-        return None;
-    }
-    let file = match rel.strip_prefix("weights/") {
-        Some(w) => root.join("weights").join(w),
-        None if rel.is_empty() => root.join("www/index.html"),
-        None => root.join("www").join(rel),
-    };
-    file.is_file().then_some(file)
-}
-
-fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
-        "html" => "text/html; charset=utf-8",
-        "js" | "mjs" => "text/javascript",
-        "css" => "text/css",
-        "wasm" => "application/wasm",
-        "json" => "application/json",
-        "png" => "image/png",
-        "svg" => "image/svg+xml",
-        _ => "application/octet-stream",
-    }
 }

@@ -1,0 +1,34 @@
+//! The largest model, file and run this code accepts: every bound that input is checked
+//! against, in one place. Weights files, checkpoints and CLI flags describe a model in a few
+//! numbers, and a number is cheap to lie about: T = 10¹² steps or 10⁹ blocks would make the
+//! loader allocate until the process dies (natively an abort, in the page the wasm instance).
+//! Each bound sits well above any model trained here and well below what a 32-bit wasm memory
+//! (4 GiB) or a laptop can hold, and the checks use checked arithmetic so that no bound can be
+//! passed by overflowing `usize` (32 bits on wasm32).
+
+/// Image channels the image code draws: gray or RGB.
+pub const IMAGE_CHANNELS: [usize; 2] = [1, 3];
+/// Height = width of the images.
+pub const MAX_IMAGE_SIZE: usize = 256;
+/// UNet levels (channel multipliers): 256 / 2⁵ = 8 at the deepest.
+pub const MAX_LEVELS: usize = 6;
+/// Channels of any level (base × multiplier).
+pub const MAX_WIDTH: usize = 1024;
+/// Residual blocks per level.
+pub const MAX_BLOCKS: usize = 8;
+/// GroupNorm groups.
+pub const MAX_GROUPS: usize = 64;
+/// Positions of an attention level (its size²): attention holds a positions² matrix per image,
+/// 4 MiB at 32 × 32.
+pub const MAX_ATTENTION_POSITIONS: usize = 32 * 32;
+/// Floats of one image's widest activation (width × size² of a level): 64 MiB.
+pub const MAX_ACTIVATION: usize = 1 << 24;
+/// Parameters of the whole model: 512 MiB in f32.
+pub const MAX_PARAMS: usize = 1 << 27;
+/// Diffusion steps T (the paper uses 1,000).
+pub const MAX_DIFFUSION_STEPS: usize = 10_000;
+/// Bytes of a weights file: the largest model in f32 plus a header. The page refuses larger
+/// downloads and the CLI larger files before reading them.
+pub const MAX_WEIGHTS_BYTES: u64 = (MAX_PARAMS as u64) * 4 + (1 << 20);
+/// Images of one training batch.
+pub const MAX_BATCH: usize = 4096;
