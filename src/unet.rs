@@ -85,6 +85,9 @@ impl UNetConfig {
             return Err(format!("image_channels {} is not 1 (gray) or 3 (RGB)", self.image_channels));
         }
         within("image_size", self.image_size, 1, limits::MAX_IMAGE_SIZE)?;
+        if levels == 0 {
+            return Err("channel_mults must name at least one level".into());
+        }
         within("levels (channel_mults)", levels, 1, limits::MAX_LEVELS)?;
         within("base_channels", self.base_channels, 4, limits::MAX_WIDTH)?;
         within("blocks", self.blocks, 1, limits::MAX_BLOCKS)?;

@@ -252,3 +252,27 @@ fn a_full_disk_or_a_read_only_folder_keeps_the_last_checkpoint() {
         assert_eq!(std::fs::read(&ckpt).unwrap(), before);
     });
 }
+
+#[test]
+fn a_damaged_checkpoint_is_an_error_naming_it() {
+    let root = TempDir::new("damaged");
+    let data = root.join("images");
+    images(&data);
+    let run = root.join("run");
+    let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
+    run_ok(ddpm().args(train_args(data_s, run_s, "4")));
+    let ckpt = run.join("checkpoint.ddpm");
+    let good = std::fs::read(&ckpt).unwrap();
+    let n = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    // Cut short, and (the header intact) the model's record overwritten with junk.
+    let mut junk = good.clone();
+    junk[n..n + 4096].iter_mut().enumerate().for_each(|(i, b)| *b = (i * 131 % 251) as u8);
+    for damaged in [good[..good.len() / 2].to_vec(), good[..n - 10].to_vec(), junk] {
+        std::fs::write(&ckpt, &damaged).unwrap();
+        let out = ddpm().args([&train_args(data_s, run_s, "8")[..], &["--resume"]].concat()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("checkpoint") && stderr.contains("damaged"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
