@@ -57,6 +57,15 @@ fn sync(x: Tensor<4>) {
     let _ = x.slice([0..1, 0..1, 0..1, 0..1]).into_scalar::<f32>();
 }
 
+/// The CPU's model name (Linux's /proc/cpuinfo), else its architecture: every figure says which
+/// CPU it comes from, since the kernels' lead over PyTorch differs from one to another.
+pub fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
 /// Runs the measurements on `device`, handing each JSON line to `emit`.
 pub fn run(
     backend: &str,
@@ -78,6 +87,7 @@ pub fn run(
         s = unet.image_size
     );
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (cpu, kernels) = (cpu_model(), crate::kernels::simd_path());
     let mut report = |what: &str, batch: usize, times: Vec<f64>| {
         let line = serde_json::json!({
             "backend": backend, "what": what, "batch": batch,
@@ -85,6 +95,7 @@ pub fn run(
             "min_ms": times.iter().copied().fold(f64::INFINITY, f64::min),
             "max_ms": times.iter().copied().fold(0.0, f64::max),
             "n": times.len(), "params": params, "threads": threads, "config": config,
+            "cpu": cpu, "kernels": kernels,
         });
         emit(line.to_string());
     };

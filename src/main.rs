@@ -78,7 +78,7 @@ impl Backend {
     fn device(self) -> Result<Device> {
         Ok(match self {
             Backend::Cpu => Device::flex(),
-            Backend::Wgpu => Device::wgpu_options().init().map_err(|e| anyhow::anyhow!("no wgpu adapter: {e}"))?,
+            Backend::Wgpu => gpu()?.0,
         })
     }
 
@@ -91,6 +91,16 @@ impl Backend {
             Backend::Wgpu => 1,
         }
     }
+}
+
+/// burn-wgpu's device on the default adapter, and whether that adapter is a real GPU rather than
+/// a CPU emulation (llvmpipe, lavapipe, SwiftShader), with its name.
+fn gpu() -> Result<(Device, bool, String)> {
+    use burn::tensor::wgpu::wgpu::DeviceType;
+    let (device, setup) =
+        Device::wgpu_options().init_with_setup().map_err(|e| anyhow::anyhow!("no wgpu adapter: {e}"))?;
+    let info = setup.adapter.get_info();
+    Ok((device, info.device_type != DeviceType::Cpu, format!("{} ({:?})", info.name, info.backend)))
 }
 
 /// Model shape flags, shared by `train` and `bench`.
@@ -714,13 +724,21 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             Backend::Cpu => "flex",
             Backend::Wgpu => "wgpu",
         };
-        let device = match backend.device() {
-            Ok(d) => d,
-            Err(e) if a.backend.is_empty() => {
-                eprintln!("# skipping {name}: {e}");
-                continue;
-            }
-            Err(e) => return Err(e),
+        let device = match (backend, a.backend.is_empty()) {
+            // Without --backend, wgpu is timed only on a real GPU: on a CPU emulation it takes
+            // many minutes to say what the cpu line already says better.
+            (Backend::Wgpu, true) => match gpu() {
+                Ok((device, true, _)) => device,
+                Ok((_, false, adapter)) => {
+                    eprintln!("# skipping wgpu: no GPU, only a CPU emulation ({adapter}); --backend wgpu times it anyway");
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!("# skipping wgpu: {e}");
+                    continue;
+                }
+            },
+            _ => backend.device()?,
         };
         let opts =
             bench::Options { reps: a.reps, max_seconds: a.max_seconds, only: only.clone(), shards: backend.shards() };

@@ -45,6 +45,12 @@ pub fn max_weights_bytes() -> f64 {
     crate::limits::MAX_WEIGHTS_BYTES as f64
 }
 
+/// The vector instructions the CPU fallback's kernels use ("wasm-simd128" in this build).
+#[wasm_bindgen]
+pub fn kernel_path() -> String {
+    crate::kernels::simd_path().into()
+}
+
 fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }

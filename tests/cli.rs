@@ -244,4 +244,19 @@ fn bench_prints_one_json_line_per_measurement() {
     let want = [("forward", 1), ("forward", 16), ("forward", 64), ("sample_step", 1), ("sample_step", 16)];
     assert_eq!(got, want.map(|(w, b)| (w, b, 60)));
     assert!(lines.iter().all(|l| l["ms"].as_f64().unwrap() > 0.0 && l["backend"] == "flex"));
+    // Each line says which CPU and which kernels it timed.
+    for l in &lines {
+        assert!(!l["cpu"].as_str().unwrap().is_empty());
+        assert!(["avx512", "avx2", "scalar"].contains(&l["kernels"].as_str().unwrap()), "{l}");
+    }
+    // Without --backend, wgpu is timed only on a real GPU: a CPU emulation is skipped, said on
+    // stderr, instead of taking many minutes.
+    let out = ddpm(&[&["bench", "--reps", "1", "--only", "forward"][..], MODEL].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let wgpu_lines = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(r#""backend":"wgpu""#)).count();
+    assert!(
+        (wgpu_lines == 0) == stderr.contains("# skipping wgpu"),
+        "wgpu timed ({wgpu_lines} lines) or skipped with a reason: {stderr}"
+    );
 }

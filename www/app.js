@@ -1,6 +1,6 @@
 // The page: fetches the weights, asks the wasm module for one denoising step at a time and
 // draws it. All maths is in Rust (src/web.rs); this file only wires controls to it.
-import init, { Ddpm, max_weights_bytes } from './pkg/ddpm.js';
+import init, { Ddpm, kernel_path, max_weights_bytes } from './pkg/ddpm.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -251,6 +251,7 @@ async function main() {
     return;
   }
   state.backend = model.backend;
+  state.kernels = model.on_gpu ? 'webgpu' : kernel_path();
   state.imageSize = model.image_size;
   $('backend').textContent = `Running on: ${model.backend}`;
   $('backend').hidden = false;

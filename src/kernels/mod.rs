@@ -15,6 +15,21 @@ pub use group_norm_swish::group_norm_swish;
 
 use burn::backend::flex::FlexTensor;
 
+/// The vector instructions the kernels run with on this CPU, picked at run time as the kernels
+/// pick them (`group_norm_swish`'s dispatch, gemm's): "avx512", "avx2", "wasm-simd128" or "scalar".
+pub fn simd_path() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return "avx2";
+        }
+    }
+    if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) { "wasm-simd128" } else { "scalar" }
+}
+
 /// The elements of a contiguous f32 flex tensor.
 fn f32s(t: &FlexTensor) -> &[f32] {
     let start = t.layout().start_offset();

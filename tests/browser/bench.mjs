@@ -2,6 +2,7 @@
 // ms per sampling step on WebGPU and on the CPU fallback at batch 1 and 16, the time from
 // navigation to the first drawn step, and the gzipped size of what the page downloads.
 import { readFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { gzipSync } from 'node:zlib';
 import { launch } from './harness.mjs';
 
@@ -25,8 +26,8 @@ for (const webgpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' 
   await page.goto(URL_);
   await page.waitForFunction(() => window.ddpmState?.firstStepAt || window.ddpmState?.error, null, { timeout: 300_000 });
   const s = await page.evaluate(() => {
-    const { firstStepAt, loaded, backend, error, msPerStep } = window.ddpmState;
-    return { firstStepAt, loaded, backend, error, firstStepMs: msPerStep[0], count: document.getElementById('count').value };
+    const { firstStepAt, loaded, backend, error, msPerStep, kernels } = window.ddpmState;
+    return { firstStepAt, loaded, backend, error, kernels, firstStepMs: msPerStep[0], count: document.getElementById('count').value };
   });
   if (s.error) throw new Error(s.error);
   const backend = webgpu ? 'webgpu' : 'cpu-wasm';
@@ -51,7 +52,8 @@ for (const webgpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' 
   await run(1, 12);
   for (const batch of [1, 16]) {
     const ms = await run(batch, 12);
-    emit({ backend, what: 'sample_step', batch, ms: +median(ms).toFixed(2), n: ms.length });
+    // The CPU the browser ran on (this machine), and the kernels the page used.
+    emit({ backend, what: 'sample_step', batch, ms: +median(ms).toFixed(2), n: ms.length, cpu: cpus()[0]?.model, kernels: s.kernels });
   }
   await browser.close();
 }
