@@ -22,7 +22,7 @@ log=fuzz/fuzz.log
 jobs="${DDPM_FUZZ_JOBS:-$(nproc)}"
 set +e
 (cd fuzz && cargo fuzz run load --sanitizer none --release "../$corpus" -- \
-  -dict=load.dict -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=4096 -timeout=10 \
+  -dict=load.dict -max_total_time="$seconds" -max_len=32768 -rss_limit_mb=4096 -timeout=10 \
   -fork="$jobs" -ignore_crashes=1 -print_final_stats=1) >"$log" 2>&1
 status=$?
 set -e

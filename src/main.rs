@@ -730,7 +730,9 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             (Backend::Wgpu, true) => match gpu() {
                 Ok((device, true, _)) => device,
                 Ok((_, false, adapter)) => {
-                    eprintln!("# skipping wgpu: no GPU, only a CPU emulation ({adapter}); --backend wgpu times it anyway");
+                    eprintln!(
+                        "# skipping wgpu: no GPU, only a CPU emulation ({adapter}); --backend wgpu times it anyway"
+                    );
                     continue;
                 }
                 Err(e) => {

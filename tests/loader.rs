@@ -116,7 +116,8 @@ proptest! {
             Ok((model, header)) => {
                 prop_assert!(header.unet.validate().is_ok() && header.schedule.validate().is_ok());
                 let diffusion = Diffusion::new(header.schedule.clone());
-                let x = ddpm::noise::Noise::new(0).gaussian([1, 1, 8, 8], &Device::flex());
+                let (c, size) = (header.unet.image_channels, header.unet.image_size);
+                let x = ddpm::noise::Noise::new(0).gaussian([1, c, size, size], &Device::flex());
                 let t = diffusion.t_tensor(diffusion.steps() - 1, 1, &Device::flex());
                 let eps = model.forward(x, t).into_data().try_into_vec::<f32>().unwrap();
                 prop_assert!(eps.iter().all(|v| v.is_finite()));

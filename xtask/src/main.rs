@@ -3,6 +3,7 @@
 //!   SIMD), `wasm-bindgen` (built from crates.io as a library, no downloaded binary) and
 //!   `wasm-opt` from the npm package `binaryen` when installed;
 //! * `cargo xtask serve`: builds, then serves `www/` and `weights/` on 127.0.0.1;
+//! * `cargo xtask dist DIR`: builds, then writes the demo as a static folder for any static host;
 //! * `cargo xtask test`: every test: `cargo test --release`, then the page in headless Chromium;
 //! * `cargo xtask bench-web`: the page's speed as JSON lines.
 
@@ -32,20 +33,31 @@ fn main() -> Result<()> {
             println!("serving the demo at http://{addr}/ (Ctrl-C stops)");
             serve::run(&root, listener)
         }
+        Some("dist") => {
+            let out = args.get(1).filter(|a| !a.starts_with('-')).context("usage: cargo xtask dist DIR")?;
+            build_web(&root)?;
+            dist(&root, Path::new(out))
+        }
         Some("test") => {
             npm_install(&root)?;
             cargo(&root, &["fmt", "--all", "--check"])?;
             cargo(&root, &["test", "--release", "-p", "ddpm-web", "-p", "xtask"])?;
             build_web(&root)?;
-            node_with_server(&root, &["--test", "--test-concurrency=1", "tests/browser/"])
+            // The static folder, for the test that serves it with a plain static server.
+            let out = std::env::temp_dir().join(format!("ddpm-dist-{}", std::process::id()));
+            dist(&root, &out)?;
+            let result =
+                node_with_server(&root, &["--test", "--test-concurrency=1", "tests/browser/"], &[("DDPM_DIST", &out)]);
+            let _ = std::fs::remove_dir_all(&out);
+            result
         }
         Some("bench-web") => {
             npm_install(&root)?;
             cargo(&root, &["build", "--release", "-p", "ddpm-web"])?;
             build_web(&root)?;
-            node_with_server(&root, &["tests/browser/bench.mjs"])
+            node_with_server(&root, &["tests/browser/bench.mjs"], &[])
         }
-        _ => bail!("usage: cargo xtask build-web | serve [--port 8080] [--no-build] | test | bench-web"),
+        _ => bail!("usage: cargo xtask build-web | serve [--port 8080] [--no-build] | dist DIR | test | bench-web"),
     }
 }
 
@@ -76,7 +88,7 @@ fn npm_install(root: &Path) -> Result<()> {
 
 /// Serves the demo on a free port and runs node with DDPM_URL (the page) and DDPM_BIN (the
 /// native `ddpm`, for parity checks) set.
-fn node_with_server(root: &Path, args: &[&str]) -> Result<()> {
+fn node_with_server(root: &Path, args: &[&str], env: &[(&str, &Path)]) -> Result<()> {
     let (listener, addr) = serve::bind(0)?;
     let url = format!("http://{addr}/");
     let served = root.to_path_buf();
@@ -91,6 +103,7 @@ fn node_with_server(root: &Path, args: &[&str]) -> Result<()> {
         .args(args)
         .env("DDPM_URL", &url)
         .env("DDPM_BIN", &bin)
+        .envs(env.iter().copied())
         .status()
         .context("running node")?;
     ensure!(status.success(), "node {} failed", args.join(" "));
@@ -166,5 +179,42 @@ fn build_web(root: &Path) -> Result<()> {
         eprintln!("note: {} not found (npm install): the wasm is not size-optimised", wasm_opt.display());
     }
     eprintln!("wrote {} ({} bytes)", bg.display(), std::fs::metadata(&bg)?.len());
+    Ok(())
+}
+
+/// What the page loads, relative to the site: every URL in the page is relative, so the folder
+/// works under any sub-path. The weights are the page's default model (`www/app.js`).
+const DIST_FILES: [(&str, &str); 6] = [
+    ("www/index.html", "index.html"),
+    ("www/app.js", "app.js"),
+    ("www/style.css", "style.css"),
+    ("www/pkg/ddpm.js", "pkg/ddpm.js"),
+    ("www/pkg/ddpm_bg.wasm", "pkg/ddpm_bg.wasm"),
+    ("weights/mnist.safetensors", "weights/mnist.safetensors"),
+];
+
+/// Headers for hosts that read a `_headers` file (Netlify, Cloudflare Pages; others take the
+/// same values in their own configuration, see the README): cross-origin isolation for the page,
+/// and revalidation of every file, whose names are not content-hashed.
+const DIST_HEADERS: &str = "/*\n  Cross-Origin-Opener-Policy: same-origin\n  Cross-Origin-Embedder-Policy: require-corp\n  \
+X-Content-Type-Options: nosniff\n  Cache-Control: no-cache\n";
+
+/// Writes the demo as a static folder `out` (created if needed): the page, its module, the
+/// weights and `_headers`. Refuses a folder inside the sources, which it would overwrite.
+fn dist(root: &Path, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (real, root) = (out.canonicalize()?, root.canonicalize()?);
+    ensure!(
+        real != root && !real.starts_with(root.join("www")) && !real.starts_with(root.join("weights")),
+        "{} would overwrite the sources; pick a folder outside the checkout's root, www/ and weights/",
+        out.display()
+    );
+    for (from, to) in DIST_FILES {
+        let to = out.join(to);
+        std::fs::create_dir_all(to.parent().expect("a file in a folder"))?;
+        std::fs::copy(root.join(from), &to).with_context(|| format!("copying {from} to {}", to.display()))?;
+    }
+    std::fs::write(out.join("_headers"), DIST_HEADERS)?;
+    eprintln!("wrote the demo to {} (serve it with any static file server, at any path)", out.display());
     Ok(())
 }
