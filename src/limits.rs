@@ -32,3 +32,11 @@ pub const MAX_DIFFUSION_STEPS: usize = 10_000;
 pub const MAX_WEIGHTS_BYTES: u64 = (MAX_PARAMS as u64) * 4 + (1 << 20);
 /// Images of one training batch.
 pub const MAX_BATCH: usize = 4096;
+/// Images of one sampling batch (`ddpm sample --batch`), and frames of one interpolation.
+pub const MAX_SAMPLE_BATCH: usize = 1024;
+/// Images of one `ddpm sample` run (written one batch at a time; a grid holds at most
+/// [`MAX_SAMPLE_BATCH`]).
+pub const MAX_SAMPLES: usize = 1_000_000;
+/// Frames of an animation, and the pixel scale of a saved strip or animation.
+pub const MAX_FRAMES: usize = 1000;
+pub const MAX_SCALE: usize = 32;

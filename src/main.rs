@@ -19,7 +19,7 @@ use ddpm::threads::Sharded;
 use ddpm::train::{TrainConfig, Trainer, atomic_write};
 use ddpm::unet::{UNet, UNetConfig};
 use ddpm::weights::{self, Header, Precision};
-use ddpm::{bench, data, eval};
+use ddpm::{bench, data, eval, limits};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -640,21 +640,34 @@ fn write_weights(out: &Path, model: &UNet, header: &Header, f16: bool) -> Result
 }
 
 fn sample(a: SampleArgs) -> Result<()> {
-    ensure!(a.count > 0 && a.batch > 0, "--count and --batch must be at least 1");
+    ensure!(
+        (1..=limits::MAX_SAMPLES).contains(&a.count) && (1..=limits::MAX_SAMPLE_BATCH).contains(&a.batch),
+        "--count must be 1..={} and --batch 1..={}",
+        limits::MAX_SAMPLES,
+        limits::MAX_SAMPLE_BATCH
+    );
+    ensure!(
+        a.grid.is_none() || a.count <= limits::MAX_SAMPLE_BATCH,
+        "--grid holds at most {} images",
+        limits::MAX_SAMPLE_BATCH
+    );
     let (model, header, diffusion, method, device) = a.sampler.load()?;
     let eps_theta = Sharded::new(&model, a.sampler.backend.shards());
     let shape = [header.unet.image_channels, header.unet.image_size, header.unet.image_size];
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut all = Vec::new();
-    let seeds: Vec<u64> = (0..a.count as u64).map(|i| a.seed + i).collect();
+    let (mut all, mut done) = (Vec::new(), 0);
+    let seeds: Vec<u64> = (0..a.count as u64).map(|i| a.seed.wrapping_add(i)).collect();
     for chunk in seeds.chunks(a.batch) {
         let values = to_vec(Sampler::new(&diffusion, method, shape, chunk, &device).run(&eps_theta));
         for (i, image) in values.chunks_exact(shape.iter().product()).enumerate() {
-            let index = (chunk[0] - a.seed) as usize + i;
+            let index = chunk[0].wrapping_sub(a.seed) as usize + i;
             save_png(&a.out.join(format!("{index:06}.png")), image, shape)?;
         }
-        all.extend(values);
-        eprintln!("{}/{} images", all.len() / shape.iter().product::<usize>(), a.count);
+        done += chunk.len();
+        if a.grid.is_some() {
+            all.extend(values);
+        }
+        eprintln!("{done}/{} images", a.count);
     }
     if let Some(grid) = &a.grid {
         let cols = (a.count as f64).sqrt().ceil() as usize;
@@ -664,7 +677,8 @@ fn sample(a: SampleArgs) -> Result<()> {
 }
 
 fn interpolate(a: InterpolateArgs) -> Result<()> {
-    ensure!(a.frames >= 2, "--frames must be at least 2");
+    ensure!((2..=limits::MAX_SAMPLE_BATCH).contains(&a.frames), "--frames must be 2..={}", limits::MAX_SAMPLE_BATCH);
+    ensure!((1..=limits::MAX_SCALE).contains(&a.scale), "--scale must be 1..={}", limits::MAX_SCALE);
     let (model, header, diffusion, method, device) = a.sampler.load()?;
     let eps_theta = Sharded::new(&model, a.sampler.backend.shards());
     ensure!(a.t < diffusion.steps(), "--t must be below T = {}", diffusion.steps());
@@ -688,7 +702,8 @@ fn interpolate(a: InterpolateArgs) -> Result<()> {
 }
 
 fn animate(a: AnimateArgs) -> Result<()> {
-    ensure!(a.frames >= 2, "--frames must be at least 2");
+    ensure!((2..=limits::MAX_FRAMES).contains(&a.frames), "--frames must be 2..={}", limits::MAX_FRAMES);
+    ensure!((1..=limits::MAX_SCALE).contains(&a.scale), "--scale must be 1..={}", limits::MAX_SCALE);
     let (model, header, diffusion, method, device) = a.sampler.load()?;
     let shape = [header.unet.image_channels, header.unet.image_size, header.unet.image_size];
     let mut sampler = Sampler::new(&diffusion, method, shape, &[a.seed], &device);

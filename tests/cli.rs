@@ -220,6 +220,15 @@ fn bad_input_gets_a_clear_error() {
     fails(&["sample", "--weights", l, "--out", o], &format!("{l}: bad model config in the weights file: blocks"));
     std::fs::write(&lying, common::edit_config(&tiny, "schedule", |c| c["steps"] = (1u64 << 40).into())).unwrap();
     fails(&["sample", "--weights", l, "--out", o], "steps: T = 1099511627776");
+    // Run sizes that would exhaust memory are refused before the model loads.
+    let tiny_path = root.join("tiny.safetensors");
+    std::fs::write(&tiny_path, &tiny).unwrap();
+    let t = tiny_path.to_str().unwrap();
+    fails(&["sample", "--weights", t, "--count", "1000000000000", "--out", o], "--count must be 1..=");
+    fails(&["sample", "--weights", t, "--batch", "100000000", "--out", o], "--batch 1..=");
+    fails(&["sample", "--weights", t, "--count", "5000", "--grid", "g.png", "--out", o], "--grid holds");
+    fails(&["interpolate", "--weights", t, "--frames", "1000000000", "--out", o], "--frames must be 2..=");
+    fails(&["animate", "--weights", t, "--scale", "100000", "--out", o], "--scale must be 1..=");
     // A file above the bound is refused before it is read (sparse: no disk used).
     std::fs::File::create(&lying).unwrap().set_len(ddpm::limits::MAX_WEIGHTS_BYTES + 1).unwrap();
     fails(&["sample", "--weights", l, "--out", o], "above the largest supported weights file");
