@@ -1,6 +1,7 @@
 // The page: fetches the weights, asks the wasm module for one denoising step at a time and
 // draws it. All maths is in Rust (src/web.rs); this file only wires controls to it.
 import init, { Ddpm, kernel_path, max_weights_bytes } from './pkg/ddpm.js';
+import { cachedWeights } from './weights-cache.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -236,11 +237,18 @@ async function main() {
   try {
     // The module and the weights download side by side; each phase's end is kept for the benchmark.
     const module = init().then((exports) => { wasm = exports; state.loaded.wasm = performance.now(); });
-    const [, bytes] = await Promise.all([
+    // The manifest names each model's size and SHA-256: a file it lists is kept across visits.
+    const manifest = await fetch('weights/index.json', { cache: 'no-cache' })
+      .then((r) => (r.ok ? r.json() : null)).catch(() => null);
+    const entry = manifest?.models?.find((m) => `weights/${m.file}` === weightsUrl) ?? null;
+    const download = () => fetchWeights(weightsUrl, module.then(() => max_weights_bytes()));
+    const [, weights] = await Promise.all([
       module,
-      fetchWeights(weightsUrl, module.then(() => max_weights_bytes()))
-        .then((b) => { state.loaded.weights = performance.now(); return b; }),
+      cachedWeights(weightsUrl, entry, download, params.get('store'))
+        .then((w) => { state.loaded.weights = performance.now(); return w; }),
     ]);
+    const bytes = weights.bytes;
+    state.weightsSource = weights.source;
     $('loading').hidden = true;
     const wantGpu = params.get('backend') !== 'cpu' && 'gpu' in navigator;
     $('status').textContent = wantGpu ? 'Starting WebGPU…' : 'Starting the CPU backend…';

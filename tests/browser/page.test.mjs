@@ -278,6 +278,51 @@ test('CPU fallback: 50 rapid events, then runs that draw every step, in bounded 
   assert.deepEqual(browser.errors, [], 'no page errors or console errors');
 });
 
+// Weights across visits (one browser profile, so the stores persist between loads): the second
+// load makes no request for the weights and is ready sooner; a damaged entry is dropped and
+// fetched again; IndexedDB serves where Cache Storage is not used; without a store, the network.
+test('CPU fallback: the weights are kept across visits, checked against the manifest', { timeout: 600_000 }, async () => {
+  const browser = await launch({ webgpu: false });
+  browsers.push(browser);
+  const page = await browser.page();
+  let requests = 0;
+  page.on('request', (r) => { if (r.url().endsWith('/weights/mnist.safetensors')) requests += 1; });
+  const visit = async (query = '') => {
+    requests = 0;
+    await page.goto(`${URL_}?autostart=1${query}`);
+    await page.waitForFunction(() => window.ddpmState?.firstStepAt || window.ddpmState?.error, null, { timeout: 120_000 });
+    const s = await page.evaluate(() => ({ ...window.ddpmState.loaded, first: window.ddpmState.firstStepAt, source: window.ddpmState.weightsSource, error: window.ddpmState.error }));
+    assert.equal(s.error, null);
+    await page.click('#stop');
+    return { ...s, requests };
+  };
+  const first = await visit();
+  const second = await visit();
+  console.log(JSON.stringify({ what: 'weights_cache', first_visit: { weights_ms: Math.round(first.weights), first_step_ms: Math.round(first.first) },
+    return_visit: { weights_ms: Math.round(second.weights), first_step_ms: Math.round(second.first) } }));
+  assert.deepEqual([first.source, first.requests], ['network', 1]);
+  assert.deepEqual([second.source, second.requests], ['cache', 0], 'the return visit makes no request for the weights');
+  assert.ok(second.weights < first.weights, `weights ready at ${second.weights} ms against ${first.weights} ms`);
+
+  // A damaged cache entry is dropped and the file fetched again (and cached again).
+  await page.evaluate(async () => {
+    const cache = await caches.open('ddpm-weights-v1');
+    const [key] = await cache.keys();
+    await cache.put(key, new Response(new Uint8Array(1000)));
+  });
+  const repaired = await visit();
+  assert.deepEqual([repaired.source, repaired.requests], ['network', 1], 'a damaged entry is fetched again');
+  assert.equal((await visit()).source, 'cache');
+
+  // IndexedDB, where Cache Storage is not used; and no store at all.
+  assert.equal((await visit('&store=indexeddb')).source, 'network');
+  const idb = await visit('&store=indexeddb');
+  assert.deepEqual([idb.source, idb.requests], ['indexeddb', 0]);
+  const none = await visit('&store=none');
+  assert.deepEqual([none.source, none.requests], ['network', 1]);
+  assert.deepEqual(browser.errors, [], 'no page errors or console errors');
+});
+
 test('a bad weights URL and a corrupt file show the error on the page', { timeout: 300_000 }, async () => {
   const browser = await launch({ webgpu: false });
   browsers.push(browser);
