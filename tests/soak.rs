@@ -39,6 +39,19 @@ fn train_args<'a>(data: &'a str, run: &'a str, steps: &'a str) -> Vec<&'a str> {
     [&["train", "--data", data, "--out", run, "--steps", steps][..], MODEL].concat()
 }
 
+/// A fresh folder holding the training images and a run trained for `steps` steps (none: not
+/// trained yet); returns (folder, images, run).
+fn trained(name: &str, steps: Option<&str>) -> (TempDir, String, std::path::PathBuf) {
+    let root = TempDir::new(name);
+    let data = root.join("images");
+    images(&data);
+    let run = root.join("run");
+    if let Some(steps) = steps {
+        run_ok(ddpm().args(train_args(data.to_str().unwrap(), run.to_str().unwrap(), steps)));
+    }
+    (root, data.to_str().unwrap().to_string(), run)
+}
+
 fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -93,10 +106,8 @@ fn killed_and_resumed_training_equals_an_uninterrupted_run() {
         |s| s.parse().unwrap(),
     );
     let mut rng = Rng(seed);
-    let root = TempDir::new("soak");
-    let data = root.join("images");
-    images(&data);
-    let (data_s, steps_s) = (data.to_str().unwrap(), steps.to_string());
+    let (root, data, _) = trained("soak", None);
+    let (data_s, steps_s) = (data.as_str(), steps.to_string());
 
     let straight = root.join("straight");
     let started = Instant::now();
@@ -165,11 +176,7 @@ fn killed_and_resumed_training_equals_an_uninterrupted_run() {
 
 #[test]
 fn checkpoints_are_fsynced_then_renamed_then_the_folder_fsynced() {
-    let root = TempDir::new("fsync");
-    let data = root.join("images");
-    images(&data);
-    let run = root.join("run");
-    run_ok(ddpm().args(train_args(data.to_str().unwrap(), run.to_str().unwrap(), "4")));
+    let (root, _, run) = trained("fsync", Some("4"));
     let trace = root.join("trace");
     let out = root.join("w.safetensors");
     let status = Command::new("strace")
@@ -216,10 +223,7 @@ fn with_tmpfs(root: &Path, bytes: usize, f: impl FnOnce(&Path)) {
 
 #[test]
 fn a_full_disk_or_a_read_only_folder_keeps_the_last_checkpoint() {
-    let root = TempDir::new("disk");
-    let data = root.join("images");
-    images(&data);
-    let data_s = data.to_str().unwrap().to_string();
+    let (root, data_s, _) = trained("disk", None);
     with_tmpfs(&root, 8 << 20, |mnt| {
         let run = mnt.join("run");
         let run_s = run.to_str().unwrap();
@@ -255,12 +259,8 @@ fn a_full_disk_or_a_read_only_folder_keeps_the_last_checkpoint() {
 
 #[test]
 fn a_damaged_checkpoint_is_an_error_naming_it() {
-    let root = TempDir::new("damaged");
-    let data = root.join("images");
-    images(&data);
-    let run = root.join("run");
-    let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
-    run_ok(ddpm().args(train_args(data_s, run_s, "4")));
+    let (_root, data, run) = trained("damaged", Some("4"));
+    let (data_s, run_s) = (data.as_str(), run.to_str().unwrap());
     let ckpt = run.join("checkpoint.ddpm");
     let good = std::fs::read(&ckpt).unwrap();
     let n = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;

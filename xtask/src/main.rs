@@ -73,11 +73,17 @@ fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
 }
 
-fn cargo(root: &Path, args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo).current_dir(root).args(args).status()?;
-    ensure!(status.success(), "cargo {} failed", args.join(" "));
+/// Runs `program args` in `root`; an error names the command, and `missing` says what to
+/// install when the program cannot be started at all.
+fn run(root: &Path, program: impl AsRef<std::ffi::OsStr>, args: &[&str], missing: &str) -> Result<()> {
+    let program = program.as_ref();
+    let status = Command::new(program).current_dir(root).args(args).status().context(missing.to_string())?;
+    ensure!(status.success(), "`{} {}` failed", program.to_string_lossy(), args.join(" "));
     Ok(())
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    run(root, std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()), args, "running cargo")
 }
 
 /// The npm packages the tests use (playwright-core, pngjs) and binaryen's wasm-opt.
@@ -85,13 +91,7 @@ fn npm_install(root: &Path) -> Result<()> {
     if root.join("node_modules/.package-lock.json").exists() {
         return Ok(());
     }
-    let status = Command::new("npm")
-        .current_dir(root)
-        .args(["ci", "--no-audit", "--no-fund"])
-        .status()
-        .context("running npm (install Node.js and npm)")?;
-    ensure!(status.success(), "npm ci failed");
-    Ok(())
+    run(root, "npm", &["ci", "--no-audit", "--no-fund"], "running npm (install Node.js and npm)")
 }
 
 /// Serves the demo on a free port and runs node with DDPM_URL (the page) and DDPM_BIN (the
@@ -127,13 +127,8 @@ fn ensure_wasm_target(root: &Path) -> Result<()> {
         return Ok(());
     }
     eprintln!("adding the wasm32-unknown-unknown target to the toolchain (rustup target add)...");
-    let status = Command::new("rustup")
-        .current_dir(root)
-        .args(["target", "add", "wasm32-unknown-unknown"])
-        .status()
-        .context("the wasm32-unknown-unknown target is missing and rustup could not be run to add it")?;
-    ensure!(status.success(), "`rustup target add wasm32-unknown-unknown` failed");
-    Ok(())
+    let missing = "the wasm32-unknown-unknown target is missing and rustup could not be run to add it";
+    run(root, "rustup", &["target", "add", "wasm32-unknown-unknown"], missing)
 }
 
 fn build_web(root: &Path) -> Result<()> {
