@@ -133,8 +133,8 @@ pub fn run(
         report("train_step", b, times);
     }
     if opts.only.contains(&"sample_step") {
-        // Batch 16 is the yardstick's; batch 1 is what the page's single-image run does.
-        for b in [1, 16] {
+        // Batch 16 is the yardstick's; 1, 4 and 16 are the page's image counts.
+        for b in [1, 4, 16] {
             let seeds: Vec<u64> = (0..b as u64).collect();
             let start = || Sampler::new(&diffusion, Method::Ddpm, shape, &seeds, device);
             let mut sampler = start();

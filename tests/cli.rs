@@ -250,7 +250,8 @@ fn bench_prints_one_json_line_per_measurement() {
         .iter()
         .map(|l| (l["what"].as_str().unwrap(), l["batch"].as_u64().unwrap(), l["n"].as_u64().unwrap()))
         .collect();
-    let want = [("forward", 1), ("forward", 16), ("forward", 64), ("sample_step", 1), ("sample_step", 16)];
+    let want =
+        [("forward", 1), ("forward", 16), ("forward", 64), ("sample_step", 1), ("sample_step", 4), ("sample_step", 16)];
     assert_eq!(got, want.map(|(w, b)| (w, b, 60)));
     assert!(lines.iter().all(|l| l["ms"].as_f64().unwrap() > 0.0 && l["backend"] == "flex"));
     // Each line says which CPU and which kernels it timed.

@@ -130,11 +130,17 @@ async function startSampling() {
   $('error').hidden = true;
   setRunning(true);
   $('download').disabled = true;
+  const recent = []; // the last steps' times, for the time left
   const last = await drive(id, (step, ms) => {
     draw($('xt'), step.width, step.height, step.x_t);
     draw($('x0'), step.width, step.height, step.x0);
     state.lastStep = { index: step.index, total: step.total, t: step.t };
-    $('progress-text').textContent = `step ${step.index} / ${step.total} (t = ${step.t}) · ${ms.toFixed(0)} ms per step`;
+    recent.push(ms);
+    if (recent.length > 10) recent.shift();
+    const perStep = recent.reduce((a, b) => a + b, 0) / recent.length;
+    const left = (step.total - step.index) * perStep / 1000;
+    $('progress-text').textContent = `step ${step.index} / ${step.total} (t = ${step.t}) · ${ms.toFixed(0)} ms per step` +
+      (step.index < step.total ? ` · about ${left < 10 ? left.toFixed(1) : Math.round(left)} s left` : '');
   }).catch((e) => { showError(e.message ?? String(e)); return null; });
   if (id !== runId) return;
   setRunning(false);
@@ -264,9 +270,10 @@ async function main() {
   $('backend').textContent = `Running on: ${model.backend}`;
   $('backend').hidden = false;
   if (!model.on_gpu) {
-    // The CPU runs a step for 16 images about as slowly as a GPU runs a thousand: start with 4
-    // so the first images appear at once (the menu still offers 16).
-    $('count').value = '4';
+    // A step's time grows with the batch on the CPU: one image with the default sampler is done
+    // in seconds there, four take four times as long (README, "The demo"); the menu still
+    // offers 4 and 16.
+    $('count').value = '1';
     $('backend').classList.add('warn');
     if (!('gpu' in navigator)) $('backend').textContent += ' (this browser has no WebGPU)';
   }

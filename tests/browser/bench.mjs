@@ -21,23 +21,42 @@ const backends = (process.env.DDPM_BROWSER_BACKENDS ?? 'webgpu,cpu').split(',');
 for (const webgpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : 'cpu'))) {
   const browser = await launch({ webgpu });
   const page = await browser.page();
-  // Page load to first drawn step: autostart runs the default sampler (DDIM; 16 images on
-  // WebGPU, 4 on the CPU).
-  await page.goto(URL_);
-  await page.waitForFunction(() => window.ddpmState?.firstStepAt || window.ddpmState?.error, null, { timeout: 300_000 });
-  const s = await page.evaluate(() => {
-    const { firstStepAt, loaded, backend, error, msPerStep, kernels } = window.ddpmState;
-    return { firstStepAt, loaded, backend, error, kernels, firstStepMs: msPerStep[0], count: document.getElementById('count').value };
+  // The longest main-thread task (over 50 ms: the browser's long-task threshold) of each page.
+  await page.addInitScript(() => {
+    window.longestTaskMs = 0;
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) window.longestTaskMs = Math.max(window.longestTaskMs, e.duration);
+    }).observe({ type: 'longtask', buffered: true });
   });
-  if (s.error) throw new Error(s.error);
   const backend = webgpu ? 'webgpu' : 'cpu-wasm';
-  // The phases, each from navigation start: wasm instantiated, weights downloaded (the two
-  // overlap), model built on the backend, first step drawn.
-  const phases = Object.fromEntries(Object.entries(s.loaded).map(([k, v]) => [`${k}_ms`, Math.round(v)]));
-  emit({ backend, what: 'first_step_drawn', ms: Math.round(s.firstStepAt), ...phases, step_ms: Math.round(s.firstStepMs), batch: Number(s.count), detail: s.backend });
-  // The autostarted run is not timed: stop it (SwiftShader would take minutes to finish it).
-  await page.click('#stop');
-  await page.waitForFunction(() => !window.ddpmState.running, null, { timeout: 600_000 });
+  // Page load to first drawn step, on a first visit (empty profile: the weights come from the
+  // network) and a return visit (the weights from the browser's cache): autostart runs the
+  // default sampler (16 images on WebGPU, fewer on the CPU).
+  for (const visit of ['first', 'return']) {
+    await page.goto(URL_);
+    await page.waitForFunction(() => window.ddpmState?.firstStepAt || window.ddpmState?.error, null, { timeout: 300_000 });
+    const s = await page.evaluate(() => {
+      const { firstStepAt, loaded, backend, error, msPerStep, kernels, weightsSource } = window.ddpmState;
+      return { firstStepAt, loaded, backend, error, kernels, weightsSource, firstStepMs: msPerStep[0], count: document.getElementById('count').value };
+    });
+    if (s.error) throw new Error(s.error);
+    // The phases, each from navigation start: wasm instantiated, weights ready (the two
+    // overlap), model built on the backend, first step drawn.
+    const phases = Object.fromEntries(Object.entries(s.loaded).map(([k, v]) => [`${k}_ms`, Math.round(v)]));
+    emit({ backend, what: 'first_step_drawn', visit, ms: Math.round(s.firstStepAt), ...phases, step_ms: Math.round(s.firstStepMs),
+      batch: Number(s.count), weights_from: s.weightsSource, detail: s.backend });
+    if (!webgpu) {
+      // On the CPU, the default run's first finished image, from navigation start.
+      await page.waitForFunction(() => !window.ddpmState.running, null, { timeout: 600_000, polling: 20 });
+      emit({ backend, what: 'first_image_done', visit, ms: Math.round(await page.evaluate(() => performance.now())),
+        batch: Number(s.count), steps: await page.evaluate(() => window.ddpmState.lastStep.total) });
+    } else {
+      // SwiftShader would take minutes to finish the autostarted run: stop it.
+      await page.click('#stop');
+      await page.waitForFunction(() => !window.ddpmState.running, null, { timeout: 600_000 });
+    }
+  }
+  const kernels = await page.evaluate(() => window.ddpmState.kernels);
   const run = async (batch, steps) => {
     await page.selectOption('#count', String(batch));
     await page.selectOption('#sampler', 'ddim');
@@ -50,10 +69,12 @@ for (const webgpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' 
   // Untimed: V8 starts the wasm in its baseline compiler and optimises hot functions in the
   // background; time the steady state, as `ddpm bench` does after its warm-up.
   await run(1, 12);
-  for (const batch of [1, 16]) {
+  await page.evaluate(() => { window.longestTaskMs = 0; });
+  for (const batch of [1, 4, 16]) {
     const ms = await run(batch, 12);
     // The CPU the browser ran on (this machine), and the kernels the page used.
-    emit({ backend, what: 'sample_step', batch, ms: +median(ms).toFixed(2), n: ms.length, cpu: cpus()[0]?.model, kernels: s.kernels });
+    emit({ backend, what: 'sample_step', batch, ms: +median(ms).toFixed(2), n: ms.length, cpu: cpus()[0]?.model, kernels });
   }
+  emit({ backend, what: 'longest_main_thread_task', ms: Math.round(await page.evaluate(() => window.longestTaskMs)), while: 'sampling at batch 1, 4, 16' });
   await browser.close();
 }

@@ -131,8 +131,8 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
     const backend = await page.textContent('#backend');
     if (gpu) assert.match(backend, /Running on: WebGPU/);
     else assert.match(backend, /CPU/);
-    // The CPU fallback starts with fewer images so that its first step appears quickly.
-    assert.equal(await page.inputValue('#count'), gpu ? '16' : '4');
+    // The CPU fallback starts with one image, so that it is finished within seconds.
+    assert.equal(await page.inputValue('#count'), gpu ? '16' : '1');
     // The default sampler is the one the README's model card is measured with (DDIM, 150 steps, η = 1).
     assert.deepEqual([await page.inputValue('#sampler'), await page.inputValue('#ddim-steps'), await page.inputValue('#eta')],
       ['ddim', '150', '1']);
@@ -150,6 +150,8 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
       await page.waitForFunction((n) => window.ddpmState.stepsDrawn >= n + 3, before, { timeout: 120_000, polling: 10 });
       const later = await canvasPixels(page, 'x0');
       assert.notDeepEqual(first, later);
+      // The progress line says how long the rest of the run will take.
+      assert.match(await page.textContent('#progress-text'), /step \d+ \/ 10 .* ms per step( · about [\d.]+ s left)?$/);
       await waitDone(page);
     });
 
