@@ -15,6 +15,7 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use nalgebra::DMatrix;
 
 use crate::data::{self, Dataset};
 use crate::images::from_u8;
@@ -171,85 +172,28 @@ fn moments(x: &[Vec<f32>]) -> (Vec<f64>, Vec<f64>) {
     (mu, cov)
 }
 
-/// Eigenvalues and eigenvectors (columns) of a symmetric d×d matrix by cyclic Jacobi rotations.
+/// Eigenvalues and eigenvectors (columns, row-major) of a symmetric d×d matrix (row-major),
+/// by nalgebra's symmetric QR algorithm.
 pub fn symmetric_eigen(a: &[f64], d: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut a = a.to_vec();
-    let mut v = vec![0.0; d * d];
-    for i in 0..d {
-        v[i * d + i] = 1.0;
-    }
-    for _sweep in 0..100 {
-        let off: f64 = (0..d)
-            .flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| a[i * d + j].powi(2))
-            .sum();
-        let scale: f64 = a.iter().map(|x| x * x).sum::<f64>().max(1e-300);
-        if off <= 1e-22 * scale {
-            break;
-        }
-        for p in 0..d {
-            for q in p + 1..d {
-                let apq = a[p * d + q];
-                if apq.abs() < 1e-300 {
-                    continue;
-                }
-                let theta = (a[q * d + q] - a[p * d + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..d {
-                    let (akp, akq) = (a[k * d + p], a[k * d + q]);
-                    a[k * d + p] = c * akp - s * akq;
-                    a[k * d + q] = s * akp + c * akq;
-                }
-                for k in 0..d {
-                    let (apk, aqk) = (a[p * d + k], a[q * d + k]);
-                    a[p * d + k] = c * apk - s * aqk;
-                    a[q * d + k] = s * apk + c * aqk;
-                }
-                for k in 0..d {
-                    let (vkp, vkq) = (v[k * d + p], v[k * d + q]);
-                    v[k * d + p] = c * vkp - s * vkq;
-                    v[k * d + q] = s * vkp + c * vkq;
-                }
-            }
-        }
-    }
-    ((0..d).map(|i| a[i * d + i]).collect(), v)
-}
-
-fn matmul(a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
-    let mut out = vec![0.0; d * d];
-    for i in 0..d {
-        for k in 0..d {
-            let aik = a[i * d + k];
-            for j in 0..d {
-                out[i * d + j] += aik * b[k * d + j];
-            }
-        }
-    }
-    out
+    let eigen = DMatrix::from_row_slice(d, d, a).symmetric_eigen();
+    let v = eigen.eigenvectors.transpose(); // column-major storage of Vᵀ = row-major V
+    (eigen.eigenvalues.as_slice().to_vec(), v.as_slice().to_vec())
 }
 
 /// ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½), with Tr((Σ₁Σ₂)^½) = Σ √λ(Σ₁^½ Σ₂ Σ₁^½).
 pub fn frechet_distance(x: &[Vec<f32>], y: &[Vec<f32>]) -> f64 {
     let d = x[0].len();
     let ((m1, s1), (m2, s2)) = (moments(x), moments(y));
-    let (w, v) = symmetric_eigen(&s1, d);
+    let (s1, s2) = (DMatrix::from_row_slice(d, d, &s1), DMatrix::from_row_slice(d, d, &s2));
     // Σ₁^½ = V diag(√w) Vᵀ
-    let mut root = vec![0.0; d * d];
-    for i in 0..d {
-        for j in 0..d {
-            root[i * d + j] = (0..d).map(|k| v[i * d + k] * w[k].max(0.0).sqrt() * v[j * d + k]).sum();
-        }
-    }
-    let m = matmul(&matmul(&root, &s2, d), &root, d);
-    let (lambda, _) = symmetric_eigen(&m, d);
+    let e = s1.clone().symmetric_eigen();
+    let root = &e.eigenvectors
+        * DMatrix::from_diagonal(&e.eigenvalues.map(|w| w.max(0.0).sqrt()))
+        * e.eigenvectors.transpose();
+    let lambda = (&root * &s2 * &root).symmetric_eigenvalues();
     let tr_sqrt: f64 = lambda.iter().map(|l| l.max(0.0).sqrt()).sum();
     let mean: f64 = m1.iter().zip(&m2).map(|(a, b)| (a - b).powi(2)).sum();
-    let trace: f64 = (0..d).map(|i| s1[i * d + i] + s2[i * d + i]).sum();
-    mean + trace - 2.0 * tr_sqrt
+    mean + s1.trace() + s2.trace() - 2.0 * tr_sqrt
 }
 
 /// Whether the classifier gives an image's top class a probability above 0.9.

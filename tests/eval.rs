@@ -14,7 +14,7 @@ use common::TempDir;
 const CLASSIFIER: &str = "weights/mnist-classifier.safetensors";
 
 #[test]
-fn jacobi_eigenvalues() {
+fn symmetric_eigenvalues_and_vectors() {
     // [[2, 1], [1, 2]] has eigenvalues 1 and 3.
     let (mut w, _) = symmetric_eigen(&[2.0, 1.0, 1.0, 2.0], 2);
     w.sort_by(f64::total_cmp);
