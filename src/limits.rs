@@ -40,3 +40,10 @@ pub const MAX_SAMPLES: usize = 1_000_000;
 /// Frames of an animation, and the pixel scale of a saved strip or animation.
 pub const MAX_FRAMES: usize = 1000;
 pub const MAX_SCALE: usize = 32;
+/// The largest side an image folder's file may declare: decoding stops at the header of a
+/// bigger one (a "decompression bomb": a few bytes of PNG can declare 30,000 × 30,000 pixels).
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+/// The most bytes one image's decoder may allocate.
+pub const MAX_DECODE_BYTES: u64 = 256 << 20;
+/// The most floats a training data set may hold in memory (4 GiB).
+pub const MAX_DATASET_FLOATS: usize = 1 << 30;

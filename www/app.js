@@ -40,7 +40,7 @@ const yieldToBrowser = () => new Promise((resolve) => setTimeout(resolve, 0));
 
 // Fetches with a progress bar; any failure is turned into a sentence for the page. A file above
 // the loader's bound (`limit`, a promise: the module may still be loading) is refused as soon as
-// its size shows, before it fills the tab's memory.
+// both are known, before it fills the tab's memory.
 async function fetchWeights(url, limit) {
   let response;
   try {
@@ -50,28 +50,28 @@ async function fetchWeights(url, limit) {
   }
   if (!response.ok) throw new Error(`could not fetch the weights at ${url}: HTTP ${response.status}`);
   const total = Number(response.headers.get('Content-Length')) || 0;
-  const max = await limit;
+  // The bound comes with the module; the download does not wait for it, and is checked (by the
+  // announced length and by the bytes received) as soon as it is known, and at the end.
+  let max = null;
+  limit.then((m) => { max = m; }, () => {});
   const tooLarge = (bytes) => new Error(`the weights at ${url} are ${bytes.toLocaleString('en-US')} bytes or more, ` +
     `above the largest model this page loads (${max.toLocaleString('en-US')} bytes)`);
-  if (total > max) {
-    response.body.cancel();
-    throw tooLarge(total);
-  }
   const reader = response.body.getReader();
   const chunks = [];
   let received = 0;
   for (;;) {
+    if (max !== null && Math.max(total, received) > max) {
+      reader.cancel();
+      throw tooLarge(Math.max(total, received));
+    }
     const { done, value } = await reader.read();
     if (done) break;
     chunks.push(value);
     received += value.length;
-    // A server may send no length, or a wrong one: the bytes themselves are counted too.
-    if (received > max) {
-      reader.cancel();
-      throw tooLarge(received);
-    }
     if (total) $('progress').value = received / total;
   }
+  max = await limit;
+  if (Math.max(total, received) > max) throw tooLarge(Math.max(total, received));
   const bytes = new Uint8Array(received);
   let offset = 0;
   for (const c of chunks) { bytes.set(c, offset); offset += c.length; }

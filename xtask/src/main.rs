@@ -198,12 +198,6 @@ const DIST_FILES: [(&str, &str); 8] = [
     ("weights/index.json", "weights/index.json"),
 ];
 
-/// Headers for hosts that read a `_headers` file (Netlify, Cloudflare Pages; others take the
-/// same values in their own configuration, see the README): cross-origin isolation for the page,
-/// and revalidation of every file, whose names are not content-hashed.
-const DIST_HEADERS: &str = "/*\n  Cross-Origin-Opener-Policy: same-origin\n  Cross-Origin-Embedder-Policy: require-corp\n  \
-X-Content-Type-Options: nosniff\n  Cache-Control: no-cache\n";
-
 /// Writes the demo as a static folder `out` (created if needed): the page, its module, the
 /// weights and `_headers`. Refuses a folder inside the sources, which it would overwrite.
 fn dist(root: &Path, out: &Path) -> Result<()> {
@@ -219,7 +213,10 @@ fn dist(root: &Path, out: &Path) -> Result<()> {
         std::fs::create_dir_all(to.parent().expect("a file in a folder"))?;
         std::fs::copy(root.join(from), &to).with_context(|| format!("copying {from} to {}", to.display()))?;
     }
-    std::fs::write(out.join("_headers"), DIST_HEADERS)?;
+    // The dev server's headers, for hosts that read a `_headers` file (Netlify, Cloudflare Pages;
+    // others take the same values in their own configuration, see the README).
+    let headers: String = serve::HEADERS.iter().map(|(name, value)| format!("  {name}: {value}\n")).collect();
+    std::fs::write(out.join("_headers"), format!("/*\n{headers}"))?;
     eprintln!("wrote the demo to {} (serve it with any static file server, at any path)", out.display());
     Ok(())
 }

@@ -36,6 +36,17 @@ const MAX_CONNECTIONS: usize = 64;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
+/// Headers on every file served (and in `cargo xtask dist`'s `_headers`): always revalidate
+/// (file names are not content-hashed, so a rebuilt wasm or new weights are seen at once; an
+/// unchanged file costs a 304), no content sniffing, and cross-origin isolation so the page
+/// may use shared memory (threads in wasm).
+pub const HEADERS: [(&str, &str); 4] = [
+    ("cache-control", "no-cache"),
+    ("x-content-type-options", "nosniff"),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("cross-origin-embedder-policy", "require-corp"),
+];
+
 /// What is served, and under which names.
 struct Site {
     www: PathBuf,
@@ -105,13 +116,9 @@ async fn respond(site: Arc<Site>, req: Request<Incoming>) -> Result<Response<Bod
         Ok(res) => res.map(|b| b.boxed_unsync()),
         Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "could not read the file\n"),
     };
-    let headers = res.headers_mut();
-    // A dev server: always revalidate, so a rebuilt wasm or a new weights file is seen at once.
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    // Cross-origin isolation: the page may use shared memory (threads in wasm).
-    headers.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
-    headers.insert("cross-origin-embedder-policy", HeaderValue::from_static("require-corp"));
+    for (name, value) in HEADERS {
+        res.headers_mut().insert(name, HeaderValue::from_static(value));
+    }
     Ok(res)
 }
 
