@@ -125,6 +125,7 @@ pub fn run(
             seed: 0,
             shards: opts.shards.min(b),
             data: "bench".into(),
+            flip: false,
         };
         let mut trainer = Trainer::new(unet.clone(), schedule.clone(), train, device)?;
         // A step reads its loss and gradient norm back, so it is complete when it returns.

@@ -46,8 +46,13 @@ pub struct TrainConfig {
     /// run adds the same sums. Older checkpoints have no such field: one shard.
     #[serde(default = "one")]
     pub shards: usize,
-    /// Where the images came from (`mnist` or a folder), for the exported metadata.
+    /// Where the images came from (`mnist`, `emoji` or a folder), for the exported metadata.
     pub data: String,
+    /// Mirror each drawn image left-right with probability ½ (the paper's CIFAR-10 augmentation):
+    /// twice the distinct images a small data set offers, for data whose mirror image is as
+    /// likely as itself. Older checkpoints have no such field: none.
+    #[serde(default)]
+    pub flip: bool,
 }
 
 fn one() -> usize {
@@ -158,7 +163,7 @@ impl Trainer {
         let ad = self.device.clone().autodiff();
         // x₀ ~ q(x₀), t ~ U{0..T−1}, ε ~ N(0, I): drawn here, on the CPU, for the whole batch.
         let b = self.train.batch_size;
-        let x0 = data.random_batch(b, &mut self.noise, &ad);
+        let x0 = data.random_batch(b, self.train.flip, &mut self.noise, &ad);
         let t: Vec<usize> = (0..b).map(|_| self.noise.below(self.diffusion.steps())).collect();
         let eps = self.noise.gaussian(x0.dims(), &ad);
 

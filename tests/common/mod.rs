@@ -30,6 +30,7 @@ pub fn recipe(steps: usize, batch_size: usize, lr: f64) -> TrainConfig {
         seed: 42,
         shards: 1,
         data: "test".into(),
+        flip: false,
     }
 }
 
