@@ -8,6 +8,7 @@ pub mod images;
 pub mod kernels;
 pub mod limits;
 pub mod noise;
+pub mod request;
 pub mod sampler;
 pub mod unet;
 pub mod weights;

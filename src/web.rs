@@ -10,7 +10,8 @@ use wasm_bindgen::prelude::*;
 
 use crate::diffusion::Diffusion;
 use crate::images::Grid;
-use crate::sampler::{Method, Sampler};
+use crate::request::{InterpolationRequest, PAGE_MAX_FRAMES, PAGE_MAX_IMAGES, SampleRequest, grid_cols};
+use crate::sampler::Sampler;
 use crate::unet::UNet;
 use crate::weights::{self, Header};
 
@@ -43,6 +44,13 @@ pub struct Ddpm {
 #[wasm_bindgen]
 pub fn max_weights_bytes() -> f64 {
     crate::limits::MAX_WEIGHTS_BYTES as f64
+}
+
+/// The page's bounds, as JSON: `{max_images, max_frames}` (a model's own T is its
+/// `diffusion_steps`; t runs over 0..T).
+#[wasm_bindgen]
+pub fn page_limits() -> String {
+    serde_json::json!({ "max_images": PAGE_MAX_IMAGES, "max_frames": PAGE_MAX_FRAMES }).to_string()
 }
 
 /// The vector instructions the CPU fallback's kernels use ("wasm-simd128" in this build).
@@ -107,22 +115,42 @@ impl Ddpm {
         .to_string()
     }
 
-    /// Starts sampling one image per seed (as `ddpm sample` does: a seed is the same image in
-    /// any batch); `steps` = T is DDPM, fewer is DDIM with `eta`. Replaces any run in progress.
-    pub fn start(&mut self, seeds: Vec<u32>, steps: usize, eta: f64) -> Result<(), JsError> {
-        if seeds.is_empty() || seeds.len() > 64 {
-            return Err(js_err(format!("number of images must be 1..=64, got {}", seeds.len())));
-        }
-        let method = self.method(steps, eta)?;
-        let seeds: Vec<u64> = seeds.into_iter().map(u64::from).collect();
-        self.sampler = Some(Sampler::new(&self.diffusion, method, self.image_shape(), &seeds, &self.device));
-        self.cols = (seeds.len() as f64).sqrt().ceil() as usize;
+    /// Starts sampling `count` images from `seed` ([`SampleRequest::consecutive`]: image i is
+    /// seed + i, as in `ddpm sample`); `steps` = T is DDPM, fewer is DDIM with `eta`. Replaces any
+    /// run in progress.
+    pub fn start(&mut self, seed: u32, count: usize, steps: usize, eta: f64) -> Result<(), JsError> {
+        let request = SampleRequest::consecutive(seed.into(), count, steps, eta);
+        request.method(&self.diffusion, PAGE_MAX_IMAGES).map_err(js_err)?;
+        self.sampler = Some(request.sampler(&self.diffusion, self.image_shape(), &self.device).map_err(js_err)?);
+        self.cols = grid_cols(count);
         Ok(())
     }
 
-    /// Starts the interpolation from A = image 0 to B = image 1 of the last finished run:
-    /// `frames` values of λ from 0 to 1, as one batch. `mode` "noise" is labml's method (mix at
-    /// step `t`), "slerp" is DDIM's spherical interpolation of the seeds' initial noise.
+    /// Checks an interpolation request and starts sampling its A and B (as `ddpm interpolate`
+    /// samples them); [`Self::start_interpolation`] with the same arguments then runs the frames.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_interpolation_ends(
+        &mut self,
+        mode: &str,
+        seed_a: u32,
+        seed_b: u32,
+        t: usize,
+        frames: usize,
+        steps: usize,
+        eta: f64,
+    ) -> Result<(), JsError> {
+        let request = self.interpolation(mode, seed_a, seed_b, t, frames, steps, eta)?;
+        request.check(&self.diffusion, PAGE_MAX_FRAMES).map_err(js_err)?;
+        let ends = request.ends().sampler(&self.diffusion, self.image_shape(), &self.device).map_err(js_err)?;
+        self.sampler = Some(ends);
+        self.cols = 2;
+        Ok(())
+    }
+
+    /// Starts the interpolation from A to B, `frames` values of λ from 0 to 1 as one batch:
+    /// `mode` "noise" is labml's method (A and B, the last finished run, mixed at step `t`),
+    /// "slerp" DDIM's spherical mix of the seeds' initial noise.
+    #[allow(clippy::too_many_arguments)]
     pub fn start_interpolation(
         &mut self,
         mode: &str,
@@ -131,30 +159,12 @@ impl Ddpm {
         t: usize,
         frames: usize,
         steps: usize,
+        eta: f64,
     ) -> Result<(), JsError> {
-        if !(2..=32).contains(&frames) {
-            return Err(js_err(format!("frames must be 2..=32, got {frames}")));
-        }
-        let lambdas: Vec<f64> = (0..frames).map(|i| i as f64 / (frames - 1) as f64).collect();
-        let sampler = match mode {
-            "noise" => {
-                let method = self.method(steps, 0.0)?;
-                let ends =
-                    self.last.clone().filter(|x| x.dims()[0] == 2).ok_or_else(|| js_err("sample A and B first"))?;
-                if t >= self.diffusion.steps() {
-                    return Err(js_err(format!("t must be below {}", self.diffusion.steps())));
-                }
-                let (a, b) = (ends.clone().narrow(0, 0, 1), ends.narrow(0, 1, 1));
-                let seed = (seed_a as u64).wrapping_mul(1_000_003) ^ seed_b as u64;
-                Sampler::interpolate(&self.diffusion, method, a, b, t, &lambdas, seed)
-            }
-            "slerp" => {
-                let method = Method::Ddim { steps: steps.min(self.diffusion.steps()), eta: 0.0 };
-                let seeds = [seed_a as u64, seed_b as u64];
-                Sampler::slerp(&self.diffusion, method, self.image_shape(), seeds, &lambdas, &self.device)
-            }
-            other => return Err(js_err(format!("unknown interpolation mode {other:?}"))),
-        };
+        let request = self.interpolation(mode, seed_a, seed_b, t, frames, steps, eta)?;
+        let sampler = request
+            .sampler(&self.diffusion, self.image_shape(), self.last.clone(), PAGE_MAX_FRAMES, &self.device)
+            .map_err(js_err)?;
         self.sampler = Some(sampler);
         self.cols = frames;
         Ok(())
@@ -202,8 +212,19 @@ impl Ddpm {
 }
 
 impl Ddpm {
-    fn method(&self, steps: usize, eta: f64) -> Result<Method, JsError> {
-        Method::from_steps(steps, self.diffusion.steps(), eta).map_err(js_err)
+    #[allow(clippy::too_many_arguments)]
+    fn interpolation(
+        &self,
+        mode: &str,
+        seed_a: u32,
+        seed_b: u32,
+        t: usize,
+        frames: usize,
+        steps: usize,
+        eta: f64,
+    ) -> Result<InterpolationRequest, JsError> {
+        let mode = mode.parse().map_err(js_err)?;
+        Ok(InterpolationRequest { mode, seeds: [seed_a.into(), seed_b.into()], t, frames, steps, eta })
     }
 
     fn image_shape(&self) -> [usize; 3] {

@@ -1,11 +1,12 @@
 //! The flex convolutions (im2col + GEMM) against burn's conv2d: outputs and all three
-//! gradients, for every kind of layer the UNet has.
+//! gradients, for every kind of layer the UNet has; each comparison also checks that the
+//! hand-written kernels ran (a silent fallback to burn's conv2d would match burn trivially).
 
 use burn::module::Param;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::{Device, Tensor};
-use ddpm::kernels::conv2d;
+use ddpm::kernels::{conv2d, fast_path_calls};
 use ddpm::noise::Noise;
 
 /// (c_in, c_out, kernel, stride, padding): the UNet's 3×3 convs, its Downsample, a shortcut.
@@ -49,7 +50,10 @@ fn outputs_match_burns_conv2d() {
         for (batch, size) in [(1, 7), (2, 8), (5, 9), (2, 1)].into_iter().filter(|&(_, size)| fits(spec, size)) {
             let conv = layer(spec, &device);
             let x = Noise::new(i as u64).gaussian([batch, spec.0, size, size + 1], &device);
-            assert_close(&format!("layer {i} batch {batch}"), conv2d(&conv, x.clone()), conv.forward(x));
+            let before = fast_path_calls("conv2d");
+            let out = conv2d(&conv, x.clone());
+            assert_eq!(fast_path_calls("conv2d"), [before[0] + 1, before[1]], "layer {i}: the gemm forward ran");
+            assert_close(&format!("layer {i} batch {batch}"), out, conv.forward(x));
         }
     }
 }
@@ -77,7 +81,13 @@ fn gradients_match_burns_conv2d() {
                 let bias = conv.bias.as_ref().unwrap().val().grad(&g).unwrap();
                 (x.grad(&g).unwrap(), weight, bias)
             };
+            let before = fast_path_calls("conv2d");
             let (dx, dw, db) = grads(conv2d(&conv, x.clone()));
+            assert_eq!(
+                fast_path_calls("conv2d"),
+                [before[0] + 1, before[1] + 1],
+                "layer {i}: gemm forward and backward ran"
+            );
             let (dx_ref, dw_ref, db_ref) = grads(conv.forward(x.clone()));
             let what = format!("layer {i} batch {batch}");
             assert_close(&format!("{what} dx"), dx, dx_ref);

@@ -1,11 +1,12 @@
 //! The fused GroupNorm + Swish against burn's own GroupNorm followed by SiLU: values and all
-//! three gradients, on flex (where the fused kernels run) and through autodiff.
+//! three gradients, on flex (where the fused kernels run) and through autodiff, each time
+//! checking that the fused kernels ran rather than a fallback to the composition.
 
 use burn::module::Param;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
-use ddpm::kernels::group_norm_swish;
+use ddpm::kernels::{fast_path_calls, group_norm_swish};
 use ddpm::noise::Noise;
 
 /// A GroupNorm with random γ around 1 and β around 0, as after some training.
@@ -35,7 +36,10 @@ fn forward_matches_group_norm_then_silu() {
     for (shape, groups) in [([3, 8, 5, 7], 4), ([2, 32, 28, 28], 8), ([1, 6, 1, 1], 3)] {
         let x = Noise::new(1).gaussian(shape, &device) * 2.0 + 3.0;
         let norm = norm(groups, shape[1], &device);
-        assert_close("out", group_norm_swish(&norm, x.clone()), silu(norm.forward(x)), 2e-6);
+        let before = fast_path_calls("group_norm_swish");
+        let out = group_norm_swish(&norm, x.clone());
+        assert_eq!(fast_path_calls("group_norm_swish"), [before[0] + 1, before[1]], "the fused forward ran");
+        assert_close("out", out, silu(norm.forward(x)), 2e-6);
     }
 }
 
@@ -74,7 +78,13 @@ fn gradients_match_autodiff_of_the_composition() {
             let beta = norm.beta.as_ref().unwrap().val().grad(&g).unwrap();
             (x.grad(&g).unwrap(), gamma, beta)
         };
+        let before = fast_path_calls("group_norm_swish");
         let (dx, dgamma, dbeta) = grads(group_norm_swish(&norm, x.clone()));
+        assert_eq!(
+            fast_path_calls("group_norm_swish"),
+            [before[0] + 1, before[1] + 1],
+            "fused forward and backward ran"
+        );
         let (dx_ref, dgamma_ref, dbeta_ref) = grads(silu(norm.forward(x.clone())));
         assert_close("dx", dx, dx_ref, 2e-5);
         assert_close("dgamma", dgamma, dgamma_ref, 2e-5);

@@ -1,11 +1,12 @@
 //! Training: a tiny model overfits one batch, damaged checkpoints are refused, and the EMA and
-//! learning-rate schedules do what they say, and a batch split into shards trains as the whole.
+//! learning-rate schedules do what they say, a batch split into shards trains as the whole, and
+//! the training loop writes its log, checkpoints and grids and stops when its observer asks.
 //! (Exact resume is in tests/resume.rs: it needs a process of its own, since burn's device
 //! RNG, which initialises the weights, is shared by the threads of a test binary.)
 
 use burn::tensor::Device;
 use ddpm::diffusion::ScheduleConfig;
-use ddpm::train::{TrainConfig, Trainer};
+use ddpm::train::{FitOptions, Observer, Outcome, StepStats, TrainConfig, Trainer, checkpoint_path, fit};
 
 mod common;
 use common::{TempDir, bars, recipe, tiny};
@@ -86,4 +87,67 @@ fn schedules() {
     assert!(TrainConfig { ema_decay: 1.0, ..recipe(1, 1, 1e-3) }.validate().is_err());
     assert!(TrainConfig { shards: 0, ..recipe(1, 4, 1e-3) }.validate().is_err());
     assert!(TrainConfig { shards: 5, ..recipe(1, 4, 1e-3) }.validate().is_err());
+}
+
+/// Records what the loop tells it, and asks to stop after `stop_after` steps.
+#[derive(Default)]
+struct Recorder {
+    steps: Vec<usize>,
+    checkpoints: Vec<usize>,
+    grids: Vec<String>,
+    stop_after: Option<usize>,
+}
+
+impl Observer for Recorder {
+    fn step(&mut self, trainer: &Trainer, stats: &StepStats, smoothed: f64) {
+        assert!(stats.loss.is_finite() && smoothed.is_finite());
+        self.steps.push(trainer.step);
+    }
+    fn stop_requested(&mut self) -> bool {
+        self.stop_after.is_some_and(|n| self.steps.len() >= n)
+    }
+    fn checkpoint(&mut self, step: usize) {
+        self.checkpoints.push(step);
+    }
+    fn sample_grid(&mut self, path: &std::path::Path) {
+        self.grids.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+}
+
+#[test]
+fn the_training_loop_logs_checkpoints_samples_and_stops_when_asked() {
+    // Without the binary: a run of 8 steps (checkpoints every 3, a grid every 4) stopped after 5,
+    // then resumed to the end. The log reads as one run of 8 lines.
+    let device = Device::flex();
+    let dir = TempDir::new("fit");
+    let opts = FitOptions { out: dir.join("run"), checkpoint_every: 3, sample_every: 4, shards: 1 };
+    let schedule = ScheduleConfig { steps: 20, ..Default::default() };
+    let mut trainer = Trainer::new(tiny(), schedule, recipe(8, 2, 1e-3), &device).unwrap();
+    let data = bars(4);
+    let mut first = Recorder { stop_after: Some(5), ..Default::default() };
+    assert_eq!(fit(&mut trainer, &data, &opts, &mut first).unwrap(), Outcome::Stopped { step: 5 });
+    assert_eq!(first.steps, [1, 2, 3, 4, 5]);
+    assert_eq!(first.checkpoints, [3, 5]);
+    assert_eq!(first.grids, ["step_000004.png"]);
+    assert!(opts.out.join("samples/step_000004.png").exists());
+    let ckpt = checkpoint_path(&opts.out);
+    assert_eq!(Trainer::load(&ckpt, &device).unwrap().step, 5);
+
+    // A kill after step 6 leaves a log line past the checkpoint, and half a line: both go.
+    use std::io::Write;
+    let log = opts.out.join("log.jsonl");
+    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"{\"step\":6,\"loss\":1}\n{\"st").unwrap();
+    let mut resumed = Trainer::load(&ckpt, &device).unwrap();
+    let mut second = Recorder::default();
+    assert_eq!(fit(&mut resumed, &data, &opts, &mut second).unwrap(), Outcome::Finished);
+    assert_eq!(second.steps, [6, 7, 8]);
+    assert_eq!(second.checkpoints, [6, 8]);
+    assert_eq!(second.grids, ["step_000008.png"]);
+    let logged: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(logged, (1..=8).collect::<Vec<_>>());
+    assert_eq!(Trainer::load(&ckpt, &device).unwrap().step, 8);
 }

@@ -1,6 +1,6 @@
 // The page: fetches the weights, asks the wasm module for one denoising step at a time and
 // draws it. All maths is in Rust (src/web.rs); this file only wires controls to it.
-import init, { Ddpm, kernel_path, max_weights_bytes } from './pkg/ddpm.js';
+import init, { Ddpm, kernel_path, max_weights_bytes, page_limits } from './pkg/ddpm.js';
 import { cachedWeights } from './weights-cache.js';
 
 const $ = (id) => document.getElementById(id);
@@ -118,11 +118,10 @@ async function startSampling() {
   const id = ++runId;
   const seed = Number($('seed').value) >>> 0;
   const count = Number($('count').value);
-  const seeds = Uint32Array.from({ length: count }, (_, i) => (seed + i) >>> 0);
   try {
     // DDIM's η: 0 is deterministic, 1 draws fresh noise every step as the paper's sampler does (more
     // confidently classified digits, a higher MNIST-FD: see the README); full DDPM ignores it.
-    model.start(seeds, sampleSteps(), Number($('eta').value));
+    model.start(seed, count, sampleSteps(), Number($('eta').value));
   } catch (e) {
     showError(e.message);
     return;
@@ -207,8 +206,10 @@ async function interpolate() {
   $('lambda').disabled = true;
   setRunning(true);
   try {
-    // 1. The two samples, with the same deterministic DDIM sampler the frames use.
-    model.start(Uint32Array.of(seedA, seedB), steps, 0);
+    // 1. The two samples, with the same deterministic DDIM sampler the frames use (the request is
+    // checked before A and B are drawn).
+    const request = [mode, seedA, seedB, t, frames, steps, 0];
+    model.start_interpolation_ends(...request);
     const ends = await drive(id, (s) => {
       draw($('morph'), s.width, s.height, s.x0);
       $('interp-text').textContent = `sampling A and B: step ${s.index} / ${s.total}`;
@@ -220,7 +221,7 @@ async function interpolate() {
     draw($('morph-a'), size, size, tile(ends, 0, size));
     draw($('morph-b'), size, size, tile(ends, 1, size));
     // 2. Every frame at once, as one batch through the reverse process.
-    model.start_interpolation(mode, seedA, seedB, t, frames, steps);
+    model.start_interpolation(...request);
     const last = await drive(id, (s) => {
       draw($('morph'), s.width, s.height, s.x0);
       $('interp-text').textContent = `denoising ${frames} frames together: step ${s.index} / ${s.total}`;
@@ -237,6 +238,21 @@ async function interpolate() {
   } finally {
     if (id === runId) setRunning(false);
   }
+}
+
+// The inputs' bounds come from the module (the page's) and the model (its T), not from numbers
+// in the HTML.
+function applyLimits() {
+  const limits = JSON.parse(page_limits());
+  const T = model.diffusion_steps;
+  $('ddim-steps').max = String(T);
+  $('t').max = String(T - 1);
+  $('frames').max = String(limits.max_frames);
+  $('sampler').querySelector('option[value="ddpm"]').textContent = `DDPM, all ${T} steps (the paper)`;
+  for (const option of [...$('count').options]) {
+    if (Number(option.value) > limits.max_images) option.remove();
+  }
+  Object.assign(state, { limits: { ...limits, diffusion_steps: T } });
 }
 
 async function main() {
@@ -259,6 +275,7 @@ async function main() {
     const wantGpu = params.get('backend') !== 'cpu' && 'gpu' in navigator;
     $('status').textContent = wantGpu ? 'Starting WebGPU…' : 'Starting the CPU backend…';
     model = await Ddpm.create(bytes, wantGpu);
+    window.ddpmModel = model; // for the browser tests
     state.loaded.model = performance.now();
   } catch (e) {
     showError(`Could not load the model: ${e.message ?? e}`);
@@ -267,6 +284,7 @@ async function main() {
   state.backend = model.backend;
   state.kernels = model.on_gpu ? 'webgpu' : kernel_path();
   state.imageSize = model.image_size;
+  applyLimits();
   $('backend').textContent = `Running on: ${model.backend}`;
   $('backend').hidden = false;
   if (!model.on_gpu) {

@@ -25,16 +25,8 @@ pub const EMOJI_INTEGRITY: &str =
 pub const SIZE: usize = 32;
 /// Unicode's emoji categories in their own order; the label is the index.
 pub const CATEGORIES: [&str; 10] = [
-    "Smileys & Emotion",
-    "People & Body",
-    "Component",
-    "Animals & Nature",
-    "Food & Drink",
-    "Travel & Places",
-    "Activities",
-    "Objects",
-    "Symbols",
-    "Flags",
+    "Smileys & Emotion", "People & Body", "Component", "Animals & Nature", "Food & Drink", "Travel & Places",
+    "Activities", "Objects", "Symbols", "Flags",
 ];
 /// One image in this many is held out (by base emoji, so the share is close to, not exactly, this).
 const HELD_OUT_EVERY: usize = 10;
@@ -98,7 +90,8 @@ pub fn load(split: Split) -> Result<Dataset> {
         let variants = e.skin_variations.values().filter(|v| v.has_img_google).map(|v| v.image.as_str());
         let files = e.has_img_google.then_some(e.image.as_str()).into_iter().chain(variants);
         for file in files {
-            let png = pngs.get(file).with_context(|| format!("{EMOJI_PACKAGE} lists {file} but has no {IMAGE_DIR}{file}"))?;
+            let png =
+                pngs.get(file).with_context(|| format!("{EMOJI_PACKAGE} lists {file} but has no {IMAGE_DIR}{file}"))?;
             if seen.insert(Sha256::digest(png)) {
                 images.push((e.unified.as_str(), file, label));
             }

@@ -92,4 +92,3 @@ pub(crate) fn idx(images: &Path, labels: &Path) -> Result<Dataset> {
     };
     Ok(Dataset { shape: [1, h, w], pixels, labels })
 }
-

@@ -325,6 +325,38 @@ test('CPU fallback: the weights are kept across visits, checked against the mani
   assert.deepEqual(browser.errors, [], 'no page errors or console errors');
 });
 
+test('the inputs take their bounds from the module and the model, not from the HTML', { timeout: 300_000 }, async () => {
+  const browser = await launch({ webgpu: false });
+  browsers.push(browser);
+  const page = await browser.page();
+  // The shipped tensors under a schedule of T = 200: the page must offer t < 200 and 200 steps.
+  const short = lyingWeights('schedule', (c) => { c.steps = 200; });
+  await page.route('**/weights/short.safetensors', (route) => route.fulfill({ body: short }));
+  await ready(page, '&backend=cpu&weights=weights/short.safetensors');
+  const bounds = await page.evaluate(() => ({
+    t: document.getElementById('t').max,
+    steps: document.getElementById('ddim-steps').max,
+    frames: document.getElementById('frames').max,
+    ddpm: document.querySelector('#sampler option[value="ddpm"]').textContent,
+    counts: [...document.getElementById('count').options].map((o) => Number(o.value)),
+    limits: window.ddpmState.limits,
+  }));
+  assert.deepEqual(bounds.limits, { max_images: 64, max_frames: 32, diffusion_steps: 200 });
+  assert.deepEqual([bounds.t, bounds.steps, bounds.frames], ['199', '200', '32']);
+  assert.equal(bounds.ddpm, 'DDPM, all 200 steps (the paper)');
+  assert.ok(bounds.counts.every((n) => n <= 64));
+  // The module refuses what the bounds exclude, whatever the inputs say.
+  const refused = await page.evaluate(() => {
+    const tries = [() => window.ddpmModel.start(0, 65, 10, 0), () => window.ddpmModel.start(0, 1, 201, 0),
+      () => window.ddpmModel.start_interpolation_ends('noise', 0, 1, 200, 9, 10, 0),
+      () => window.ddpmModel.start_interpolation_ends('noise', 0, 1, 100, 33, 10, 0)];
+    return tries.map((f) => { try { f(); return 'accepted'; } catch (e) { return e.message; } });
+  });
+  assert.deepEqual(refused, ['number of images must be 1..=64, got 65', 'sampling steps must be in 1..=200, got 201',
+    't must be below T = 200, got 200', 'frames must be 2..=32, got 33']);
+  assert.deepEqual(browser.errors, []);
+});
+
 test('a bad weights URL and a corrupt file show the error on the page', { timeout: 300_000 }, async () => {
   const browser = await launch({ webgpu: false });
   browsers.push(browser);

@@ -1,16 +1,18 @@
 //! Training (Algorithm 1 of the paper): Adam with warm-up and global-norm gradient clipping,
 //! an exponential moving average of the weights (what the paper evaluates and we export),
-//! atomic checkpoints that resume a run exactly, and a stop on the first non-finite loss.
+//! atomic checkpoints that resume a run exactly ([`checkpoint`]), a stop on the first non-finite
+//! loss, and the loop that drives it all ([`fit`]).
 
-use std::collections::HashMap;
-use std::fs;
-use std::path::{Path, PathBuf};
+pub mod checkpoint;
+pub mod fit;
 
-use anyhow::{Context, Result, bail, ensure};
+pub use checkpoint::{atomic_write, sweep_temp, temp_path};
+pub use fit::{FitOptions, Observer, Outcome, checkpoint_path, fit};
+
+use anyhow::{Result, bail};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Bytes, Device, Tensor};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
@@ -209,6 +211,11 @@ impl Trainer {
         Ok(StepStats { loss: loss_value, grad_norm, lr })
     }
 
+    /// The device the EMA lives on (the model is on its autodiff twin).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The metadata of an export of this run.
     pub fn header(&self) -> Header {
         let info = [
@@ -216,116 +223,6 @@ impl Trainer {
             ("train".to_string(), serde_json::to_string(&self.train).expect("serialises")),
         ];
         Header { unet: self.unet.clone(), schedule: self.schedule.clone(), info: info.into_iter().collect() }
-    }
-
-    /// Writes the checkpoint atomically: to a temporary file first, then renamed over the old one,
-    /// so a crash or Ctrl-C mid-write never leaves a broken checkpoint.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let state = State {
-            step: self.step,
-            unet: self.unet.clone(),
-            schedule: self.schedule.clone(),
-            train: self.train.clone(),
-            noise: self.noise.state(),
-        };
-        let blobs = [
-            ("ema", self.ema.clone().into_record().into_bytes()?.to_vec()),
-            ("model", self.model.valid().into_record().into_bytes()?.to_vec()),
-            ("optim", self.optim.into_bytes()?.to_vec()),
-        ];
-        let views = blobs
-            .iter()
-            .map(|(k, b)| Ok((k.to_string(), TensorView::new(Dtype::U8, vec![b.len()], b)?)))
-            .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-        let meta = HashMap::from([("state".to_string(), serde_json::to_string(&state)?)]);
-        let bytes = safetensors::serialize(views, Some(meta))?;
-        atomic_write(path, &bytes)
-    }
-
-    /// Resumes the run saved at `path` on `device`.
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let size = fs::metadata(path).with_context(|| format!("reading checkpoint {}", path.display()))?.len();
-        // Model, EMA and Adam's two moments: four copies of the weights.
-        ensure!(
-            size <= 4 * limits::MAX_WEIGHTS_BYTES,
-            "checkpoint {} is {size} bytes, above the largest supported ({})",
-            path.display(),
-            4 * limits::MAX_WEIGHTS_BYTES
-        );
-        let bytes = fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
-        let bad = |what: &str| format!("checkpoint {} is damaged: {what}", path.display());
-        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!(bad(&e.to_string())))?;
-        let state = meta.metadata().as_ref().and_then(|m| m.get("state")).with_context(|| bad("no state"))?;
-        let state: State = serde_json::from_str(state).with_context(|| bad("unreadable state"))?;
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!(bad(&e.to_string())))?;
-        let blob = |name: &str| -> Result<Bytes> {
-            Ok(Bytes::from_bytes_vec(file.tensor(name).map_err(|_| anyhow::anyhow!(bad(name)))?.data().to_vec()))
-        };
-        let mut trainer = Self::new(state.unet, state.schedule, state.train, device)?;
-        let record =
-            |name: &str| -> Result<_> { burn::store::ModuleRecord::from_bytes(blob(name)?).with_context(|| bad(name)) };
-        let ad = device.clone().autodiff();
-        trainer.model = trainer
-            .unet
-            .init(&ad)
-            .try_load_record(record("model")?)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", bad("model")))?;
-        trainer.ema = trainer
-            .unet
-            .init(device)
-            .try_load_record(record("ema")?)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", bad("ema")))?;
-        trainer.optim =
-            AdamConfig::new().with_epsilon(1e-8).init().from_bytes(blob("optim")?).with_context(|| bad("optimizer"))?;
-        trainer.noise = Noise::from_state(&state.noise).map_err(anyhow::Error::msg)?;
-        trainer.step = state.step;
-        Ok(trainer)
-    }
-}
-
-/// Replaces `path` with `bytes` so that a crash at any moment (kill -9, power loss) leaves
-/// either the old file or the new one, whole: write a temporary file beside it, fsync it,
-/// rename it over `path` (atomic within a folder), then fsync the folder so the rename itself
-/// is on disk. A failed write (a full disk, a read-only folder) removes the temporary file and
-/// leaves `path` as it was.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let written = (|| -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| {
-            format!("writing {} ({} bytes); {} is unchanged", tmp.display(), bytes.len(), path.display())
-        });
-    }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()));
-    }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing folder {} after writing {}", dir.display(), path.display()))
-}
-
-/// The temporary file [`atomic_write`] writes `path` through: `.NAME.tmp` beside it.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
-    path.with_file_name(format!(".{name}.tmp"))
-}
-
-/// Removes the temporary file a killed [`atomic_write`] of `path` left behind; returns whether
-/// there was one.
-pub fn sweep_temp(path: &Path) -> Result<bool> {
-    let tmp = temp_path(path);
-    match fs::remove_file(&tmp) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("removing the stale {}", tmp.display())),
     }
 }
 

@@ -1,0 +1,173 @@
+//! The commands' arguments and their mapping to library calls, one family a file; `main.rs`
+//! only parses and dispatches. What every command shares is here: the backend, the model flags,
+//! the sampler flags and reading and writing weights files.
+
+pub mod bench;
+pub mod eval;
+pub mod sample;
+pub mod train;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use burn::tensor::{Device, Tensor};
+use clap::{Args, ValueEnum};
+
+use ddpm::diffusion::{Diffusion, ScheduleConfig};
+use ddpm::train::atomic_write;
+use ddpm::unet::{UNet, UNetConfig};
+use ddpm::weights::{self as file, Header, Precision};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Backend {
+    /// burn's flex CPU backend (the fastest CPU backend measured here).
+    Cpu,
+    /// burn-wgpu on the default GPU adapter (Vulkan/Metal/DX12).
+    Wgpu,
+}
+
+impl Backend {
+    pub fn device(self) -> Result<Device> {
+        Ok(match self {
+            Backend::Cpu => Device::flex(),
+            Backend::Wgpu => gpu()?.0,
+        })
+    }
+
+    /// How many threads share a batch by default (training's shards, the samplers' slices): one
+    /// per CPU thread on flex, whose element-wise ops each run on one thread; one on wgpu, which
+    /// spreads every op across the GPU already.
+    pub fn shards(self) -> usize {
+        match self {
+            Backend::Cpu => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Backend::Wgpu => 1,
+        }
+    }
+}
+
+/// burn-wgpu's device on the default adapter, and whether that adapter is a real GPU rather than
+/// a CPU emulation (llvmpipe, lavapipe, SwiftShader), with its name.
+pub fn gpu() -> Result<(Device, bool, String)> {
+    use burn::tensor::wgpu::wgpu::DeviceType;
+    let (device, setup) =
+        Device::wgpu_options().init_with_setup().map_err(|e| anyhow::anyhow!("no wgpu adapter: {e}"))?;
+    let info = setup.adapter.get_info();
+    Ok((device, info.device_type != DeviceType::Cpu, format!("{} ({:?})", info.name, info.backend)))
+}
+
+/// Model shape flags, shared by `train` and `bench`.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Image height = width (MNIST: 28).
+    #[arg(long, default_value_t = 28)]
+    pub image_size: usize,
+    /// Image channels: 1 (gray) or 3 (RGB).
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+    /// Width of the first UNet level.
+    #[arg(long, default_value_t = 32)]
+    pub base_channels: usize,
+    /// Level widths as multiples of the base (paper semantics: width = base × mult).
+    #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
+    pub channel_mults: Vec<usize>,
+    /// Self-attention per level (0/1), same length as the multipliers.
+    #[arg(long, default_value = "0,0,1", value_delimiter = ',')]
+    pub attn: Vec<u8>,
+    /// Residual blocks per level.
+    #[arg(long, default_value_t = 1)]
+    pub blocks: usize,
+    /// GroupNorm groups (labml: 32; the width of every level must divide by it).
+    #[arg(long, default_value_t = 32)]
+    pub groups: usize,
+    /// Dropout in residual blocks.
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f64,
+    /// Diffusion steps T.
+    #[arg(long, default_value_t = 1000)]
+    pub diffusion_steps: usize,
+}
+
+impl ModelArgs {
+    pub fn configs(&self) -> Result<(UNetConfig, ScheduleConfig)> {
+        ensure!(self.attn.iter().all(|&a| a <= 1), "--attn takes 0 or 1 per level");
+        let unet = UNetConfig {
+            image_channels: self.channels,
+            image_size: self.image_size,
+            base_channels: self.base_channels,
+            channel_mults: self.channel_mults.clone(),
+            attn: self.attn.iter().map(|&a| a == 1).collect(),
+            blocks: self.blocks,
+            groups: self.groups,
+            dropout: self.dropout,
+        };
+        let schedule = ScheduleConfig { steps: self.diffusion_steps, ..ScheduleConfig::default() };
+        unet.validate().map_err(anyhow::Error::msg)?;
+        schedule.validate().map_err(anyhow::Error::msg)?;
+        Ok((unet, schedule))
+    }
+}
+
+/// How to run the reverse process.
+#[derive(Args, Clone)]
+pub struct SamplerArgs {
+    /// Weights file from `ddpm export`.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Sampling steps: T (1000) runs full DDPM, fewer run DDIM.
+    #[arg(long, default_value_t = 1000)]
+    pub steps: usize,
+    /// DDIM's η (0: deterministic); ignored for full DDPM.
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: Backend,
+}
+
+/// A weights file loaded for sampling.
+pub struct Loaded {
+    pub model: UNet,
+    pub header: Header,
+    pub diffusion: Diffusion,
+    pub device: Device,
+}
+
+impl Loaded {
+    /// [C, H, W] of the model's images.
+    pub fn image(&self) -> [usize; 3] {
+        let u = &self.header.unet;
+        [u.image_channels, u.image_size, u.image_size]
+    }
+}
+
+impl SamplerArgs {
+    pub fn load(&self) -> Result<Loaded> {
+        let device = self.backend.device()?;
+        let (model, header) = load_weights(&self.weights, &device)?;
+        let diffusion = Diffusion::new(header.schedule.clone());
+        Ok(Loaded { model, header, diffusion, device })
+    }
+}
+
+/// Reads a weights file, naming it in any error.
+pub fn load_weights(path: &Path, device: &Device) -> Result<(UNet, Header)> {
+    let size = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+    file::check_size(size).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    file::load(&bytes, device).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Writes `model` as a weights file (atomically, creating its folder); returns its size.
+pub fn write_weights(out: &Path, model: &UNet, header: &Header, f16: bool) -> Result<usize> {
+    let precision = if f16 { Precision::F16 } else { Precision::F32 };
+    let bytes = file::to_safetensors(model, header, precision)?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    atomic_write(out, &bytes)?;
+    Ok(bytes.len())
+}
+
+pub fn to_vec(x: Tensor<4>) -> Vec<f32> {
+    x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
+}

@@ -1,0 +1,163 @@
+//! `ddpm sample`, `interpolate` and `animate`: the reverse process to PNG files, a strip and a
+//! GIF. What is drawn is the library's [`SampleRequest`] / [`InterpolationRequest`], which the
+//! page makes too.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, ensure};
+use burn::tensor::Tensor;
+use clap::Args;
+
+use super::{SamplerArgs, to_vec};
+use ddpm::images::{Grid, save_gif, save_png};
+use ddpm::limits;
+use ddpm::request::{InterpolationRequest, SampleRequest, grid_cols};
+use ddpm::threads::Sharded;
+
+#[derive(Args)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    sampler: SamplerArgs,
+    /// Number of images; image i uses seed S + i.
+    #[arg(long, default_value_t = 16)]
+    count: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Folder for 000000.png, 000001.png, ...
+    #[arg(long)]
+    out: PathBuf,
+    /// Also save all images as one grid PNG.
+    #[arg(long)]
+    grid: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct InterpolateArgs {
+    #[command(flatten)]
+    sampler: SamplerArgs,
+    #[arg(long, default_value_t = 0)]
+    seed_a: u64,
+    #[arg(long, default_value_t = 1)]
+    seed_b: u64,
+    /// Noise level to mix at (0..T−1).
+    #[arg(long, default_value_t = 500)]
+    t: usize,
+    #[arg(long, default_value_t = 9)]
+    frames: usize,
+    /// `noise`: labml's method (noise A and B to step t, mix, denoise); `slerp`: DDIM's spherical
+    /// mix of the two seeds' initial noise, denoised deterministically (ignores --t and --eta).
+    #[arg(long, default_value = "noise", value_parser = ["noise", "slerp"])]
+    mode: String,
+    /// Pixel scale of the output strip.
+    #[arg(long, default_value_t = 3)]
+    scale: usize,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct AnimateArgs {
+    #[command(flatten)]
+    sampler: SamplerArgs,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Frames in the GIF (steps are subsampled evenly; the last frame is held).
+    #[arg(long, default_value_t = 60)]
+    frames: usize,
+    #[arg(long, default_value_t = 4)]
+    scale: usize,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn sample(a: SampleArgs) -> Result<()> {
+    ensure!(
+        (1..=limits::MAX_SAMPLES).contains(&a.count) && (1..=limits::MAX_SAMPLE_BATCH).contains(&a.batch),
+        "--count must be 1..={} and --batch 1..={}",
+        limits::MAX_SAMPLES,
+        limits::MAX_SAMPLE_BATCH
+    );
+    ensure!(
+        a.grid.is_none() || a.count <= limits::MAX_SAMPLE_BATCH,
+        "--grid holds at most {} images",
+        limits::MAX_SAMPLE_BATCH
+    );
+    let m = a.sampler.load()?;
+    let eps_theta = Sharded::new(&m.model, a.sampler.backend.shards());
+    let image = m.image();
+    let request = SampleRequest::consecutive(a.seed, a.count, a.sampler.steps, a.sampler.eta);
+    request.method(&m.diffusion, limits::MAX_SAMPLES).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut all = Vec::new();
+    for (k, seeds) in request.seeds.chunks(a.batch).enumerate() {
+        let batch = SampleRequest { seeds: seeds.to_vec(), ..request.clone() };
+        let values = to_vec(batch.sampler(&m.diffusion, image, &m.device).map_err(anyhow::Error::msg)?.run(&eps_theta));
+        for (i, pixels) in values.chunks_exact(image.iter().product()).enumerate() {
+            save_png(&a.out.join(format!("{:06}.png", k * a.batch + i)), pixels, image)?;
+        }
+        if a.grid.is_some() {
+            all.extend(values);
+        }
+        eprintln!("{}/{} images", (k * a.batch + seeds.len()), a.count);
+    }
+    if let Some(grid) = &a.grid {
+        Grid::new(&all, [a.count, image[0], image[1], image[2]], grid_cols(a.count), 2).save_png(grid, 2)?;
+    }
+    Ok(())
+}
+
+pub fn interpolate(a: InterpolateArgs) -> Result<()> {
+    ensure!((1..=limits::MAX_SCALE).contains(&a.scale), "--scale must be 1..={}", limits::MAX_SCALE);
+    let m = a.sampler.load()?;
+    let eps_theta = Sharded::new(&m.model, a.sampler.backend.shards());
+    let image = m.image();
+    let request = InterpolationRequest {
+        mode: a.mode.parse().map_err(anyhow::Error::msg)?,
+        seeds: [a.seed_a, a.seed_b],
+        t: a.t,
+        frames: a.frames,
+        steps: a.sampler.steps,
+        eta: a.sampler.eta,
+    };
+    request.check(&m.diffusion, limits::MAX_SAMPLE_BATCH).map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let ends = match request.mode {
+        ddpm::request::InterpolationMode::Noise => {
+            let ends = request.ends().sampler(&m.diffusion, image, &m.device).map_err(anyhow::Error::msg)?;
+            Some(ends.run(&eps_theta))
+        }
+        ddpm::request::InterpolationMode::Slerp => None,
+    };
+    let frames = request
+        .sampler(&m.diffusion, image, ends, limits::MAX_SAMPLE_BATCH, &m.device)
+        .map_err(anyhow::Error::msg)?
+        .run(&eps_theta);
+    Grid::new(&to_vec(frames), [a.frames, image[0], image[1], image[2]], a.frames, 2).save_png(&a.out, a.scale)
+}
+
+pub fn animate(a: AnimateArgs) -> Result<()> {
+    ensure!((2..=limits::MAX_FRAMES).contains(&a.frames), "--frames must be 2..={}", limits::MAX_FRAMES);
+    ensure!((1..=limits::MAX_SCALE).contains(&a.scale), "--scale must be 1..={}", limits::MAX_SCALE);
+    let m = a.sampler.load()?;
+    let image = m.image();
+    let request = SampleRequest::consecutive(a.seed, 1, a.sampler.steps, a.sampler.eta);
+    let mut sampler = request.sampler(&m.diffusion, image, &m.device).map_err(anyhow::Error::msg)?;
+    let total = sampler.total();
+    let mut frames = Vec::new();
+    let frame = |x: Tensor<4>, x0: Tensor<4>| {
+        let pair = to_vec(Tensor::cat(vec![x, x0], 0));
+        Grid::new(&pair, [2, image[0], image[1], image[2]], 2, 2).scaled(a.scale)
+    };
+    frames.push(frame(sampler.x().clone(), sampler.x().clone()));
+    while let Some(step) = sampler.step(&m.model) {
+        // Evenly spaced frames, always including the last step.
+        if step.index * (a.frames - 1) / total != (step.index - 1) * (a.frames - 1) / total || step.index == total {
+            frames.push(frame(sampler.x().clone(), step.x0_hat));
+        }
+    }
+    let last = frames.last().cloned().expect("at least one frame");
+    frames.extend(std::iter::repeat_n(last, 15));
+    save_gif(&a.out, frames, 80)
+}

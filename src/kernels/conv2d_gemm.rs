@@ -1,0 +1,80 @@
+//! A convolution's forward and backward passes on row-major slices, per image:
+//! * forward: col = im2col(x) [C_in·k·k, H'·W'], out = W [C_out, C_in·k·k] · col + b;
+//! * backward: ∂Wᵀ += col · ∂outᵀ, ∂b += Σ ∂out, ∂x = col2im(Wᵀ · ∂out).
+
+#[cfg(not(target_arch = "wasm32"))]
+use super::gemm::transpose;
+use super::gemm::{matmul, split_batch, with_scratch};
+#[cfg(not(target_arch = "wasm32"))]
+use super::im2col::col2im;
+use super::im2col::{Geometry, im2col, pointwise};
+
+/// out[b] = W · im2col(x[b]) + bias.
+pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let (rows, n) = g.col();
+    let (x_len, out_len) = (g.c_in * g.h * g.w, g.c_out * n);
+    // Starts as the bias, written once (no zeroing pass first); the products add to it.
+    let mut out = Vec::with_capacity(g.batch * out_len);
+    for _ in 0..g.batch {
+        for &v in bias {
+            out.resize(out.len() + n, v);
+        }
+    }
+    split_batch(g.batch, &mut out, out_len, |images, out, parallelism| {
+        with_scratch([if pointwise(g) { 0 } else { rows * n }, 0, 0], |[col, _, _]| {
+            for (b, out) in images.zip(out.chunks_mut(out_len)) {
+                let x = &x[b * x_len..][..x_len];
+                let col = if pointwise(g) { x } else { im2col(g, x, col) };
+                matmul(g.c_out, n, rows, out, true, weight, false, col, false, parallelism);
+            }
+        })
+    });
+    out
+}
+
+/// (∂x, ∂W, ∂b) from ∂out.
+#[cfg(not(target_arch = "wasm32"))]
+pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (rows, n) = g.col();
+    let (x_len, out_len) = (g.c_in * g.h * g.w, g.c_out * n);
+    let mut dx = vec![0.0f32; g.batch * x_len];
+    // Each slice of the batch sums its own ∂Wᵀ and ∂b; the sums are added in batch order, so
+    // that a run repeats bit for bit.
+    let partials = split_batch(g.batch, &mut dx, x_len, |images, dx, parallelism| {
+        let (mut dw_t, mut db) = (vec![0.0f32; rows * g.c_out], vec![0.0f32; g.c_out]);
+        let col_len = if pointwise(g) { 0 } else { rows * n };
+        with_scratch([col_len, col_len, g.c_out * n], |[col, dcol, d_out_t]| {
+            for (i, (b, dx)) in images.zip(dx.chunks_mut(x_len)).enumerate() {
+                let d_out = &d_out[b * out_len..][..out_len];
+                let x = &x[b * x_len..][..x_len];
+                let col = if pointwise(g) { x } else { im2col(g, x, col) };
+                // ∂Wᵀ [rows, C_out] += col [rows, n] · ∂outᵀ [n, C_out]. gemm copies the
+                // operand that shares the output's contiguous axis into panels, element by
+                // element when that axis is strided: ∂W = ∂out·colᵀ would copy col that way
+                // (a fifth of a training step), this form copies ∂outᵀ, transposed here once.
+                transpose(g.c_out, n, d_out, d_out_t);
+                matmul(rows, g.c_out, n, &mut dw_t, i > 0, col, false, d_out_t, false, parallelism);
+                for (d, row) in db.iter_mut().zip(d_out.chunks(n)) {
+                    *d += row.iter().sum::<f32>();
+                }
+                // ∂col [rows, n] = Wᵀ [rows, C_out] · ∂out [C_out, n]; for a 1×1 conv ∂col is ∂x.
+                if pointwise(g) {
+                    matmul(rows, n, g.c_out, dx, false, weight, true, d_out, false, parallelism);
+                } else {
+                    matmul(rows, n, g.c_out, dcol, false, weight, true, d_out, false, parallelism);
+                    col2im(g, dcol, dx);
+                }
+            }
+        });
+        (dw_t, db)
+    });
+    let mut partials = partials.into_iter();
+    let (mut dw_t, mut db) = partials.next().expect("a batch has at least one image");
+    for (pw, pb) in partials {
+        dw_t.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
+    let mut dw = vec![0.0f32; g.c_out * rows];
+    transpose(rows, g.c_out, &dw_t, &mut dw);
+    (dx, dw, db)
+}
