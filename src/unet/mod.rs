@@ -9,11 +9,15 @@
 //! * the attention block applies its GroupNorm before the projection (labml builds it, never uses it).
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
-use burn::nn::{Dropout, DropoutConfig, GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::nn::conv::{Conv2d, ConvTranspose2d};
+use burn::nn::{GroupNorm, GroupNormConfig};
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
+
+mod blocks;
+
+use blocks::conv3x3;
+pub use blocks::{AttentionBlock, ResBlock, Resample, ResidualBlock, TimeEmbedding, sinusoidal_embedding};
 
 use crate::kernels::{conv2d, group_norm_swish};
 use crate::limits;
@@ -204,174 +208,6 @@ impl UNetConfig {
             norm: GroupNormConfig::new(self.final_groups(), base).init(device),
             final_: conv3x3(base, self.image_channels, device),
         }
-    }
-}
-
-fn conv3x3(c_in: usize, c_out: usize, device: &Device) -> Conv2d {
-    Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device)
-}
-
-/// Swish(x) = x·σ(x) (labml's `Swish`; burn calls it SiLU).
-fn swish<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    silu(x)
-}
-
-/// Sinusoidal embedding of the step t (the Transformer's positional encoding, paper §4),
-/// followed by `lin1` → Swish → `lin2`.
-#[derive(Module, Debug)]
-pub struct TimeEmbedding {
-    lin1: Linear,
-    lin2: Linear,
-}
-
-impl TimeEmbedding {
-    fn new(n_channels: usize, device: &Device) -> Self {
-        Self {
-            lin1: LinearConfig::new(n_channels / 4, n_channels).init(device),
-            lin2: LinearConfig::new(n_channels, n_channels).init(device),
-        }
-    }
-
-    fn forward(&self, t: Tensor<1>) -> Tensor<2> {
-        let dim = self.lin1.weight.dims()[0];
-        self.lin2.forward(swish(self.lin1.forward(sinusoidal_embedding(t, dim))))
-    }
-}
-
-/// `[sin(t·f_0..f_{h-1}), cos(t·f_0..f_{h-1})]` with f_i = exp(−i·ln 10000 / (h − 1)), h = dim/2.
-pub fn sinusoidal_embedding(t: Tensor<1>, dim: usize) -> Tensor<2> {
-    let half = dim / 2;
-    let scale = -(10_000f64.ln()) / (half as f64 - 1.0);
-    let freqs: Vec<f32> = (0..half).map(|i| (i as f64 * scale).exp() as f32).collect();
-    let freqs = Tensor::<1>::from_data(TensorData::new(freqs, [half]), &t.device());
-    let angles = t.unsqueeze_dim::<2>(1) * freqs.unsqueeze_dim::<2>(0); // [B, half]
-    Tensor::cat(vec![angles.clone().sin(), angles.cos()], 1)
-}
-
-/// GroupNorm → Swish → conv, plus the projected time embedding, then GroupNorm → Swish →
-/// dropout → conv, plus a (1×1-projected when widths differ) shortcut.
-#[derive(Module, Debug)]
-pub struct ResidualBlock {
-    norm1: GroupNorm,
-    conv1: Conv2d,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    shortcut: Option<Conv2d>,
-    time_emb: Linear,
-    /// Holds the rate only: the mask comes from the caller's [`Noise`] (see [`UNet::forward_train`]).
-    dropout: Dropout,
-}
-
-impl ResidualBlock {
-    fn new(cfg: &UNetConfig, c_in: usize, c_out: usize, device: &Device) -> Self {
-        Self {
-            norm1: GroupNormConfig::new(cfg.groups, c_in).init(device),
-            conv1: conv3x3(c_in, c_out, device),
-            norm2: GroupNormConfig::new(cfg.groups, c_out).init(device),
-            conv2: conv3x3(c_out, c_out, device),
-            shortcut: (c_in != c_out).then(|| Conv2dConfig::new([c_in, c_out], [1, 1]).init(device)),
-            time_emb: LinearConfig::new(cfg.time_channels(), c_out).init(device),
-            dropout: DropoutConfig::new(cfg.dropout).init(),
-        }
-    }
-
-    fn forward(&self, x: Tensor<4>, t: &Tensor<2>, dropout: Option<&mut Noise>) -> Tensor<4> {
-        let h = conv2d(&self.conv1, group_norm_swish(&self.norm1, x.clone()));
-        let h = h + self.time_emb.forward(swish(t.clone())).unsqueeze_dims::<4>(&[2, 3]);
-        let h = group_norm_swish(&self.norm2, h);
-        let h = match dropout {
-            Some(noise) if self.dropout.prob > 0.0 => {
-                let mask = noise.keep_mask(h.dims(), 1.0 - self.dropout.prob, &h.device());
-                h * mask
-            }
-            _ => h,
-        };
-        let h = conv2d(&self.conv2, h);
-        h + match &self.shortcut {
-            Some(conv) => conv2d(conv, x),
-            None => x,
-        }
-    }
-}
-
-/// Single-head self-attention over the H·W positions with a residual add. The GroupNorm is
-/// applied first, as in the paper's code (labml builds `norm` but skips it).
-#[derive(Module, Debug)]
-pub struct AttentionBlock {
-    norm: GroupNorm,
-    projection: Linear,
-    output: Linear,
-}
-
-impl AttentionBlock {
-    fn new(c: usize, groups: usize, device: &Device) -> Self {
-        Self {
-            norm: GroupNormConfig::new(groups, c).init(device),
-            projection: LinearConfig::new(c, 3 * c).init(device),
-            output: LinearConfig::new(c, c).init(device),
-        }
-    }
-
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, c, hh, ww] = x.dims();
-        let n = hh * ww;
-        let h = self.norm.forward(x.clone()).reshape([b, c, n]).swap_dims(1, 2); // [B, N, C]
-        let qkv = self.projection.forward(h); // [B, N, 3C]
-        let q = qkv.clone().narrow(2, 0, c);
-        let k = qkv.clone().narrow(2, c, c);
-        let v = qkv.narrow(2, 2 * c, c);
-        // softmax(q kᵀ / √d_k) over the keys, d_k = C (one head).
-        let attn = softmax(q.matmul(k.swap_dims(1, 2)).mul_scalar((c as f64).powf(-0.5)), 2);
-        let out = self.output.forward(attn.matmul(v)); // [B, N, C]
-        x + out.swap_dims(1, 2).reshape([b, c, hh, ww])
-    }
-}
-
-/// labml's DownBlock/UpBlock: a residual block, then attention at the chosen resolutions.
-#[derive(Module, Debug)]
-pub struct ResBlock {
-    res: ResidualBlock,
-    attn: Option<AttentionBlock>,
-}
-
-impl ResBlock {
-    fn new(cfg: &UNetConfig, c_in: usize, c_out: usize, attn: bool, device: &Device) -> Self {
-        Self {
-            res: ResidualBlock::new(cfg, c_in, c_out, device),
-            attn: attn.then(|| AttentionBlock::new(c_out, cfg.groups, device)),
-        }
-    }
-
-    fn forward(&self, x: Tensor<4>, t: &Tensor<2>, dropout: Option<&mut Noise>) -> Tensor<4> {
-        let h = self.res.forward(x, t, dropout);
-        match &self.attn {
-            Some(attn) => attn.forward(h),
-            None => h,
-        }
-    }
-}
-
-/// Halves the resolution (3×3 conv, stride 2) or doubles it (4×4 transposed conv, stride 2);
-/// both hold their kernel in `conv`, as labml's Downsample/Upsample do.
-#[derive(Module, Debug)]
-pub struct Resample<C> {
-    conv: C,
-}
-
-impl Resample<Conv2d> {
-    fn down(c: usize, device: &Device) -> Self {
-        let conv = Conv2dConfig::new([c, c], [3, 3])
-            .with_stride([2, 2])
-            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-            .init(device);
-        Self { conv }
-    }
-}
-
-impl Resample<ConvTranspose2d> {
-    fn up(c: usize, device: &Device) -> Self {
-        let conv = ConvTranspose2dConfig::new([c, c], [4, 4]).with_stride([2, 2]).with_padding([1, 1]).init(device);
-        Self { conv }
     }
 }
 
