@@ -1,6 +1,6 @@
 //! Writes a randomly initialised UNet of the yardstick config (as `ddpm export` would) and one
 //! forward pass of it, so `scripts/torch_parity.py` can load the same weights into the PyTorch
-//! reference UNet (`../shared/ref/torch_bench.py`, labml's structure) and compare outputs.
+//! reference UNet (`scripts/ref_unet.py`, labml's structure) and compare outputs.
 //! `cargo run --release --example torch_parity -- OUT_DIR`
 use std::collections::HashMap;
 

@@ -1,20 +1,25 @@
-"""Loads ddpm-web's exported weights into the PyTorch reference UNet (labml's structure and
-state_dict keys, ../shared/ref/torch_bench.py) with strict=True and compares one forward pass.
+"""Loads ddpm-web's exported weights into our PyTorch reference UNet (scripts/ref_unet.py:
+labml's structure and state_dict keys, built from the file's own `unet` config) with
+strict=True and compares one forward pass with burn's.
 
     cargo run --release --example torch_parity -- /tmp/parity
-    .venv/bin/python scripts/torch_parity.py /tmp/parity
+    python scripts/torch_parity.py /tmp/parity        # needs torch, safetensors
 """
+import json
 import sys
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-sys.path.insert(0, "../shared/ref")
-from torch_bench import UNet  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ref_unet import UNet  # noqa: E402
 
 out = sys.argv[1]
-# Paper multipliers 1,2,4 are labml's compounding 1,2,2.
-model = UNet(image_channels=1, n_channels=32, ch_mults=(1, 2, 2), is_attn=(False, False, True), n_blocks=1).eval()
+with safe_open(f"{out}/unet.safetensors", "pt") as f:
+    cfg = json.loads(f.metadata()["unet"])
+model = UNet(cfg).eval()
 model.load_state_dict(load_file(f"{out}/unet.safetensors"), strict=True)
 io = load_file(f"{out}/io.safetensors")
 with torch.inference_mode():

@@ -18,7 +18,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Tells mimalloc to keep the memory it frees instead of handing it back to the kernel 10 ms
 /// later (its default): a training step frees and allocates the same large activations every
 /// step, and each page handed back comes back as a page fault and a zeroing pass in the kernel
-/// (13 % of a step in `perf`). The process stays at its peak size, which it reaches every step.
+/// (docs/speed.md has the share of a step). The process stays at its peak size, which it
+/// reaches every step.
 fn keep_freed_memory() {
     // `mi_option_purge_delay` of the mimalloc.h bundled with libmimalloc-sys 0.1.49 (v3); -1: never.
     const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;

@@ -197,7 +197,7 @@ fn bad_input_gets_a_clear_error() {
     std::fs::create_dir_all(&corrupt).unwrap();
     std::fs::write(corrupt.join("broken.png"), b"\x89PNG not really").unwrap();
     fails(&[&["train", "--data", corrupt.to_str().unwrap(), "--out", r][..], &tiny].concat(), "broken.png");
-    fails(&["train", "--data", "/no/such/folder", "--out", r], "not `mnist` and not a folder");
+    fails(&["train", "--data", "/no/such/folder", "--out", r], "not `mnist`, not `emoji` and not a folder");
     fails(&["train", "--data", "mnist", "--out", r, "--channel-mults", "1,2", "--attn", "0,0,1"], "same length");
     fails(&["train", "--data", "mnist", "--out", r, "--image-size", "30"], "multiple of 4");
     fails(&["train", "--data", "mnist", "--out", r, "--lr=-1"], "learning rate");

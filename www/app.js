@@ -120,7 +120,7 @@ async function startSampling() {
   const count = Number($('count').value);
   try {
     // DDIM's η: 0 is deterministic, 1 draws fresh noise every step as the paper's sampler does (more
-    // confidently classified digits, a higher MNIST-FD: see the README); full DDPM ignores it.
+    // confidently classified digits, a higher MNIST-FD: docs/mnist-model.md); full DDPM ignores it.
     model.start(seed, count, sampleSteps(), Number($('eta').value));
   } catch (e) {
     showError(e.message);
@@ -289,7 +289,7 @@ async function main() {
   $('backend').hidden = false;
   if (!model.on_gpu) {
     // A step's time grows with the batch on the CPU: one image with the default sampler is done
-    // in seconds there, four take four times as long (README, "The demo"); the menu still
+    // in seconds there, four take four times as long (docs/speed.md); the menu still
     // offers 4 and 16.
     $('count').value = '1';
     $('backend').classList.add('warn');

@@ -1,11 +1,11 @@
 //! The UNet's convolutions (every `Conv2d`: 3×3, its stride-2 Downsample, the 1×1 shortcuts) as
 //! im2col + one matrix product per image.
 //!
-//! burn-flex 0.22's conv2d reaches about 27 GFLOP/s on two cores here and its backward goes
-//! through generic fallbacks (a transposed convolution, and a convolution with batch and
-//! channels swapped for the weight gradient); the `gemm` crate that flex itself uses reaches
-//! far more on the same products laid out as im2col matrices. So on flex the convolution is
-//! im2col + one matrix product per image ([`super::conv2d_gemm`]), forward and backward.
+//! burn-flex 0.22's conv2d is slow on few cores, and its backward goes through generic
+//! fallbacks (a transposed convolution, and a convolution with batch and channels swapped for
+//! the weight gradient); the `gemm` crate that flex itself uses runs the same work as im2col
+//! matrix products several times faster (docs/speed.md). So on flex the convolution is im2col +
+//! one matrix product per image ([`super::conv2d_gemm`]), forward and backward.
 //!
 //! Other backends (wgpu and the other cubecl runtimes) run burn's own conv2d. Dilation and
 //! groups are not used by the UNet; a layer with either falls back to burn's conv2d everywhere.

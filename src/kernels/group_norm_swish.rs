@@ -2,9 +2,8 @@
 //! (labml's `act(norm(x))`), as one operation.
 //!
 //! Composed from tensor ops, the pair reads and writes each activation about ten times and
-//! evaluates σ with a scalar `expf` per element: 36-45 ms forward and 62-89 ms forward +
-//! backward for a 64×32×32×32 activation on flex, against 4 and 12-16 ms here (`cargo run
-//! --release --example profile`). So:
+//! evaluates σ with a scalar `expf` per element (the timings: docs/speed.md, `cargo run --release
+//! --example profile`). So:
 //! * flex gets two hand-written passes per group (statistics, then normalise + affine + Swish,
 //!   σ from a polynomial eˣ that vectorises, with AVX-512 or AVX2 where the CPU has them) and, under
 //!   autodiff, a fused backward of three more;

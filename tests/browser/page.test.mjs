@@ -133,7 +133,7 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
     else assert.match(backend, /CPU/);
     // The CPU fallback starts with one image, so that it is finished within seconds.
     assert.equal(await page.inputValue('#count'), gpu ? '16' : '1');
-    // The default sampler is the one the README's model card is measured with (DDIM, 150 steps, η = 1).
+    // The default sampler is the one the model card (docs/mnist-model.md) is measured with (DDIM, 150 steps, η = 1).
     assert.deepEqual([await page.inputValue('#sampler'), await page.inputValue('#ddim-steps'), await page.inputValue('#eta')],
       ['ddim', '150', '1']);
     // The model line names how the shipped file was trained, averaged snapshots included.

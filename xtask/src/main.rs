@@ -214,7 +214,7 @@ fn dist(root: &Path, out: &Path) -> Result<()> {
         std::fs::copy(root.join(from), &to).with_context(|| format!("copying {from} to {}", to.display()))?;
     }
     // The dev server's headers, for hosts that read a `_headers` file (Netlify, Cloudflare Pages;
-    // others take the same values in their own configuration, see the README).
+    // others take the same values in their own configuration, see docs/demo.md).
     let headers: String = serve::HEADERS.iter().map(|(name, value)| format!("  {name}: {value}\n")).collect();
     std::fs::write(out.join("_headers"), format!("/*\n{headers}"))?;
     eprintln!("wrote the demo to {} (serve it with any static file server, at any path)", out.display());
