@@ -53,8 +53,8 @@ enum Command {
     Animate(AnimateArgs),
     /// Time the UNet and one training and sampling step; prints JSON lines.
     Bench(BenchArgs),
-    /// Score a folder of generated digits: MNIST-FD (Fréchet distance on classifier features),
-    /// confidence, class spread, nearest training digits. Prints JSON.
+    /// Score a folder of generated images: MNIST-FD or emoji-FD (Fréchet distance on classifier features),
+    /// confidence, class spread, nearest training images. Prints JSON.
     Eval(EvalArgs),
 }
 

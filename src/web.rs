@@ -59,6 +59,28 @@ pub fn kernel_path() -> String {
     crate::kernels::simd_path().into()
 }
 
+/// An interpolation request ([`InterpolationRequest`]): `mode` "noise" is labml's method (A and
+/// B noised to step `t` and mixed), "slerp" DDIM's spherical mix of the seeds' initial noise.
+#[wasm_bindgen]
+pub struct Interpolation(InterpolationRequest);
+
+#[wasm_bindgen]
+impl Interpolation {
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        mode: &str,
+        seed_a: u32,
+        seed_b: u32,
+        t: usize,
+        frames: usize,
+        steps: usize,
+        eta: f64,
+    ) -> Result<Interpolation, JsError> {
+        let mode = mode.parse().map_err(js_err)?;
+        Ok(Self(InterpolationRequest { mode, seeds: [seed_a.into(), seed_b.into()], t, frames, steps, eta }))
+    }
+}
+
 fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
@@ -127,46 +149,24 @@ impl Ddpm {
     }
 
     /// Checks an interpolation request and starts sampling its A and B (as `ddpm interpolate`
-    /// samples them); [`Self::start_interpolation`] with the same arguments then runs the frames.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_interpolation_ends(
-        &mut self,
-        mode: &str,
-        seed_a: u32,
-        seed_b: u32,
-        t: usize,
-        frames: usize,
-        steps: usize,
-        eta: f64,
-    ) -> Result<(), JsError> {
-        let request = self.interpolation(mode, seed_a, seed_b, t, frames, steps, eta)?;
-        request.check(&self.diffusion, PAGE_MAX_FRAMES).map_err(js_err)?;
-        let ends = request.ends().sampler(&self.diffusion, self.image_shape(), &self.device).map_err(js_err)?;
+    /// samples them); [`Self::start_interpolation`] with the same request then runs the frames.
+    pub fn start_interpolation_ends(&mut self, request: &Interpolation) -> Result<(), JsError> {
+        request.0.check(&self.diffusion, PAGE_MAX_FRAMES).map_err(js_err)?;
+        let ends = request.0.ends().sampler(&self.diffusion, self.image_shape(), &self.device).map_err(js_err)?;
         self.sampler = Some(ends);
         self.cols = 2;
         Ok(())
     }
 
-    /// Starts the interpolation from A to B, `frames` values of λ from 0 to 1 as one batch:
-    /// `mode` "noise" is labml's method (A and B, the last finished run, mixed at step `t`),
-    /// "slerp" DDIM's spherical mix of the seeds' initial noise.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_interpolation(
-        &mut self,
-        mode: &str,
-        seed_a: u32,
-        seed_b: u32,
-        t: usize,
-        frames: usize,
-        steps: usize,
-        eta: f64,
-    ) -> Result<(), JsError> {
-        let request = self.interpolation(mode, seed_a, seed_b, t, frames, steps, eta)?;
+    /// Starts the interpolation from A to B, its frames as one batch: in "noise" mode A and B
+    /// are the last finished run's images (those of [`Self::start_interpolation_ends`]).
+    pub fn start_interpolation(&mut self, request: &Interpolation) -> Result<(), JsError> {
         let sampler = request
+            .0
             .sampler(&self.diffusion, self.image_shape(), self.last.clone(), PAGE_MAX_FRAMES, &self.device)
             .map_err(js_err)?;
         self.sampler = Some(sampler);
-        self.cols = frames;
+        self.cols = request.0.frames;
         Ok(())
     }
 
@@ -212,21 +212,6 @@ impl Ddpm {
 }
 
 impl Ddpm {
-    #[allow(clippy::too_many_arguments)]
-    fn interpolation(
-        &self,
-        mode: &str,
-        seed_a: u32,
-        seed_b: u32,
-        t: usize,
-        frames: usize,
-        steps: usize,
-        eta: f64,
-    ) -> Result<InterpolationRequest, JsError> {
-        let mode = mode.parse().map_err(js_err)?;
-        Ok(InterpolationRequest { mode, seeds: [seed_a.into(), seed_b.into()], t, frames, steps, eta })
-    }
-
     fn image_shape(&self) -> [usize; 3] {
         let u = &self.header.unet;
         [u.image_channels, u.image_size, u.image_size]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use ddpm::data::{self, Dataset};
-use ddpm::eval::{self, frechet_distance, symmetric_eigen};
+use ddpm::eval::{self, Reference, frechet_distance, symmetric_eigen};
 use ddpm::images::save_png;
 use ddpm::noise::Noise;
 
@@ -46,7 +46,7 @@ fn frechet_distance_closed_forms() {
 fn write(dir: &Path, data: &Dataset, indices: impl Iterator<Item = usize>) {
     std::fs::create_dir_all(dir).unwrap();
     for (n, i) in indices.enumerate() {
-        save_png(&dir.join(format!("{n:06}.png")), data.image(i), [1, 28, 28]).unwrap();
+        save_png(&dir.join(format!("{n:06}.png")), data.image(i), data.shape).unwrap();
     }
 }
 
@@ -63,9 +63,10 @@ fn real_digits_score_near_the_floor_noise_near_the_ceiling() {
     write(&ones, &held, std::iter::repeat_n(one, 200));
 
     let classifier = PathBuf::from(CLASSIFIER);
-    let r = eval::run(&real, &classifier).unwrap();
-    let n = eval::run(&noise, &classifier).unwrap();
-    let o = eval::run(&ones, &classifier).unwrap();
+    let reference = Reference::mnist().unwrap();
+    let r = eval::run(&reference, &real, &classifier).unwrap();
+    let n = eval::run(&reference, &noise, &classifier).unwrap();
+    let o = eval::run(&reference, &ones, &classifier).unwrap();
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
 
     assert!(f(&r, "classifier_held_out_accuracy") > 0.95, "{r}");
@@ -88,4 +89,28 @@ fn real_digits_score_near_the_floor_noise_near_the_ceiling() {
     // Real training digits are copies of themselves: the nearest-neighbour check sees it.
     assert_eq!(f(&o, "near_copies") as usize, 200, "{o}");
     assert!(f(&n, "near_copies") == 0.0, "{n}");
+}
+
+#[test]
+fn real_emoji_score_near_the_floor_copies_are_caught() {
+    // The emoji-FD: held-out emoji (other base emoji than any trained on) near its floor, noise
+    // near its ceiling, and training images, which a memorising model would draw, all counted
+    // as closer to the training set than any held-out emoji is.
+    let reference = Reference::emoji().unwrap();
+    let root = TempDir::new("eval-emoji");
+    let (real, noise, copies) = (root.join("real"), root.join("noise"), root.join("copies"));
+    write(&real, &reference.held, 0..reference.held.len());
+    let n: usize = reference.held.shape.iter().product();
+    let noisy = Dataset { shape: reference.held.shape, pixels: Noise::new(5).gaussian_vec(300 * n), labels: None };
+    write(&noise, &noisy, 0..300);
+    write(&copies, &reference.trained_on, (0..300).map(|i| i * 7));
+    let classifier = PathBuf::from("weights/emoji-classifier.safetensors");
+    let [r, z, c] = [&real, &noise, &copies].map(|d| eval::run(&reference, d, &classifier).unwrap());
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+    assert!(f(&r, "classifier_held_out_accuracy") > 0.5, "{r}");
+    assert!(f(&r, "emoji_fd") < 0.1 * f(&r, "emoji_fd_ceiling_noise"), "{r}");
+    assert!(f(&z, "emoji_fd") > 0.5 * f(&z, "emoji_fd_ceiling_noise"), "{z}");
+    assert_eq!(f(&c, "closer_than_closest_held_out"), 300.0, "{c}");
+    assert_eq!(f(&r, "closer_than_closest_held_out"), 0.0, "{r}");
+    assert_eq!(f(&z, "closer_than_closest_held_out"), 0.0, "{z}");
 }

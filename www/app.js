@@ -1,6 +1,7 @@
-// The page: fetches the weights, asks the wasm module for one denoising step at a time and
-// draws it. All maths is in Rust (src/web.rs); this file only wires controls to it.
-import init, { Ddpm, kernel_path, max_weights_bytes, page_limits } from './pkg/ddpm.js';
+// The page: fetches the weights, hands them to the model's worker (model-client.js), asks it for
+// one denoising step at a time and draws it. All maths is in Rust (src/web.rs), run in the
+// worker; this thread only wires controls to it and draws.
+import { ModelClient } from './model-client.js';
 import { cachedWeights } from './weights-cache.js';
 
 const $ = (id) => document.getElementById(id);
@@ -10,15 +11,21 @@ const weightsUrl = params.get('weights') ?? 'weights/mnist.safetensors';
 // State the tests read (tests/browser/); nothing here is needed by the page itself.
 const state = window.ddpmState = {
   ready: false, backend: null, error: null, stepsDrawn: 0, lastStep: null, running: false,
-  interpolationReady: false, msPerStep: [], firstStepAt: null, loaded: {},
+  interpolationReady: false, msPerStep: [], firstStepAt: null, loaded: {}, notices: [],
   runIndices: [], // the step indices drawn by the latest run, in order
 };
 
-let model = null;
-let wasm = null; // the module's exports, for its memory size
-// The memory the page holds, for the tests' leak checks: the wasm linear memory and, where the
-// browser reports it, the JS heap.
-window.ddpmMemory = () => ({ wasm: wasm?.memory.buffer.byteLength ?? 0, heap: performance.memory?.usedJSHeapSize ?? 0 });
+let model = null; // what the worker reported of the loaded model
+const client = new ModelClient({ onNotice: (text) => showNotice(text) });
+// The memory the page holds, for the tests' leak checks: the worker's wasm linear memory and,
+// where the browser reports it, this thread's JS heap.
+window.ddpmMemory = async () => ({ wasm: await client.memory(), heap: performance.memory?.usedJSHeapSize ?? 0 });
+// Test hooks: a request as the page would send it, answered with the module's error or
+// 'accepted' (cancelled at its first step); and a lost GPU device.
+window.ddpmTry = (kind, args) => new Promise((resolve) => {
+  client.run(kind, args, () => { client.cancel(); resolve('accepted'); }).then(() => resolve('accepted'), (e) => resolve(e.message));
+});
+window.ddpmLoseDevice = () => client.destroyDevice();
 let runId = 0; // a run stops drawing as soon as a newer run (or stop) bumps this
 
 function showError(message) {
@@ -28,6 +35,14 @@ function showError(message) {
   $('status').textContent = 'Something went wrong (see above).';
 }
 
+// A notice from the model's worker (a lost GPU and what happens next), shown with the backend.
+let notice = '';
+function showNotice(text) {
+  state.notices.push(text);
+  notice = text;
+  if (model) showBackend(model);
+}
+
 function draw(canvas, width, height, rgba) {
   if (canvas.width !== width || canvas.height !== height) {
     canvas.width = width;
@@ -35,8 +50,6 @@ function draw(canvas, width, height, rgba) {
   }
   canvas.getContext('2d').putImageData(new ImageData(rgba, width, height), 0, 0);
 }
-
-const yieldToBrowser = () => new Promise((resolve) => setTimeout(resolve, 0));
 
 // Fetches with a progress bar; any failure is turned into a sentence for the page. A file above
 // the loader's bound (`limit`, a promise: the module may still be loading) is refused as soon as
@@ -78,33 +91,26 @@ async function fetchWeights(url, limit) {
   return bytes;
 }
 
-// Runs the model's current sampler to the end, drawing each step; resolves to the last step
-// or null if the run was replaced or stopped.
-async function drive(id, onStep) {
+// Runs a request in the worker to the end, drawing each step; resolves to the last step or null
+// if the run was replaced or stopped. A run restarted after a lost GPU starts its steps again.
+async function drive(id, kind, args, onStep) {
   let last = null;
   state.runIndices = [];
-  for (;;) {
-    // Checked before every step, not only after: a loop waking from its yield after a newer run
-    // started must not take a step of that run.
-    if (id !== runId) return null;
-    const t0 = performance.now();
-    const step = await model.step();
-    if (id !== runId) return null;
-    if (!step) return last;
-    const ms = performance.now() - t0;
+  const finished = await client.run(kind, args, (step, ms) => {
+    if (id !== runId) return;
+    if (step.index === 1) state.runIndices = [];
     state.msPerStep.push(ms);
     onStep(step, ms);
     state.runIndices.push(step.index);
     state.stepsDrawn += 1;
     state.firstStepAt ??= performance.now();
     last = step;
-    if (step.done) return last;
-    await yieldToBrowser();
-  }
+  });
+  return finished && id === runId ? last : null;
 }
 
 function sampleSteps() {
-  return $('sampler').value === 'ddpm' ? model.diffusion_steps : Number($('ddim-steps').value);
+  return $('sampler').value === 'ddpm' ? model.diffusionSteps : Number($('ddim-steps').value);
 }
 
 function setRunning(running) {
@@ -118,19 +124,14 @@ async function startSampling() {
   const id = ++runId;
   const seed = Number($('seed').value) >>> 0;
   const count = Number($('count').value);
-  try {
-    // DDIM's η: 0 is deterministic, 1 draws fresh noise every step as the paper's sampler does (more
-    // confidently classified digits, a higher MNIST-FD: docs/mnist-model.md); full DDPM ignores it.
-    model.start(seed, count, sampleSteps(), Number($('eta').value));
-  } catch (e) {
-    showError(e.message);
-    return;
-  }
   $('error').hidden = true;
   setRunning(true);
   $('download').disabled = true;
   const recent = []; // the last steps' times, for the time left
-  const last = await drive(id, (step, ms) => {
+  // DDIM's η: 0 is deterministic, 1 draws fresh noise every step as the paper's sampler does (more
+  // confidently classified digits, a higher MNIST-FD: docs/mnist-model.md); full DDPM ignores it.
+  const args = [seed, count, sampleSteps(), Number($('eta').value)];
+  const last = await drive(id, 'sample', args, (step, ms) => {
     draw($('xt'), step.width, step.height, step.x_t);
     draw($('x0'), step.width, step.height, step.x0);
     state.lastStep = { index: step.index, total: step.total, t: step.t };
@@ -140,7 +141,7 @@ async function startSampling() {
     const left = (step.total - step.index) * perStep / 1000;
     $('progress-text').textContent = `step ${step.index} / ${step.total} (t = ${step.t}) · ${ms.toFixed(0)} ms per step` +
       (step.index < step.total ? ` · about ${left < 10 ? left.toFixed(1) : Math.round(left)} s left` : '');
-  }).catch((e) => { showError(e.message ?? String(e)); return null; });
+  }).catch((e) => { if (id === runId) showError(e.message ?? String(e)); return null; });
   if (id !== runId) return;
   setRunning(false);
   $('download').disabled = !last;
@@ -149,7 +150,7 @@ async function startSampling() {
 
 function stop() {
   runId += 1;
-  model.cancel();
+  client.cancel();
   setRunning(false);
   $('status').textContent = 'Stopped.';
   $('progress-text').textContent += ' · stopped';
@@ -209,20 +210,18 @@ async function interpolate() {
     // 1. The two samples, with the same deterministic DDIM sampler the frames use (the request is
     // checked before A and B are drawn).
     const request = [mode, seedA, seedB, t, frames, steps, 0];
-    model.start_interpolation_ends(...request);
-    const ends = await drive(id, (s) => {
+    const ends = await drive(id, 'ends', request, (s) => {
       draw($('morph'), s.width, s.height, s.x0);
       $('interp-text').textContent = `sampling A and B: step ${s.index} / ${s.total}`;
     });
     if (!ends) return;
     // labml's frames at λ = 0 and 1 are A and B noised to t and denoised again, near A and B
     // but not equal to them: A and B themselves stay in view beside the slider.
-    const size = model.image_size;
+    const size = model.imageSize;
     draw($('morph-a'), size, size, tile(ends, 0, size));
     draw($('morph-b'), size, size, tile(ends, 1, size));
     // 2. Every frame at once, as one batch through the reverse process.
-    model.start_interpolation(...request);
-    const last = await drive(id, (s) => {
+    const last = await drive(id, 'frames', request, (s) => {
       draw($('morph'), s.width, s.height, s.x0);
       $('interp-text').textContent = `denoising ${frames} frames together: step ${s.index} / ${s.total}`;
     });
@@ -234,7 +233,7 @@ async function interpolate() {
     state.interpolationReady = true;
     showFrame();
   } catch (e) {
-    showError(e.message ?? String(e));
+    if (id === runId) showError(e.message ?? String(e));
   } finally {
     if (id === runId) setRunning(false);
   }
@@ -242,9 +241,8 @@ async function interpolate() {
 
 // The inputs' bounds come from the module (the page's) and the model (its T), not from numbers
 // in the HTML.
-function applyLimits() {
-  const limits = JSON.parse(page_limits());
-  const T = model.diffusion_steps;
+function applyLimits(limits) {
+  const T = model.diffusionSteps;
   $('ddim-steps').max = String(T);
   $('t').max = String(T - 1);
   $('frames').max = String(limits.max_frames);
@@ -255,52 +253,85 @@ function applyLimits() {
   Object.assign(state, { limits: { ...limits, diffusion_steps: T } });
 }
 
+// The batch sizes whose kernels are compiled before the first step. burn-wgpu's kernels are
+// not specialised on the batch size (measured: after one batch-1 evaluation the first step at
+// batch 4 or 16 is as fast as the second; docs/speed.md), so the cheapest evaluation compiles
+// what every run uses.
+function warmBatches() {
+  return [1];
+}
+
+// Which backend runs the model, and why when it is the CPU.
+function showBackend(info) {
+  state.backend = info.backend;
+  state.kernels = info.kernels;
+  state.imageSize = info.imageSize;
+  $('backend').textContent = `Running on: ${info.backend}` + (notice ? ` — ${notice}` : '');
+  $('backend').hidden = false;
+  $('backend').classList.toggle('warn', !info.onGpu || notice !== '');
+  if (!info.onGpu) {
+    $('backend').classList.add('warn');
+    if (!('gpu' in navigator)) $('backend').textContent += ' (this browser has no WebGPU)';
+  }
+}
+
 async function main() {
+  let limits;
   try {
-    // The module and the weights download side by side; each phase's end is kept for the benchmark.
-    const module = init().then((exports) => { wasm = exports; state.loaded.wasm = performance.now(); });
+    // The module (in the worker) and the weights download side by side; each phase's end is kept
+    // for the benchmark.
+    const module = client.hello.then((hello) => { state.loaded.wasm = performance.now(); return hello; });
     // The manifest names each model's size and SHA-256: a file it lists is kept across visits.
     const manifest = await fetch('weights/index.json', { cache: 'no-cache' })
       .then((r) => (r.ok ? r.json() : null)).catch(() => null);
     const entry = manifest?.models?.find((m) => `weights/${m.file}` === weightsUrl) ?? null;
-    const download = () => fetchWeights(weightsUrl, module.then(() => max_weights_bytes()));
-    const [, weights] = await Promise.all([
+    const download = () => fetchWeights(weightsUrl, module.then((hello) => hello.maxWeightsBytes));
+    const [hello, weights] = await Promise.all([
       module,
       cachedWeights(weightsUrl, entry, download, params.get('store'))
         .then((w) => { state.loaded.weights = performance.now(); return w; }),
     ]);
-    const bytes = weights.bytes;
     state.weightsSource = weights.source;
     $('loading').hidden = true;
     const wantGpu = params.get('backend') !== 'cpu' && 'gpu' in navigator;
     $('status').textContent = wantGpu ? 'Starting WebGPU…' : 'Starting the CPU backend…';
-    model = await Ddpm.create(bytes, wantGpu);
-    window.ddpmModel = model; // for the browser tests
+    model = await client.load(weights.bytes, wantGpu);
     state.loaded.model = performance.now();
+    limits = hello.limits;
   } catch (e) {
     showError(`Could not load the model: ${e.message ?? e}`);
     return;
   }
-  state.backend = model.backend;
-  state.kernels = model.on_gpu ? 'webgpu' : kernel_path();
-  state.imageSize = model.image_size;
-  applyLimits();
-  $('backend').textContent = `Running on: ${model.backend}`;
-  $('backend').hidden = false;
-  if (!model.on_gpu) {
+  showBackend(model);
+  client.onRecovered = (info) => { model = info; showBackend(info); };
+  applyLimits(limits);
+  if (!model.onGpu) {
     // A step's time grows with the batch on the CPU: one image with the default sampler is done
     // in seconds there, four take four times as long (docs/speed.md); the menu still
     // offers 4 and 16.
     $('count').value = '1';
-    $('backend').classList.add('warn');
-    if (!('gpu' in navigator)) $('backend').textContent += ' (this browser has no WebGPU)';
   }
-  const info = JSON.parse(model.describe());
+  const info = JSON.parse(model.describe);
   const steps = (list) => list.split(',').map((s) => Number(s).toLocaleString()).join(', ');
   $('model-info').textContent = `Model: ${info.params.toLocaleString()} parameters, ` +
     `${info.unet.image_size}×${info.unet.image_size}, T = ${info.schedule.steps}` +
     (info.info.train_steps ? `, trained ${steps(info.info.train_steps)} steps` : '') +
     (info.info.averaged_train_steps ? ` (the mean of its weights at steps ${steps(info.info.averaged_train_steps)})` : '') + '.';
+  if (model.onGpu) {
+    // WebGPU compiles each kernel the first time it runs: compile them now, with progress,
+    // rather than in the visitor's first step.
+    client.onWarming = (done, total) => {
+      $('status').textContent = `Preparing GPU kernels (${done}/${total})…`;
+      $('progress').value = done / total;
+    };
+    $('status').textContent = 'Preparing GPU kernels…';
+    $('loading').querySelector('label').textContent = 'Preparing GPU kernels';
+    $('progress').value = 0;
+    $('loading').hidden = false;
+    await client.warm(warmBatches());
+    $('loading').hidden = true;
+    state.loaded.warm = performance.now();
+  }
   $('status').textContent = 'Ready.';
   state.ready = true;
   $('start').disabled = false;

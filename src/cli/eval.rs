@@ -1,21 +1,30 @@
-//! `ddpm eval`: the MNIST-FD report on a folder of samples.
+//! `ddpm eval`: the quality report on a folder of samples (MNIST-FD or emoji-FD and the rest).
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 
+use ddpm::eval::{self, Reference};
+
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Folder of generated 28×28 digits (as written by `ddpm sample`).
+    /// Folder of generated images as written by `ddpm sample` (28×28 digits; 32×32 RGB emoji).
     #[arg(long)]
     samples: PathBuf,
-    /// The digit classifier, trained on first use and cached here.
-    #[arg(long, default_value = "weights/mnist-classifier.safetensors")]
-    classifier: PathBuf,
+    /// The real images to compare with: `mnist` or `emoji`.
+    #[arg(long, default_value = "mnist")]
+    data: String,
+    /// The classifier, trained on first use and cached here [default:
+    /// weights/mnist-classifier.safetensors or weights/emoji-classifier.safetensors].
+    #[arg(long)]
+    classifier: Option<PathBuf>,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    println!("{}", ddpm::eval::run(&a.samples, &a.classifier)?);
+    let reference = Reference::named(&a.data)?;
+    let classifier =
+        a.classifier.unwrap_or_else(|| format!("weights/{}-classifier.safetensors", reference.name).into());
+    println!("{}", eval::run(&reference, &a.samples, &classifier)?);
     Ok(())
 }

@@ -6,7 +6,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use burn::backend::TensorMetadata;
 #[cfg(not(target_arch = "wasm32"))]
 use burn::backend::autodiff::{
     Autodiff, NodeId,
@@ -14,9 +13,9 @@ use burn::backend::autodiff::{
     grads::Gradients,
     ops::{Backward, Ops, OpsKind},
 };
-use burn::backend::flex::{Flex, FlexTensor};
+use burn::backend::flex::FlexTensor;
 #[cfg(not(target_arch = "wasm32"))]
-use burn::backend::tensor::FloatTensor;
+use burn::backend::{TensorMetadata, flex::Flex, tensor::FloatTensor};
 use burn::tensor::TensorData;
 
 /// An operation on three contiguous f32 flex tensors (input, weight-like, bias-like), with its

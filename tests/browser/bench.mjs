@@ -9,7 +9,8 @@ import { launch } from './harness.mjs';
 const URL_ = process.env.DDPM_URL;
 const emit = (o) => console.log(JSON.stringify(o));
 
-const files = ['www/pkg/ddpm_bg.wasm', 'www/pkg/ddpm.js', 'www/app.js', 'www/index.html', 'www/style.css'];
+const files = ['www/pkg/ddpm_bg.wasm', 'www/pkg/ddpm.js', 'www/app.js', 'www/model-client.js', 'www/model-worker.js',
+  'www/weights-cache.js', 'www/index.html', 'www/style.css'];
 const gz = files.reduce((n, f) => n + gzipSync(readFileSync(f), { level: 9 }).length, 0);
 const raw = files.reduce((n, f) => n + readFileSync(f).length, 0);
 emit({ what: 'bundle', files, bytes: raw, gzip_bytes: gz, gzip_mb: +(gz / 1e6).toFixed(3) });
@@ -57,15 +58,28 @@ for (const webgpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' 
     }
   }
   const kernels = await page.evaluate(() => window.ddpmState.kernels);
-  const run = async (batch, steps) => {
+  // Every step's ms of one run.
+  const steps = async (batch, n) => {
     await page.selectOption('#count', String(batch));
     await page.selectOption('#sampler', 'ddim');
-    await page.fill('#ddim-steps', String(steps));
+    await page.fill('#ddim-steps', String(n));
     const before = await page.evaluate(() => window.ddpmState.msPerStep.length);
     await page.click('#start');
-    await page.waitForFunction((n) => window.ddpmState.msPerStep.length >= n && !window.ddpmState.running, before + steps, { timeout: 600_000 });
-    return page.evaluate((n) => window.ddpmState.msPerStep.slice(n + 2), before);
+    await page.waitForFunction((k) => window.ddpmState.msPerStep.length >= k && !window.ddpmState.running, before + n, { timeout: 1_800_000 });
+    return page.evaluate((k) => window.ddpmState.msPerStep.slice(k), before);
   };
+  const run = async (batch, n) => (await steps(batch, n)).slice(2);
+  if (webgpu) {
+    // Kernel compilation: the first step at a batch size the page has not run yet against the
+    // second (the autostarted run compiled batch 16), and whether steps stay as fast later in a
+    // run (an autotuner would make the first steps of every visit slow): steps 1-10 vs 50-60.
+    for (const batch of [1, 4]) {
+      const all = await steps(batch, 3);
+      emit({ backend, what: 'first_steps_at_new_batch', batch, ms: all.map(Math.round) });
+    }
+    const all = await steps(1, 60);
+    emit({ backend, what: 'steps_1_10_vs_50_60', batch: 1, ms_1_10: +median(all.slice(0, 10)).toFixed(1), ms_50_60: +median(all.slice(49, 60)).toFixed(1) });
+  }
   // Untimed: V8 starts the wasm in its baseline compiler and optimises hot functions in the
   // background; time the steady state, as `ddpm bench` does after its warm-up.
   await run(1, 12);

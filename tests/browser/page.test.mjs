@@ -127,10 +127,16 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
     const browser = await launch({ webgpu: gpu });
     browsers.push(browser);
     const page = await browser.page();
+    await watchLongTasks(page);
     await ready(page);
     const backend = await page.textContent('#backend');
     if (gpu) assert.match(backend, /Running on: WebGPU/);
     else assert.match(backend, /CPU/);
+    // On WebGPU the kernels were compiled before the page said it was ready (on the CPU there
+    // is nothing to compile).
+    const loaded = await page.evaluate(() => window.ddpmState.loaded);
+    if (gpu) assert.ok(loaded.warm > loaded.model, JSON.stringify(loaded));
+    else assert.equal(loaded.warm, undefined);
     // The CPU fallback starts with one image, so that it is finished within seconds.
     assert.equal(await page.inputValue('#count'), gpu ? '16' : '1');
     // The default sampler is the one the model card (docs/mnist-model.md) is measured with (DDIM, 150 steps, η = 1).
@@ -188,6 +194,19 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
           const { mean, max } = compare(await at(i), native[i]);
           assert.ok(same({ mean, max }), `${mode} frame ${i}: mean ${mean.toFixed(3)}, max ${max}`);
         }
+        // A drag is drawn in the input event itself, well within one frame (16.7 ms at 60 Hz).
+        const drag = await page.evaluate((frames) => {
+          const l = document.getElementById('lambda');
+          let worst = 0;
+          for (let i = 0; i < 3 * frames; i++) {
+            const t0 = performance.now();
+            l.value = String(i % frames);
+            l.dispatchEvent(new Event('input'));
+            worst = Math.max(worst, performance.now() - t0);
+          }
+          return worst;
+        }, frames);
+        assert.ok(drag < 16.7, `a slider move took ${drag.toFixed(1)} ms to draw`);
         assert.ok(compare(native[2], native[0]).mean > 2 && compare(native[2], native[frames - 1]).mean > 2,
           'the middle frame differs from both ends');
         // A and B themselves, drawn beside the slider, are `ddpm sample`'s images for the seeds.
@@ -220,9 +239,66 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
       assert.equal(await page.evaluate(() => window.ddpmState.lastStep.total), 5);
     });
 
+    await t.test('the main thread never blocks: no task over 50 ms after the model loaded', async () => {
+      const tasks = await longTasksAfterLoad(page);
+      console.log(JSON.stringify({ what: 'main_thread_long_tasks', backend: label, tasks }));
+      assert.deepEqual(tasks, [], 'every step ran in the worker');
+    });
+
     assert.deepEqual(browser.errors, [], 'no page errors or console errors');
   });
 }
+
+// The model runs in a worker: long tasks (PerformanceObserver 'longtask': > 50 ms) on the main
+// thread are collected from the first script on.
+async function watchLongTasks(page) {
+  await page.addInitScript(() => {
+    window.ddpmLongTasks = [];
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) window.ddpmLongTasks.push({ start: Math.round(e.startTime), ms: Math.round(e.duration) });
+    }).observe({ type: 'longtask', buffered: true });
+  });
+}
+
+const longTasksAfterLoad = (page) => page.evaluate(() => window.ddpmLongTasks.filter((t) => t.start > window.ddpmState.loaded.model));
+
+// A lost GPU device (a driver reset; here GPUDevice.destroy() from the test hook, which takes
+// the same path): the page says so, starts a fresh worker with a fresh device and runs the
+// interrupted request again, equal to `ddpm sample`; after the third loss it goes on on the CPU.
+test('WebGPU: a lost device gets a fresh worker, then the CPU, and the run still finishes', { skip: !backends.includes('webgpu'), timeout: 1_800_000 }, async () => {
+  const browser = await launch({ webgpu: true });
+  browsers.push(browser);
+  const page = await browser.page();
+  await ready(page);
+  assert.match(await page.textContent('#backend'), /Running on: WebGPU/);
+  const steps = 4;
+  const loseMidRun = async (seed) => {
+    const before = await sample(page, seed, 1, steps, ETA);
+    await page.waitForFunction((n) => window.ddpmState.stepsDrawn >= n + 1, before, { timeout: 300_000, polling: 10 });
+    const notices = await page.evaluate(() => window.ddpmState.notices.length);
+    await page.evaluate(() => window.ddpmLoseDevice());
+    await page.waitForFunction((n) => window.ddpmState.notices.length > n, notices, { timeout: 60_000, polling: 10 });
+    await waitDone(page);
+    const s = await page.evaluate(() => ({ indices: window.ddpmState.runIndices, backend: window.ddpmState.backend,
+      notice: window.ddpmState.notices.at(-1), error: window.ddpmState.error }));
+    assert.equal(s.error, null);
+    assert.deepEqual(s.indices, Array.from({ length: steps }, (_, i) => i + 1), 'the run started again and drew every step');
+    const size = await page.evaluate(() => window.ddpmState.imageSize);
+    const [drawn] = await canvasTiles(page, 'xt', 1, size);
+    assert.ok(same(compare(drawn, nativeSamples(seed, 1, steps, ETA)[0])), 'the restarted run equals `ddpm sample`');
+    return s;
+  };
+  for (const seed of [21, 22]) {
+    const s = await loseMidRun(seed);
+    assert.match(s.notice, /GPU device was lost .*fresh device/);
+    assert.equal(s.backend, 'WebGPU');
+  }
+  const s = await loseMidRun(23);
+  assert.match(s.notice, /lost 3 times .*continuing on the CPU/);
+  assert.match(s.backend, /CPU/);
+  assert.match(await page.textContent('#backend'), /continuing on the CPU/);
+  assert.deepEqual(browser.errors.filter((e) => !/lost|destroyed|Device/i.test(e)), []);
+});
 
 // The CPU fallback (fast enough to run many times): rapid events never leave a stale loop
 // touching a newer run, and memory stays flat over many runs.
@@ -346,14 +422,13 @@ test('the inputs take their bounds from the module and the model, not from the H
   assert.equal(bounds.ddpm, 'DDPM, all 200 steps (the paper)');
   assert.ok(bounds.counts.every((n) => n <= 64));
   // The module refuses what the bounds exclude, whatever the inputs say.
-  const refused = await page.evaluate(() => {
-    const tries = [() => window.ddpmModel.start(0, 65, 10, 0), () => window.ddpmModel.start(0, 1, 201, 0),
-      () => window.ddpmModel.start_interpolation_ends('noise', 0, 1, 200, 9, 10, 0),
-      () => window.ddpmModel.start_interpolation_ends('noise', 0, 1, 100, 33, 10, 0)];
-    return tries.map((f) => { try { f(); return 'accepted'; } catch (e) { return e.message; } });
-  });
+  const refused = await page.evaluate(async () => [
+    await window.ddpmTry('sample', [0, 65, 10, 0]), await window.ddpmTry('sample', [0, 1, 201, 0]),
+    await window.ddpmTry('ends', ['noise', 0, 1, 200, 9, 10, 0]), await window.ddpmTry('ends', ['noise', 0, 1, 100, 33, 10, 0]),
+    await window.ddpmTry('sample', [0, 2, 10, 0]),
+  ]);
   assert.deepEqual(refused, ['number of images must be 1..=64, got 65', 'sampling steps must be in 1..=200, got 201',
-    't must be below T = 200, got 200', 'frames must be 2..=32, got 33']);
+    't must be below T = 200, got 200', 'frames must be 2..=32, got 33', 'accepted']);
   assert.deepEqual(browser.errors, []);
 });
 

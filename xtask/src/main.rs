@@ -187,9 +187,11 @@ fn build_web(root: &Path) -> Result<()> {
 
 /// What the page loads, relative to the site: every URL in the page is relative, so the folder
 /// works under any sub-path. The weights are the page's default model (`www/app.js`).
-const DIST_FILES: [(&str, &str); 8] = [
+const DIST_FILES: [(&str, &str); 10] = [
     ("www/index.html", "index.html"),
     ("www/app.js", "app.js"),
+    ("www/model-client.js", "model-client.js"),
+    ("www/model-worker.js", "model-worker.js"),
     ("www/weights-cache.js", "weights-cache.js"),
     ("www/style.css", "style.css"),
     ("www/pkg/ddpm.js", "pkg/ddpm.js"),

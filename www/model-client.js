@@ -1,0 +1,146 @@
+// The main thread's handle on the model worker (model-worker.js): loads the weights into it,
+// runs requests step by step (a new run replaces the old at once; stop cancels within one
+// step), and recovers from a lost GPU: a fresh worker with a fresh device, at most
+// `GPU_RETRIES` times, then the CPU, and the interrupted run starts again there.
+const GPU_RETRIES = 2;
+
+export class ModelClient {
+  constructor({ onNotice }) {
+    this.onNotice = onNotice; // (text) => void: what the page should tell the visitor
+    this.runId = 0;
+    this.active = null; // {id, kind, args, onStep, resolve, reject}
+    this.losses = 0;
+    this.spawn();
+  }
+
+  // A fresh worker; `hello` resolves to the module's bounds once the wasm is instantiated.
+  spawn() {
+    const worker = new Worker(new URL('./model-worker.js', import.meta.url), { type: 'module' });
+    this.worker = worker;
+    this.pending = {}; // type → resolve, for the one-off replies
+    this.hello = new Promise((resolve, reject) => { this.pending.hello = resolve; this.pending.fail = reject; });
+    // A replaced worker's last messages (a second report of the same loss) are ignored.
+    worker.onmessage = ({ data }) => { if (worker === this.worker) this.receive(data); };
+    worker.onerror = (e) => { if (worker === this.worker) this.fail(new Error(`the model worker failed: ${e.message ?? e}`)); };
+  }
+
+  fail(error) {
+    this.pending.fail?.(error);
+    this.pending.loaded?.reject(error);
+    if (this.active) { this.active.reject(error); this.active = null; }
+  }
+
+  receive(data) {
+    const active = this.active;
+    switch (data.type) {
+      case 'hello': this.pending.hello(data); break;
+      case 'loaded': this.pending.loaded?.resolve(data); break;
+      case 'memory': this.pending.memory?.(data); break;
+      case 'warming':
+        this.onWarming?.(data.done, data.total);
+        if (data.done === data.total) this.pending.warm?.();
+        break;
+      case 'step':
+        if (active && data.id === active.id) active.onStep(data.step, data.ms);
+        break;
+      case 'done':
+        if (active && data.id === active.id) { this.active = null; active.resolve(true); }
+        break;
+      case 'error': {
+        const error = new Error(data.message);
+        if (data.id === null) this.fail(error);
+        else if (active && data.id === active.id) { this.active = null; active.reject(error); }
+        break;
+      }
+      case 'lost': this.recover(data.reason); break;
+    }
+  }
+
+  // Builds the model in the worker from the weights (kept, to rebuild it after a lost GPU).
+  load(bytes, wantGpu) {
+    this.loading = this.loadNow(bytes, wantGpu);
+    return this.loading;
+  }
+
+  async loadNow(bytes, wantGpu) {
+    await this.hello;
+    this.bytes = bytes;
+    this.wantGpu = wantGpu;
+    const loaded = new Promise((resolve, reject) => { this.pending.loaded = { resolve, reject }; });
+    // A copy goes to the worker, so the page keeps its own for a fresh worker.
+    const copy = bytes.slice();
+    this.worker.postMessage({ type: 'load', bytes: copy, wantGpu }, [copy.buffer]);
+    this.info = await loaded;
+    return this.info;
+  }
+
+  // On WebGPU: compiles the kernels of every batch size in `batches` (one network evaluation
+  // each), calling onWarming(done, total) as it goes; resolves when all are compiled.
+  warm(batches) {
+    this.warmBatches = batches;
+    if (!this.info?.onGpu || batches.length === 0) return Promise.resolve();
+    const done = new Promise((resolve) => { this.pending.warm = resolve; });
+    this.worker.postMessage({ type: 'warm', batches });
+    return done;
+  }
+
+  // Runs a request ('sample', 'ends' or 'frames' with the wasm API's arguments), calling
+  // onStep(step, ms) for each step; resolves true when it finished, false when a newer run or
+  // stop replaced it.
+  run(kind, args, onStep) {
+    this.cancel();
+    const id = ++this.runId;
+    return new Promise((resolve, reject) => {
+      this.active = { id, kind, args, onStep, resolve, reject };
+      // After a lost GPU the fresh worker may still be building the model.
+      Promise.resolve(this.loading).then(() => {
+        if (this.active?.id === id) this.worker.postMessage({ type: 'run', id, kind, args });
+      }, () => {});
+    });
+  }
+
+  cancel() {
+    if (this.active) { this.active.resolve(false); this.active = null; }
+    this.worker.postMessage({ type: 'cancel' });
+  }
+
+  async memory() {
+    const reply = new Promise((resolve) => { this.pending.memory = resolve; });
+    this.worker.postMessage({ type: 'memory' });
+    return (await reply).wasm;
+  }
+
+  // The test hook: destroys the worker's GPU device (what a driver reset does to it).
+  destroyDevice() {
+    this.worker.postMessage({ type: 'destroy-device' });
+  }
+
+  // The GPU device is gone: the worker's wasm instance may be wedged on it, so it is replaced
+  // by a fresh one with a fresh device, or after GPU_RETRIES losses by one on the CPU; the run
+  // that was interrupted starts again from its first step.
+  async recover(message) {
+    this.worker.terminate();
+    const reason = String(message).split('\n')[0]; // the first line of burn's error chain
+    this.losses += 1;
+    const onGpu = this.losses <= GPU_RETRIES;
+    this.onNotice(onGpu
+      ? `The GPU device was lost (${reason}); starting again on a fresh device.`
+      : `The GPU device was lost ${this.losses} times (${reason}); continuing on the CPU.`);
+    const interrupted = this.active;
+    this.active = null;
+    this.spawn();
+    try {
+      await this.load(this.bytes, this.wantGpu && onGpu);
+    } catch (e) {
+      interrupted?.reject(e);
+      return;
+    }
+    this.onRecovered?.(this.info);
+    if (this.warmBatches) await this.warm(this.warmBatches);
+    // Unless the visitor started another run meanwhile.
+    if (interrupted && !this.active) {
+      this.active = interrupted;
+      this.worker.postMessage({ type: 'run', id: interrupted.id, kind: interrupted.kind, args: interrupted.args });
+    }
+  }
+}

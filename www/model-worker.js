@@ -1,0 +1,137 @@
+// The model's own thread: a module worker that instantiates the wasm, holds the model and runs
+// the reverse process one step at a time, posting each step's pixels (transferred, not copied).
+// The page's main thread only handles controls and draws, so a step never blocks the tab.
+//
+// Messages in:  {type: 'load', bytes, wantGpu} | {type: 'warm', batches} | {type: 'run', id, kind, args}
+//               | {type: 'cancel'}
+//               | {type: 'memory'} | {type: 'destroy-device'} (a test hook: loses the GPU)
+// Messages out: {type: 'hello', maxWeightsBytes, limits, kernels} | {type: 'loaded', ...}
+//               | {type: 'warming', done, total}
+//               | {type: 'step', id, step, ms} | {type: 'done', id} | {type: 'error', id, message}
+//               | {type: 'lost', reason} | {type: 'memory', wasm}
+import init, { Ddpm, Interpolation, kernel_path, max_weights_bytes, page_limits } from './pkg/ddpm.js';
+
+let model = null;
+let wasm = null;
+let current = null; // the id of the run this worker is stepping; null: none
+let lost = false;
+const devices = [];
+
+// burn-wgpu asks the adapter for its device; keeping a handle lets the page learn at once when
+// the device is lost (a driver reset, a GPU process crash, or `destroy()` from the test hook),
+// instead of waiting on a step that will never finish.
+if (self.GPUAdapter) {
+  const requestDevice = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = async function (...args) {
+    const device = await requestDevice.apply(this, args);
+    devices.push(device);
+    device.lost.then((info) => loseDevice(info.message || info.reason || 'the GPU device was lost'));
+    return device;
+  };
+}
+
+// Tells the page once; the page replaces this worker.
+function loseDevice(reason) {
+  if (lost) return;
+  lost = true;
+  postMessage({ type: 'lost', reason });
+}
+
+// A macrotask boundary, so that a 'cancel' or a new 'run' posted during a step is seen before
+// the next one (awaiting a promise alone would not let the message event in).
+const channel = new MessageChannel();
+const waiting = [];
+channel.port1.onmessage = () => waiting.shift()?.();
+const yieldToMessages = () => new Promise((resolve) => { waiting.push(resolve); channel.port2.postMessage(0); });
+
+function start(kind, args) {
+  switch (kind) {
+    case 'sample': return model.start(...args);
+    case 'ends': return model.start_interpolation_ends(new Interpolation(...args));
+    case 'frames': return model.start_interpolation(new Interpolation(...args));
+    default: throw new Error(`unknown run kind ${kind}`);
+  }
+}
+
+async function run(id, kind, args) {
+  current = id;
+  try {
+    start(kind, args);
+  } catch (e) {
+    postMessage({ type: 'error', id, message: e.message ?? String(e) });
+    return;
+  }
+  for (;;) {
+    await yieldToMessages();
+    if (current !== id || lost) return;
+    const t0 = performance.now();
+    let step;
+    try {
+      step = await model.step();
+    } catch (e) {
+      // On the GPU a failing step is a lost or poisoned device: the page starts a fresh worker.
+      if (model.on_gpu) loseDevice(e.message ?? String(e));
+      else postMessage({ type: 'error', id, message: e.message ?? String(e) });
+      return;
+    }
+    if (current !== id) return;
+    if (!step) { postMessage({ type: 'done', id }); return; }
+    const ms = performance.now() - t0;
+    postMessage({ type: 'step', id, step, ms }, [step.x_t.buffer, step.x0.buffer]);
+    if (step.done) { current = null; postMessage({ type: 'done', id }); return; }
+  }
+}
+
+// WebGPU compiles each kernel the first time it runs: one network evaluation at each batch size
+// the page will run compiles them all before the visitor's first step, with progress.
+async function warm(batches) {
+  for (const [i, batch] of batches.entries()) {
+    try {
+      model.start(0, batch, 1, 0);
+      await model.step();
+    } catch (e) {
+      if (model.on_gpu) loseDevice(e.message ?? String(e));
+      return;
+    }
+    postMessage({ type: 'warming', done: i + 1, total: batches.length });
+  }
+}
+
+onmessage = async ({ data }) => {
+  switch (data.type) {
+    case 'load':
+      try {
+        model = await Ddpm.create(data.bytes, data.wantGpu);
+        postMessage({
+          type: 'loaded', backend: model.backend, onGpu: model.on_gpu, describe: model.describe(),
+          diffusionSteps: model.diffusion_steps, imageSize: model.image_size,
+          kernels: model.on_gpu ? 'webgpu' : kernel_path(),
+        });
+      } catch (e) {
+        postMessage({ type: 'error', id: null, message: e.message ?? String(e) });
+      }
+      break;
+    case 'warm':
+      warm(data.batches);
+      break;
+    case 'run':
+      run(data.id, data.kind, data.args);
+      break;
+    case 'cancel':
+      current = null;
+      model?.cancel();
+      break;
+    case 'memory':
+      self.gc?.();
+      postMessage({ type: 'memory', wasm: wasm.memory.buffer.byteLength });
+      break;
+    case 'destroy-device':
+      for (const d of devices) d.destroy();
+      break;
+  }
+};
+
+init().then((exports) => {
+  wasm = exports;
+  postMessage({ type: 'hello', maxWeightsBytes: max_weights_bytes(), limits: JSON.parse(page_limits()) });
+}, (e) => postMessage({ type: 'error', id: null, message: `could not start the module: ${e.message ?? e}` }));
