@@ -6,7 +6,6 @@ import { cachedWeights } from './weights-cache.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const weightsUrl = params.get('weights') ?? 'weights/mnist.safetensors';
 
 // State the tests read (tests/browser/); nothing here is needed by the page itself.
 const state = window.ddpmState = {
@@ -166,7 +165,7 @@ function download() {
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(src, 0, 0, big.width, big.height);
   const a = document.createElement('a');
-  a.download = `ddpm-seed${$('seed').value}.png`;
+  a.download = `ddpm-${state.model ?? 'model'}-seed${$('seed').value}.png`;
   a.href = big.toDataURL('image/png');
   a.click();
 }
@@ -253,6 +252,30 @@ function applyLimits(limits) {
   Object.assign(state, { limits: { ...limits, diffusion_steps: T } });
 }
 
+// The model to load: `?weights=URL` (any file), else `?model=ID` from the manifest, else its
+// first model. The picker lists the manifest's models; choosing one loads the page with it (a
+// fresh worker; the weights come from the browser's cache after the first time).
+function chooseModel(models) {
+  const url = params.get('weights');
+  const entry = url
+    ? models.find((m) => `weights/${m.file}` === url) ?? null
+    : models.find((m) => m.id === params.get('model')) ?? models[0] ?? null;
+  const weightsUrl = url ?? (entry ? `weights/${entry.file}` : 'weights/mnist.safetensors');
+  state.model = entry?.id ?? null;
+  if (models.length > 1) {
+    const picker = $('model');
+    for (const m of models) picker.add(new Option(m.title, m.id, false, m === entry));
+    picker.addEventListener('change', () => {
+      const next = new URLSearchParams(location.search);
+      next.delete('weights');
+      next.set('model', picker.value);
+      location.search = next.toString();
+    });
+    $('model-label').hidden = false;
+  }
+  return { weightsUrl, entry };
+}
+
 // The batch sizes whose kernels are compiled before the first step. burn-wgpu's kernels are
 // not specialised on the batch size (measured: after one batch-1 evaluation the first step at
 // batch 4 or 16 is as fast as the second; docs/speed.md), so the cheapest evaluation compiles
@@ -281,10 +304,11 @@ async function main() {
     // The module (in the worker) and the weights download side by side; each phase's end is kept
     // for the benchmark.
     const module = client.hello.then((hello) => { state.loaded.wasm = performance.now(); return hello; });
-    // The manifest names each model's size and SHA-256: a file it lists is kept across visits.
+    // The manifest names each model's title, size and SHA-256: a file it lists is kept across
+    // visits, and the picker offers its models.
     const manifest = await fetch('weights/index.json', { cache: 'no-cache' })
       .then((r) => (r.ok ? r.json() : null)).catch(() => null);
-    const entry = manifest?.models?.find((m) => `weights/${m.file}` === weightsUrl) ?? null;
+    const { weightsUrl, entry } = chooseModel(manifest?.models ?? []);
     const download = () => fetchWeights(weightsUrl, module.then((hello) => hello.maxWeightsBytes));
     const [hello, weights] = await Promise.all([
       module,

@@ -42,10 +42,22 @@ export async function launch({ webgpu }) {
   };
 }
 
-// A PNG's first channel, 0..255 per pixel.
-export function pngPixels(bytes) {
+// One channel of a PNG (0: red or gray, 1: green, 2: blue), 0..255 per pixel.
+export function pngPixels(bytes, channel = 0) {
   const png = PNG.sync.read(bytes);
-  return Array.from({ length: png.width * png.height }, (_, i) => png.data[i * 4]);
+  return Array.from({ length: png.width * png.height }, (_, i) => png.data[i * 4 + channel]);
+}
+
+// An RGB PNG of `size`×`size` from a pixel function (x, y) → [r, g, b].
+export function rgbPng(size, pixel) {
+  const png = new PNG({ width: size, height: size });
+  for (let y = 0; y < size; y++) {
+    for (let x = 0; x < size; x++) {
+      const [r, g, b] = pixel(x, y);
+      png.data.set([r, g, b, 255], (y * size + x) * 4);
+    }
+  }
+  return PNG.sync.write(png);
 }
 
 // Image `i` of a one-row PNG strip as written by `ddpm interpolate` (`pad`-pixel borders), as

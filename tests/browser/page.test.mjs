@@ -3,10 +3,11 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { launch, pngPixels, pngTiles } from './harness.mjs';
+import { createHash } from 'node:crypto';
+import { launch, pngPixels, pngTiles, rgbPng } from './harness.mjs';
 
 const URL_ = process.env.DDPM_URL;
 const BIN = process.env.DDPM_BIN;
@@ -25,12 +26,13 @@ function weightsInfo() {
   return JSON.parse(bytes.subarray(8, 8 + n).toString()).__metadata__;
 }
 
-// Native images for the same seeds and steps, as gray values 0..255, one array per image.
-function nativeSamples(seed, count, steps, eta) {
+// Native images for the same seeds and steps, as values 0..255 of one channel (gray: 0), one
+// array per image.
+function nativeSamples(seed, count, steps, eta, weights = WEIGHTS, channel = 0) {
   const dir = mkdtempSync(join(tmpdir(), 'ddpm-native-'));
-  execFileSync(BIN, ['sample', '--weights', WEIGHTS, '--count', String(count), '--seed', String(seed),
+  execFileSync(BIN, ['sample', '--weights', weights, '--count', String(count), '--seed', String(seed),
     '--steps', String(steps), '--eta', String(eta), '--out', dir], { stdio: 'pipe' });
-  const images = Array.from({ length: count }, (_, i) => pngPixels(readFileSync(join(dir, `${String(i).padStart(6, '0')}.png`))));
+  const images = Array.from({ length: count }, (_, i) => pngPixels(readFileSync(join(dir, `${String(i).padStart(6, '0')}.png`)), channel));
   rmSync(dir, { recursive: true, force: true });
   return images;
 }
@@ -60,19 +62,20 @@ function lyingWeights(entry, edit) {
   return Buffer.concat([len, text, bytes.subarray(8 + n)]);
 }
 
-// Image `i` of a canvas grid (1-pixel borders, `cols` per row) as gray values (the R channel).
-async function canvasTiles(page, id, count, size) {
-  return page.evaluate(({ id, count, size }) => {
+// Image `i` of a canvas grid (1-pixel borders, `cols` per row) as values of one channel (the R
+// channel, which is the gray value of a gray model).
+async function canvasTiles(page, id, count, size, channel = 0) {
+  return page.evaluate(({ id, count, size, channel }) => {
     const c = document.getElementById(id);
     const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
     const cols = Math.ceil(Math.sqrt(count));
     return Array.from({ length: count }, (_, i) => {
       const x0 = 1 + (i % cols) * (size + 1), y0 = 1 + Math.floor(i / cols) * (size + 1);
       const out = [];
-      for (let y = 0; y < size; y++) for (let x = 0; x < size; x++) out.push(data[((y0 + y) * c.width + x0 + x) * 4]);
+      for (let y = 0; y < size; y++) for (let x = 0; x < size; x++) out.push(data[((y0 + y) * c.width + x0 + x) * 4 + channel]);
       return out;
     });
-  }, { id, count, size });
+  }, { id, count, size, channel });
 }
 
 async function canvasPixels(page, id) {
@@ -261,6 +264,68 @@ async function watchLongTasks(page) {
 }
 
 const longTasksAfterLoad = (page) => page.evaluate(() => window.ddpmLongTasks.filter((t) => t.start > window.ddpmState.loaded.model));
+
+// A small RGB model (trained two steps on coloured squares, so its pictures are its own), as a
+// weights file and a manifest that lists it beside the shipped model.
+function rgbModel() {
+  const dir = mkdtempSync(join(tmpdir(), 'ddpm-rgb-'));
+  const images = join(dir, 'images');
+  mkdirSync(images);
+  for (let i = 0; i < 6; i++) {
+    writeFileSync(join(images, `${i}.png`), rgbPng(16, (x, y) => [(x * 16 + i * 40) % 256, (y * 16) % 256, x < 8 === i % 2 === 0 ? 230 : 20]));
+  }
+  const run = join(dir, 'run');
+  execFileSync(BIN, ['train', '--data', images, '--channels', '3', '--image-size', '16', '--base-channels', '16',
+    '--channel-mults', '1,2', '--attn', '0,1', '--groups', '4', '--steps', '2', '--batch-size', '4', '--warmup', '1',
+    '--sample-every', '0', '--out', run], { stdio: 'pipe' });
+  const file = join(dir, 'rgb.safetensors');
+  execFileSync(BIN, ['export', '--run', run, '--out', file], { stdio: 'pipe' });
+  const bytes = readFileSync(file);
+  const manifest = JSON.parse(readFileSync('weights/index.json', 'utf8'));
+  manifest.models.push({ id: 'rgb', title: 'Colour test (16×16 RGB)', file: 'rgb.safetensors', bytes: bytes.length,
+    sha256: createHash('sha256').update(bytes).digest('hex') });
+  return { dir, file, bytes, manifest };
+}
+
+for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : 'cpu'))) {
+  const label = gpu ? 'WebGPU' : 'CPU fallback';
+  test(`${label}: an RGB model picked from the manifest draws every channel as \`ddpm sample\` does`, { timeout: 900_000 }, async () => {
+    const rgb = rgbModel();
+    const browser = await launch({ webgpu: gpu });
+    browsers.push(browser);
+    const page = await browser.page();
+    await page.route('**/weights/index.json', (route) => route.fulfill({ json: rgb.manifest }));
+    await page.route('**/weights/rgb.safetensors', (route) => route.fulfill({ body: rgb.bytes }));
+    await ready(page, `&model=rgb${gpu ? '' : '&backend=cpu'}`);
+    const picker = await page.evaluate(() => ({ hidden: document.getElementById('model-label').hidden,
+      options: [...document.getElementById('model').options].map((o) => [o.value, o.selected]), model: window.ddpmState.model }));
+    assert.deepEqual(picker, { hidden: false, options: [['mnist', false], ['rgb', true]], model: 'rgb' });
+    const [seed, count, steps] = [7, 4, 5];
+    await sample(page, seed, count, steps, ETA);
+    await waitDone(page);
+    const size = await page.evaluate(() => window.ddpmState.imageSize);
+    assert.equal(size, 16);
+    for (const channel of [0, 1, 2]) {
+      const drawn = await canvasTiles(page, 'xt', count, size, channel);
+      const native = nativeSamples(seed, count, steps, ETA, rgb.file, channel);
+      for (let i = 0; i < count; i++) {
+        const c = compare(drawn[i], native[i]);
+        assert.ok(same(c), `image ${i}, channel ${channel}: mean ${c.mean.toFixed(3)}, max ${c.max}`);
+      }
+    }
+    // The three channels differ (a gray drawing of an RGB model would pass each test above only
+    // if the model itself were gray).
+    const [r, g] = [await canvasTiles(page, 'xt', count, size, 0), await canvasTiles(page, 'xt', count, size, 1)];
+    assert.ok(compare(r[0], g[0]).mean > 5, 'red and green differ');
+    // Choosing the other model loads the page with it.
+    await Promise.all([page.waitForNavigation(), page.selectOption('#model', 'mnist')]);
+    await page.waitForFunction(() => window.ddpmState?.ready && window.ddpmState.model === 'mnist', null, { timeout: 300_000 });
+    assert.equal(new URL(page.url()).searchParams.get('model'), 'mnist');
+    assert.equal(await page.evaluate(() => window.ddpmState.imageSize), 28);
+    rmSync(rgb.dir, { recursive: true, force: true });
+    assert.deepEqual(browser.errors, []);
+  });
+}
 
 // A lost GPU device (a driver reset; here GPUDevice.destroy() from the test hook, which takes
 // the same path): the page says so, starts a fresh worker with a fresh device and runs the
