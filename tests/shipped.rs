@@ -6,7 +6,7 @@
 use burn::tensor::Device;
 use ddpm::data::Dataset;
 use ddpm::diffusion::Diffusion;
-use ddpm::eval::{class_entropy, confident_share, load_classifier, predict};
+use ddpm::eval::{Classifier, class_entropy, confident_share, load_classifier, predict};
 use ddpm::sampler::{Method, Sampler};
 use ddpm::weights;
 
@@ -26,7 +26,8 @@ fn shipped_weights_draw_digits() {
     let dark = samples.pixels.iter().filter(|&&v| v < -0.5).count() as f64 / samples.pixels.len() as f64;
     assert!((0.55..0.95).contains(&dark), "share of background pixels {dark:.2}");
 
-    let (classifier, _) = load_classifier("weights/mnist-classifier.safetensors".as_ref(), &device).unwrap();
+    let digits = Classifier::new([1, 28, 28], 10, &device);
+    let (classifier, _) = load_classifier("weights/mnist-classifier.safetensors".as_ref(), digits, &device).unwrap();
     let (_, probs) = predict(&classifier, &samples, &device);
     let (confident, entropy) = (confident_share(&probs), class_entropy(&probs));
     assert!(confident >= 0.4, "confidently classified share {confident:.2}");

@@ -13,7 +13,7 @@ use std::path::Path;
 use anyhow::{Context, Result, ensure};
 use burn::tensor::Device;
 
-pub use classifier::{Classifier, classifier, predict, train_classifier};
+pub use classifier::{Classifier, classifier, load_classifier, predict, train_classifier};
 pub use stats::{
     class_counts, class_entropy, confident_share, confident_share_by_class, frechet_distance, nearest_distances,
     symmetric_eigen,
