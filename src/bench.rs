@@ -126,6 +126,7 @@ pub fn run(
             shards: opts.shards.min(b),
             data: "bench".into(),
             flip: false,
+            label_dropout: 0.0,
         };
         let mut trainer = Trainer::new(unet.clone(), schedule.clone(), train, device)?;
         // A step reads its loss and gradient norm back, so it is complete when it returns.

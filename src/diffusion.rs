@@ -87,13 +87,22 @@ impl Diffusion {
         x0 * Self::per_item(mean, &device) + eps * Self::per_item(std, &device)
     }
 
-    /// Eq. 14 (L_simple): ‖ε − ε_θ(√ᾱ_t x₀ + √(1 − ᾱ_t) ε, t)‖², averaged over pixels and
-    /// batch, for the caller's draws of t ~ U{0..T−1} (one per item) and ε ~ N(0, I); the
-    /// network runs in training mode, its dropout masks drawn from `dropout`.
-    pub fn loss(&self, eps_theta: &UNet, x0: Tensor<4>, t: &[usize], eps: Tensor<4>, dropout: &mut Noise) -> Tensor<1> {
+    /// Eq. 14 (L_simple): ‖ε − ε_θ(√ᾱ_t x₀ + √(1 − ᾱ_t) ε, t, c)‖², averaged over pixels and
+    /// batch, for the caller's draws of t ~ U{0..T−1} (one per item) and ε ~ N(0, I), and for a
+    /// conditional model each item's class (∅ where dropped); the network runs in training
+    /// mode, its dropout masks drawn from `dropout`.
+    pub fn loss(
+        &self,
+        eps_theta: &UNet,
+        x0: Tensor<4>,
+        t: &[usize],
+        classes: Option<&[usize]>,
+        eps: Tensor<4>,
+        dropout: &mut Noise,
+    ) -> Tensor<1> {
         let device = x0.device();
         let x_t = self.q_sample(x0, t, eps.clone());
-        let pred = eps_theta.forward_train(x_t, self.t_tensor_items(t, &device), dropout);
+        let pred = eps_theta.forward_train(x_t, self.t_tensor_items(t, &device), classes, dropout);
         (eps - pred).square().mean()
     }
 

@@ -25,6 +25,8 @@ pub const MAX_ATTENTION_POSITIONS: usize = 32 * 32;
 pub const MAX_ACTIVATION: usize = 1 << 24;
 /// Parameters of the whole model: 512 MiB in f32.
 pub const MAX_PARAMS: usize = 1 << 27;
+/// Classes of a class-conditional model.
+pub const MAX_CLASSES: usize = 1000;
 /// Diffusion steps T (the paper uses 1,000).
 pub const MAX_DIFFUSION_STEPS: usize = 10_000;
 /// Bytes of a weights file: the largest model in f32 plus a header. The page refuses larger

@@ -7,6 +7,7 @@ use std::ops::Range;
 
 use burn::tensor::Tensor;
 
+use crate::guidance::Guidance;
 use crate::sampler::EpsTheta;
 use crate::unet::UNet;
 
@@ -35,29 +36,50 @@ pub fn run_all<T: Send>(jobs: Vec<impl FnOnce() -> T + Send>) -> Vec<T> {
 }
 
 /// ε_θ with each batch cut into `shards` slices, run at once and put back together: the same
-/// images as one pass, item by item.
+/// images as one pass, item by item; guided (the batch stacked with c and ∅) when asked.
 pub struct Sharded<'a> {
     model: &'a UNet,
     shards: usize,
+    guidance: Option<Guidance>,
 }
 
 impl<'a> Sharded<'a> {
     pub fn new(model: &'a UNet, shards: usize) -> Self {
-        Self { model, shards: shards.max(1) }
+        Self { model, shards: shards.max(1), guidance: None }
+    }
+
+    /// Classifier-free guidance towards a class, for a conditional model.
+    pub fn guided(self, guidance: Option<Guidance>) -> Self {
+        Self { guidance, ..self }
     }
 }
 
 impl EpsTheta for Sharded<'_> {
     fn eps(&self, x_t: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
+        let (x_t, t, classes, guidance) = match (self.guidance, self.model.num_classes()) {
+            (Some(g), Some(null)) => {
+                let (x, t, classes) = g.stack(x_t, t, null);
+                (x, t, Some(classes), Some(g))
+            }
+            _ => (x_t, t, None, None),
+        };
         let batch = x_t.dims()[0];
         let jobs: Vec<_> = shard_ranges(batch, self.shards.min(batch))
             .into_iter()
             .map(|items| {
                 let x = x_t.clone().narrow(0, items.start, items.len());
                 let t = t.clone().narrow(0, items.start, items.len());
-                move || self.model.forward(x, t)
+                let classes = classes.as_ref().map(|c| c[items].to_vec());
+                move || match classes {
+                    Some(c) => self.model.forward_class(x, t, &c),
+                    None => self.model.forward(x, t),
+                }
             })
             .collect();
-        Tensor::cat(run_all(jobs), 0)
+        let eps = Tensor::cat(run_all(jobs), 0);
+        match guidance {
+            Some(g) => g.combine(eps),
+            None => eps,
+        }
     }
 }

@@ -229,6 +229,9 @@ fn bad_input_gets_a_clear_error() {
     fails(&["sample", "--weights", t, "--count", "5000", "--grid", "g.png", "--out", o], "--grid holds");
     fails(&["interpolate", "--weights", t, "--frames", "1000000000", "--out", o], "--frames must be 2..=");
     fails(&["animate", "--weights", t, "--scale", "100000", "--out", o], "--scale must be 1..=");
+    // Guidance needs a class-conditional model, and conditional training labelled images.
+    fails(&["sample", "--weights", t, "--class", "3", "--out", o], "--class 3: this model is unconditional");
+    fails(&["sample", "--weights", t, "--guidance", "2", "--out", o], "--class");
     // A file above the bound is refused before it is read (sparse: no disk used).
     std::fs::File::create(&lying).unwrap().set_len(ddpm::limits::MAX_WEIGHTS_BYTES + 1).unwrap();
     fails(&["sample", "--weights", l, "--out", o], "above the largest supported weights file");

@@ -43,8 +43,8 @@ fn flip_mirrors_about_half_the_images_and_only_left_right() {
     let pixels = (0..64).flat_map(|i| (0..6).map(move |k| (i * 6 + k) as f32)).collect();
     let data = Dataset { shape: [1, 2, 3], pixels, labels: None };
     let device = burn::tensor::Device::flex();
-    let plain = data.random_batch(256, false, &mut Noise::new(1), &device).into_data().try_to_vec::<f32>().unwrap();
-    let flipped = data.random_batch(256, true, &mut Noise::new(1), &device).into_data().try_to_vec::<f32>().unwrap();
+    let plain = data.random_batch(256, false, &mut Noise::new(1), &device).0.into_data().try_to_vec::<f32>().unwrap();
+    let flipped = data.random_batch(256, true, &mut Noise::new(1), &device).0.into_data().try_to_vec::<f32>().unwrap();
     let mut mirrored = 0;
     for (a, b) in plain.chunks(6).zip(flipped.chunks(6)) {
         // The same image is drawn either way; flipped, it is itself or its rows reversed.

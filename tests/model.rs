@@ -58,12 +58,12 @@ fn dropout_acts_in_training_only_and_follows_its_seed() {
     let x = Noise::new(0).gaussian([2, 1, 8, 8], &device);
     let t = Tensor::<1>::from_floats([5.0, 700.0].as_slice(), &device);
     let eval = values(model.forward(x.clone(), t.clone()));
-    let train = |seed| values(model.forward_train(x.clone(), t.clone(), &mut Noise::new(seed)));
+    let train = |seed| values(model.forward_train(x.clone(), t.clone(), None, &mut Noise::new(seed)));
     assert_ne!(train(1), eval, "masks change the training output");
     assert_eq!(train(1), train(1), "the same masks from the same seed");
     assert_ne!(train(1), train(2));
     let no_dropout = UNetConfig { dropout: 0.0, ..tiny() }.init(&device).load_record(model.clone().into_record());
-    assert_eq!(values(no_dropout.forward_train(x.clone(), t.clone(), &mut Noise::new(1))), eval);
+    assert_eq!(values(no_dropout.forward_train(x.clone(), t.clone(), None, &mut Noise::new(1))), eval);
 }
 
 #[test]

@@ -15,6 +15,8 @@ use burn::tensor::{Device, Tensor};
 use clap::{Args, ValueEnum};
 
 use ddpm::diffusion::{Diffusion, ScheduleConfig};
+use ddpm::guidance::Guidance;
+use ddpm::threads::Sharded;
 use ddpm::train::atomic_write;
 use ddpm::unet::{UNet, UNetConfig};
 use ddpm::weights::{self as file, Header, Precision};
@@ -100,6 +102,7 @@ impl ModelArgs {
             blocks: self.blocks,
             groups: self.groups,
             dropout: self.dropout,
+            num_classes: None,
         };
         let schedule = ScheduleConfig { steps: self.diffusion_steps, ..ScheduleConfig::default() };
         unet.validate().map_err(anyhow::Error::msg)?;
@@ -120,19 +123,31 @@ pub struct SamplerArgs {
     /// DDIM's η (0: deterministic); ignored for full DDPM.
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
+    /// Draw this class (a class-conditional model only; left out: unconditional).
+    #[arg(long)]
+    pub class: Option<usize>,
+    /// Classifier-free guidance strength w with --class (0: unconditional, 1: conditional).
+    #[arg(long, default_value_t = 3.0, requires = "class")]
+    pub guidance: f64,
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: Backend,
 }
 
-/// A weights file loaded for sampling.
+/// A weights file loaded for sampling, with the guidance asked for.
 pub struct Loaded {
     pub model: UNet,
     pub header: Header,
     pub diffusion: Diffusion,
     pub device: Device,
+    pub guidance: Option<Guidance>,
 }
 
 impl Loaded {
+    /// ε_θ on `shards` threads, guided as asked.
+    pub fn eps_theta(&self, shards: usize) -> Sharded<'_> {
+        Sharded::new(&self.model, shards).guided(self.guidance)
+    }
+
     /// [C, H, W] of the model's images.
     pub fn image(&self) -> [usize; 3] {
         let u = &self.header.unet;
@@ -145,7 +160,11 @@ impl SamplerArgs {
         let device = self.backend.device()?;
         let (model, header) = load_weights(&self.weights, &device)?;
         let diffusion = Diffusion::new(header.schedule.clone());
-        Ok(Loaded { model, header, diffusion, device })
+        let guidance = self.class.map(|class| Guidance { class, w: self.guidance });
+        if let Some(g) = guidance {
+            g.check(model.num_classes()).map_err(|e| anyhow::anyhow!("--class {}: {e}", g.class))?;
+        }
+        Ok(Loaded { model, header, diffusion, device, guidance })
     }
 }
 

@@ -12,7 +12,6 @@ use super::{SamplerArgs, to_vec};
 use ddpm::images::{Grid, save_gif, save_png};
 use ddpm::limits;
 use ddpm::request::{InterpolationRequest, SampleRequest, grid_cols};
-use ddpm::threads::Sharded;
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -86,7 +85,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         limits::MAX_SAMPLE_BATCH
     );
     let m = a.sampler.load()?;
-    let eps_theta = Sharded::new(&m.model, a.sampler.backend.shards());
+    let eps_theta = m.eps_theta(a.sampler.backend.shards());
     let image = m.image();
     let request = SampleRequest::consecutive(a.seed, a.count, a.sampler.steps, a.sampler.eta);
     request.method(&m.diffusion, limits::MAX_SAMPLES).map_err(anyhow::Error::msg)?;
@@ -112,7 +111,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
 pub fn interpolate(a: InterpolateArgs) -> Result<()> {
     ensure!((1..=limits::MAX_SCALE).contains(&a.scale), "--scale must be 1..={}", limits::MAX_SCALE);
     let m = a.sampler.load()?;
-    let eps_theta = Sharded::new(&m.model, a.sampler.backend.shards());
+    let eps_theta = m.eps_theta(a.sampler.backend.shards());
     let image = m.image();
     let request = InterpolationRequest {
         mode: a.mode.parse().map_err(anyhow::Error::msg)?,
@@ -151,7 +150,8 @@ pub fn animate(a: AnimateArgs) -> Result<()> {
         Grid::new(&pair, [2, image[0], image[1], image[2]], 2, 2).scaled(a.scale)
     };
     frames.push(frame(sampler.x().clone(), sampler.x().clone()));
-    while let Some(step) = sampler.step(&m.model) {
+    let eps_theta = m.eps_theta(1);
+    while let Some(step) = sampler.step(&eps_theta) {
         // Evenly spaced frames, always including the last step.
         if step.index * (a.frames - 1) / total != (step.index - 1) * (a.frames - 1) / total || step.index == total {
             frames.push(frame(sampler.x().clone(), step.x0_hat));

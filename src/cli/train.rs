@@ -55,6 +55,17 @@ pub struct TrainArgs {
     /// as likely as itself, e.g. faces; not digits).
     #[arg(long)]
     flip: bool,
+    /// Train a class-conditional model for classifier-free guidance (the data's labels: MNIST's
+    /// digits, the emoji's categories).
+    #[arg(long)]
+    conditional: bool,
+    /// With --conditional: the share of labels replaced by "no class" (∅).
+    #[arg(long, default_value_t = 0.1, requires = "conditional")]
+    label_dropout: f64,
+    /// Start from this weights file's model (same architecture; an unconditional file warm-starts
+    /// a conditional run, its class embedding at zero) instead of fresh weights; new runs only.
+    #[arg(long, conflicts_with = "resume")]
+    init: Option<PathBuf>,
     /// Save a checkpoint every N steps (and always at the end).
     #[arg(long, default_value_t = 500)]
     checkpoint_every: usize,
@@ -144,7 +155,9 @@ fn fresh(a: &TrainArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<Tr
         "{} already holds a run: pass --resume to continue it, or pick another --out",
         a.out.display()
     );
-    let (unet, schedule) = a.model.configs()?;
+    let (mut unet, schedule) = a.model.configs()?;
+    // Both label sets the CLI knows have ten classes (digits; Unicode's emoji categories).
+    unet.num_classes = a.conditional.then_some(10);
     let batch_size = a.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
     let train = TrainConfig {
         steps: a.steps.unwrap_or(DEFAULT_STEPS),
@@ -158,8 +171,32 @@ fn fresh(a: &TrainArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<Tr
         shards: a.shards.unwrap_or_else(|| a.backend.shards().min(batch_size)),
         data: a.data.clone().expect("clap requires --data without --resume"),
         flip: a.flip,
+        label_dropout: if a.conditional { a.label_dropout } else { 0.0 },
     };
-    Trainer::new(unet, schedule, train, device)
+    let mut trainer = Trainer::new(unet, schedule, train, device)?;
+    if let Some(path) = &a.init {
+        trainer.start_from(warm_start(path, &trainer)?);
+    }
+    Ok(trainer)
+}
+
+/// The model of the weights file `path`, on the trainer's autodiff device, made conditional when
+/// the run is (its class embedding at zero: it starts as exactly the file's model).
+fn warm_start(path: &Path, trainer: &Trainer) -> Result<ddpm::unet::UNet> {
+    let (model, header) = super::load_weights(path, &trainer.device().clone().autodiff())?;
+    let (ours, theirs) = (&trainer.unet, &header.unet);
+    let same = |u: &ddpm::unet::UNetConfig| ddpm::unet::UNetConfig { dropout: 0.0, num_classes: None, ..u.clone() };
+    ensure!(
+        same(ours) == same(theirs) && (theirs.num_classes.is_none() || theirs.num_classes == ours.num_classes),
+        "--init {}: its model ({theirs:?}) is not this run's architecture ({ours:?}); only dropout may differ, \
+         and an unconditional file may start a conditional run",
+        path.display()
+    );
+    ensure!(header.schedule == trainer.schedule, "--init {}: its schedule differs from this run's", path.display());
+    Ok(match (ours.num_classes, model.num_classes()) {
+        (Some(n), None) => model.with_classes(n),
+        _ => model,
+    })
 }
 
 fn resumed(a: &TrainArgs, given: &ArgMatches, ckpt: &Path, device: &burn::tensor::Device) -> Result<Trainer> {
@@ -189,6 +226,8 @@ fn refuse_fixed_on_resume(a: &TrainArgs, given: &ArgMatches, t: &Trainer, ckpt: 
         ("ema_decay", a.ema_decay.to_string(), train.ema_decay.to_string()),
         ("seed", a.seed.to_string(), train.seed.to_string()),
         ("flip", a.flip.to_string(), train.flip.to_string()),
+        ("conditional", a.conditional.to_string(), u.num_classes.is_some().to_string()),
+        ("label_dropout", a.label_dropout.to_string(), train.label_dropout.to_string()),
         ("image_size", m.image_size.to_string(), u.image_size.to_string()),
         ("channels", m.channels.to_string(), u.image_channels.to_string()),
         ("base_channels", m.base_channels.to_string(), u.base_channels.to_string()),

@@ -50,11 +50,11 @@ impl Dataset {
     }
 
     /// A batch of `size` images drawn uniformly with replacement from `noise` (resumable), each
-    /// mirrored left-right with probability ½ when `flip` is set.
-    pub fn random_batch(&self, size: usize, flip: bool, noise: &mut Noise, device: &Device) -> Tensor<4> {
+    /// mirrored left-right with probability ½ when `flip` is set, and which images they are.
+    pub fn random_batch(&self, size: usize, flip: bool, noise: &mut Noise, device: &Device) -> (Tensor<4>, Vec<usize>) {
         let indices: Vec<usize> = (0..size).map(|_| noise.below(self.len())).collect();
         if !flip {
-            return self.batch(&indices, device);
+            return (self.batch(&indices, device), indices);
         }
         let [c, h, w] = self.shape;
         let mut values: Vec<f32> = Vec::with_capacity(size * c * h * w);
@@ -68,7 +68,7 @@ impl Dataset {
                 }
             }
         }
-        Tensor::from_data(TensorData::new(values, [size, c, h, w]), device)
+        (Tensor::from_data(TensorData::new(values, [size, c, h, w]), device), indices)
     }
 
     /// The subset at `indices`, labels included.

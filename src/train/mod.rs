@@ -55,6 +55,10 @@ pub struct TrainConfig {
     /// likely as itself. Older checkpoints have no such field: none.
     #[serde(default)]
     pub flip: bool,
+    /// A conditional model's share of labels replaced by ∅ (Ho & Salimans 2022: 0.1-0.2), so
+    /// that one network learns ε_θ(x, c) and ε_θ(x, ∅). Older checkpoints: none.
+    #[serde(default)]
+    pub label_dropout: f64,
 }
 
 fn one() -> usize {
@@ -165,9 +169,13 @@ impl Trainer {
         let ad = self.device.clone().autodiff();
         // x₀ ~ q(x₀), t ~ U{0..T−1}, ε ~ N(0, I): drawn here, on the CPU, for the whole batch.
         let b = self.train.batch_size;
-        let x0 = data.random_batch(b, self.train.flip, &mut self.noise, &ad);
+        let (x0, items) = data.random_batch(b, self.train.flip, &mut self.noise, &ad);
         let t: Vec<usize> = (0..b).map(|_| self.noise.below(self.diffusion.steps())).collect();
         let eps = self.noise.gaussian(x0.dims(), &ad);
+        let classes = match self.unet.num_classes {
+            Some(null) => Some(self.draw_classes(data, &items, null)?),
+            None => None,
+        };
 
         // Shard k takes a slice of n_k items and weighs its mean loss by n_k / B, so the shards'
         // losses and gradients add up to those of the whole batch.
@@ -179,6 +187,7 @@ impl Trainer {
                     replica: self.model.clone().map(&mut Replica),
                     x0: x0.clone().narrow(0, items.start, items.len()),
                     t: t[items.clone()].to_vec(),
+                    classes: classes.as_ref().map(|c| c[items.clone()].to_vec()),
                     eps: eps.clone().narrow(0, items.start, items.len()),
                     dropout,
                     weight: items.len() as f64 / b as f64,
@@ -209,6 +218,27 @@ impl Trainer {
         self.ema = self.ema.clone().map(&mut ema);
         self.step += 1;
         Ok(StepStats { loss: loss_value, grad_norm, lr })
+    }
+
+    /// The classes of the drawn `items`, each replaced by ∅ (`null`) with probability
+    /// `label_dropout`.
+    fn draw_classes(&mut self, data: &Dataset, items: &[usize], null: usize) -> Result<Vec<usize>> {
+        let labels = data.labels.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("a class-conditional model trains on labelled images (--data mnist or emoji)")
+        })?;
+        const ONE: usize = 1 << 24;
+        let p = (self.train.label_dropout * ONE as f64) as usize;
+        Ok(items
+            .iter()
+            .map(|&i| if self.noise.below(ONE) < p { null } else { (labels[i] as usize).min(null) })
+            .collect())
+    }
+
+    /// Starts from `model`'s weights (a warm start from another run's file, on this trainer's
+    /// autodiff device) instead of fresh ones; the EMA starts there too.
+    pub fn start_from(&mut self, model: UNet) {
+        self.model = model;
+        self.ema = self.model.valid();
     }
 
     /// The device the EMA lives on (the model is on its autodiff twin).
@@ -263,6 +293,7 @@ struct Shard {
     replica: UNet,
     x0: Tensor<4>,
     t: Vec<usize>,
+    classes: Option<Vec<usize>>,
     eps: Tensor<4>,
     dropout: Noise,
     weight: f64,
@@ -271,7 +302,10 @@ struct Shard {
 impl Shard {
     /// The shard's weighted loss and its gradients, flattened in the parameters' visiting order.
     fn run(mut self, diffusion: &Diffusion) -> (f64, Vec<Tensor<1>>) {
-        let loss = diffusion.loss(&self.replica, self.x0, &self.t, self.eps, &mut self.dropout).mul_scalar(self.weight);
+        let classes = self.classes.as_deref();
+        let loss = diffusion
+            .loss(&self.replica, self.x0, &self.t, classes, self.eps, &mut self.dropout)
+            .mul_scalar(self.weight);
         let value = loss.clone().into_scalar::<f64>();
         let grads = GradientsParams::from_grads(loss.backward(), &self.replica);
         let mut flat = FlattenGrads(&grads, Vec::new());

@@ -36,6 +36,11 @@ impl TimeEmbedding {
         }
     }
 
+    /// Width of the embedding.
+    pub(super) fn dim(&self) -> usize {
+        self.lin2.weight.dims()[1]
+    }
+
     pub(super) fn forward(&self, t: Tensor<1>) -> Tensor<2> {
         let dim = self.lin1.weight.dims()[0];
         self.lin2.forward(swish(self.lin1.forward(sinusoidal_embedding(t, dim))))

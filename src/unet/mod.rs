@@ -10,8 +10,8 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
-use burn::nn::{GroupNorm, GroupNormConfig};
-use burn::tensor::{Device, Tensor};
+use burn::nn::{Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, Initializer};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 mod blocks;
@@ -42,6 +42,11 @@ pub struct UNetConfig {
     pub groups: usize,
     /// Dropout inside residual blocks while training (paper: 0.1).
     pub dropout: f64,
+    /// Classes of a class-conditional model (Ho & Salimans 2022): a learned embedding of
+    /// `num_classes + 1` rows, the last one "no class" (∅), added to the time embedding. None:
+    /// unconditional, as every file written before it (and such files are written as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
 }
 
 impl Default for UNetConfig {
@@ -56,6 +61,7 @@ impl Default for UNetConfig {
             blocks: 1,
             groups: 32,
             dropout: 0.1,
+            num_classes: None,
         }
     }
 }
@@ -149,6 +155,9 @@ impl UNetConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout {} must be in [0, 1)", self.dropout));
         }
+        if let Some(n) = self.num_classes {
+            within("num_classes", n, 1, limits::MAX_CLASSES)?;
+        }
         let params = self.init(&Device::flex()).num_params();
         if params > limits::MAX_PARAMS {
             return Err(format!("{params} parameters is above the largest supported model, {}", limits::MAX_PARAMS));
@@ -202,6 +211,7 @@ impl UNetConfig {
         UNet {
             image_proj,
             time_emb,
+            class_emb: self.num_classes.map(|n| class_embedding(n, tch, device)),
             down,
             middle,
             up,
@@ -209,6 +219,12 @@ impl UNetConfig {
             final_: conv3x3(base, self.image_channels, device),
         }
     }
+}
+
+/// The class embedding, all zeros: a fresh conditional model starts as its unconditional self
+/// (and a warm start from an unconditional file, [`UNet::with_classes`], as that file's model).
+fn class_embedding(num_classes: usize, dim: usize, device: &Device) -> Embedding {
+    EmbeddingConfig::new(num_classes + 1, dim).with_initializer(Initializer::Zeros).init(device)
 }
 
 /// One entry of `down`: a block or a Downsample (their index is the labml key: `down.3.conv`).
@@ -238,6 +254,8 @@ pub struct MiddleBlock {
 pub struct UNet {
     image_proj: Conv2d,
     time_emb: TimeEmbedding,
+    /// Conditional models only: row c is class c's vector, the last row ∅'s.
+    class_emb: Option<Embedding>,
     down: Vec<Down>,
     middle: MiddleBlock,
     up: Vec<Up>,
@@ -249,19 +267,59 @@ pub struct UNet {
 impl UNet {
     /// Predicts the noise in `x` ([B, C, H, W], data in [−1, 1] scaled by √ᾱ) at steps `t` ([B]).
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
-        self.forward_with(x, t, None)
+        self.forward_with(x, t, None, None)
+    }
+
+    /// ε_θ(x_t, t, c) with one class per item (`num_classes` is ∅); an unconditional model
+    /// ignores the classes.
+    pub fn forward_class(&self, x: Tensor<4>, t: Tensor<1>, classes: &[usize]) -> Tensor<4> {
+        self.forward_with(x, t, Some(classes), None)
+    }
+
+    /// The number of classes of a conditional model (its ∅ is this index).
+    pub fn num_classes(&self) -> Option<usize> {
+        self.class_emb.as_ref().map(|e| e.weight.dims()[0] - 1)
+    }
+
+    /// This model made class-conditional with `num_classes` classes whose embedding starts at
+    /// zero, so that it computes exactly what it computed before for every class (warm start).
+    pub fn with_classes(self, num_classes: usize) -> Self {
+        let dim = self.time_emb.dim();
+        let device = self.image_proj.weight.device();
+        Self { class_emb: Some(class_embedding(num_classes, dim, &device)), ..self }
     }
 
     /// The same in training mode: dropout after each residual block's second Swish (Appendix B),
     /// its masks drawn from `dropout`, the project's CPU generator, so a run repeats exactly on
     /// any backend, also when a training step runs shards of its batch on several threads (burn's
     /// own dropout reads the device's one global generator, in whatever order threads reach it).
-    pub fn forward_train(&self, x: Tensor<4>, t: Tensor<1>, dropout: &mut Noise) -> Tensor<4> {
-        self.forward_with(x, t, Some(dropout))
+    pub fn forward_train(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        classes: Option<&[usize]>,
+        dropout: &mut Noise,
+    ) -> Tensor<4> {
+        self.forward_with(x, t, classes, Some(dropout))
     }
 
-    fn forward_with(&self, x: Tensor<4>, t: Tensor<1>, mut dropout: Option<&mut Noise>) -> Tensor<4> {
-        let t = self.time_emb.forward(t);
+    fn forward_with(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        classes: Option<&[usize]>,
+        mut dropout: Option<&mut Noise>,
+    ) -> Tensor<4> {
+        let mut t = self.time_emb.forward(t);
+        // Classifier-free guidance's conditioning: emb(c) added to the time embedding; items
+        // without a class get ∅'s row.
+        if let Some(emb) = &self.class_emb {
+            let [b, dim] = t.dims();
+            let null = emb.weight.dims()[0] - 1;
+            let ids: Vec<i64> = (0..b).map(|i| classes.map_or(null, |c| c[i].min(null)) as i64).collect();
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, 1]), &t.device());
+            t = t + emb.forward(ids).reshape([b, dim]);
+        }
         let mut x = conv2d(&self.image_proj, x);
         let mut skips = vec![x.clone()];
         for layer in &self.down {

@@ -15,6 +15,7 @@ pub fn tiny() -> UNetConfig {
         blocks: 1,
         groups: 4,
         dropout: 0.1,
+        num_classes: None,
     }
 }
 
@@ -31,6 +32,7 @@ pub fn recipe(steps: usize, batch_size: usize, lr: f64) -> TrainConfig {
         shards: 1,
         data: "test".into(),
         flip: false,
+        label_dropout: 0.0,
     }
 }
 
