@@ -9,6 +9,7 @@ use js_sys::{Object, Reflect, Uint8ClampedArray};
 use wasm_bindgen::prelude::*;
 
 use crate::diffusion::Diffusion;
+use crate::guidance::{Guidance, Guided};
 use crate::images::Grid;
 use crate::request::{InterpolationRequest, PAGE_MAX_FRAMES, PAGE_MAX_IMAGES, SampleRequest, grid_cols};
 use crate::sampler::Sampler;
@@ -34,6 +35,8 @@ pub struct Ddpm {
     device: Device,
     backend: String,
     sampler: Option<Sampler>,
+    /// Classifier-free guidance of the runs to come (a conditional model only).
+    guidance: Option<Guidance>,
     /// Grid columns of the current run.
     cols: usize,
     /// The last finished run's images, [B, C, H, W], for interpolation end points.
@@ -46,11 +49,13 @@ pub fn max_weights_bytes() -> f64 {
     crate::limits::MAX_WEIGHTS_BYTES as f64
 }
 
-/// The page's bounds, as JSON: `{max_images, max_frames}` (a model's own T is its
+/// The page's bounds, as JSON: `{max_images, max_frames, max_guidance}` (a model's own T is its
 /// `diffusion_steps`; t runs over 0..T).
 #[wasm_bindgen]
 pub fn page_limits() -> String {
-    serde_json::json!({ "max_images": PAGE_MAX_IMAGES, "max_frames": PAGE_MAX_FRAMES }).to_string()
+    let max_guidance = crate::guidance::MAX_GUIDANCE;
+    serde_json::json!({ "max_images": PAGE_MAX_IMAGES, "max_frames": PAGE_MAX_FRAMES, "max_guidance": max_guidance })
+        .to_string()
 }
 
 /// The vector instructions the CPU fallback's kernels use ("wasm-simd128" in this build).
@@ -101,7 +106,7 @@ impl Ddpm {
         };
         let (model, _) = weights::load(&bytes, &device).map_err(js_err)?;
         let diffusion = Diffusion::new(header.schedule.clone());
-        Ok(Ddpm { model, header, diffusion, device, backend, sampler: None, cols: 1, last: None })
+        Ok(Ddpm { model, header, diffusion, device, backend, sampler: None, guidance: None, cols: 1, last: None })
     }
 
     /// Which backend runs the model, in words.
@@ -124,6 +129,26 @@ impl Ddpm {
     #[wasm_bindgen(getter)]
     pub fn image_size(&self) -> usize {
         self.header.unet.image_size
+    }
+
+    /// The classes of a class-conditional model (0 for an unconditional one).
+    #[wasm_bindgen(getter)]
+    pub fn num_classes(&self) -> usize {
+        self.model.num_classes().unwrap_or(0)
+    }
+
+    /// Guides the runs that follow towards `class` with strength `w` (classifier-free guidance,
+    /// as `ddpm sample --class --guidance`), or, with a negative class, samples unconditionally.
+    pub fn guide(&mut self, class: i32, w: f64) -> Result<(), JsError> {
+        self.guidance = match usize::try_from(class) {
+            Ok(class) => {
+                let g = Guidance { class, w };
+                g.check(self.model.num_classes()).map_err(js_err)?;
+                Some(g)
+            }
+            Err(_) => None,
+        };
+        Ok(())
     }
 
     /// The model and training metadata as JSON, for display.
@@ -177,7 +202,8 @@ impl Ddpm {
         let Some(sampler) = self.sampler.as_mut() else {
             return js_sys::Promise::resolve(&JsValue::NULL);
         };
-        let Some(step) = sampler.step(&self.model) else {
+        let eps_theta = Guided { model: &self.model, guidance: self.guidance };
+        let Some(step) = sampler.step(&eps_theta) else {
             return js_sys::Promise::resolve(&JsValue::NULL);
         };
         let x = sampler.x().clone();

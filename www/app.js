@@ -129,7 +129,9 @@ async function startSampling() {
   const recent = []; // the last steps' times, for the time left
   // DDIM's η: 0 is deterministic, 1 draws fresh noise every step as the paper's sampler does (more
   // confidently classified digits, a higher MNIST-FD: docs/mnist-model.md); full DDPM ignores it.
-  const args = [seed, count, sampleSteps(), Number($('eta').value)];
+  // A conditional model draws the chosen class with classifier-free guidance ("any": unguided).
+  const cls = model.numClasses ? Number($('class').value) : -1;
+  const args = [seed, count, sampleSteps(), Number($('eta').value), cls, Number($('guidance').value)];
   const last = await drive(id, 'sample', args, (step, ms) => {
     draw($('xt'), step.width, step.height, step.x_t);
     draw($('x0'), step.width, step.height, step.x0);
@@ -245,6 +247,7 @@ function applyLimits(limits) {
   $('ddim-steps').max = String(T);
   $('t').max = String(T - 1);
   $('frames').max = String(limits.max_frames);
+  $('guidance').max = String(limits.max_guidance);
   $('sampler').querySelector('option[value="ddpm"]').textContent = `DDPM, all ${T} steps (the paper)`;
   for (const option of [...$('count').options]) {
     if (Number(option.value) > limits.max_images) option.remove();
@@ -329,6 +332,14 @@ async function main() {
   showBackend(model);
   client.onRecovered = (info) => { model = info; showBackend(info); };
   applyLimits(limits);
+  if (model.numClasses) {
+    for (let k = 0; k < model.numClasses; k++) $('class').add(new Option(String(k), String(k)));
+    $('class-label').hidden = false;
+    $('guidance-label').hidden = false;
+    const syncGuidance = () => { $('guidance-text').textContent = `w = ${Number($('guidance').value).toFixed(1)}`; };
+    $('guidance').addEventListener('input', syncGuidance);
+    syncGuidance();
+  }
   if (!model.onGpu) {
     // A step's time grows with the batch on the CPU: one image with the default sampler is done
     // in seconds there, four take four times as long (docs/speed.md); the menu still

@@ -44,11 +44,21 @@ const waiting = [];
 channel.port1.onmessage = () => waiting.shift()?.();
 const yieldToMessages = () => new Promise((resolve) => { waiting.push(resolve); channel.port2.postMessage(0); });
 
+// `sample`: [seed, count, steps, eta, class (-1: any), guidance]; `ends` and `frames`: the
+// Interpolation's arguments (unguided).
 function start(kind, args) {
   switch (kind) {
-    case 'sample': return model.start(...args);
-    case 'ends': return model.start_interpolation_ends(new Interpolation(...args));
-    case 'frames': return model.start_interpolation(new Interpolation(...args));
+    case 'sample': {
+      const [seed, count, steps, eta, cls = -1, w = 0] = args;
+      model.guide(cls, w);
+      return model.start(seed, count, steps, eta);
+    }
+    case 'ends':
+      model.guide(-1, 0);
+      return model.start_interpolation_ends(new Interpolation(...args));
+    case 'frames':
+      model.guide(-1, 0);
+      return model.start_interpolation(new Interpolation(...args));
     default: throw new Error(`unknown run kind ${kind}`);
   }
 }
@@ -104,7 +114,7 @@ onmessage = async ({ data }) => {
         model = await Ddpm.create(data.bytes, data.wantGpu);
         postMessage({
           type: 'loaded', backend: model.backend, onGpu: model.on_gpu, describe: model.describe(),
-          diffusionSteps: model.diffusion_steps, imageSize: model.image_size,
+          diffusionSteps: model.diffusion_steps, imageSize: model.image_size, numClasses: model.num_classes,
           kernels: model.on_gpu ? 'webgpu' : kernel_path(),
         });
       } catch (e) {

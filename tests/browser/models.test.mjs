@@ -2,10 +2,13 @@
 // channel by channel as `ddpm sample` draws it; a lost GPU device, recovered. Run by `cargo xtask test`.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { launch } from './harness.mjs';
 import {
-  ETA, nativeSamples, canvasTiles, compare, same, ready, sample, waitDone, backends, rgbModel,
+  BIN, ETA, nativeSamples, canvasTiles, compare, same, ready, sample, waitDone, backends, rgbModel,
 } from './page-kit.mjs';
 
 const browsers = [];
@@ -50,6 +53,44 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
     assert.deepEqual(browser.errors, []);
   });
 }
+
+// A class-conditional model (two training steps on MNIST's labelled digits, built by the CLI):
+// the page offers its classes and a guidance slider, and a guided run equals `ddpm sample --class
+// --guidance` for the same seeds; guidance changes the image, "any" is the unguided model.
+test('CPU fallback: a conditional model draws the chosen class with guidance as `ddpm sample` does', { skip: !backends.includes('cpu'), timeout: 900_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ddpm-cond-'));
+  execFileSync(BIN, ['train', '--data', 'mnist', '--conditional', '--base-channels', '8', '--channel-mults', '1,2',
+    '--attn', '0,1', '--groups', '4', '--dropout', '0', '--steps', '3', '--batch-size', '8', '--lr', '0.05', '--warmup', '1',
+    '--sample-every', '0', '--out', join(dir, 'run')], { stdio: 'pipe' });
+  const file = join(dir, 'cond.safetensors');
+  execFileSync(BIN, ['export', '--run', join(dir, 'run'), '--out', file], { stdio: 'pipe' });
+  const browser = await launch({ webgpu: false });
+  browsers.push(browser);
+  const page = await browser.page();
+  await page.route('**/weights/cond.safetensors', (route) => route.fulfill({ body: readFileSync(file) }));
+  await ready(page, '&backend=cpu&weights=weights/cond.safetensors');
+  const ui = await page.evaluate(() => ({ cls: !document.getElementById('class-label').hidden,
+    guidance: !document.getElementById('guidance-label').hidden,
+    options: [...document.getElementById('class').options].map((o) => o.value) }));
+  assert.deepEqual(ui, { cls: true, guidance: true, options: ['-1', ...Array.from({ length: 10 }, (_, k) => String(k))] });
+  const [seed, count, steps] = [5, 4, 4];
+  const drawn = async (cls, w) => {
+    await page.selectOption('#class', String(cls));
+    await page.evaluate((w) => { document.getElementById('guidance').value = String(w); }, w);
+    await sample(page, seed, count, steps, ETA);
+    await waitDone(page);
+    return canvasTiles(page, 'xt', count, 28);
+  };
+  const guided = await drawn(3, 8);
+  const native = nativeSamples(seed, count, steps, ETA, file, 0, ['--class', '3', '--guidance', '8']);
+  for (let i = 0; i < count; i++) assert.ok(same(compare(guided[i], native[i])), `guided image ${i}`);
+  const any = await drawn(-1, 8);
+  const unguided = nativeSamples(seed, count, steps, ETA, file);
+  for (let i = 0; i < count; i++) assert.ok(same(compare(any[i], unguided[i])), `unguided image ${i}`);
+  assert.ok(compare(guided[0], any[0]).mean > 0.5, 'guidance changes the image');
+  rmSync(dir, { recursive: true, force: true });
+  assert.deepEqual(browser.errors, []);
+});
 
 // A lost GPU device (a driver reset; here GPUDevice.destroy() from the test hook, which takes
 // the same path): the page says so, starts a fresh worker with a fresh device and runs the

@@ -27,10 +27,10 @@ export function weightsInfo() {
 
 // Native images for the same seeds and steps, as values 0..255 of one channel (gray: 0), one
 // array per image.
-export function nativeSamples(seed, count, steps, eta, weights = WEIGHTS, channel = 0) {
+export function nativeSamples(seed, count, steps, eta, weights = WEIGHTS, channel = 0, extra = []) {
   const dir = mkdtempSync(join(tmpdir(), 'ddpm-native-'));
   execFileSync(BIN, ['sample', '--weights', weights, '--count', String(count), '--seed', String(seed),
-    '--steps', String(steps), '--eta', String(eta), '--out', dir], { stdio: 'pipe' });
+    '--steps', String(steps), '--eta', String(eta), '--out', dir, ...extra], { stdio: 'pipe' });
   const images = Array.from({ length: count }, (_, i) => pngPixels(readFileSync(join(dir, `${String(i).padStart(6, '0')}.png`)), channel));
   rmSync(dir, { recursive: true, force: true });
   return images;
