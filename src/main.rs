@@ -8,7 +8,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use cli::bench::BenchArgs;
 use cli::eval::EvalArgs;
-use cli::sample::{AnimateArgs, InterpolateArgs, SampleArgs};
+use cli::sample::{AnimateArgs, EditArgs, InterpolateArgs, SampleArgs};
 use cli::train::TrainArgs;
 use cli::weights::{AverageArgs, ExportArgs};
 
@@ -51,6 +51,8 @@ enum Command {
     Interpolate(InterpolateArgs),
     /// The reverse process as an animated GIF (x_t beside x̂₀).
     Animate(AnimateArgs),
+    /// SDEdit: noise an image (a drawing) to step t and denoise it, optionally towards a class.
+    Edit(EditArgs),
     /// Time the UNet and one training and sampling step; prints JSON lines.
     Bench(BenchArgs),
     /// Score a folder of generated images: MNIST-FD or emoji-FD (Fréchet distance on classifier features),
@@ -83,6 +85,7 @@ fn main() {
         Command::Sample(a) => cli::sample::sample(a),
         Command::Interpolate(a) => cli::sample::interpolate(a),
         Command::Animate(a) => cli::sample::animate(a),
+        Command::Edit(a) => cli::sample::edit(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Eval(a) => cli::eval::run(a),
     };

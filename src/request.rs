@@ -135,6 +135,50 @@ impl InterpolationRequest {
     }
 }
 
+/// SDEdit: a drawing (already at the model's size) noised to step `t` with seed `seed`'s ε and
+/// denoised by the sampler `steps` / `eta`, as `ddpm edit` and the page's drawing panel run it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EditRequest {
+    pub seed: u64,
+    pub t: usize,
+    pub steps: usize,
+    pub eta: f64,
+}
+
+impl EditRequest {
+    /// The sampler from the drawing `x0` ([1, C, H, W] in [−1, 1]), after checking t and the
+    /// sampler against the model's T.
+    pub fn sampler(&self, diffusion: &Diffusion, x0: Tensor<4>) -> Result<Sampler, String> {
+        if self.t >= diffusion.steps() {
+            return Err(format!("t must be below T = {}, got {}", diffusion.steps(), self.t));
+        }
+        let method = Method::from_steps(self.steps, diffusion.steps(), self.eta)?;
+        Ok(Sampler::edit(diffusion, method, x0, self.t, &[self.seed]))
+    }
+}
+
+/// A drawing's RGBA bytes (`size`×`size`, row-major, as a canvas gives them) as the model's
+/// [1, C, size, size] input in [−1, 1]: gray models read the luminance (ITU-R 601), RGB models the
+/// three channels; alpha is ignored.
+pub fn drawing_pixels(rgba: &[u8], channels: usize, size: usize) -> Result<Vec<f32>, String> {
+    if rgba.len() != 4 * size * size {
+        return Err(format!("a drawing of {size}×{size} has {} RGBA bytes, got {}", 4 * size * size, rgba.len()));
+    }
+    let px = |p: usize, ch: usize| rgba[4 * p + ch] as f32;
+    let level = |v: f32| v / 127.5 - 1.0;
+    Ok((0..channels)
+        .flat_map(|ch| {
+            (0..size * size).map(move |p| {
+                if channels == 1 {
+                    level(0.299 * px(p, 0) + 0.587 * px(p, 1) + 0.114 * px(p, 2))
+                } else {
+                    level(px(p, ch))
+                }
+            })
+        })
+        .collect())
+}
+
 /// Columns of a grid of `n` samples: as square as it gets.
 pub fn grid_cols(n: usize) -> usize {
     (n as f64).sqrt().ceil() as usize

@@ -91,6 +91,17 @@ impl Sampler {
         Self { diffusion: diffusion.clone(), method, timesteps, done: 0, x: x_t, noises }
     }
 
+    /// SDEdit (Meng et al. 2022): a given image x₀ (a drawing, [B, C, H, W]) noised to step `t`,
+    /// x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε (eq. 4), then denoised from there: the larger t, the more
+    /// the model may change it. Image i's ε and later noise come from seed `seeds[i]`.
+    pub fn edit(diffusion: &Diffusion, method: Method, x0: Tensor<4>, t: usize, seeds: &[u64]) -> Self {
+        let mut noises: Vec<Noise> = seeds.iter().map(|&s| Noise::new(s)).collect();
+        let [_, c, h, w] = x0.dims();
+        let eps = draw(&mut noises, [c, h, w], &x0.device());
+        let x_t = diffusion.q_sample(x0, &vec![t; seeds.len()], eps);
+        Self::from_x_t(diffusion, method, x_t, t, noises)
+    }
+
     /// labml's interpolation: noise x_a and x_b (each [1, C, H, W]) to step `t` with the same ε,
     /// mix (1 − λ)·x_t^a + λ·x_t^b for each λ, and denoise the whole batch of frames back.
     /// Every frame draws the same later noise, so neighbouring frames differ only through λ.

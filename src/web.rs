@@ -11,7 +11,9 @@ use wasm_bindgen::prelude::*;
 use crate::diffusion::Diffusion;
 use crate::guidance::{Guidance, Guided};
 use crate::images::Grid;
-use crate::request::{InterpolationRequest, PAGE_MAX_FRAMES, PAGE_MAX_IMAGES, SampleRequest, grid_cols};
+use crate::request::{
+    EditRequest, InterpolationRequest, PAGE_MAX_FRAMES, PAGE_MAX_IMAGES, SampleRequest, drawing_pixels, grid_cols,
+};
 use crate::sampler::Sampler;
 use crate::unet::UNet;
 use crate::weights::{self, Header};
@@ -170,6 +172,19 @@ impl Ddpm {
         request.method(&self.diffusion, PAGE_MAX_IMAGES).map_err(js_err)?;
         self.sampler = Some(request.sampler(&self.diffusion, self.image_shape(), &self.device).map_err(js_err)?);
         self.cols = grid_cols(count);
+        Ok(())
+    }
+
+    /// Starts SDEdit on a drawing: `rgba` is `image_size`² RGBA pixels (the page's pad scaled to
+    /// the model's size), noised to step `t` with seed `seed`'s ε and denoised, as `ddpm edit`
+    /// does with the same pixels saved as a PNG.
+    pub fn start_edit(&mut self, rgba: Vec<u8>, seed: u32, t: usize, steps: usize, eta: f64) -> Result<(), JsError> {
+        let [c, size, _] = self.image_shape();
+        let pixels = drawing_pixels(&rgba, c, size).map_err(js_err)?;
+        let x0 = Tensor::from_data(burn::tensor::TensorData::new(pixels, [1, c, size, size]), &self.device);
+        let request = EditRequest { seed: seed.into(), t, steps, eta };
+        self.sampler = Some(request.sampler(&self.diffusion, x0).map_err(js_err)?);
+        self.cols = 1;
         Ok(())
     }
 

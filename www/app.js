@@ -1,8 +1,9 @@
 // The page: fetches the weights, hands them to the model's worker (model-client.js), asks it for
 // one denoising step at a time and draws it. All maths is in Rust (src/web.rs), run in the
 // worker; this thread only wires controls to it and draws.
+import { DrawPad } from './draw-pad.js';
 import { ModelClient } from './model-client.js';
-import { cachedWeights } from './weights-cache.js';
+import { cachedWeights, fetchWeights } from './weights-cache.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -50,46 +51,6 @@ function draw(canvas, width, height, rgba) {
   canvas.getContext('2d').putImageData(new ImageData(rgba, width, height), 0, 0);
 }
 
-// Fetches with a progress bar; any failure is turned into a sentence for the page. A file above
-// the loader's bound (`limit`, a promise: the module may still be loading) is refused as soon as
-// both are known, before it fills the tab's memory.
-async function fetchWeights(url, limit) {
-  let response;
-  try {
-    response = await fetch(url);
-  } catch (e) {
-    throw new Error(`could not fetch the weights at ${url}: ${e.message}`);
-  }
-  if (!response.ok) throw new Error(`could not fetch the weights at ${url}: HTTP ${response.status}`);
-  const total = Number(response.headers.get('Content-Length')) || 0;
-  // The bound comes with the module; the download does not wait for it, and is checked (by the
-  // announced length and by the bytes received) as soon as it is known, and at the end.
-  let max = null;
-  limit.then((m) => { max = m; }, () => {});
-  const tooLarge = (bytes) => new Error(`the weights at ${url} are ${bytes.toLocaleString('en-US')} bytes or more, ` +
-    `above the largest model this page loads (${max.toLocaleString('en-US')} bytes)`);
-  const reader = response.body.getReader();
-  const chunks = [];
-  let received = 0;
-  for (;;) {
-    if (max !== null && Math.max(total, received) > max) {
-      reader.cancel();
-      throw tooLarge(Math.max(total, received));
-    }
-    const { done, value } = await reader.read();
-    if (done) break;
-    chunks.push(value);
-    received += value.length;
-    if (total) $('progress').value = received / total;
-  }
-  max = await limit;
-  if (Math.max(total, received) > max) throw tooLarge(Math.max(total, received));
-  const bytes = new Uint8Array(received);
-  let offset = 0;
-  for (const c of chunks) { bytes.set(c, offset); offset += c.length; }
-  return bytes;
-}
-
 // Runs a request in the worker to the end, drawing each step; resolves to the last step or null
 // if the run was replaced or stopped. A run restarted after a lost GPU starts its steps again.
 async function drive(id, kind, args, onStep) {
@@ -116,6 +77,7 @@ function setRunning(running) {
   state.running = running;
   $('start').disabled = false;
   $('interp').disabled = running;
+  $('edit').disabled = running;
   $('stop').disabled = !running;
 }
 
@@ -147,6 +109,29 @@ async function startSampling() {
   setRunning(false);
   $('download').disabled = !last;
   $('status').textContent = last ? `Done: ${count} image(s) from seed ${seed}.` : 'Stopped.';
+}
+
+// SDEdit on the pad's drawing, drawn in the sampling panels like a run of one image.
+let pad = null;
+async function editDrawing() {
+  const id = ++runId;
+  const pixels = pad.pixels();
+  state.lastDrawing = Array.from(pixels); // for the browser test's `ddpm edit` on the same pixels
+  const cls = model.numClasses ? Number($('class').value) : -1;
+  const args = [pixels, Number($('seed').value) >>> 0, Number($('edit-t').value), sampleSteps(), Number($('eta').value),
+    cls, Number($('guidance').value)];
+  $('error').hidden = true;
+  setRunning(true);
+  const last = await drive(id, 'edit', args, (step, ms) => {
+    draw($('xt'), step.width, step.height, step.x_t);
+    draw($('x0'), step.width, step.height, step.x0);
+    state.lastStep = { index: step.index, total: step.total, t: step.t };
+    $('progress-text').textContent = `editing: step ${step.index} / ${step.total} (t = ${step.t}) · ${ms.toFixed(0)} ms per step`;
+  }).catch((e) => { if (id === runId) showError(e.message ?? String(e)); return null; });
+  if (id !== runId) return;
+  setRunning(false);
+  $('download').disabled = !last;
+  $('status').textContent = last ? 'Done: your drawing, denoised.' : 'Stopped.';
 }
 
 function stop() {
@@ -312,7 +297,7 @@ async function main() {
     const manifest = await fetch('weights/index.json', { cache: 'no-cache' })
       .then((r) => (r.ok ? r.json() : null)).catch(() => null);
     const { weightsUrl, entry } = chooseModel(manifest?.models ?? []);
-    const download = () => fetchWeights(weightsUrl, module.then((hello) => hello.maxWeightsBytes));
+    const download = () => fetchWeights(weightsUrl, module.then((hello) => hello.maxWeightsBytes), (p) => { $('progress').value = p; });
     const [hello, weights] = await Promise.all([
       module,
       cachedWeights(weightsUrl, entry, download, params.get('store'))
@@ -371,6 +356,14 @@ async function main() {
   state.ready = true;
   $('start').disabled = false;
   $('interp').disabled = false;
+  $('edit').disabled = false;
+  pad = new DrawPad($('pad'), { size: model.imageSize, gray: JSON.parse(model.describe).unet.image_channels === 1 });
+  $('edit-t').max = String(model.diffusionSteps - 1);
+  const syncT = () => { $('edit-t-text').textContent = `t = ${$('edit-t').value}`; };
+  $('edit-t').addEventListener('input', syncT);
+  syncT();
+  $('draw-form').addEventListener('submit', (e) => { e.preventDefault(); editDrawing(); });
+  $('clear').addEventListener('click', () => pad.clear());
 
   $('sample-form').addEventListener('submit', (e) => { e.preventDefault(); startSampling(); });
   $('interp-form').addEventListener('submit', (e) => { e.preventDefault(); interpolate(); });

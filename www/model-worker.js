@@ -44,14 +44,19 @@ const waiting = [];
 channel.port1.onmessage = () => waiting.shift()?.();
 const yieldToMessages = () => new Promise((resolve) => { waiting.push(resolve); channel.port2.postMessage(0); });
 
-// `sample`: [seed, count, steps, eta, class (-1: any), guidance]; `ends` and `frames`: the
-// Interpolation's arguments (unguided).
+// `sample`: [seed, count, steps, eta, class (-1: any), guidance]; `edit`: [RGBA pixels, seed, t,
+// steps, eta, class, guidance]; `ends` and `frames`: the Interpolation's arguments (unguided).
 function start(kind, args) {
   switch (kind) {
     case 'sample': {
       const [seed, count, steps, eta, cls = -1, w = 0] = args;
       model.guide(cls, w);
       return model.start(seed, count, steps, eta);
+    }
+    case 'edit': {
+      const [rgba, seed, t, steps, eta, cls = -1, w = 0] = args;
+      model.guide(cls, w);
+      return model.start_edit(rgba, seed, t, steps, eta);
     }
     case 'ends':
       model.guide(-1, 0);

@@ -88,3 +88,43 @@ export async function cachedWeights(url, entry, download, prefer) {
   }
   return { bytes, source: 'network' };
 }
+
+// Fetches the weights, reporting progress; any failure is turned into a sentence for the page. A file above
+// the loader's bound (`limit`, a promise: the module may still be loading) is refused as soon as
+// both are known, before it fills the tab's memory.
+export async function fetchWeights(url, limit, onProgress) {
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    throw new Error(`could not fetch the weights at ${url}: ${e.message}`);
+  }
+  if (!response.ok) throw new Error(`could not fetch the weights at ${url}: HTTP ${response.status}`);
+  const total = Number(response.headers.get('Content-Length')) || 0;
+  // The bound comes with the module; the download does not wait for it, and is checked (by the
+  // announced length and by the bytes received) as soon as it is known, and at the end.
+  let max = null;
+  limit.then((m) => { max = m; }, () => {});
+  const tooLarge = (bytes) => new Error(`the weights at ${url} are ${bytes.toLocaleString('en-US')} bytes or more, ` +
+    `above the largest model this page loads (${max.toLocaleString('en-US')} bytes)`);
+  const reader = response.body.getReader();
+  const chunks = [];
+  let received = 0;
+  for (;;) {
+    if (max !== null && Math.max(total, received) > max) {
+      reader.cancel();
+      throw tooLarge(Math.max(total, received));
+    }
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    received += value.length;
+    if (total) onProgress(received / total);
+  }
+  max = await limit;
+  if (Math.max(total, received) > max) throw tooLarge(Math.max(total, received));
+  const bytes = new Uint8Array(received);
+  let offset = 0;
+  for (const c of chunks) { bytes.set(c, offset); offset += c.length; }
+  return bytes;
+}

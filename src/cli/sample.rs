@@ -5,13 +5,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, ensure};
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 
 use super::{SamplerArgs, to_vec};
 use ddpm::images::{Grid, save_gif, save_png};
 use ddpm::limits;
-use ddpm::request::{InterpolationRequest, SampleRequest, grid_cols};
+use ddpm::request::{EditRequest, InterpolationRequest, SampleRequest, drawing_pixels, grid_cols};
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -67,6 +67,25 @@ pub struct AnimateArgs {
     #[arg(long, default_value_t = 60)]
     frames: usize,
     #[arg(long, default_value_t = 4)]
+    scale: usize,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct EditArgs {
+    #[command(flatten)]
+    sampler: SamplerArgs,
+    /// The drawing or photo to edit (PNG/JPEG; resized to the model's size when it is not).
+    #[arg(long)]
+    input: PathBuf,
+    /// How far to noise it before denoising (0..T−1): how much the model may change it.
+    #[arg(long, default_value_t = 500)]
+    t: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Pixel scale of the output PNG.
+    #[arg(long, default_value_t = 1)]
     scale: usize,
     #[arg(long)]
     out: PathBuf,
@@ -160,4 +179,23 @@ pub fn animate(a: AnimateArgs) -> Result<()> {
     let last = frames.last().cloned().expect("at least one frame");
     frames.extend(std::iter::repeat_n(last, 15));
     save_gif(&a.out, frames, 80)
+}
+
+/// SDEdit: the input noised to --t and denoised, as the page's drawing panel does it.
+pub fn edit(a: EditArgs) -> Result<()> {
+    ensure!((1..=limits::MAX_SCALE).contains(&a.scale), "--scale must be 1..={}", limits::MAX_SCALE);
+    let m = a.sampler.load()?;
+    let [c, size, _] = m.image();
+    let img = image::open(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let img = if (img.width(), img.height()) == (size as u32, size as u32) {
+        img
+    } else {
+        img.resize_exact(size as u32, size as u32, image::imageops::FilterType::Triangle)
+    };
+    let pixels = drawing_pixels(&img.to_rgba8().into_raw(), c, size).map_err(anyhow::Error::msg)?;
+    let x0 = Tensor::from_data(TensorData::new(pixels, [1, c, size, size]), &m.device);
+    let request = EditRequest { seed: a.seed, t: a.t, steps: a.sampler.steps, eta: a.sampler.eta };
+    let sampler = request.sampler(&m.diffusion, x0).map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let x = to_vec(sampler.run(&m.eps_theta(a.sampler.backend.shards())));
+    Grid::new(&x, [1, c, size, size], 1, 0).save_png(&a.out, a.scale)
 }

@@ -9,7 +9,7 @@ import { launch } from './harness.mjs';
 const URL_ = process.env.DDPM_URL;
 const emit = (o) => console.log(JSON.stringify(o));
 
-const files = ['www/pkg/ddpm_bg.wasm', 'www/pkg/ddpm.js', 'www/app.js', 'www/model-client.js', 'www/model-worker.js',
+const files = ['www/pkg/ddpm_bg.wasm', 'www/pkg/ddpm.js', 'www/app.js', 'www/model-client.js', 'www/model-worker.js', 'www/draw-pad.js',
   'www/weights-cache.js', 'www/index.html', 'www/style.css'];
 const gz = files.reduce((n, f) => n + gzipSync(readFileSync(f), { level: 9 }).length, 0);
 const raw = files.reduce((n, f) => n + readFileSync(f).length, 0);

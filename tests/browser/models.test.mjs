@@ -3,12 +3,12 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { launch } from './harness.mjs';
+import { launch, pngPixels, rgbPng } from './harness.mjs';
 import {
-  BIN, ETA, nativeSamples, canvasTiles, compare, same, ready, sample, waitDone, backends, rgbModel,
+  BIN, ETA, WEIGHTS, nativeSamples, canvasTiles, compare, same, ready, sample, waitDone, backends, rgbModel,
 } from './page-kit.mjs';
 
 const browsers = [];
@@ -88,6 +88,47 @@ test('CPU fallback: a conditional model draws the chosen class with guidance as 
   const unguided = nativeSamples(seed, count, steps, ETA, file);
   for (let i = 0; i < count; i++) assert.ok(same(compare(any[i], unguided[i])), `unguided image ${i}`);
   assert.ok(compare(guided[0], any[0]).mean > 0.5, 'guidance changes the image');
+  rmSync(dir, { recursive: true, force: true });
+  assert.deepEqual(browser.errors, []);
+});
+
+// Draw your own (SDEdit): strokes drawn with the mouse on the pad, scaled to 28×28, noised to
+// t and denoised: the page's image equals `ddpm edit` on the same 28×28 pixels saved as a PNG.
+test('CPU fallback: a drawing denoised in the page equals `ddpm edit` on the same pixels', { skip: !backends.includes('cpu'), timeout: 900_000 }, async () => {
+  const browser = await launch({ webgpu: false });
+  browsers.push(browser);
+  const page = await browser.page();
+  await ready(page, '&backend=cpu');
+  await page.locator('#pad').scrollIntoViewIfNeeded();
+  const box = await page.locator('#pad').boundingBox();
+  const stroke = async (points) => {
+    await page.mouse.move(box.x + points[0][0] * box.width, box.y + points[0][1] * box.height);
+    await page.mouse.down();
+    for (const [x, y] of points.slice(1)) await page.mouse.move(box.x + x * box.width, box.y + y * box.height, { steps: 8 });
+    await page.mouse.up();
+  };
+  await stroke([[0.3, 0.25], [0.65, 0.25], [0.45, 0.8]]); // a 7
+  const [seed, t, steps] = [9, 400, 6];
+  await page.fill('#seed', String(seed));
+  await page.selectOption('#sampler', 'ddim');
+  await page.fill('#ddim-steps', String(steps));
+  await page.fill('#eta', String(ETA));
+  await page.evaluate((t) => { const e = document.getElementById('edit-t'); e.value = String(t); e.dispatchEvent(new Event('input')); }, t);
+  await page.click('#edit');
+  await waitDone(page);
+  const drawing = await page.evaluate(() => window.ddpmState.lastDrawing);
+  assert.equal(drawing.length, 28 * 28 * 4);
+  const ink = drawing.filter((v, i) => i % 4 === 0 && v > 128).length;
+  assert.ok(ink > 20 && ink < 400, `${ink} inked pixels of 784`);
+  const dir = mkdtempSync(join(tmpdir(), 'ddpm-edit-'));
+  writeFileSync(join(dir, 'drawing.png'), rgbPng(28, (x, y) => drawing.slice((y * 28 + x) * 4, (y * 28 + x) * 4 + 3)));
+  execFileSync(BIN, ['edit', '--weights', WEIGHTS, '--input', join(dir, 'drawing.png'), '--t', String(t), '--seed', String(seed),
+    '--steps', String(steps), '--eta', String(ETA), '--out', join(dir, 'edited.png')], { stdio: 'pipe' });
+  const native = pngPixels(readFileSync(join(dir, 'edited.png')));
+  const [drawn] = await canvasTiles(page, 'xt', 1, 28);
+  assert.ok(same(compare(drawn, native)), `mean ${compare(drawn, native).mean.toFixed(3)}`);
+  const gray = drawing.filter((_, i) => i % 4 === 0);
+  assert.ok(compare(drawn, gray).mean > 2, 'the model changed the drawing');
   rmSync(dir, { recursive: true, force: true });
   assert.deepEqual(browser.errors, []);
 });

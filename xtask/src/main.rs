@@ -187,9 +187,10 @@ fn build_web(root: &Path) -> Result<()> {
 
 /// What the page loads, relative to the site: every URL in the page is relative, so the folder
 /// works under any sub-path. The weights are the page's default model (`www/app.js`).
-const DIST_FILES: [(&str, &str); 10] = [
+const DIST_FILES: [(&str, &str); 11] = [
     ("www/index.html", "index.html"),
     ("www/app.js", "app.js"),
+    ("www/draw-pad.js", "draw-pad.js"),
     ("www/model-client.js", "model-client.js"),
     ("www/model-worker.js", "model-worker.js"),
     ("www/weights-cache.js", "weights-cache.js"),
