@@ -64,10 +64,14 @@ fn real_digits_score_near_the_floor_noise_near_the_ceiling() {
 
     let classifier = PathBuf::from(CLASSIFIER);
     let reference = Reference::mnist().unwrap();
-    let r = eval::run(&reference, &real, &classifier).unwrap();
-    let n = eval::run(&reference, &noise, &classifier).unwrap();
-    let o = eval::run(&reference, &ones, &classifier).unwrap();
+    let r = eval::run(&reference, &real, &classifier, None).unwrap();
+    let n = eval::run(&reference, &noise, &classifier, None).unwrap();
+    let o = eval::run(&reference, &ones, &classifier, Some(1)).unwrap();
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+    // Samples "drawn for class 1" that are all ones agree fully; for class 7 not at all.
+    assert_eq!(f(&o, "class_agreement"), 1.0, "{o}");
+    let sevens = eval::run(&reference, &ones, &classifier, Some(7)).unwrap();
+    assert_eq!(f(&sevens, "class_agreement"), 0.0, "{sevens}");
 
     assert!(f(&r, "classifier_held_out_accuracy") > 0.95, "{r}");
     // Held-out digits against (a superset of) themselves sit at the floor's scale; noise far above.
@@ -105,7 +109,7 @@ fn real_emoji_score_near_the_floor_copies_are_caught() {
     write(&noise, &noisy, 0..300);
     write(&copies, &reference.trained_on, (0..300).map(|i| i * 7));
     let classifier = PathBuf::from("weights/emoji-classifier.safetensors");
-    let [r, z, c] = [&real, &noise, &copies].map(|d| eval::run(&reference, d, &classifier).unwrap());
+    let [r, z, c] = [&real, &noise, &copies].map(|d| eval::run(&reference, d, &classifier, None).unwrap());
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
     assert!(f(&r, "classifier_held_out_accuracy") > 0.5, "{r}");
     assert!(f(&r, "emoji_fd") < 0.1 * f(&r, "emoji_fd_ceiling_noise"), "{r}");

@@ -15,6 +15,10 @@ pub struct EvalArgs {
     /// The real images to compare with: `mnist` or `emoji`.
     #[arg(long, default_value = "mnist")]
     data: String,
+    /// The class the samples were drawn for (`ddpm sample --class K`): also report the share the
+    /// classifier assigns to it (class agreement).
+    #[arg(long)]
+    expect_class: Option<usize>,
     /// The classifier, trained on first use and cached here [default:
     /// weights/mnist-classifier.safetensors or weights/emoji-classifier.safetensors].
     #[arg(long)]
@@ -25,6 +29,6 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let reference = Reference::named(&a.data)?;
     let classifier =
         a.classifier.unwrap_or_else(|| format!("weights/{}-classifier.safetensors", reference.name).into());
-    println!("{}", eval::run(&reference, &a.samples, &classifier)?);
+    println!("{}", eval::run(&reference, &a.samples, &classifier, a.expect_class)?);
     Ok(())
 }

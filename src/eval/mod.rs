@@ -111,8 +111,14 @@ pub fn read_samples(dir: &Path, [c, h, w]: [usize; 3]) -> Result<Dataset> {
     Ok(Dataset { shape: [c, h, w], pixels, labels: None })
 }
 
-/// The whole report for a folder of generated images against `reference`, as JSON.
-pub fn run(reference: &Reference, samples: &Path, classifier_path: &Path) -> Result<serde_json::Value> {
+/// The whole report for a folder of generated images against `reference`, as JSON; with
+/// `expect_class` (samples drawn for that class) also the share the classifier assigns to it.
+pub fn run(
+    reference: &Reference,
+    samples: &Path,
+    classifier_path: &Path,
+    expect_class: Option<usize>,
+) -> Result<serde_json::Value> {
     let device = Device::flex();
     let (train, held) = (&reference.classifier_train, &reference.held);
     let (model, accuracy) = classifier(classifier_path, train, held, 10, reference.epochs, &device)?;
@@ -157,6 +163,11 @@ pub fn run(reference: &Reference, samples: &Path, classifier_path: &Path) -> Res
         "near_copies": copies,
         "closer_than_closest_held_out": closer,
     });
+    if let Some(k) = expect_class {
+        ensure!(k < 10, "--expect-class {k}: the classifier knows classes 0..10");
+        report["expected_class"] = k.into();
+        report["class_agreement"] = (class_counts(&p_gen)[k] as f64 / generated.len() as f64).into();
+    }
     report[fd("")] = frechet_distance(&f_gen, &f_held).into();
     report[fd("_floor_real_train")] = frechet_distance(&f_train, &f_held).into();
     report[fd("_ceiling_noise")] = frechet_distance(&f_noise, &f_held).into();
