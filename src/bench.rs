@@ -127,6 +127,7 @@ pub fn run(
             data: "bench".into(),
             flip: false,
             label_dropout: 0.0,
+            class_names: Vec::new(),
         };
         let mut trainer = Trainer::new(unet.clone(), schedule.clone(), train, device)?;
         // A step reads its loss and gradient norm back, so it is complete when it returns.

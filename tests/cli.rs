@@ -198,6 +198,12 @@ fn bad_input_gets_a_clear_error() {
     std::fs::write(corrupt.join("broken.png"), b"\x89PNG not really").unwrap();
     fails(&[&["train", "--data", corrupt.to_str().unwrap(), "--out", r][..], &tiny].concat(), "broken.png");
     fails(&["train", "--data", "/no/such/folder", "--out", r], "not `mnist`, not `emoji` and not a folder");
+    // A conditional model needs labels; loose images have none.
+    let loose = root.join("loose");
+    std::fs::create_dir_all(&loose).unwrap();
+    image::RgbImage::new(8, 8).save(loose.join("a.png")).unwrap();
+    let conditional = ["train", "--data", loose.to_str().unwrap(), "--out", r, "--conditional"];
+    fails(&[&conditional[..], &tiny].concat(), "has no labels (an image folder needs one subfolder per class)");
     fails(&["train", "--data", "mnist", "--out", r, "--channel-mults", "1,2", "--attn", "0,0,1"], "same length");
     fails(&["train", "--data", "mnist", "--out", r, "--image-size", "30"], "multiple of 4");
     fails(&["train", "--data", "mnist", "--out", r, "--lr=-1"], "learning rate");

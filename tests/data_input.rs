@@ -133,3 +133,26 @@ fn image_folders_with_anything_in_them() {
     let e = error(load(&only_bomb));
     assert!(e.contains("bomb.png") && e.to_lowercase().contains("limit"), "{e}");
 }
+
+#[test]
+fn an_image_folder_of_class_subfolders_is_labelled_by_them() {
+    // The ImageFolder convention: cats/ and dogs/ are classes 0 and 1 (sorted by name); a folder
+    // with an image outside any subfolder has no labels.
+    let root = TempDir::new("classes");
+    for (class, n) in [("dogs", 2), ("cats", 3)] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..n {
+            image::RgbImage::from_pixel(8, 8, image::Rgb([40 * i as u8, 9, 200]))
+                .save(root.join(class).join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+    let names = data::class_names(root.to_str().unwrap()).unwrap();
+    assert_eq!(names, Some(vec!["cats".to_string(), "dogs".to_string()]));
+    let set = data::load(root.to_str().unwrap(), 3, 8).unwrap();
+    // Files in path order: cats/0..2, then dogs/0..1.
+    assert_eq!(set.labels, Some(vec![0, 0, 0, 1, 1]));
+    image::RgbImage::new(8, 8).save(root.join("loose.png")).unwrap();
+    assert_eq!(data::class_names(root.to_str().unwrap()).unwrap(), None);
+    assert_eq!(data::load(root.to_str().unwrap(), 3, 8).unwrap().labels, None);
+}

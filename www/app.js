@@ -318,7 +318,9 @@ async function main() {
   client.onRecovered = (info) => { model = info; showBackend(info); };
   applyLimits(limits);
   if (model.numClasses) {
-    for (let k = 0; k < model.numClasses; k++) $('class').add(new Option(String(k), String(k)));
+    // The names the file carries (an image folder's subfolders, the emoji's categories), else 0..n-1.
+    const names = JSON.parse(JSON.parse(model.describe).info.class_names ?? '[]');
+    for (let k = 0; k < model.numClasses; k++) $('class').add(new Option(names[k] ?? String(k), String(k)));
     $('class-label').hidden = false;
     $('guidance-label').hidden = false;
     const syncGuidance = () => { $('guidance-text').textContent = `w = ${Number($('guidance').value).toFixed(1)}`; };

@@ -59,11 +59,15 @@ function start(kind, args) {
       return model.start_edit(rgba, seed, t, steps, eta);
     }
     case 'ends':
+    case 'frames': {
       model.guide(-1, 0);
-      return model.start_interpolation_ends(new Interpolation(...args));
-    case 'frames':
-      model.guide(-1, 0);
-      return model.start_interpolation(new Interpolation(...args));
+      const request = new Interpolation(...args);
+      try {
+        return kind === 'ends' ? model.start_interpolation_ends(request) : model.start_interpolation(request);
+      } finally {
+        request.free();
+      }
+    }
     default: throw new Error(`unknown run kind ${kind}`);
   }
 }

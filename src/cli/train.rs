@@ -56,7 +56,7 @@ pub struct TrainArgs {
     #[arg(long)]
     flip: bool,
     /// Train a class-conditional model for classifier-free guidance (the data's labels: MNIST's
-    /// digits, the emoji's categories).
+    /// digits, the emoji's categories, or an image folder's subfolders, one per class).
     #[arg(long)]
     conditional: bool,
     /// With --conditional: the share of labels replaced by "no class" (∅).
@@ -115,6 +115,12 @@ pub fn run(a: TrainArgs, given: &ArgMatches) -> Result<()> {
     }
     let mut trainer = if a.resume { resumed(&a, given, &ckpt, &device)? } else { fresh(&a, &ckpt, &device)? };
     let dataset = data::load(&trainer.train.data, trainer.unet.image_channels, trainer.unet.image_size)?;
+    if trainer.unet.num_classes.is_some() && dataset.labels.is_none() {
+        bail!(
+            "--conditional needs labelled images: --data mnist, emoji, MNIST's IDX files with their labels, or a \
+             folder of class subfolders"
+        );
+    }
     eprintln!(
         "training on {} images of {:?} ({} parameters), steps {}..{}",
         dataset.len(),
@@ -156,8 +162,19 @@ fn fresh(a: &TrainArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<Tr
         a.out.display()
     );
     let (mut unet, schedule) = a.model.configs()?;
-    // Both label sets the CLI knows have ten classes (digits; Unicode's emoji categories).
-    unet.num_classes = a.conditional.then_some(10);
+    let spec = a.data.clone().expect("clap requires --data without --resume");
+    // A conditional model has a class per name of its data's labels (digits, emoji categories,
+    // an image folder's subfolders).
+    let class_names = if a.conditional {
+        let names = data::class_names(&spec)?.with_context(|| {
+            format!("--conditional: {spec} has no labels (an image folder needs one subfolder per class)")
+        })?;
+        unet.num_classes = Some(names.len());
+        unet.validate().map_err(anyhow::Error::msg)?;
+        names
+    } else {
+        Vec::new()
+    };
     let batch_size = a.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
     let train = TrainConfig {
         steps: a.steps.unwrap_or(DEFAULT_STEPS),
@@ -169,9 +186,10 @@ fn fresh(a: &TrainArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<Tr
         ema_decay: a.ema_decay,
         seed: a.seed,
         shards: a.shards.unwrap_or_else(|| a.backend.shards().min(batch_size)),
-        data: a.data.clone().expect("clap requires --data without --resume"),
+        data: spec,
         flip: a.flip,
         label_dropout: if a.conditional { a.label_dropout } else { 0.0 },
+        class_names,
     };
     let mut trainer = Trainer::new(unet, schedule, train, device)?;
     if let Some(path) = &a.init {

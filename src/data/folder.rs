@@ -12,13 +12,16 @@ use crate::limits;
 /// Every PNG/JPEG under `dir` (recursively, in path order), center-cropped to a square and
 /// resized to `size`×`size`, as gray (C = 1) or RGB (C = 3). Files that do not decode (truncated,
 /// not an image, larger than [`limits::MAX_IMAGE_SIDE`]) are skipped and counted on stderr with the
-/// first one's reason; a folder with no decodable image is an error.
+/// first one's reason; a folder with no decodable image is an error. Labelled by the ImageFolder
+/// convention when every image lies in a subfolder of `dir` ([`classes`]).
 pub fn image_folder(dir: &Path, channels: usize, size: usize) -> Result<Dataset> {
     ensure!(channels == 1 || channels == 3, "--channels must be 1 or 3 for image folders, got {channels}");
     let mut files = Vec::new();
     walk(dir, &mut files)?;
     files.sort();
     ensure!(!files.is_empty(), "no PNG or JPEG images found under {}", dir.display());
+    let names = classes_of(dir, &files);
+    let mut labels = Vec::new();
     let mut pixels = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
     for file in &files {
@@ -42,6 +45,10 @@ pub fn image_folder(dir: &Path, channels: usize, size: usize) -> Result<Dataset>
             dir.display(),
             limits::MAX_DATASET_FLOATS
         );
+        if let Some(names) = &names {
+            let name = class_of(dir, file).expect("every file has a class when there are classes");
+            labels.push(names.iter().position(|n| *n == name).expect("the names were taken from the files") as u8);
+        }
         let raw = if channels == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
         // Interleaved HWC bytes → planar CHW floats in [−1, 1].
         for ch in 0..channels {
@@ -58,7 +65,31 @@ pub fn image_folder(dir: &Path, channels: usize, size: usize) -> Result<Dataset>
     if let Some(first) = skipped.first() {
         eprintln!("skipped {} of {} files that did not decode (first: {first})", skipped.len(), files.len());
     }
-    Ok(Dataset { shape: [channels, size, size], pixels, labels: None })
+    Ok(Dataset { shape: [channels, size, size], pixels, labels: names.map(|_| labels) })
+}
+
+/// The classes of an image folder by the ImageFolder convention: each subfolder of `dir` is a
+/// class named after it (sorted by name, the label is the index), when every image lies in one
+/// and there are 2 to 256 of them; None otherwise.
+pub fn classes(dir: &Path) -> Result<Option<Vec<String>>> {
+    let mut files = Vec::new();
+    walk(dir, &mut files)?;
+    Ok(classes_of(dir, &files))
+}
+
+fn classes_of(dir: &Path, files: &[PathBuf]) -> Option<Vec<String>> {
+    let mut names: Vec<String> = files.iter().map(|f| class_of(dir, f)).collect::<Option<_>>()?;
+    names.sort();
+    names.dedup();
+    (2..=256).contains(&names.len()).then_some(names)
+}
+
+/// The first folder of `file`'s path below `dir`, if it is below one.
+fn class_of(dir: &Path, file: &Path) -> Option<String> {
+    let rel = file.strip_prefix(dir).ok()?;
+    let mut parts = rel.components();
+    let first = parts.next()?.as_os_str().to_string_lossy().into_owned();
+    parts.next().map(|_| first)
 }
 
 /// Decodes one image with the decoder's memory and size bounded (for files, the format is

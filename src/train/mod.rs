@@ -59,6 +59,9 @@ pub struct TrainConfig {
     /// that one network learns ε_θ(x, c) and ε_θ(x, ∅). Older checkpoints: none.
     #[serde(default)]
     pub label_dropout: f64,
+    /// A conditional model's class names in label order (exported for display).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
 }
 
 fn one() -> usize {
@@ -252,7 +255,10 @@ impl Trainer {
             ("train_steps".to_string(), self.step.to_string()),
             ("train".to_string(), serde_json::to_string(&self.train).expect("serialises")),
         ];
-        Header { unet: self.unet.clone(), schedule: self.schedule.clone(), info: info.into_iter().collect() }
+        let names = (!self.train.class_names.is_empty())
+            .then(|| ("class_names".to_string(), serde_json::to_string(&self.train.class_names).expect("serialises")));
+        let info = info.into_iter().chain(names);
+        Header { unet: self.unet.clone(), schedule: self.schedule.clone(), info: info.collect() }
     }
 }
 

@@ -33,6 +33,7 @@ pub fn recipe(steps: usize, batch_size: usize, lr: f64) -> TrainConfig {
         data: "test".into(),
         flip: false,
         label_dropout: 0.0,
+        class_names: Vec::new(),
     }
 }
 
