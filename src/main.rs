@@ -70,7 +70,20 @@ fn join_thread_pool() {
     let _ = rayon::ThreadPoolBuilder::new().use_current_thread().build_global();
 }
 
+/// burn puts a few tensors on its default device (a resumed run's optimiser state, until the
+/// first step moves it beside the parameters), and with wgpu compiled in that default starts a
+/// GPU runtime: adapter probing at every start, and on a machine without a display an EGL error
+/// in a background thread. Every tensor of ours names its device, so the default is flex unless
+/// the user sets BURN_DEVICE.
+fn cpu_default_device() {
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: this runs first in main, before any other thread exists to read the environment.
+        unsafe { std::env::set_var("BURN_DEVICE", "flex") };
+    }
+}
+
 fn main() {
+    cpu_default_device();
     keep_freed_memory();
     join_thread_pool();
     let matches = Cli::command().get_matches();

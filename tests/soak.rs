@@ -188,6 +188,10 @@ fn checkpoints_are_fsynced_then_renamed_then_the_folder_fsynced() {
         .expect("strace is installed (.ci/run installs it)");
     assert!(status.success());
     let lines: Vec<String> = std::fs::read_to_string(&trace).unwrap().lines().map(str::to_owned).collect();
+    // A CPU-only command starts no GPU runtime (it used to load the optimiser state onto burn's
+    // default device, wgpu, and probe Vulkan and EGL).
+    let gpu: Vec<&String> = lines.iter().filter(|l| l.contains("libvulkan") || l.contains("libEGL")).collect();
+    assert!(gpu.is_empty(), "ddpm export opened GPU libraries: {:?}", &gpu[..gpu.len().min(3)]);
     let fd_of = |needle: &str| -> (usize, String) {
         let i = lines.iter().position(|l| l.contains("openat(") && l.contains(needle)).expect(needle);
         (i, lines[i].rsplit("= ").next().unwrap().trim().to_string())
