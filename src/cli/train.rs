@@ -115,12 +115,6 @@ pub fn run(a: TrainArgs, given: &ArgMatches) -> Result<()> {
     }
     let mut trainer = if a.resume { resumed(&a, given, &ckpt, &device)? } else { fresh(&a, &ckpt, &device)? };
     let dataset = data::load(&trainer.train.data, trainer.unet.image_channels, trainer.unet.image_size)?;
-    if trainer.unet.num_classes.is_some() && dataset.labels.is_none() {
-        bail!(
-            "--conditional needs labelled images: --data mnist, emoji, MNIST's IDX files with their labels, or a \
-             folder of class subfolders"
-        );
-    }
     eprintln!(
         "training on {} images of {:?} ({} parameters), steps {}..{}",
         dataset.len(),

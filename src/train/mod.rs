@@ -227,7 +227,10 @@ impl Trainer {
     /// `label_dropout`.
     fn draw_classes(&mut self, data: &Dataset, items: &[usize], null: usize) -> Result<Vec<usize>> {
         let labels = data.labels.as_ref().ok_or_else(|| {
-            anyhow::anyhow!("a class-conditional model trains on labelled images (--data mnist or emoji)")
+            anyhow::anyhow!(
+                "a class-conditional model trains on labelled images: --data mnist, emoji, MNIST's IDX files \
+                 with their labels, or a folder of class subfolders"
+            )
         })?;
         const ONE: usize = 1 << 24;
         let p = (self.train.label_dropout * ONE as f64) as usize;

@@ -6,9 +6,9 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { launch, pngPixels, rgbPng } from './harness.mjs';
+import { pngPixels, rgbPng } from './harness.mjs';
 import {
-  BIN, ETA, WEIGHTS, nativeSamples, canvasTiles, compare, same, ready, sample, waitDone, backends, rgbModel,
+  BIN, ETA, WEIGHTS, openPage, nativeSamples, canvasTiles, compare, same, ready, sample, waitDone, backends, rgbModel,
 } from './page-kit.mjs';
 
 const browsers = [];
@@ -18,9 +18,7 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
   const label = gpu ? 'WebGPU' : 'CPU fallback';
   test(`${label}: an RGB model picked from the manifest draws every channel as \`ddpm sample\` does`, { timeout: 900_000 }, async () => {
     const rgb = rgbModel();
-    const browser = await launch({ webgpu: gpu });
-    browsers.push(browser);
-    const page = await browser.page();
+    const { browser, page } = await openPage(browsers, gpu);
     await page.route('**/weights/index.json', (route) => route.fulfill({ json: rgb.manifest }));
     await page.route('**/weights/rgb.safetensors', (route) => route.fulfill({ body: rgb.bytes }));
     await ready(page, `&model=rgb${gpu ? '' : '&backend=cpu'}`);
@@ -64,9 +62,7 @@ test('CPU fallback: a conditional model draws the chosen class with guidance as 
     '--sample-every', '0', '--out', join(dir, 'run')], { stdio: 'pipe' });
   const file = join(dir, 'cond.safetensors');
   execFileSync(BIN, ['export', '--run', join(dir, 'run'), '--out', file], { stdio: 'pipe' });
-  const browser = await launch({ webgpu: false });
-  browsers.push(browser);
-  const page = await browser.page();
+  const { browser, page } = await openPage(browsers, false);
   await page.route('**/weights/cond.safetensors', (route) => route.fulfill({ body: readFileSync(file) }));
   await ready(page, '&backend=cpu&weights=weights/cond.safetensors');
   const ui = await page.evaluate(() => ({ cls: !document.getElementById('class-label').hidden,
@@ -95,9 +91,7 @@ test('CPU fallback: a conditional model draws the chosen class with guidance as 
 // Draw your own (SDEdit): strokes drawn with the mouse on the pad, scaled to 28×28, noised to
 // t and denoised: the page's image equals `ddpm edit` on the same 28×28 pixels saved as a PNG.
 test('CPU fallback: a drawing denoised in the page equals `ddpm edit` on the same pixels', { skip: !backends.includes('cpu'), timeout: 900_000 }, async () => {
-  const browser = await launch({ webgpu: false });
-  browsers.push(browser);
-  const page = await browser.page();
+  const { browser, page } = await openPage(browsers, false);
   await ready(page, '&backend=cpu');
   await page.locator('#pad').scrollIntoViewIfNeeded();
   const box = await page.locator('#pad').boundingBox();
@@ -137,9 +131,7 @@ test('CPU fallback: a drawing denoised in the page equals `ddpm edit` on the sam
 // the same path): the page says so, starts a fresh worker with a fresh device and runs the
 // interrupted request again, equal to `ddpm sample`; after the third loss it goes on on the CPU.
 test('WebGPU: a lost device gets a fresh worker, then the CPU, and the run still finishes', { skip: !backends.includes('webgpu'), timeout: 1_800_000 }, async () => {
-  const browser = await launch({ webgpu: true });
-  browsers.push(browser);
-  const page = await browser.page();
+  const { browser, page } = await openPage(browsers, true);
   await ready(page);
   assert.match(await page.textContent('#backend'), /Running on: WebGPU/);
   const steps = 4;

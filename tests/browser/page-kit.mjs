@@ -6,7 +6,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { pngPixels, pngTiles, rgbPng } from './harness.mjs';
+import { launch, pngPixels, pngTiles, rgbPng } from './harness.mjs';
 
 export const URL_ = process.env.DDPM_URL;
 export const BIN = process.env.DDPM_BIN;
@@ -157,3 +157,9 @@ export function rgbModel() {
   return { dir, file, bytes, manifest };
 }
 
+// A browser (closed by the test file's `after`, which empties `browsers`) and a page in it.
+export async function openPage(browsers, webgpu) {
+  const browser = await launch({ webgpu });
+  browsers.push(browser);
+  return { browser, page: await browser.page() };
+}
