@@ -1,17 +1,19 @@
 //! Classifier-free guidance (Ho & Salimans 2022, eq. 6): one network trained with and without
 //! its class label gives ε̃ = ε_θ(x_t, ∅) + w·(ε_θ(x_t, c) − ε_θ(x_t, ∅)); w = 0 is the
 //! unconditional model, w = 1 the conditional one, w > 1 trades diversity for fidelity to c.
-//! Both predictions come from one pass over the batch stacked twice.
+//! Both predictions come from one pass over the batch stacked twice. A class morph (the page's
+//! interpolation from class A to class B) mixes the two classes' embeddings frame by frame.
 
 use burn::tensor::Tensor;
 
 use crate::sampler::EpsTheta;
-use crate::unet::UNet;
+use crate::unet::{ClassMix, UNet};
 
-/// Which class to draw and how strongly.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Which class each image is drawn as, and how strongly.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Guidance {
-    pub class: usize,
+    /// One class (or mix) for every image of a batch, or one per image (a class morph).
+    classes: Vec<ClassMix>,
     /// w of eq. 6.
     pub w: f64,
 }
@@ -19,24 +21,53 @@ pub struct Guidance {
 /// The largest guidance strength the CLI and the page accept.
 pub const MAX_GUIDANCE: f64 = 20.0;
 
+/// The strength `ddpm` and the page use unless told otherwise (chosen by measurement:
+/// docs/mnist-model.md).
+pub const DEFAULT_GUIDANCE: f64 = 3.0;
+
 impl Guidance {
-    /// Checks the request against a model's classes (None: unconditional).
-    pub fn check(&self, num_classes: Option<usize>) -> Result<(), String> {
-        let n = num_classes.ok_or("this model is unconditional: it has no classes to guide towards")?;
-        if self.class >= n {
-            return Err(format!("class {} is outside 0..{n} of this model", self.class));
-        }
-        if !(0.0..=MAX_GUIDANCE).contains(&self.w) {
-            return Err(format!("guidance {} must be in [0, {MAX_GUIDANCE}]", self.w));
-        }
-        Ok(())
+    /// Every image drawn as `class`, checked against the model's classes (None: unconditional).
+    pub fn class(class: usize, w: f64, num_classes: Option<usize>) -> Result<Self, String> {
+        Self::morph([Some(class), Some(class)], &[0.0], w, num_classes)
     }
 
-    /// The batch stacked twice with t, and the classes: c for the first half, ∅ (`null`) for
-    /// the second.
-    pub fn stack(&self, x_t: Tensor<4>, t: Tensor<1>, null: usize) -> (Tensor<4>, Tensor<1>, Vec<usize>) {
+    /// Image i on the way from class `ends[0]` to `ends[1]` at λ_i (None: ∅, so a morph may
+    /// also fade guidance in or out): the class embeddings mixed, (1 − λ)·emb(A) + λ·emb(B).
+    pub fn morph(
+        ends: [Option<usize>; 2],
+        lambdas: &[f64],
+        w: f64,
+        num_classes: Option<usize>,
+    ) -> Result<Self, String> {
+        let n = num_classes.ok_or("this model is unconditional: it has no classes to guide towards")?;
+        if let Some(c) = ends.into_iter().flatten().find(|&c| c >= n) {
+            return Err(format!("class {c} is outside 0..{n} of this model"));
+        }
+        if !(0.0..=MAX_GUIDANCE).contains(&w) {
+            return Err(format!("guidance {w} must be in [0, {MAX_GUIDANCE}]"));
+        }
+        let [a, b] = ends.map(|c| c.unwrap_or(n));
+        // The ends are exactly A's and B's rows, so a morph's ends are `ddpm sample --class`'s images.
+        let classes = lambdas.iter().map(|&l| match l {
+            _ if a == b || l <= 0.0 => a.into(),
+            _ if l >= 1.0 => b.into(),
+            _ => ClassMix { a, b, lambda: l as f32 },
+        });
+        Ok(Self { classes: classes.collect(), w })
+    }
+
+    /// The batch stacked twice with t, and the classes: the requested ones for the first half,
+    /// ∅ (`null`) for the second.
+    pub fn stack(&self, x_t: Tensor<4>, t: Tensor<1>, null: usize) -> (Tensor<4>, Tensor<1>, Vec<ClassMix>) {
         let b = x_t.dims()[0];
-        let classes = [vec![self.class; b], vec![null; b]].concat();
+        let cond: Vec<ClassMix> = match self.classes[..] {
+            [one] => vec![one; b],
+            ref each => {
+                assert_eq!(each.len(), b, "a morph's guidance has one class mix per image");
+                each.to_vec()
+            }
+        };
+        let classes = [cond, vec![null.into(); b]].concat();
         (Tensor::cat(vec![x_t.clone(), x_t], 0), Tensor::cat(vec![t.clone(), t], 0), classes)
     }
 
@@ -46,23 +77,37 @@ impl Guidance {
         let (cond, uncond) = (eps.clone().narrow(0, 0, b), eps.narrow(0, b, b));
         uncond.clone() + (cond - uncond).mul_scalar(self.w)
     }
+
+    /// ε̃ for the batch: the model's stacked pass run by `forward` (one pass, or shards of it).
+    pub fn eps(
+        guidance: Option<&Guidance>,
+        model: &UNet,
+        x_t: Tensor<4>,
+        t: Tensor<1>,
+        forward: impl FnOnce(Tensor<4>, Tensor<1>, Option<Vec<ClassMix>>) -> Tensor<4>,
+    ) -> Tensor<4> {
+        match (guidance, model.num_classes()) {
+            (Some(g), Some(null)) => {
+                let (x, t, classes) = g.stack(x_t, t, null);
+                g.combine(forward(x, t, Some(classes)))
+            }
+            _ => forward(x_t, t, None),
+        }
+    }
 }
 
 /// A UNet guided towards a class (or, without guidance, the UNet itself): what the page samples
 /// with; natively `threads::Sharded` does the same on several threads.
 pub struct Guided<'a> {
     pub model: &'a UNet,
-    pub guidance: Option<Guidance>,
+    pub guidance: Option<&'a Guidance>,
 }
 
 impl EpsTheta for Guided<'_> {
     fn eps(&self, x_t: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
-        match (self.guidance, self.model.num_classes()) {
-            (Some(g), Some(null)) => {
-                let (x, t, classes) = g.stack(x_t, t, null);
-                g.combine(self.model.forward_class(x, t, &classes))
-            }
-            _ => self.model.forward(x_t, t),
-        }
+        Guidance::eps(self.guidance, self.model, x_t, t, |x, t, classes| match classes {
+            Some(c) => self.model.forward_mix(x, t, &c),
+            None => self.model.forward(x, t),
+        })
     }
 }

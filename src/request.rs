@@ -1,11 +1,13 @@
 //! What a user asks to draw, as the CLI and the page both ask it: which seeds, which sampler,
 //! which interpolation. Every rule that makes `ddpm sample` and the page draw the same pixels
 //! (how image i's seed is derived, the λ grid, the seed of the interpolation's noise, the
-//! sampler an interpolation runs, the bounds, the grid's columns) is here, once.
+//! sampler an interpolation runs and its class morph, the bounds, the grid's columns) is here,
+//! once.
 
 use burn::tensor::{Device, Tensor};
 
 use crate::diffusion::Diffusion;
+use crate::guidance::Guidance;
 use crate::limits;
 use crate::sampler::{Method, Sampler};
 
@@ -66,11 +68,14 @@ impl std::str::FromStr for InterpolationMode {
     }
 }
 
-/// A morph from the sample of seed A to that of seed B in `frames` evenly spaced values of λ.
+/// A morph from the sample of seed A to that of seed B in `frames` evenly spaced values of λ;
+/// with a conditional model also from A's class to B's.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InterpolationRequest {
     pub mode: InterpolationMode,
     pub seeds: [u64; 2],
+    /// A's and B's classes (None: unguided).
+    pub classes: [Option<usize>; 2],
     /// The step A and B are noised to (noise mode).
     pub t: usize,
     pub frames: usize,
@@ -87,6 +92,18 @@ impl InterpolationRequest {
     /// A and B themselves, sampled as `ddpm sample` samples them (noise mode mixes these).
     pub fn ends(&self) -> SampleRequest {
         SampleRequest { seeds: self.seeds.to_vec(), steps: self.steps, eta: self.eta }
+    }
+
+    /// The guidance with strength `w` of A and B (sampled as one batch: A's class, B's class)
+    /// and of the frames (frame i's class embedding mixed at λ_i: a class morph); None when
+    /// neither end has a class.
+    pub fn guidance(&self, w: f64, num_classes: Option<usize>) -> Result<[Option<Guidance>; 2], String> {
+        if self.classes == [None, None] {
+            return Ok([None, None]);
+        }
+        let ends = Guidance::morph(self.classes, &[0.0, 1.0], w, num_classes)?;
+        let frames = Guidance::morph(self.classes, &self.lambdas(), w, num_classes)?;
+        Ok([Some(ends), Some(frames)])
     }
 
     /// The noise that takes A and B to step t, derived from both seeds.

@@ -56,30 +56,21 @@ impl<'a> Sharded<'a> {
 
 impl EpsTheta for Sharded<'_> {
     fn eps(&self, x_t: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
-        let (x_t, t, classes, guidance) = match (self.guidance, self.model.num_classes()) {
-            (Some(g), Some(null)) => {
-                let (x, t, classes) = g.stack(x_t, t, null);
-                (x, t, Some(classes), Some(g))
-            }
-            _ => (x_t, t, None, None),
-        };
-        let batch = x_t.dims()[0];
-        let jobs: Vec<_> = shard_ranges(batch, self.shards.min(batch))
-            .into_iter()
-            .map(|items| {
-                let x = x_t.clone().narrow(0, items.start, items.len());
-                let t = t.clone().narrow(0, items.start, items.len());
-                let classes = classes.as_ref().map(|c| c[items].to_vec());
-                move || match classes {
-                    Some(c) => self.model.forward_class(x, t, &c),
-                    None => self.model.forward(x, t),
-                }
-            })
-            .collect();
-        let eps = Tensor::cat(run_all(jobs), 0);
-        match guidance {
-            Some(g) => g.combine(eps),
-            None => eps,
-        }
+        Guidance::eps(self.guidance.as_ref(), self.model, x_t, t, |x_t, t, classes| {
+            let batch = x_t.dims()[0];
+            let jobs: Vec<_> = shard_ranges(batch, self.shards.min(batch))
+                .into_iter()
+                .map(|items| {
+                    let x = x_t.clone().narrow(0, items.start, items.len());
+                    let t = t.clone().narrow(0, items.start, items.len());
+                    let classes = classes.as_ref().map(|c| c[items].to_vec());
+                    move || match classes {
+                        Some(c) => self.model.forward_mix(x, t, &c),
+                        None => self.model.forward(x, t),
+                    }
+                })
+                .collect();
+            Tensor::cat(run_all(jobs), 0)
+        })
     }
 }

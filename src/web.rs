@@ -37,7 +37,7 @@ pub struct Ddpm {
     device: Device,
     backend: String,
     sampler: Option<Sampler>,
-    /// Classifier-free guidance of the runs to come (a conditional model only).
+    /// Classifier-free guidance of the run in progress (a conditional model only).
     guidance: Option<Guidance>,
     /// Grid columns of the current run.
     cols: usize,
@@ -51,13 +51,18 @@ pub fn max_weights_bytes() -> f64 {
     crate::limits::MAX_WEIGHTS_BYTES as f64
 }
 
-/// The page's bounds, as JSON: `{max_images, max_frames, max_guidance}` (a model's own T is its
-/// `diffusion_steps`; t runs over 0..T).
+/// The page's bounds, as JSON: `{max_images, max_frames, max_guidance, default_guidance}` (a
+/// model's own T is its `diffusion_steps`; t runs over 0..T).
 #[wasm_bindgen]
 pub fn page_limits() -> String {
-    let max_guidance = crate::guidance::MAX_GUIDANCE;
-    serde_json::json!({ "max_images": PAGE_MAX_IMAGES, "max_frames": PAGE_MAX_FRAMES, "max_guidance": max_guidance })
-        .to_string()
+    use crate::guidance::{DEFAULT_GUIDANCE, MAX_GUIDANCE};
+    serde_json::json!({
+        "max_images": PAGE_MAX_IMAGES,
+        "max_frames": PAGE_MAX_FRAMES,
+        "max_guidance": MAX_GUIDANCE,
+        "default_guidance": DEFAULT_GUIDANCE,
+    })
+    .to_string()
 }
 
 /// The vector instructions the CPU fallback's kernels use ("wasm-simd128" in this build).
@@ -67,13 +72,19 @@ pub fn kernel_path() -> String {
 }
 
 /// An interpolation request ([`InterpolationRequest`]): `mode` "noise" is labml's method (A and
-/// B noised to step `t` and mixed), "slerp" DDIM's spherical mix of the seeds' initial noise.
+/// B noised to step `t` and mixed), "slerp" DDIM's spherical mix of the seeds' initial noise;
+/// with a conditional model, `class_a` and `class_b` (negative: any) make it a class morph
+/// guided with strength `w`.
 #[wasm_bindgen]
-pub struct Interpolation(InterpolationRequest);
+pub struct Interpolation {
+    request: InterpolationRequest,
+    w: f64,
+}
 
 #[wasm_bindgen]
 impl Interpolation {
     #[wasm_bindgen(constructor)]
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mode: &str,
         seed_a: u32,
@@ -82,9 +93,14 @@ impl Interpolation {
         frames: usize,
         steps: usize,
         eta: f64,
+        class_a: i32,
+        class_b: i32,
+        w: f64,
     ) -> Result<Interpolation, JsError> {
         let mode = mode.parse().map_err(js_err)?;
-        Ok(Self(InterpolationRequest { mode, seeds: [seed_a.into(), seed_b.into()], t, frames, steps, eta }))
+        let classes = [class_a, class_b].map(|c| usize::try_from(c).ok());
+        let seeds = [seed_a.into(), seed_b.into()];
+        Ok(Self { request: InterpolationRequest { mode, seeds, classes, t, frames, steps, eta }, w })
     }
 }
 
@@ -139,20 +155,6 @@ impl Ddpm {
         self.model.num_classes().unwrap_or(0)
     }
 
-    /// Guides the runs that follow towards `class` with strength `w` (classifier-free guidance,
-    /// as `ddpm sample --class --guidance`), or, with a negative class, samples unconditionally.
-    pub fn guide(&mut self, class: i32, w: f64) -> Result<(), JsError> {
-        self.guidance = match usize::try_from(class) {
-            Ok(class) => {
-                let g = Guidance { class, w };
-                g.check(self.model.num_classes()).map_err(js_err)?;
-                Some(g)
-            }
-            Err(_) => None,
-        };
-        Ok(())
-    }
-
     /// The model and training metadata as JSON, for display.
     pub fn describe(&self) -> String {
         serde_json::json!({
@@ -165,48 +167,68 @@ impl Ddpm {
     }
 
     /// Starts sampling `count` images from `seed` ([`SampleRequest::consecutive`]: image i is
-    /// seed + i, as in `ddpm sample`); `steps` = T is DDPM, fewer is DDIM with `eta`. Replaces any
-    /// run in progress.
-    pub fn start(&mut self, seed: u32, count: usize, steps: usize, eta: f64) -> Result<(), JsError> {
+    /// seed + i, as in `ddpm sample`); `steps` = T is DDPM, fewer is DDIM with `eta`; a
+    /// conditional model draws `class` with guidance `w` (as `ddpm sample --class --guidance`;
+    /// a negative class: unguided). Replaces any run in progress.
+    pub fn start(
+        &mut self,
+        seed: u32,
+        count: usize,
+        steps: usize,
+        eta: f64,
+        class: i32,
+        w: f64,
+    ) -> Result<(), JsError> {
         let request = SampleRequest::consecutive(seed.into(), count, steps, eta);
         request.method(&self.diffusion, PAGE_MAX_IMAGES).map_err(js_err)?;
-        self.sampler = Some(request.sampler(&self.diffusion, self.image_shape(), &self.device).map_err(js_err)?);
-        self.cols = grid_cols(count);
+        let sampler = request.sampler(&self.diffusion, self.image_shape(), &self.device).map_err(js_err)?;
+        self.begin(sampler, self.class_guidance(class, w)?, grid_cols(count));
         Ok(())
     }
 
     /// Starts SDEdit on a drawing: `rgba` is `image_size`² RGBA pixels (the page's pad scaled to
-    /// the model's size), noised to step `t` with seed `seed`'s ε and denoised, as `ddpm edit`
-    /// does with the same pixels saved as a PNG.
-    pub fn start_edit(&mut self, rgba: Vec<u8>, seed: u32, t: usize, steps: usize, eta: f64) -> Result<(), JsError> {
+    /// the model's size), noised to step `t` with seed `seed`'s ε and denoised, guided as
+    /// [`Self::start`] is, as `ddpm edit` does with the same pixels saved as a PNG.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_edit(
+        &mut self,
+        rgba: Vec<u8>,
+        seed: u32,
+        t: usize,
+        steps: usize,
+        eta: f64,
+        class: i32,
+        w: f64,
+    ) -> Result<(), JsError> {
         let [c, size, _] = self.image_shape();
         let pixels = drawing_pixels(&rgba, c, size).map_err(js_err)?;
         let x0 = Tensor::from_data(burn::tensor::TensorData::new(pixels, [1, c, size, size]), &self.device);
         let request = EditRequest { seed: seed.into(), t, steps, eta };
-        self.sampler = Some(request.sampler(&self.diffusion, x0).map_err(js_err)?);
-        self.cols = 1;
+        let sampler = request.sampler(&self.diffusion, x0).map_err(js_err)?;
+        self.begin(sampler, self.class_guidance(class, w)?, 1);
         Ok(())
     }
 
     /// Checks an interpolation request and starts sampling its A and B (as `ddpm interpolate`
     /// samples them); [`Self::start_interpolation`] with the same request then runs the frames.
     pub fn start_interpolation_ends(&mut self, request: &Interpolation) -> Result<(), JsError> {
-        request.0.check(&self.diffusion, PAGE_MAX_FRAMES).map_err(js_err)?;
-        let ends = request.0.ends().sampler(&self.diffusion, self.image_shape(), &self.device).map_err(js_err)?;
-        self.sampler = Some(ends);
-        self.cols = 2;
+        let r = &request.request;
+        r.check(&self.diffusion, PAGE_MAX_FRAMES).map_err(js_err)?;
+        let [ends, _] = r.guidance(request.w, self.model.num_classes()).map_err(js_err)?;
+        let sampler = r.ends().sampler(&self.diffusion, self.image_shape(), &self.device).map_err(js_err)?;
+        self.begin(sampler, ends, 2);
         Ok(())
     }
 
     /// Starts the interpolation from A to B, its frames as one batch: in "noise" mode A and B
     /// are the last finished run's images (those of [`Self::start_interpolation_ends`]).
     pub fn start_interpolation(&mut self, request: &Interpolation) -> Result<(), JsError> {
-        let sampler = request
-            .0
+        let r = &request.request;
+        let sampler = r
             .sampler(&self.diffusion, self.image_shape(), self.last.clone(), PAGE_MAX_FRAMES, &self.device)
             .map_err(js_err)?;
-        self.sampler = Some(sampler);
-        self.cols = request.0.frames;
+        let [_, frames] = r.guidance(request.w, self.model.num_classes()).map_err(js_err)?;
+        self.begin(sampler, frames, r.frames);
         Ok(())
     }
 
@@ -217,7 +239,7 @@ impl Ddpm {
         let Some(sampler) = self.sampler.as_mut() else {
             return js_sys::Promise::resolve(&JsValue::NULL);
         };
-        let eps_theta = Guided { model: &self.model, guidance: self.guidance };
+        let eps_theta = Guided { model: &self.model, guidance: self.guidance.as_ref() };
         let Some(step) = sampler.step(&eps_theta) else {
             return js_sys::Promise::resolve(&JsValue::NULL);
         };
@@ -253,6 +275,17 @@ impl Ddpm {
 }
 
 impl Ddpm {
+    /// Makes `sampler` the run in progress, guided by `guidance`, drawn in `cols` columns.
+    fn begin(&mut self, sampler: Sampler, guidance: Option<Guidance>, cols: usize) {
+        (self.sampler, self.guidance, self.cols) = (Some(sampler), guidance, cols);
+    }
+
+    /// Guidance towards `class` with strength `w`; a negative class is unguided.
+    fn class_guidance(&self, class: i32, w: f64) -> Result<Option<Guidance>, JsError> {
+        let Ok(class) = usize::try_from(class) else { return Ok(None) };
+        Guidance::class(class, w, self.model.num_classes()).map(Some).map_err(js_err)
+    }
+
     fn image_shape(&self) -> [usize; 3] {
         let u = &self.header.unet;
         [u.image_channels, u.image_size, u.image_size]

@@ -238,6 +238,9 @@ fn bad_input_gets_a_clear_error() {
     // Guidance needs a class-conditional model, and conditional training labelled images.
     fails(&["sample", "--weights", t, "--class", "3", "--out", o], "--class 3: this model is unconditional");
     fails(&["sample", "--weights", t, "--guidance", "2", "--out", o], "--class");
+    fails(&["sample", "--weights", t, "--class", "all", "--out", o], "--class all: this model is unconditional");
+    fails(&["sample", "--weights", t, "--class", "three", "--out", o], "is not a class number, `any` or `all`");
+    fails(&["interpolate", "--weights", t, "--to-class", "3", "--out", o], "--class");
     // A file above the bound is refused before it is read (sparse: no disk used).
     std::fs::File::create(&lying).unwrap().set_len(ddpm::limits::MAX_WEIGHTS_BYTES + 1).unwrap();
     fails(&["sample", "--weights", l, "--out", o], "above the largest supported weights file");
@@ -277,5 +280,56 @@ fn bench_prints_one_json_line_per_measurement() {
     assert!(
         (wgpu_lines == 0) == stderr.contains("# skipping wgpu"),
         "wgpu timed ({wgpu_lines} lines) or skipped with a reason: {stderr}"
+    );
+}
+
+#[test]
+fn every_class_sampled_into_its_folder_and_a_class_morph() {
+    // Two classes (subfolders a/ and b/), trained two steps: `--class all` writes OUT/k/ with
+    // class k's images from seeds S + k·count + i, each equal to `--class k` alone at that seed.
+    let root = TempDir::new("cli-classes");
+    let data = root.join("images");
+    for (class, shade) in [("a", 40u8), ("b", 220u8)] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..4u8 {
+            let img = image::RgbImage::from_pixel(8, 8, image::Rgb([shade, shade.wrapping_add(i * 9), 100]));
+            img.save(data.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let (run, file) = (root.join("run"), root.join("cond.safetensors"));
+    let (run, file) = (run.to_str().unwrap(), file.to_str().unwrap());
+    let train = ["train", "--data", data.to_str().unwrap(), "--conditional", "--steps", "2", "--batch-size", "4"];
+    ok(&[&train[..], &["--sample-every", "0", "--out", run], MODEL].concat());
+    ok(&["export", "--run", run, "--out", file]);
+    let per = root.join("per");
+    let sampler = ["--weights", file, "--steps", "3", "--guidance", "2"];
+    ok(&[&["sample", "--class", "all", "--count", "2", "--seed", "5", "--out", per.to_str().unwrap()], &sampler[..]]
+        .concat());
+    let mut folders: Vec<_> = std::fs::read_dir(&per).unwrap().map(|e| e.unwrap().file_name()).collect();
+    folders.sort();
+    assert_eq!(folders, ["0", "1"]);
+    assert_eq!(std::fs::read_dir(per.join("1")).unwrap().count(), 2);
+    let alone = root.join("alone");
+    ok(&[&["sample", "--class", "1", "--count", "1", "--seed", "7", "--out", alone.to_str().unwrap()], &sampler[..]]
+        .concat());
+    let read = |p: &Path| image::open(p).unwrap().to_rgb8().into_raw();
+    assert_eq!(read(&per.join("1/000000.png")), read(&alone.join("000000.png")), "class 1's first seed is 5 + 1·2");
+    assert_ne!(read(&per.join("0/000000.png")), read(&per.join("1/000000.png")));
+    // A morph from class 0 to class 1 (and from unguided to class 1); classes are checked.
+    let strip = root.join("morph.png");
+    let strip = strip.to_str().unwrap();
+    let morph = |from: &'static str, to: &'static str| {
+        [
+            &["interpolate", "--class", from, "--to-class", to, "--frames", "3", "--t", "20", "--out", strip],
+            &sampler[..],
+        ]
+        .concat()
+    };
+    ok(&morph("0", "1"));
+    ok(&morph("any", "1"));
+    fails(&morph("0", "5"), "class 5 is outside 0..2");
+    fails(
+        &[&["edit", "--class", "all", "--input", strip, "--out", strip], &sampler[..]].concat(),
+        "--class all is for `ddpm sample`",
     );
 }

@@ -72,6 +72,23 @@ fn real_digits_score_near_the_floor_noise_near_the_ceiling() {
     assert_eq!(f(&o, "class_agreement"), 1.0, "{o}");
     let sevens = eval::run(&reference, &ones, &classifier, Some(7)).unwrap();
     assert_eq!(f(&sevens, "class_agreement"), 0.0, "{sevens}");
+    // Class folders (`ddpm sample --class all`): folder 1 holds 20 ones, folder 7 ten ones and
+    // ten real sevens: 75 % agree overall, all of class 1, half of class 7, no other class asked.
+    let by_folder = root.join("by-class");
+    write(&by_folder.join("1"), &held, std::iter::repeat_n(one, 20));
+    let labels = held.labels.as_ref().unwrap();
+    let seven: Vec<usize> = (0..held.len()).filter(|&i| labels[i] == 7).take(10).collect();
+    write(&by_folder.join("7"), &held, std::iter::repeat_n(one, 10).chain(seven));
+    let c = eval::run(&reference, &by_folder, &classifier, None).unwrap();
+    assert_eq!((f(&c, "images"), f(&c, "class_agreement")), (40.0, 0.75), "{c}");
+    let want: Vec<serde_json::Value> = (0..10)
+        .map(|k| [(1, 1.0), (7, 0.5)].iter().find(|p| p.0 == k).map_or(serde_json::Value::Null, |p| p.1.into()))
+        .collect();
+    assert_eq!(c["class_agreement_by_class"].as_array().unwrap(), &want, "{c}");
+    // A folder not named by a class number is refused, naming it.
+    std::fs::create_dir_all(by_folder.join("sevens")).unwrap();
+    let err = eval::run(&reference, &by_folder, &classifier, None).unwrap_err();
+    assert!(format!("{err:#}").contains("sevens: class folders are named by the class number"), "{err:#}");
 
     assert!(f(&r, "classifier_held_out_accuracy") > 0.95, "{r}");
     // Held-out digits against (a superset of) themselves sit at the floor's scale; noise far above.

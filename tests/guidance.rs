@@ -11,7 +11,7 @@ use ddpm::noise::Noise;
 use ddpm::sampler::EpsTheta;
 use ddpm::threads::Sharded;
 use ddpm::train::{TrainConfig, Trainer};
-use ddpm::unet::{UNet, UNetConfig};
+use ddpm::unet::{ClassMix, UNet, UNetConfig};
 use ddpm::weights::{self, Header, Precision};
 
 mod common;
@@ -79,20 +79,74 @@ fn guidance_is_eq_6_on_one_stacked_pass() {
     let uncond = values(model.forward_class(x.clone(), t.clone(), &[3, 3, 3]));
     assert!(max_diff(&cond, &uncond) > 1e-4, "training moved the class rows apart");
     for w in [0.0, 1.0, 2.5] {
-        let g = Some(Guidance { class: 1, w });
-        let guided = values(Guided { model: &model, guidance: g }.eps(x.clone(), t.clone()));
+        let g = Guidance::class(1, w, Some(3)).unwrap();
+        let guided = values(Guided { model: &model, guidance: Some(&g) }.eps(x.clone(), t.clone()));
         let by_hand: Vec<f32> = cond.iter().zip(&uncond).map(|(c, u)| u + w as f32 * (c - u)).collect();
         assert!(max_diff(&guided, &by_hand) < 1e-5, "w = {w}");
         // Three threads, each with a slice of the stacked batch: the same numbers.
-        let sharded = values(Sharded::new(&model, 3).guided(g).eps(x.clone(), t.clone()));
+        let sharded = values(Sharded::new(&model, 3).guided(Some(g)).eps(x.clone(), t.clone()));
         assert!(max_diff(&sharded, &guided) < 1e-5, "sharded, w = {w}");
     }
     // Without guidance the model is asked with ∅.
     assert_eq!(values(Guided { model: &model, guidance: None }.eps(x.clone(), t.clone())), uncond);
     // The request is checked against the model.
-    assert!(Guidance { class: 3, w: 1.0 }.check(Some(3)).unwrap_err().contains("outside 0..3"));
-    assert!(Guidance { class: 0, w: 1.0 }.check(None).unwrap_err().contains("unconditional"));
-    assert!(Guidance { class: 0, w: 99.0 }.check(Some(3)).is_err());
+    assert!(Guidance::class(3, 1.0, Some(3)).unwrap_err().contains("outside 0..3"));
+    assert!(Guidance::class(0, 1.0, None).unwrap_err().contains("unconditional"));
+    assert!(Guidance::class(0, 99.0, Some(3)).is_err());
+    assert!(Guidance::morph([Some(0), Some(3)], &[0.5], 1.0, Some(3)).unwrap_err().contains("class 3"));
+}
+
+#[test]
+fn a_class_morph_mixes_the_two_embeddings_and_ends_on_each_class() {
+    // Frames at λ = 0, 0.5, 1 from class 0 to class 2: the ends are exactly the plain classes'
+    // predictions (so the page's morph ends are `ddpm sample --class` images), the middle is the
+    // network at the mean of the two class vectors, neither end.
+    let device = Device::flex();
+    let model = trained(0.0);
+    let (x, t) = inputs(3, &device);
+    let w = 2.0;
+    let morph = Guidance::morph([Some(0), Some(2)], &[0.0, 0.5, 1.0], w, Some(3)).unwrap();
+    let got = values(Guided { model: &model, guidance: Some(&morph) }.eps(x.clone(), t.clone()));
+    let plain = |c| {
+        let g = Guidance::class(c, w, Some(3)).unwrap();
+        values(Guided { model: &model, guidance: Some(&g) }.eps(x.clone(), t.clone()))
+    };
+    let (a, b) = (plain(0), plain(2));
+    let item = |v: &[f32], i: usize| v[i * 64..(i + 1) * 64].to_vec();
+    assert_eq!(item(&got, 0), item(&a, 0));
+    assert_eq!(item(&got, 2), item(&b, 2));
+    let middle = item(&got, 1);
+    assert!(max_diff(&middle, &item(&a, 1)) > 1e-4 && max_diff(&middle, &item(&b, 1)) > 1e-4);
+    // λ = 0.5 is the embedding halfway: the same as a model whose class 1 row is that mean.
+    let mixed = values(model.forward_mix(x.clone(), t.clone(), &[ClassMix { a: 0, b: 2, lambda: 0.5 }; 3]));
+    let by_row = values(halfway_row(&model).forward_class(x.clone(), t.clone(), &[1; 3]));
+    assert!(max_diff(&mixed, &by_row) < 1e-5);
+    // Sharded on three threads: the same frames.
+    let sharded = values(Sharded::new(&model, 3).guided(Some(morph)).eps(x, t));
+    assert!(max_diff(&sharded, &got) < 1e-5);
+}
+
+/// `model` with class 1's embedding row replaced by the mean of rows 0 and 2 (edited in its
+/// weights file).
+fn halfway_row(model: &UNet) -> UNet {
+    use safetensors::tensor::TensorView;
+    let unet = UNetConfig { num_classes: Some(3), dropout: 0.0, ..tiny() };
+    let header = Header { unet, schedule: ScheduleConfig::default(), info: Default::default() };
+    let bytes = weights::to_safetensors(model, &header, Precision::F32).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let emb = file.tensor("class_emb.weight").unwrap();
+    let mut rows: Vec<f32> = emb.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let dim = emb.shape()[1];
+    for j in 0..dim {
+        rows[dim + j] = (rows[j] + rows[2 * dim + j]) / 2.0;
+    }
+    let edited: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut tensors = file.tensors();
+    let slot = tensors.iter_mut().find(|(name, _)| name == "class_emb.weight").unwrap();
+    slot.1 = TensorView::new(emb.dtype(), emb.shape().to_vec(), &edited).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let out = safetensors::serialize(tensors, meta.metadata().clone()).unwrap();
+    weights::load(&out, &Device::flex()).unwrap().0
 }
 
 #[test]

@@ -195,7 +195,9 @@ async function interpolate() {
   try {
     // 1. The two samples, with the same deterministic DDIM sampler the frames use (the request is
     // checked before A and B are drawn).
-    const request = [mode, seedA, seedB, t, frames, steps, 0];
+    // A conditional model morphs from class A to class B, guided as the samples above are.
+    const [classA, classB] = model.numClasses ? [Number($('class-a').value), Number($('class-b').value)] : [-1, -1];
+    const request = [mode, seedA, seedB, t, frames, steps, 0, classA, classB, Number($('guidance').value)];
     const ends = await drive(id, 'ends', request, (s) => {
       draw($('morph'), s.width, s.height, s.x0);
       $('interp-text').textContent = `sampling A and B: step ${s.index} / ${s.total}`;
@@ -320,9 +322,11 @@ async function main() {
   if (model.numClasses) {
     // The names the file carries (an image folder's subfolders, the emoji's categories), else 0..n-1.
     const names = JSON.parse(JSON.parse(model.describe).info.class_names ?? '[]');
-    for (let k = 0; k < model.numClasses; k++) $('class').add(new Option(names[k] ?? String(k), String(k)));
-    $('class-label').hidden = false;
-    $('guidance-label').hidden = false;
+    for (const picker of ['class', 'class-a', 'class-b']) {
+      for (let k = 0; k < model.numClasses; k++) $(picker).add(new Option(names[k] ?? String(k), String(k)));
+    }
+    for (const label of ['class-label', 'guidance-label', 'class-a-label', 'class-b-label']) $(label).hidden = false;
+    $('guidance').value = String(limits.default_guidance);
     const syncGuidance = () => { $('guidance-text').textContent = `w = ${Number($('guidance').value).toFixed(1)}`; };
     $('guidance').addEventListener('input', syncGuidance);
     syncGuidance();

@@ -45,23 +45,22 @@ channel.port1.onmessage = () => waiting.shift()?.();
 const yieldToMessages = () => new Promise((resolve) => { waiting.push(resolve); channel.port2.postMessage(0); });
 
 // `sample`: [seed, count, steps, eta, class (-1: any), guidance]; `edit`: [RGBA pixels, seed, t,
-// steps, eta, class, guidance]; `ends` and `frames`: the Interpolation's arguments (unguided).
+// steps, eta, class, guidance]; `ends` and `frames`: the Interpolation's arguments (mode, seeds,
+// t, frames, steps, eta, class A, class B, guidance).
 function start(kind, args) {
   switch (kind) {
     case 'sample': {
       const [seed, count, steps, eta, cls = -1, w = 0] = args;
-      model.guide(cls, w);
-      return model.start(seed, count, steps, eta);
+      return model.start(seed, count, steps, eta, cls, w);
     }
     case 'edit': {
       const [rgba, seed, t, steps, eta, cls = -1, w = 0] = args;
-      model.guide(cls, w);
-      return model.start_edit(rgba, seed, t, steps, eta);
+      return model.start_edit(rgba, seed, t, steps, eta, cls, w);
     }
     case 'ends':
     case 'frames': {
-      model.guide(-1, 0);
-      const request = new Interpolation(...args);
+      const [mode, seedA, seedB, t, frames, steps, eta, classA = -1, classB = -1, w = 0] = args;
+      const request = new Interpolation(mode, seedA, seedB, t, frames, steps, eta, classA, classB, w);
       try {
         return kind === 'ends' ? model.start_interpolation_ends(request) : model.start_interpolation(request);
       } finally {

@@ -9,7 +9,9 @@ use ddpm::eval::{self, Reference};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Folder of generated images as written by `ddpm sample` (28×28 digits; 32×32 RGB emoji).
+    /// Folder of generated images as written by `ddpm sample` (28×28 digits; 32×32 RGB emoji),
+    /// or of class folders 0, 1, … as `ddpm sample --per-class` writes them (class agreement per
+    /// class).
     #[arg(long)]
     samples: PathBuf,
     /// The real images to compare with: `mnist` or `emoji`.

@@ -15,7 +15,7 @@ use burn::tensor::{Device, Tensor};
 use clap::{Args, ValueEnum};
 
 use ddpm::diffusion::{Diffusion, ScheduleConfig};
-use ddpm::guidance::Guidance;
+use ddpm::guidance::{DEFAULT_GUIDANCE, Guidance};
 use ddpm::threads::Sharded;
 use ddpm::train::atomic_write;
 use ddpm::unet::{UNet, UNetConfig};
@@ -123,11 +123,12 @@ pub struct SamplerArgs {
     /// DDIM's η (0: deterministic); ignored for full DDPM.
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    /// Draw this class (a class-conditional model only; left out: unconditional).
+    /// Draw this class (a class-conditional model only; `any` or left out: unconditional;
+    /// `all`, for `sample`: --count images of every class k into OUT/k/).
     #[arg(long)]
-    pub class: Option<usize>,
+    pub class: Option<ClassArg>,
     /// Classifier-free guidance strength w with --class (0: unconditional, 1: conditional).
-    #[arg(long, default_value_t = 3.0, requires = "class")]
+    #[arg(long, default_value_t = DEFAULT_GUIDANCE, requires = "class")]
     pub guidance: f64,
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: Backend,
@@ -145,7 +146,7 @@ pub struct Loaded {
 impl Loaded {
     /// ε_θ on `shards` threads, guided as asked.
     pub fn eps_theta(&self, shards: usize) -> Sharded<'_> {
-        Sharded::new(&self.model, shards).guided(self.guidance)
+        Sharded::new(&self.model, shards).guided(self.guidance.clone())
     }
 
     /// [C, H, W] of the model's images.
@@ -160,11 +161,43 @@ impl SamplerArgs {
         let device = self.backend.device()?;
         let (model, header) = load_weights(&self.weights, &device)?;
         let diffusion = Diffusion::new(header.schedule.clone());
-        let guidance = self.class.map(|class| Guidance { class, w: self.guidance });
-        if let Some(g) = guidance {
-            g.check(model.num_classes()).map_err(|e| anyhow::anyhow!("--class {}: {e}", g.class))?;
-        }
+        let guidance = match self.class()? {
+            Some(class) => Some(
+                Guidance::class(class, self.guidance, model.num_classes())
+                    .map_err(|e| anyhow::anyhow!("--class {class}: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(Loaded { model, header, diffusion, device, guidance })
+    }
+
+    /// The one class asked for (None: unguided); `all` is refused but by `sample`.
+    pub fn class(&self) -> Result<Option<usize>> {
+        match self.class {
+            Some(ClassArg::One(k)) => Ok(Some(k)),
+            Some(ClassArg::All) => anyhow::bail!("--class all is for `ddpm sample`: name one class or `any`"),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A class on the command line: its number, `any` (unguided) or `all` (every class in turn).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ClassArg {
+    One(usize),
+    Any,
+    All,
+}
+
+impl std::str::FromStr for ClassArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "any" => Ok(Self::Any),
+            "all" => Ok(Self::All),
+            n => n.parse().map(Self::One).map_err(|_| format!("{n:?} is not a class number, `any` or `all`")),
+        }
     }
 }
 

@@ -7,17 +7,20 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, ensure};
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
+use ddpm::guidance::Guidance;
 
-use super::{SamplerArgs, to_vec};
+use super::{ClassArg, SamplerArgs, to_vec};
 use ddpm::images::{Grid, save_gif, save_png};
 use ddpm::limits;
 use ddpm::request::{EditRequest, InterpolationRequest, SampleRequest, drawing_pixels, grid_cols};
+use ddpm::threads::Sharded;
 
 #[derive(Args)]
 pub struct SampleArgs {
     #[command(flatten)]
     sampler: SamplerArgs,
-    /// Number of images; image i uses seed S + i.
+    /// Number of images (of each class with `--class all`); image i uses seed S + i (class k's
+    /// image i seed S + k·count + i).
     #[arg(long, default_value_t = 16)]
     count: usize,
     #[arg(long, default_value_t = 0)]
@@ -50,6 +53,10 @@ pub struct InterpolateArgs {
     /// mix of the two seeds' initial noise, denoised deterministically (ignores --t and --eta).
     #[arg(long, default_value = "noise", value_parser = ["noise", "slerp"])]
     mode: String,
+    /// B's class (a conditional model; `any`: unguided): the frames morph from --class to it
+    /// [default: --class].
+    #[arg(long, requires = "class")]
+    to_class: Option<ClassArg>,
     /// Pixel scale of the output strip.
     #[arg(long, default_value_t = 3)]
     scale: usize,
@@ -98,31 +105,62 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         limits::MAX_SAMPLES,
         limits::MAX_SAMPLE_BATCH
     );
+    let per_class = a.sampler.class == Some(ClassArg::All);
+    let m = if per_class { SamplerArgs { class: None, ..a.sampler.clone() } } else { a.sampler.clone() }.load()?;
+    let shards = a.sampler.backend.shards();
+    // Each class's images in its own folder, or all of them in --out.
+    let runs: Vec<(PathBuf, SampleRequest, Option<Guidance>)> = match m.model.num_classes() {
+        None if per_class => anyhow::bail!("--class all: this model is unconditional: it has no classes"),
+        Some(classes) if per_class => {
+            let n = a.count;
+            ensure!(
+                n <= limits::MAX_SAMPLES / classes,
+                "--count must be 1..={} with --class all ({classes} classes)",
+                limits::MAX_SAMPLES / classes
+            );
+            let mut runs = Vec::new();
+            for k in 0..classes {
+                let g = Guidance::class(k, a.sampler.guidance, Some(classes)).map_err(anyhow::Error::msg)?;
+                let seed = a.seed.wrapping_add((k * n) as u64);
+                let request = SampleRequest::consecutive(seed, n, a.sampler.steps, a.sampler.eta);
+                runs.push((a.out.join(k.to_string()), request, Some(g)));
+            }
+            runs
+        }
+        _ => {
+            let request = SampleRequest::consecutive(a.seed, a.count, a.sampler.steps, a.sampler.eta);
+            vec![(a.out.clone(), request, m.guidance.clone())]
+        }
+    };
+    let total: usize = runs.iter().map(|(_, r, _)| r.seeds.len()).sum();
     ensure!(
-        a.grid.is_none() || a.count <= limits::MAX_SAMPLE_BATCH,
+        a.grid.is_none() || total <= limits::MAX_SAMPLE_BATCH,
         "--grid holds at most {} images",
         limits::MAX_SAMPLE_BATCH
     );
-    let m = a.sampler.load()?;
-    let eps_theta = m.eps_theta(a.sampler.backend.shards());
     let image = m.image();
-    let request = SampleRequest::consecutive(a.seed, a.count, a.sampler.steps, a.sampler.eta);
-    request.method(&m.diffusion, limits::MAX_SAMPLES).map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut all = Vec::new();
-    for (k, seeds) in request.seeds.chunks(a.batch).enumerate() {
-        let batch = SampleRequest { seeds: seeds.to_vec(), ..request.clone() };
-        let values = to_vec(batch.sampler(&m.diffusion, image, &m.device).map_err(anyhow::Error::msg)?.run(&eps_theta));
-        for (i, pixels) in values.chunks_exact(image.iter().product()).enumerate() {
-            save_png(&a.out.join(format!("{:06}.png", k * a.batch + i)), pixels, image)?;
+    let (mut all, mut done) = (Vec::new(), 0);
+    for (out, request, guidance) in &runs {
+        request.method(&m.diffusion, limits::MAX_SAMPLES).map_err(anyhow::Error::msg)?;
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let eps_theta = Sharded::new(&m.model, shards).guided(guidance.clone());
+        for (k, seeds) in request.seeds.chunks(a.batch).enumerate() {
+            let batch = SampleRequest { seeds: seeds.to_vec(), ..request.clone() };
+            let sampler = batch.sampler(&m.diffusion, image, &m.device).map_err(anyhow::Error::msg)?;
+            let values = to_vec(sampler.run(&eps_theta));
+            for (i, pixels) in values.chunks_exact(image.iter().product()).enumerate() {
+                save_png(&out.join(format!("{:06}.png", k * a.batch + i)), pixels, image)?;
+            }
+            if a.grid.is_some() {
+                all.extend(values);
+            }
+            done += seeds.len();
+            eprintln!("{done}/{total} images");
         }
-        if a.grid.is_some() {
-            all.extend(values);
-        }
-        eprintln!("{}/{} images", (k * a.batch + seeds.len()), a.count);
     }
     if let Some(grid) = &a.grid {
-        Grid::new(&all, [a.count, image[0], image[1], image[2]], grid_cols(a.count), 2).save_png(grid, 2)?;
+        let cols = if per_class { a.count } else { grid_cols(total) };
+        Grid::new(&all, [total, image[0], image[1], image[2]], cols, 2).save_png(grid, 2)?;
     }
     Ok(())
 }
@@ -130,28 +168,38 @@ pub fn sample(a: SampleArgs) -> Result<()> {
 pub fn interpolate(a: InterpolateArgs) -> Result<()> {
     ensure!((1..=limits::MAX_SCALE).contains(&a.scale), "--scale must be 1..={}", limits::MAX_SCALE);
     let m = a.sampler.load()?;
-    let eps_theta = m.eps_theta(a.sampler.backend.shards());
     let image = m.image();
+    let to_class = match a.to_class {
+        Some(ClassArg::One(k)) => Some(Some(k)),
+        Some(ClassArg::Any) => Some(None),
+        Some(ClassArg::All) => anyhow::bail!("--to-class all: name one class or `any`"),
+        None => None,
+    };
+    let class_a = a.sampler.class()?;
     let request = InterpolationRequest {
         mode: a.mode.parse().map_err(anyhow::Error::msg)?,
         seeds: [a.seed_a, a.seed_b],
+        classes: [class_a, to_class.unwrap_or(class_a)],
         t: a.t,
         frames: a.frames,
         steps: a.sampler.steps,
         eta: a.sampler.eta,
     };
     request.check(&m.diffusion, limits::MAX_SAMPLE_BATCH).map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let [guide_ends, guide_frames] =
+        request.guidance(a.sampler.guidance, m.model.num_classes()).map_err(|e| anyhow::anyhow!("--to-class: {e}"))?;
+    let shards = a.sampler.backend.shards();
     let ends = match request.mode {
         ddpm::request::InterpolationMode::Noise => {
             let ends = request.ends().sampler(&m.diffusion, image, &m.device).map_err(anyhow::Error::msg)?;
-            Some(ends.run(&eps_theta))
+            Some(ends.run(&Sharded::new(&m.model, shards).guided(guide_ends)))
         }
         ddpm::request::InterpolationMode::Slerp => None,
     };
     let frames = request
         .sampler(&m.diffusion, image, ends, limits::MAX_SAMPLE_BATCH, &m.device)
         .map_err(anyhow::Error::msg)?
-        .run(&eps_theta);
+        .run(&Sharded::new(&m.model, shards).guided(guide_frames));
     Grid::new(&to_vec(frames), [a.frames, image[0], image[1], image[2]], a.frames, 2).save_png(&a.out, a.scale)
 }
 

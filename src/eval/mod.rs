@@ -64,6 +64,18 @@ impl Reference {
     }
 }
 
+/// The share of images the classifier assigns to the class each was drawn for, overall and per
+/// class asked for (null for a class not asked for).
+fn class_agreement(asked: &[u8], probs: &[Vec<f32>]) -> (f64, Vec<Option<f64>>) {
+    let (mut hits, mut totals) = ([0usize; 10], [0usize; 10]);
+    for (&k, p) in asked.iter().zip(probs) {
+        totals[k as usize] += 1;
+        hits[k as usize] += usize::from(stats::argmax(p) == k as usize);
+    }
+    let by_class = (0..10).map(|k| (totals[k] > 0).then(|| hits[k] as f64 / totals[k] as f64)).collect();
+    (hits.iter().sum::<usize>() as f64 / asked.len() as f64, by_class)
+}
+
 /// The fixed 9,000 / 1,000 split: every tenth image of each digit is held out, so both parts
 /// keep MNIST's natural class frequencies (the package has 863 fives and 1,127 ones).
 pub fn split(mnist: &Dataset) -> (Dataset, Dataset) {
@@ -82,9 +94,37 @@ pub fn split(mnist: &Dataset) -> (Dataset, Dataset) {
     (mnist.select(&train), mnist.select(&held))
 }
 
-/// Reads a folder of PNGs of shape [C, H, W] (as `ddpm sample` writes them), gray for C = 1
-/// and RGB for C = 3.
-pub fn read_samples(dir: &Path, [c, h, w]: [usize; 3]) -> Result<Dataset> {
+/// Reads generated images of shape [C, H, W] (gray for C = 1, RGB for C = 3): a folder of PNGs
+/// as `ddpm sample` writes them, or a folder of class folders named 0, 1, … as `ddpm sample
+/// --per-class` writes them, each image then labelled with the class it was drawn for.
+pub fn read_samples(dir: &Path, shape: [usize; 3]) -> Result<Dataset> {
+    let entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    let mut classes: Vec<_> = entries.iter().filter(|p| p.is_dir()).collect();
+    if classes.is_empty() {
+        return Ok(Dataset { shape, pixels: read_pngs(dir, shape)?, labels: None });
+    }
+    classes.sort();
+    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+    for folder in classes {
+        let name = folder.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let class = name.parse::<u8>().ok().filter(|&c| c < 10).with_context(|| {
+            format!(
+                "{}: class folders are named by the class number 0..=9 (as `ddpm sample --per-class` names them)",
+                folder.display()
+            )
+        })?;
+        let images = read_pngs(folder, shape)?;
+        labels.extend(std::iter::repeat_n(class, images.len() / shape.iter().product::<usize>()));
+        pixels.extend(images);
+    }
+    Ok(Dataset { shape, pixels, labels: Some(labels) })
+}
+
+/// The PNGs of one folder, sorted by name, as planar pixels in [−1, 1].
+fn read_pngs(dir: &Path, [c, h, w]: [usize; 3]) -> Result<Vec<f32>> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -108,11 +148,12 @@ pub fn read_samples(dir: &Path, [c, h, w]: [usize; 3]) -> Result<Dataset> {
             pixels.extend((0..h * w).map(|p| from_u8(raw[p * c + ch])));
         }
     }
-    Ok(Dataset { shape: [c, h, w], pixels, labels: None })
+    Ok(pixels)
 }
 
-/// The whole report for a folder of generated images against `reference`, as JSON; with
-/// `expect_class` (samples drawn for that class) also the share the classifier assigns to it.
+/// The whole report for a folder of generated images against `reference`, as JSON. Images drawn
+/// for a class (`expect_class` for the whole folder, or class folders) also get the share the
+/// classifier assigns to the class asked for (class agreement), overall and per class.
 pub fn run(
     reference: &Reference,
     samples: &Path,
@@ -122,7 +163,12 @@ pub fn run(
     let device = Device::flex();
     let (train, held) = (&reference.classifier_train, &reference.held);
     let (model, accuracy) = classifier(classifier_path, train, held, 10, reference.epochs, &device)?;
-    let generated = read_samples(samples, train.shape)?;
+    let mut generated = read_samples(samples, train.shape)?;
+    if let Some(k) = expect_class {
+        ensure!(k < 10, "--expect-class {k}: the classifier knows classes 0..10");
+        ensure!(generated.labels.is_none(), "--expect-class: {} has class folders already", samples.display());
+        generated.labels = Some(vec![k as u8; generated.len()]);
+    }
     let floor_n = held.len().min(1000);
     let real_train = train.select(&(0..train.len()).step_by(train.len() / floor_n).take(floor_n).collect::<Vec<_>>());
     let n: usize = train.shape.iter().product();
@@ -163,10 +209,10 @@ pub fn run(
         "near_copies": copies,
         "closer_than_closest_held_out": closer,
     });
-    if let Some(k) = expect_class {
-        ensure!(k < 10, "--expect-class {k}: the classifier knows classes 0..10");
-        report["expected_class"] = k.into();
-        report["class_agreement"] = (class_counts(&p_gen)[k] as f64 / generated.len() as f64).into();
+    if let Some(asked) = &generated.labels {
+        let (agreement, by_class) = class_agreement(asked, &p_gen);
+        report["class_agreement"] = agreement.into();
+        report["class_agreement_by_class"] = by_class.into();
     }
     report[fd("")] = frechet_distance(&f_gen, &f_held).into();
     report[fd("_floor_real_train")] = frechet_distance(&f_train, &f_held).into();

@@ -249,6 +249,22 @@ pub struct MiddleBlock {
     res2: ResidualBlock,
 }
 
+/// One item's class condition: the class embedding (1 − λ)·emb(a) + λ·emb(b), classes in
+/// 0..=num_classes (the last is ∅). A plain class c is `ClassMix::from(c)`; the frames of a
+/// morph from class a to class b walk λ from 0 to 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClassMix {
+    pub a: usize,
+    pub b: usize,
+    pub lambda: f32,
+}
+
+impl From<usize> for ClassMix {
+    fn from(class: usize) -> Self {
+        Self { a: class, b: class, lambda: 0.0 }
+    }
+}
+
 /// ε_θ(x_t, t).
 #[derive(Module, Debug)]
 pub struct UNet {
@@ -273,7 +289,14 @@ impl UNet {
     /// ε_θ(x_t, t, c) with one class per item (`num_classes` is ∅); an unconditional model
     /// ignores the classes.
     pub fn forward_class(&self, x: Tensor<4>, t: Tensor<1>, classes: &[usize]) -> Tensor<4> {
-        self.forward_with(x, t, Some(classes), None)
+        let mixes: Vec<ClassMix> = classes.iter().map(|&c| c.into()).collect();
+        self.forward_with(x, t, Some(&mixes), None)
+    }
+
+    /// ε_θ(x_t, t, c) with each item's class embedding a mix of two classes' ([`ClassMix`]):
+    /// the frames of a class morph.
+    pub fn forward_mix(&self, x: Tensor<4>, t: Tensor<1>, mixes: &[ClassMix]) -> Tensor<4> {
+        self.forward_with(x, t, Some(mixes), None)
     }
 
     /// The number of classes of a conditional model (its ∅ is this index).
@@ -300,14 +323,15 @@ impl UNet {
         classes: Option<&[usize]>,
         dropout: &mut Noise,
     ) -> Tensor<4> {
-        self.forward_with(x, t, classes, Some(dropout))
+        let mixes: Option<Vec<ClassMix>> = classes.map(|c| c.iter().map(|&c| c.into()).collect());
+        self.forward_with(x, t, mixes.as_deref(), Some(dropout))
     }
 
     fn forward_with(
         &self,
         x: Tensor<4>,
         t: Tensor<1>,
-        classes: Option<&[usize]>,
+        classes: Option<&[ClassMix]>,
         mut dropout: Option<&mut Noise>,
     ) -> Tensor<4> {
         let mut t = self.time_emb.forward(t);
@@ -316,9 +340,21 @@ impl UNet {
         if let Some(emb) = &self.class_emb {
             let [b, dim] = t.dims();
             let null = emb.weight.dims()[0] - 1;
-            let ids: Vec<i64> = (0..b).map(|i| classes.map_or(null, |c| c[i].min(null)) as i64).collect();
-            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, 1]), &t.device());
-            t = t + emb.forward(ids).reshape([b, dim]);
+            let mix = |i: usize| classes.map_or(ClassMix::from(null), |c| c[i]);
+            let rows = |pick: fn(&ClassMix) -> usize| {
+                let ids: Vec<i64> = (0..b).map(|i| pick(&mix(i)).min(null) as i64).collect();
+                emb.forward(Tensor::<2, Int>::from_data(TensorData::new(ids, [b, 1]), &t.device())).reshape([b, dim])
+            };
+            let mut c = rows(|m| m.a);
+            if (0..b).any(|i| mix(i).lambda != 0.0) {
+                // A morph's frame: (1 − λ)·emb(a) + λ·emb(b), λ per item.
+                let lambda = Tensor::<2>::from_data(
+                    TensorData::new((0..b).map(|i| mix(i).lambda).collect::<Vec<f32>>(), [b, 1]),
+                    &t.device(),
+                );
+                c = c.clone() + (rows(|m| m.b) - c) * lambda;
+            }
+            t = t + c;
         }
         let mut x = conv2d(&self.image_proj, x);
         let mut skips = vec![x.clone()];

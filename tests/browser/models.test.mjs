@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pngPixels, rgbPng } from './harness.mjs';
 import {
-  BIN, ETA, WEIGHTS, openPage, nativeSamples, canvasTiles, compare, same, ready, sample, waitDone, backends, rgbModel,
+  BIN, ETA, WEIGHTS, openPage, nativeSamples, nativeInterpolation, canvasTiles, canvasPixels, compare, same, ready, sample,
+  waitDone, backends, rgbModel,
 } from './page-kit.mjs';
 
 const browsers = [];
@@ -54,7 +55,8 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
 
 // A class-conditional model (two training steps on MNIST's labelled digits, built by the CLI):
 // the page offers its classes and a guidance slider, and a guided run equals `ddpm sample --class
-// --guidance` for the same seeds; guidance changes the image, "any" is the unguided model.
+// --guidance` for the same seeds; guidance changes the image, "any" is the unguided model; the
+// interpolation morphs class 3 into class 8 as `ddpm interpolate --class 3 --to-class 8` does.
 test('CPU fallback: a conditional model draws the chosen class with guidance as `ddpm sample` does', { skip: !backends.includes('cpu'), timeout: 900_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'ddpm-cond-'));
   execFileSync(BIN, ['train', '--data', 'mnist', '--conditional', '--base-channels', '8', '--channel-mults', '1,2',
@@ -84,6 +86,38 @@ test('CPU fallback: a conditional model draws the chosen class with guidance as 
   const unguided = nativeSamples(seed, count, steps, ETA, file);
   for (let i = 0; i < count; i++) assert.ok(same(compare(any[i], unguided[i])), `unguided image ${i}`);
   assert.ok(compare(guided[0], any[0]).mean > 0.5, 'guidance changes the image');
+  // The default guidance comes from the library (`ddpm sample`'s default).
+  await ready(page, '&backend=cpu&weights=weights/cond.safetensors');
+  const { w, morphPickers } = await page.evaluate(() => ({ w: document.getElementById('guidance').value,
+    morphPickers: ['class-a-label', 'class-b-label'].every((id) => !document.getElementById(id).hidden) }));
+  assert.deepEqual({ w, morphPickers }, { w: '3', morphPickers: true });
+  const [seedA, seedB, tMix, frames] = [2, 6, 300, 3];
+  await page.fill('#seed-a', String(seedA));
+  await page.fill('#seed-b', String(seedB));
+  await page.selectOption('#class-a', '3');
+  await page.selectOption('#class-b', '8');
+  await page.selectOption('#mode', 'noise');
+  await page.fill('#t', String(tMix));
+  await page.fill('#frames', String(frames));
+  await page.fill('#ddim-steps', String(steps));
+  await page.evaluate(() => { document.getElementById('guidance').value = '8'; });
+  await page.click('#interp');
+  await page.waitForFunction(() => window.ddpmState.interpolationReady, null, { timeout: 600_000, polling: 100 });
+  const extra = ['--class', '3', '--to-class', '8', '--guidance', '8'];
+  const nativeMorph = nativeInterpolation('noise', seedA, seedB, tMix, frames, steps, 28, file, extra);
+  for (let i = 0; i < frames; i++) {
+    await page.fill('#lambda', String(i));
+    await page.dispatchEvent('#lambda', 'input');
+    const drawnFrame = (await canvasPixels(page, 'morph')).filter((_, k) => k % 4 === 0);
+    assert.ok(same(compare(drawnFrame, nativeMorph[i])), `morph frame ${i}`);
+  }
+  // A and B beside the slider are the guided samples of their classes.
+  const thumb = async (id) => (await canvasPixels(page, id)).filter((_, k) => k % 4 === 0);
+  const classSample = (seed, cls) => nativeSamples(seed, 1, steps, 0, file, 0, ['--class', cls, '--guidance', '8'])[0];
+  assert.ok(same(compare(await thumb('morph-a'), classSample(seedA, '3'))), 'A is a guided 3');
+  assert.ok(same(compare(await thumb('morph-b'), classSample(seedB, '8'))), 'B is a guided 8');
+  const plainMorph = nativeInterpolation('noise', seedA, seedB, tMix, frames, steps, 28, file);
+  assert.ok(compare(nativeMorph[1], plainMorph[1]).mean > 0.5, 'the morph is guided');
   rmSync(dir, { recursive: true, force: true });
   assert.deepEqual(browser.errors, []);
 });

@@ -37,10 +37,10 @@ export function nativeSamples(seed, count, steps, eta, weights = WEIGHTS, channe
 }
 
 // The frames of `ddpm interpolate` for the same seeds, t, frame count and steps, gray 0..255.
-export function nativeInterpolation(mode, seedA, seedB, t, frames, steps, size) {
+export function nativeInterpolation(mode, seedA, seedB, t, frames, steps, size, weights = WEIGHTS, extra = []) {
   const dir = mkdtempSync(join(tmpdir(), 'ddpm-native-'));
   const strip = join(dir, 'strip.png');
-  execFileSync(BIN, ['interpolate', '--weights', WEIGHTS, '--mode', mode, '--seed-a', String(seedA), '--seed-b', String(seedB),
+  execFileSync(BIN, ['interpolate', '--weights', weights, ...extra, '--mode', mode, '--seed-a', String(seedA), '--seed-b', String(seedB),
     '--t', String(t), '--frames', String(frames), '--steps', String(steps), '--scale', '1', '--out', strip], { stdio: 'pipe' });
   const tiles = pngTiles(readFileSync(strip), frames, size, 2);
   rmSync(dir, { recursive: true, force: true });
