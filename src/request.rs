@@ -8,10 +8,9 @@ use burn::tensor::{Device, Tensor};
 
 use crate::diffusion::Diffusion;
 use crate::guidance::Guidance;
-use crate::limits;
 use crate::sampler::{Method, Sampler};
 
-/// The page's bounds (the CLI's are in [`limits`]): one batch of images on the visitor's
+/// The page's bounds (the CLI's are in [`crate::limits`]): one batch of images on the visitor's
 /// device, and one batch of interpolation frames.
 pub const PAGE_MAX_IMAGES: usize = 64;
 pub const PAGE_MAX_FRAMES: usize = 32;
@@ -40,9 +39,16 @@ impl SampleRequest {
         Method::from_steps(self.steps, diffusion.steps(), self.eta)
     }
 
-    /// The whole request as one batch.
-    pub fn sampler(&self, diffusion: &Diffusion, image: [usize; 3], device: &Device) -> Result<Sampler, String> {
-        let method = self.method(diffusion, limits::MAX_SAMPLE_BATCH)?;
+    /// The whole request as one batch of at most `max_images` (the CLI's [`crate::limits`] or the
+    /// page's bound), after checking it.
+    pub fn sampler(
+        &self,
+        diffusion: &Diffusion,
+        image: [usize; 3],
+        max_images: usize,
+        device: &Device,
+    ) -> Result<Sampler, String> {
+        let method = self.method(diffusion, max_images)?;
         Ok(Sampler::new(diffusion, method, image, &self.seeds, device))
     }
 }

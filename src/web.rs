@@ -180,8 +180,8 @@ impl Ddpm {
         w: f64,
     ) -> Result<(), JsError> {
         let request = SampleRequest::consecutive(seed.into(), count, steps, eta);
-        request.method(&self.diffusion, PAGE_MAX_IMAGES).map_err(js_err)?;
-        let sampler = request.sampler(&self.diffusion, self.image_shape(), &self.device).map_err(js_err)?;
+        let sampler =
+            request.sampler(&self.diffusion, self.image_shape(), PAGE_MAX_IMAGES, &self.device).map_err(js_err)?;
         self.begin(sampler, self.class_guidance(class, w)?, grid_cols(count));
         Ok(())
     }
@@ -215,7 +215,7 @@ impl Ddpm {
         let r = &request.request;
         r.check(&self.diffusion, PAGE_MAX_FRAMES).map_err(js_err)?;
         let [ends, _] = r.guidance(request.w, self.model.num_classes()).map_err(js_err)?;
-        let sampler = r.ends().sampler(&self.diffusion, self.image_shape(), &self.device).map_err(js_err)?;
+        let sampler = r.ends().sampler(&self.diffusion, self.image_shape(), 2, &self.device).map_err(js_err)?;
         self.begin(sampler, ends, 2);
         Ok(())
     }

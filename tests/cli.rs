@@ -328,6 +328,20 @@ fn every_class_sampled_into_its_folder_and_a_class_morph() {
     ok(&morph("0", "1"));
     ok(&morph("any", "1"));
     fails(&morph("0", "5"), "class 5 is outside 0..2");
+    // SDEdit at several t: the input, then one result per t, each the single-t result.
+    let (single, edited) = (root.join("single.png"), root.join("edited.png"));
+    let input = per.join("0/000000.png");
+    let edit = |t: &'static str, out: &Path| {
+        let args = ["edit", "--class", "1", "--input", input.to_str().unwrap(), "--t", t, "--seed", "3"];
+        ok(&[&args[..], &["--out", out.to_str().unwrap()], &sampler[..]].concat());
+    };
+    edit("20", &single);
+    edit("5,20,40", &edited);
+    let edited = image::open(&edited).unwrap().to_rgb8();
+    assert_eq!(edited.dimensions(), (4 * 8 + 5 * 2, 8 + 2 * 2));
+    let tile = |k: u32| image::imageops::crop_imm(&edited, 2 + k * 10, 2, 8, 8).to_image().into_raw();
+    assert_eq!(tile(2), read(&single), "the strip's second result is --t 20's");
+    assert_eq!(tile(0), read(&input), "the strip starts with the input");
     fails(
         &[&["edit", "--class", "all", "--input", strip, "--out", strip], &sampler[..]].concat(),
         "--class all is for `ddpm sample`",

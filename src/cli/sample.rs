@@ -86,9 +86,10 @@ pub struct EditArgs {
     /// The drawing or photo to edit (PNG/JPEG; resized to the model's size when it is not).
     #[arg(long)]
     input: PathBuf,
-    /// How far to noise it before denoising (0..T−1): how much the model may change it.
-    #[arg(long, default_value_t = 500)]
-    t: usize,
+    /// How far to noise it before denoising (0..T−1): how much the model may change it. Several
+    /// (`--t 200,500,800`): a strip of the input then one result per t.
+    #[arg(long, default_value = "500", value_delimiter = ',')]
+    t: Vec<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Pixel scale of the output PNG.
@@ -146,7 +147,8 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         let eps_theta = Sharded::new(&m.model, shards).guided(guidance.clone());
         for (k, seeds) in request.seeds.chunks(a.batch).enumerate() {
             let batch = SampleRequest { seeds: seeds.to_vec(), ..request.clone() };
-            let sampler = batch.sampler(&m.diffusion, image, &m.device).map_err(anyhow::Error::msg)?;
+            let sampler =
+                batch.sampler(&m.diffusion, image, limits::MAX_SAMPLE_BATCH, &m.device).map_err(anyhow::Error::msg)?;
             let values = to_vec(sampler.run(&eps_theta));
             for (i, pixels) in values.chunks_exact(image.iter().product()).enumerate() {
                 save_png(&out.join(format!("{:06}.png", k * a.batch + i)), pixels, image)?;
@@ -191,7 +193,7 @@ pub fn interpolate(a: InterpolateArgs) -> Result<()> {
     let shards = a.sampler.backend.shards();
     let ends = match request.mode {
         ddpm::request::InterpolationMode::Noise => {
-            let ends = request.ends().sampler(&m.diffusion, image, &m.device).map_err(anyhow::Error::msg)?;
+            let ends = request.ends().sampler(&m.diffusion, image, 2, &m.device).map_err(anyhow::Error::msg)?;
             Some(ends.run(&Sharded::new(&m.model, shards).guided(guide_ends)))
         }
         ddpm::request::InterpolationMode::Slerp => None,
@@ -209,7 +211,7 @@ pub fn animate(a: AnimateArgs) -> Result<()> {
     let m = a.sampler.load()?;
     let image = m.image();
     let request = SampleRequest::consecutive(a.seed, 1, a.sampler.steps, a.sampler.eta);
-    let mut sampler = request.sampler(&m.diffusion, image, &m.device).map_err(anyhow::Error::msg)?;
+    let mut sampler = request.sampler(&m.diffusion, image, 1, &m.device).map_err(anyhow::Error::msg)?;
     let total = sampler.total();
     let mut frames = Vec::new();
     let frame = |x: Tensor<4>, x0: Tensor<4>| {
@@ -240,10 +242,20 @@ pub fn edit(a: EditArgs) -> Result<()> {
     } else {
         img.resize_exact(size as u32, size as u32, image::imageops::FilterType::Triangle)
     };
+    ensure!(a.t.len() <= limits::MAX_FRAMES, "--t takes at most {} values", limits::MAX_FRAMES);
     let pixels = drawing_pixels(&img.to_rgba8().into_raw(), c, size).map_err(anyhow::Error::msg)?;
-    let x0 = Tensor::from_data(TensorData::new(pixels, [1, c, size, size]), &m.device);
-    let request = EditRequest { seed: a.seed, t: a.t, steps: a.sampler.steps, eta: a.sampler.eta };
-    let sampler = request.sampler(&m.diffusion, x0).map_err(|e| anyhow::anyhow!("--{e}"))?;
-    let x = to_vec(sampler.run(&m.eps_theta(a.sampler.backend.shards())));
-    Grid::new(&x, [1, c, size, size], 1, 0).save_png(&a.out, a.scale)
+    let x0 = Tensor::from_data(TensorData::new(pixels.clone(), [1, c, size, size]), &m.device);
+    let eps_theta = m.eps_theta(a.sampler.backend.shards());
+    let mut images = Vec::new();
+    for &t in &a.t {
+        let request = EditRequest { seed: a.seed, t, steps: a.sampler.steps, eta: a.sampler.eta };
+        let sampler = request.sampler(&m.diffusion, x0.clone()).map_err(|e| anyhow::anyhow!("--{e}"))?;
+        images.extend(to_vec(sampler.run(&eps_theta)));
+    }
+    if a.t.len() == 1 {
+        return Grid::new(&images, [1, c, size, size], 1, 0).save_png(&a.out, a.scale);
+    }
+    let strip = [pixels, images].concat();
+    let n = a.t.len() + 1;
+    Grid::new(&strip, [n, c, size, size], n, 2).save_png(&a.out, a.scale)
 }

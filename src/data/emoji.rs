@@ -59,6 +59,12 @@ struct Variation {
 
 /// One split of the emoji as 3×32×32 images in [−1, 1], labelled with their category.
 pub fn load(split: Split) -> Result<Dataset> {
+    let [train, held_out] = splits()?;
+    Ok(if split == Split::Train { train } else { held_out })
+}
+
+/// Both splits (training, held out) from one read of the package.
+pub fn splits() -> Result<[Dataset; 2]> {
     let bytes = npm_package(EMOJI_PACKAGE, "emoji-datasource-google-16.0.0.tgz", EMOJI_INTEGRITY)?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
     let mut index = None;
@@ -99,19 +105,16 @@ pub fn load(split: Split) -> Result<Dataset> {
     }
     let held_out = held_out_bases(&images);
 
-    let mut pixels = Vec::new();
-    let mut labels = Vec::new();
+    let mut parts: [(Vec<f32>, Vec<u8>); 2] = Default::default();
     for &(base, file, label) in &images {
-        if held_out.contains(base) != (split == Split::HeldOut) {
-            continue;
-        }
+        let (pixels, labels) = &mut parts[usize::from(held_out.contains(base))];
         let reader = image::ImageReader::with_format(Cursor::new(&pngs[file]), image::ImageFormat::Png);
         let rgba = decode_bounded(reader).with_context(|| format!("decoding {file}"))?.to_rgba8();
         pixels.extend(on_white_32(&rgba));
         labels.push(label);
     }
-    ensure!(!labels.is_empty(), "{EMOJI_PACKAGE}: no images in the {split:?} split");
-    Ok(Dataset { shape: [3, SIZE, SIZE], pixels, labels: Some(labels) })
+    ensure!(parts.iter().all(|(_, l)| !l.is_empty()), "{EMOJI_PACKAGE}: a split has no images");
+    Ok(parts.map(|(pixels, labels)| Dataset { shape: [3, SIZE, SIZE], pixels, labels: Some(labels) }))
 }
 
 /// The base emoji held out: in the order of a hash of their code points (a fixed, unbiased

@@ -19,7 +19,7 @@ pub use stats::{
     symmetric_eigen,
 };
 
-use crate::data::emoji::{self, Split};
+use crate::data::emoji;
 use crate::data::{self, Dataset};
 use crate::images::from_u8;
 use crate::noise::Noise;
@@ -49,8 +49,7 @@ impl Reference {
     /// The emoji: the diffusion model and the classifier see the training split; the held-out
     /// split (other base emoji) gives the floor and the copy check's baseline.
     pub fn emoji() -> Result<Self> {
-        let train = emoji::load(Split::Train)?;
-        let held = emoji::load(Split::HeldOut)?;
+        let [train, held] = emoji::splits()?;
         Ok(Self { name: "emoji", trained_on: train.clone(), classifier_train: train, held, epochs: 30 })
     }
 
