@@ -10,7 +10,7 @@ use ddpm::eval::{self, Reference};
 #[derive(Args)]
 pub struct EvalArgs {
     /// Folder of generated images as written by `ddpm sample` (28×28 digits; 32×32 RGB emoji),
-    /// or of class folders 0, 1, … as `ddpm sample --per-class` writes them (class agreement per
+    /// or of class folders 0, 1, … as `ddpm sample --class all` writes them (class agreement per
     /// class).
     #[arg(long)]
     samples: PathBuf,

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, ensure};
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
-use ddpm::guidance::Guidance;
 
 use super::{ClassArg, SamplerArgs, to_vec};
+use ddpm::guidance::Guidance;
 use ddpm::images::{Grid, save_gif, save_png};
 use ddpm::limits;
 use ddpm::request::{EditRequest, InterpolationRequest, SampleRequest, drawing_pixels, grid_cols};

@@ -95,7 +95,7 @@ pub fn split(mnist: &Dataset) -> (Dataset, Dataset) {
 
 /// Reads generated images of shape [C, H, W] (gray for C = 1, RGB for C = 3): a folder of PNGs
 /// as `ddpm sample` writes them, or a folder of class folders named 0, 1, … as `ddpm sample
-/// --per-class` writes them, each image then labelled with the class it was drawn for.
+/// --class all` writes them, each image then labelled with the class it was drawn for.
 pub fn read_samples(dir: &Path, shape: [usize; 3]) -> Result<Dataset> {
     let entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -111,7 +111,7 @@ pub fn read_samples(dir: &Path, shape: [usize; 3]) -> Result<Dataset> {
         let name = folder.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let class = name.parse::<u8>().ok().filter(|&c| c < 10).with_context(|| {
             format!(
-                "{}: class folders are named by the class number 0..=9 (as `ddpm sample --per-class` names them)",
+                "{}: class folders are named by the class number 0..=9 (as `ddpm sample --class all` names them)",
                 folder.display()
             )
         })?;
