@@ -105,7 +105,7 @@ async function run(id, kind, args) {
 async function warm(batches) {
   for (const [i, batch] of batches.entries()) {
     try {
-      model.start(0, batch, 1, 0);
+      model.start(0, batch, 1, 0, -1, 0);
       await model.step();
     } catch (e) {
       if (model.on_gpu) loseDevice(e.message ?? String(e));
