@@ -173,11 +173,7 @@ impl SamplerArgs {
 
     /// The one class asked for (None: unguided); `all` is refused but by `sample`.
     pub fn class(&self) -> Result<Option<usize>> {
-        match self.class {
-            Some(ClassArg::One(k)) => Ok(Some(k)),
-            Some(ClassArg::All) => anyhow::bail!("--class all is for `ddpm sample`: name one class or `any`"),
-            _ => Ok(None),
-        }
+        self.class.map_or(Ok(None), |c| c.single("--class all is for `ddpm sample`"))
     }
 }
 
@@ -187,6 +183,17 @@ pub enum ClassArg {
     One(usize),
     Any,
     All,
+}
+
+impl ClassArg {
+    /// One class or `any` (None); `all` is refused with `why`.
+    pub fn single(self, why: &str) -> Result<Option<usize>> {
+        match self {
+            Self::One(k) => Ok(Some(k)),
+            Self::Any => Ok(None),
+            Self::All => anyhow::bail!("{why}: name one class or `any`"),
+        }
+    }
 }
 
 impl std::str::FromStr for ClassArg {

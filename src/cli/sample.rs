@@ -171,12 +171,7 @@ pub fn interpolate(a: InterpolateArgs) -> Result<()> {
     ensure!((1..=limits::MAX_SCALE).contains(&a.scale), "--scale must be 1..={}", limits::MAX_SCALE);
     let m = a.sampler.load()?;
     let image = m.image();
-    let to_class = match a.to_class {
-        Some(ClassArg::One(k)) => Some(Some(k)),
-        Some(ClassArg::Any) => Some(None),
-        Some(ClassArg::All) => anyhow::bail!("--to-class all: name one class or `any`"),
-        None => None,
-    };
+    let to_class = a.to_class.map(|c| c.single("--to-class all")).transpose()?;
     let class_a = a.sampler.class()?;
     let request = InterpolationRequest {
         mode: a.mode.parse().map_err(anyhow::Error::msg)?,
