@@ -20,7 +20,7 @@ pub mod bench;
 pub mod data;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod eval;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(pool)]
 pub mod threads;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod train;

@@ -14,6 +14,9 @@ use crate::sampler::{Method, Sampler};
 /// device, and one batch of interpolation frames.
 pub const PAGE_MAX_IMAGES: usize = 64;
 pub const PAGE_MAX_FRAMES: usize = 32;
+/// The threaded CPU module's largest pool: beyond a batch's slices and each product's split,
+/// more web workers only cost memory (each holds its own stack and scratch buffers).
+pub const PAGE_MAX_THREADS: usize = 16;
 
 /// Images to sample: one per seed, with the sampler `steps` (= T: the paper's DDPM; fewer:
 /// DDIM with `eta`).

@@ -1,7 +1,8 @@
-//! A batch split across CPU threads (native only). burn's flex backend runs its element-wise
-//! ops (adds, layout copies) on the calling thread and only its matrix products on all cores,
-//! so one forward pass leaves cores idle; slices of the batch run at once keep them busy.
-//! Sampling uses [`Sharded`]; training splits its gradients the same way (`Trainer::step`).
+//! A batch split across CPU threads (natively, and in the page's threaded CPU module). burn's
+//! flex backend runs its element-wise ops (adds, layout copies) on the calling thread and only
+//! its matrix products on all cores, so one forward pass leaves cores idle; slices of the batch
+//! run at once keep them busy. Sampling uses [`Sharded`]; training splits its gradients the
+//! same way (`Trainer::step`).
 
 use std::ops::Range;
 

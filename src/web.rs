@@ -2,6 +2,7 @@
 //! of its own. Every read from the GPU is asynchronous (synchronous reads panic on WebGPU),
 //! and no borrow of the model outlives a call, so the page may start a new run at any time.
 
+#[cfg(feature = "webgpu")]
 use std::cell::RefCell;
 
 use burn::tensor::{Device, Tensor};
@@ -9,7 +10,9 @@ use js_sys::{Object, Reflect, Uint8ClampedArray};
 use wasm_bindgen::prelude::*;
 
 use crate::diffusion::Diffusion;
-use crate::guidance::{Guidance, Guided};
+use crate::guidance::Guidance;
+#[cfg(not(feature = "threads"))]
+use crate::guidance::Guided;
 use crate::images::Grid;
 use crate::request::{
     EditRequest, InterpolationRequest, PAGE_MAX_FRAMES, PAGE_MAX_IMAGES, SampleRequest, drawing_pixels, grid_cols,
@@ -18,6 +21,7 @@ use crate::sampler::Sampler;
 use crate::unet::UNet;
 use crate::weights::{self, Header};
 
+#[cfg(feature = "webgpu")]
 thread_local! {
     /// burn's wgpu runtime is initialised once per page; later models reuse its device.
     static GPU: RefCell<Option<Device>> = const { RefCell::new(None) };
@@ -71,6 +75,24 @@ pub fn kernel_path() -> String {
     crate::kernels::simd_path().into()
 }
 
+/// Starts the CPU's thread pool (the threaded module only): `requested` web workers (the page
+/// asks for `navigator.hardwareConcurrency`), at most `request::PAGE_MAX_THREADS`; resolves
+/// when they run. Called once, before [`Ddpm::create`].
+#[cfg(feature = "threads")]
+#[wasm_bindgen]
+pub fn init_threads(requested: usize) -> js_sys::Promise {
+    wasm_bindgen_rayon::init_thread_pool(requested.clamp(1, crate::request::PAGE_MAX_THREADS))
+}
+
+/// How many threads the CPU backend runs on: the pool's size, 1 in the one-thread module.
+#[wasm_bindgen]
+pub fn cpu_threads() -> usize {
+    #[cfg(feature = "threads")]
+    return rayon::current_num_threads();
+    #[cfg(not(feature = "threads"))]
+    1
+}
+
 /// An interpolation request ([`InterpolationRequest`]): `mode` "noise" is labml's method (A and
 /// B noised to step `t` and mixed), "slerp" DDIM's spherical mix of the seeds' initial noise;
 /// with a conditional model, `class_a` and `class_b` (negative: any) make it a class morph
@@ -114,12 +136,16 @@ impl Ddpm {
     /// `use_gpu` it runs on WebGPU when an adapter is available, else on the CPU (flex).
     pub async fn create(bytes: Vec<u8>, use_gpu: bool) -> Result<Ddpm, JsError> {
         let header = weights::read_header(&bytes).map_err(js_err)?;
+        let cpu = match cpu_threads() {
+            1 => "CPU (flex, wasm)".to_string(),
+            n => format!("CPU (flex, wasm, {n} threads)"),
+        };
         let (device, backend) = if !use_gpu {
-            (Device::flex(), "CPU (flex, wasm)".to_string())
+            (Device::flex(), cpu)
         } else {
             match gpu().await {
                 Ok(device) => (device, "WebGPU".to_string()),
-                Err(reason) => (Device::flex(), format!("CPU (flex, wasm) — WebGPU unavailable: {reason}")),
+                Err(reason) => (Device::flex(), format!("{cpu} — WebGPU unavailable: {reason}")),
             }
         };
         let (model, _) = weights::load(&bytes, &device).map_err(js_err)?;
@@ -239,7 +265,12 @@ impl Ddpm {
         let Some(sampler) = self.sampler.as_mut() else {
             return js_sys::Promise::resolve(&JsValue::NULL);
         };
+        #[cfg(not(feature = "threads"))]
         let eps_theta = Guided { model: &self.model, guidance: self.guidance.as_ref() };
+        // Slices of the batch at once on the pool's threads, as natively (flex's own ops run
+        // on the calling thread only): the same images as one pass.
+        #[cfg(feature = "threads")]
+        let eps_theta = crate::threads::Sharded::new(&self.model, cpu_threads()).guided(self.guidance.clone());
         let Some(step) = sampler.step(&eps_theta) else {
             return js_sys::Promise::resolve(&JsValue::NULL);
         };
@@ -293,6 +324,7 @@ impl Ddpm {
 }
 
 /// The page's WebGPU device, initialised on first use.
+#[cfg(feature = "webgpu")]
 async fn gpu() -> Result<Device, String> {
     if let Some(device) = GPU.with(|g| g.borrow().clone()) {
         return Ok(device);
@@ -305,4 +337,9 @@ async fn gpu() -> Result<Device, String> {
 async fn read(x: Tensor<4>) -> Result<Vec<f32>, JsValue> {
     let data = x.into_data_async().await.map_err(|e| JsValue::from_str(&format!("reading from the device: {e:?}")))?;
     data.convert::<f32>().try_into_vec::<f32>().map_err(|e| JsValue::from_str(&format!("{e:?}")))
+}
+
+#[cfg(not(feature = "webgpu"))]
+async fn gpu() -> Result<Device, String> {
+    Err("this module is the CPU-only (threaded) build".into())
 }

@@ -16,7 +16,9 @@ const state = window.ddpmState = {
 };
 
 let model = null; // what the worker reported of the loaded model
-const client = new ModelClient({ onNotice: (text) => showNotice(text) });
+// `?backend=cpu` skips WebGPU; `?threads=N` sets the CPU's threads (1: the one-thread module).
+const wantGpu = params.get('backend') !== 'cpu' && 'gpu' in navigator;
+const client = new ModelClient({ onNotice: (text) => showNotice(text), wantGpu, threads: params.get('threads') });
 // The memory the page holds, for the tests' leak checks: the worker's wasm linear memory and,
 // where the browser reports it, this thread's JS heap.
 window.ddpmMemory = async () => ({ wasm: await client.memory(), heap: performance.memory?.usedJSHeapSize ?? 0 });
@@ -278,6 +280,7 @@ function warmBatches() {
 function showBackend(info) {
   state.backend = info.backend;
   state.kernels = info.kernels;
+  state.threads = info.threads;
   state.imageSize = info.imageSize;
   $('backend').textContent = `Running on: ${info.backend}` + (notice ? ` — ${notice}` : '');
   $('backend').hidden = false;
@@ -307,9 +310,8 @@ async function main() {
     ]);
     state.weightsSource = weights.source;
     $('loading').hidden = true;
-    const wantGpu = params.get('backend') !== 'cpu' && 'gpu' in navigator;
     $('status').textContent = wantGpu ? 'Starting WebGPU…' : 'Starting the CPU backend…';
-    model = await client.load(weights.bytes, wantGpu);
+    model = await client.load(weights.bytes);
     state.loaded.model = performance.now();
     limits = hello.limits;
   } catch (e) {

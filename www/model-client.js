@@ -5,17 +5,25 @@
 const GPU_RETRIES = 2;
 
 export class ModelClient {
-  constructor({ onNotice }) {
+  // `wantGpu`: try WebGPU; `threads`: the CPU's threads (null: the visitor's cores), 1 for the
+  // one-thread module.
+  constructor({ onNotice, wantGpu, threads = null }) {
     this.onNotice = onNotice; // (text) => void: what the page should tell the visitor
     this.runId = 0;
     this.active = null; // {id, kind, args, onStep, resolve, reject}
     this.losses = 0;
-    this.spawn();
+    this.wantGpu = wantGpu;
+    this.threads = threads;
+    this.spawn(wantGpu);
   }
 
-  // A fresh worker; `hello` resolves to the module's bounds once the wasm is instantiated.
-  spawn() {
-    const worker = new Worker(new URL('./model-worker.js', import.meta.url), { type: 'module' });
+  // A fresh worker, on WebGPU when `onGpu` and an adapter exists, else on the CPU (the worker
+  // chooses its module from this); `hello` resolves to the module's bounds once it runs.
+  spawn(onGpu) {
+    const url = new URL('./model-worker.js', import.meta.url);
+    if (!onGpu) url.searchParams.set('backend', 'cpu');
+    if (this.threads !== null) url.searchParams.set('threads', String(this.threads));
+    const worker = new Worker(url, { type: 'module' });
     this.worker = worker;
     this.pending = {}; // type → resolve, for the one-off replies
     this.hello = new Promise((resolve, reject) => { this.pending.hello = resolve; this.pending.fail = reject; });
@@ -57,15 +65,14 @@ export class ModelClient {
   }
 
   // Builds the model in the worker from the weights (kept, to rebuild it after a lost GPU).
-  load(bytes, wantGpu) {
-    this.loading = this.loadNow(bytes, wantGpu);
+  load(bytes, onGpu = this.wantGpu) {
+    this.loading = this.loadNow(bytes, onGpu);
     return this.loading;
   }
 
   async loadNow(bytes, wantGpu) {
     await this.hello;
     this.bytes = bytes;
-    this.wantGpu = wantGpu;
     const loaded = new Promise((resolve, reject) => { this.pending.loaded = { resolve, reject }; });
     // A copy goes to the worker, so the page keeps its own for a fresh worker.
     const copy = bytes.slice();
@@ -128,7 +135,7 @@ export class ModelClient {
       : `The GPU device was lost ${this.losses} times (${reason}); continuing on the CPU.`);
     const interrupted = this.active;
     this.active = null;
-    this.spawn();
+    this.spawn(this.wantGpu && onGpu);
     try {
       await this.load(this.bytes, this.wantGpu && onGpu);
     } catch (e) {

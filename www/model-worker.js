@@ -2,6 +2,12 @@
 // the reverse process one step at a time, posting each step's pixels (transferred, not copied).
 // The page's main thread only handles controls and draws, so a step never blocks the tab.
 //
+// Which module it runs is chosen once, at start, from its URL's query (set by model-client.js):
+// `backend=cpu` (no WebGPU wanted), `threads=N` (the CPU's threads; 1: the one-thread module).
+// With WebGPU it runs the main module (pkg/); on the CPU, when the page is cross-origin isolated
+// (shared memory allowed) and more than one thread is asked for, the threaded module
+// (pkg-threads/: flex on a pool of web workers), else the main module's one-thread fallback.
+//
 // Messages in:  {type: 'load', bytes, wantGpu} | {type: 'warm', batches} | {type: 'run', id, kind, args}
 //               | {type: 'cancel'}
 //               | {type: 'memory'} | {type: 'destroy-device'} (a test hook: loses the GPU)
@@ -9,8 +15,7 @@
 //               | {type: 'warming', done, total}
 //               | {type: 'step', id, step, ms} | {type: 'done', id} | {type: 'error', id, message}
 //               | {type: 'lost', reason} | {type: 'memory', wasm}
-import init, { Ddpm, Interpolation, kernel_path, max_weights_bytes, page_limits } from './pkg/ddpm.js';
-
+let pkg = null; // the module's exports: Ddpm, Interpolation, kernel_path, …
 let model = null;
 let wasm = null;
 let current = null; // the id of the run this worker is stepping; null: none
@@ -60,7 +65,7 @@ function start(kind, args) {
     case 'ends':
     case 'frames': {
       const [mode, seedA, seedB, t, frames, steps, eta, classA = -1, classB = -1, w = 0] = args;
-      const request = new Interpolation(mode, seedA, seedB, t, frames, steps, eta, classA, classB, w);
+      const request = new pkg.Interpolation(mode, seedA, seedB, t, frames, steps, eta, classA, classB, w);
       try {
         return kind === 'ends' ? model.start_interpolation_ends(request) : model.start_interpolation(request);
       } finally {
@@ -119,11 +124,11 @@ onmessage = async ({ data }) => {
   switch (data.type) {
     case 'load':
       try {
-        model = await Ddpm.create(data.bytes, data.wantGpu);
+        model = await pkg.Ddpm.create(data.bytes, data.wantGpu && !pkg.threaded);
         postMessage({
-          type: 'loaded', backend: model.backend, onGpu: model.on_gpu, describe: model.describe(),
+          type: 'loaded', backend: model.backend + pkg.why, onGpu: model.on_gpu, describe: model.describe(),
           diffusionSteps: model.diffusion_steps, imageSize: model.image_size, numClasses: model.num_classes,
-          kernels: model.on_gpu ? 'webgpu' : kernel_path(),
+          kernels: model.on_gpu ? 'webgpu' : pkg.kernel_path(), threads: model.on_gpu ? 0 : pkg.cpu_threads(),
         });
       } catch (e) {
         postMessage({ type: 'error', id: null, message: e.message ?? String(e) });
@@ -149,7 +154,21 @@ onmessage = async ({ data }) => {
   }
 };
 
-init().then((exports) => {
-  wasm = exports;
-  postMessage({ type: 'hello', maxWeightsBytes: max_weights_bytes(), limits: JSON.parse(page_limits()) });
+// The threaded module when this worker will run on the CPU and may share memory, else the main.
+async function startModule() {
+  const query = new URL(self.location.href).searchParams;
+  const threads = Number(query.get('threads') ?? navigator.hardwareConcurrency ?? 1);
+  const adapter = query.get('backend') !== 'cpu' && self.navigator.gpu
+    ? await navigator.gpu.requestAdapter().catch(() => null) : null;
+  const threaded = !adapter && threads > 1 && self.crossOriginIsolated === true;
+  pkg = await import(threaded ? './pkg-threads/ddpm.js' : './pkg/ddpm.js');
+  wasm = await pkg.default();
+  if (threaded) await pkg.init_threads(threads);
+  // What the main module would have said when the browser has WebGPU but no adapter for it.
+  const why = threaded && query.get('backend') !== 'cpu' && self.navigator.gpu ? ' — WebGPU unavailable: no adapter' : '';
+  pkg = { ...pkg, threaded, why };
+}
+
+startModule().then(() => {
+  postMessage({ type: 'hello', maxWeightsBytes: pkg.max_weights_bytes(), limits: JSON.parse(pkg.page_limits()) });
 }, (e) => postMessage({ type: 'error', id: null, message: `could not start the module: ${e.message ?? e}` }));

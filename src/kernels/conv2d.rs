@@ -10,12 +10,14 @@
 //! Other backends (wgpu and the other cubecl runtimes) run burn's own conv2d. Dilation and
 //! groups are not used by the UNet; a layer with either falls back to burn's conv2d everywhere.
 
+#[cfg(cube)]
+use burn::backend::Cube;
 #[cfg(not(target_arch = "wasm32"))]
 use burn::backend::autodiff::{Autodiff, checkpoint::strategy::CheckpointStrategy};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::backend::ops::{ConvOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Cube, Dispatch, TensorMetadata, backend_extension};
+use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{DType, Tensor, TensorData};
@@ -53,7 +55,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 }
 
 // The browser build has no autodiff.
-#[backend_extension(Flex, Cube, Autodiff: cfg(not(target_arch = "wasm32")))]
+#[backend_extension(Flex, Cube: cfg(cube), Autodiff: cfg(not(target_arch = "wasm32")))]
 pub trait Conv2dGemm: Backend {
     /// A square-kernel convolution with bias, equal stride and padding on both axes; the
     /// default is burn's conv2d.
@@ -72,6 +74,7 @@ fn options(stride: usize, padding: usize) -> ConvOptions<2> {
     ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1)
 }
 
+#[cfg(cube)]
 impl Conv2dGemm for Cube {}
 #[cfg(not(target_arch = "wasm32"))]
 impl<C: CheckpointStrategy> Conv2dGemm for Autodiff<Cube, C> {}

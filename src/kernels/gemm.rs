@@ -51,7 +51,7 @@ pub(super) fn matmul(
 /// holding `per_image` values per image: slices of images on flex's threads when there are
 /// at least as many images as threads, else the images in turn with each product on every
 /// thread. The results come back in batch order.
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(pool)]
 pub(super) fn split_batch<R: Send>(
     batch: usize,
     out: &mut [f32],
@@ -71,8 +71,8 @@ pub(super) fn split_batch<R: Send>(
         .collect()
 }
 
-/// The browser runs the whole batch on its one thread.
-#[cfg(target_arch = "wasm32")]
+/// Without a thread pool (the browser's one-thread module) the whole batch runs on this thread.
+#[cfg(not(pool))]
 pub(super) fn split_batch<R>(
     batch: usize,
     out: &mut [f32],

@@ -15,11 +15,13 @@
 //! * ∂L/∂γ_c = Σ dy·x̂, ∂L/∂β_c = Σ dy, and with g = γ_c dy over the m elements of a group,
 //!   ∂L/∂x = (g − mean(g) − x̂·mean(g x̂)) / √(σ²_g + ε).
 
+#[cfg(cube)]
+use burn::backend::Cube;
 #[cfg(not(target_arch = "wasm32"))]
 use burn::backend::autodiff::{Autodiff, checkpoint::strategy::CheckpointStrategy};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Cube, Dispatch, TensorMetadata, backend_extension};
+use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::nn::GroupNorm;
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, Shape, Tensor, TensorData};
@@ -44,7 +46,7 @@ pub fn group_norm_swish(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
 }
 
 // The browser build has no autodiff.
-#[backend_extension(Flex, Cube, Autodiff: cfg(not(target_arch = "wasm32")))]
+#[backend_extension(Flex, Cube: cfg(cube), Autodiff: cfg(not(target_arch = "wasm32")))]
 pub trait GroupNormSwish: Backend {
     /// Swish(γ·x̂ + β); the default composes burn's differentiable ops.
     fn group_norm_swish(
@@ -81,6 +83,7 @@ fn composed<B: Backend>(
     B::float_mul(y.clone(), B::sigmoid(y))
 }
 
+#[cfg(cube)]
 impl GroupNormSwish for Cube {}
 #[cfg(not(target_arch = "wasm32"))]
 impl<C: CheckpointStrategy> GroupNormSwish for Autodiff<Cube, C> {}

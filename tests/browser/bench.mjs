@@ -1,6 +1,7 @@
 // `cargo xtask bench-web`: the page's speed, as JSON lines (a benchmark, not a test):
-// ms per sampling step on WebGPU and on the CPU fallback at batch 1 and 16, the time from
-// navigation to the first drawn step, and the gzipped size of what the page downloads.
+// ms per sampling step on WebGPU and on the CPU fallback (threaded and one-thread) at batch 1, 4
+// and 16, the time from navigation to the first drawn step, and the gzipped size of what the
+// page downloads.
 import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { gzipSync } from 'node:zlib';
@@ -14,12 +15,22 @@ const files = ['www/pkg/ddpm_bg.wasm', 'www/pkg/ddpm.js', 'www/app.js', 'www/mod
 const gz = files.reduce((n, f) => n + gzipSync(readFileSync(f), { level: 9 }).length, 0);
 const raw = files.reduce((n, f) => n + readFileSync(f).length, 0);
 emit({ what: 'bundle', files, bytes: raw, gzip_bytes: gz, gzip_mb: +(gz / 1e6).toFixed(3) });
+// What a CPU visitor on an isolated page loads as well: the threaded module.
+const threaded = ['www/pkg-threads/ddpm_bg.wasm', 'www/pkg-threads/ddpm.js'];
+const tgz = threaded.reduce((n, f) => n + gzipSync(readFileSync(f), { level: 9 }).length, 0);
+emit({ what: 'threaded_module', files: threaded, bytes: threaded.reduce((n, f) => n + readFileSync(f).length, 0), gzip_bytes: tgz });
 
 const median = (v) => { const s = [...v].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]; };
 
-// DDPM_BROWSER_BACKENDS=cpu (or webgpu) times one backend only, as in the tests.
+// DDPM_BROWSER_BACKENDS=cpu (or webgpu) times one backend only, as in the tests. The CPU runs
+// twice: the threaded module (the dev server isolates the page) and the one-thread module.
 const backends = (process.env.DDPM_BROWSER_BACKENDS ?? 'webgpu,cpu').split(',');
-for (const webgpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : 'cpu'))) {
+const configs = [
+  { webgpu: true, backend: 'webgpu', query: '' },
+  { webgpu: false, backend: 'cpu-wasm-threads', query: '' },
+  { webgpu: false, backend: 'cpu-wasm', query: '?threads=1' },
+].filter((c) => backends.includes(c.webgpu ? 'webgpu' : 'cpu'));
+for (const { webgpu, backend, query } of configs) {
   const browser = await launch({ webgpu });
   const page = await browser.page();
   // The longest main-thread task (over 50 ms: the browser's long-task threshold) of each page.
@@ -29,12 +40,11 @@ for (const webgpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' 
       for (const e of list.getEntries()) window.longestTaskMs = Math.max(window.longestTaskMs, e.duration);
     }).observe({ type: 'longtask', buffered: true });
   });
-  const backend = webgpu ? 'webgpu' : 'cpu-wasm';
   // Page load to first drawn step, on a first visit (empty profile: the weights come from the
   // network) and a return visit (the weights from the browser's cache): autostart runs the
   // default sampler (16 images on WebGPU, fewer on the CPU).
   for (const visit of ['first', 'return']) {
-    await page.goto(URL_);
+    await page.goto(`${URL_}${query}`);
     await page.waitForFunction(() => window.ddpmState?.firstStepAt || window.ddpmState?.error, null, { timeout: 300_000 });
     const s = await page.evaluate(() => {
       const { firstStepAt, loaded, backend, error, msPerStep, kernels, weightsSource } = window.ddpmState;
@@ -57,7 +67,7 @@ for (const webgpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' 
       await page.waitForFunction(() => !window.ddpmState.running, null, { timeout: 600_000 });
     }
   }
-  const kernels = await page.evaluate(() => window.ddpmState.kernels);
+  const { kernels, threads } = await page.evaluate(() => window.ddpmState);
   // Every step's ms of one run.
   const steps = async (batch, n) => {
     await page.selectOption('#count', String(batch));
@@ -87,7 +97,7 @@ for (const webgpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' 
   for (const batch of [1, 4, 16]) {
     const ms = await run(batch, 12);
     // The CPU the browser ran on (this machine), and the kernels the page used.
-    emit({ backend, what: 'sample_step', batch, ms: +median(ms).toFixed(2), n: ms.length, cpu: cpus()[0]?.model, kernels });
+    emit({ backend, what: 'sample_step', batch, ms: +median(ms).toFixed(2), n: ms.length, cpu: cpus()[0]?.model, kernels, threads });
   }
   emit({ backend, what: 'longest_main_thread_task', ms: Math.round(await page.evaluate(() => window.longestTaskMs)), while: 'sampling at batch 1, 4, 16' });
   await browser.close();

@@ -1,6 +1,6 @@
 // `cargo xtask dist DIR` works from a plain static file server (Python's http.server), at the
-// site's root and under a sub-path. Run by `cargo xtask test`, which writes the folder and sets
-// DDPM_DIST.
+// site's root and under a sub-path, on the one-thread CPU module (that server does not isolate
+// the page). Run by `cargo xtask test`, which writes the folder and sets DDPM_DIST.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -38,6 +38,8 @@ test('the static folder runs from python3 -m http.server at / and at /some/sub/p
     }
     await page.waitForFunction(() => window.ddpmState?.ready || window.ddpmState?.error, null, { timeout: 120_000 });
     assert.equal(await page.evaluate(() => window.ddpmState.error), null, `${path}: page error`);
+    // A plain static server sends no COOP/COEP: no shared memory, so the one-thread module.
+    assert.deepEqual(await page.evaluate(() => [crossOriginIsolated, window.ddpmState.threads]), [false, 1], path);
     await page.selectOption('#count', '1');
     await page.fill('#ddim-steps', '2');
     await page.click('#start');

@@ -1,7 +1,5 @@
 //! The project's commands beyond cargo's own:
-//! * `cargo xtask build-web`: the page's wasm module: the library for wasm32 (release, wasm
-//!   SIMD), `wasm-bindgen` (built from crates.io as a library, no downloaded binary) and
-//!   `wasm-opt` from the npm package `binaryen` when installed;
+//! * `cargo xtask build-web`: the page's two wasm modules (src/wasm.rs);
 //! * `cargo xtask serve`: builds, then serves `www/` and `weights/` on 127.0.0.1;
 //! * `cargo xtask dist DIR`: builds, then writes the demo as a static folder for any static host;
 //! * `cargo xtask manifest`: updates `weights/index.json` (sizes and SHA-256) after new weights;
@@ -10,6 +8,9 @@
 
 mod manifest;
 mod serve;
+mod wasm;
+
+use wasm::build_web;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -118,76 +119,10 @@ fn node_with_server(root: &Path, args: &[&str], env: &[(&str, &Path)]) -> Result
     Ok(())
 }
 
-/// rustup installs `rust-toolchain.toml`'s targets only with the toolchain itself: a toolchain
-/// that was there before (as on a fresh machine with Rust preinstalled) lacks wasm32 until added.
-fn ensure_wasm_target(root: &Path) -> Result<()> {
-    let sysroot = Command::new("rustc").current_dir(root).args(["--print", "sysroot"]).output()?;
-    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
-    if sysroot.join("lib/rustlib/wasm32-unknown-unknown/lib").is_dir() {
-        return Ok(());
-    }
-    eprintln!("adding the wasm32-unknown-unknown target to the toolchain (rustup target add)...");
-    let missing = "the wasm32-unknown-unknown target is missing and rustup could not be run to add it";
-    run(root, "rustup", &["target", "add", "wasm32-unknown-unknown"], missing)
-}
-
-fn build_web(root: &Path) -> Result<()> {
-    ensure_wasm_target(root)?;
-    eprintln!("building the wasm module (a cold build of burn takes ~20 minutes on 2 cores)...");
-    cargo(
-        root,
-        &["rustc", "--lib", "--crate-type", "cdylib", "--target", "wasm32-unknown-unknown", "--profile", "wasm"],
-    )?;
-    let wasm = target_dir(root).join("wasm32-unknown-unknown/wasm/ddpm.wasm");
-    let out = root.join("www/pkg");
-    let bg = out.join("ddpm_bg.wasm");
-    // wasm-opt takes minutes: skip bindgen and optimisation when the stamp written after the
-    // last complete run names this very build.
-    let stamp = out.join("build.stamp");
-    let meta = std::fs::metadata(&wasm)?;
-    let id = format!("{:?} {}", meta.modified()?, meta.len());
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == id) && bg.exists() {
-        eprintln!("{} is up to date", bg.display());
-        return Ok(());
-    }
-    std::fs::create_dir_all(&out)?;
-    wasm_bindgen_cli_support::Bindgen::new()
-        .input_path(&wasm)
-        .web(true)?
-        .omit_default_module_path(false)
-        .typescript(false)
-        .generate(&out)
-        .context("wasm-bindgen")?;
-    let wasm_opt = root.join("node_modules/.bin/wasm-opt");
-    if wasm_opt.exists() {
-        let features = [
-            "--enable-bulk-memory",
-            "--enable-nontrapping-float-to-int",
-            "--enable-sign-ext",
-            "--enable-mutable-globals",
-            "--enable-reference-types",
-            "--enable-multivalue",
-            "--enable-simd",
-        ];
-        let status = Command::new(&wasm_opt)
-            .args(features)
-            .args(["-Oz", "--strip-debug", "--strip-producers", "-o"])
-            .arg(&bg)
-            .arg(&bg)
-            .status()?;
-        ensure!(status.success(), "wasm-opt failed");
-        // Only an optimised module counts as done: after `npm install` the next build optimises.
-        std::fs::write(&stamp, id)?;
-    } else {
-        eprintln!("note: {} not found (npm install): the wasm is not size-optimised", wasm_opt.display());
-    }
-    eprintln!("wrote {} ({} bytes)", bg.display(), std::fs::metadata(&bg)?.len());
-    Ok(())
-}
-
 /// What the page loads, relative to the site: every URL in the page is relative, so the folder
-/// works under any sub-path. The weights are the page's default model (`www/app.js`).
-const DIST_FILES: [(&str, &str); 11] = [
+/// works under any sub-path. The weights are the page's default model (`www/app.js`); the two
+/// modules' folders (`wasm::MODULES`) are copied whole.
+const DIST_FILES: [(&str, &str); 9] = [
     ("www/index.html", "index.html"),
     ("www/app.js", "app.js"),
     ("www/draw-pad.js", "draw-pad.js"),
@@ -195,8 +130,6 @@ const DIST_FILES: [(&str, &str); 11] = [
     ("www/model-worker.js", "model-worker.js"),
     ("www/weights-cache.js", "weights-cache.js"),
     ("www/style.css", "style.css"),
-    ("www/pkg/ddpm.js", "pkg/ddpm.js"),
-    ("www/pkg/ddpm_bg.wasm", "pkg/ddpm_bg.wasm"),
     ("weights/mnist.safetensors", "weights/mnist.safetensors"),
     ("weights/index.json", "weights/index.json"),
 ];
@@ -216,10 +149,29 @@ fn dist(root: &Path, out: &Path) -> Result<()> {
         std::fs::create_dir_all(to.parent().expect("a file in a folder"))?;
         std::fs::copy(root.join(from), &to).with_context(|| format!("copying {from} to {}", to.display()))?;
     }
+    for module in wasm::MODULES {
+        let site = module.out.strip_prefix("www/").expect("the modules are in www/");
+        copy_tree(&root.join(module.out), &out.join(site))?;
+    }
     // The dev server's headers, for hosts that read a `_headers` file (Netlify, Cloudflare Pages;
     // others take the same values in their own configuration, see docs/demo.md).
     let headers: String = serve::HEADERS.iter().map(|(name, value)| format!("  {name}: {value}\n")).collect();
     std::fs::write(out.join("_headers"), format!("/*\n{headers}"))?;
     eprintln!("wrote the demo to {} (serve it with any static file server, at any path)", out.display());
+    Ok(())
+}
+
+/// Copies the folder `from` into `to`, all but the build stamp.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type()?.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if entry.file_name() != wasm::STAMP {
+            std::fs::copy(&src, &dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+        }
+    }
     Ok(())
 }

@@ -1,0 +1,10 @@
+//! Names for the build's two platform questions, so that code asks them by meaning.
+fn main() {
+    cfg_aliases::cfg_aliases! {
+        // burn's CubeCL backends (wgpu) are compiled in: always natively, in the browser's
+        // WebGPU module only.
+        cube: { any(not(target_arch = "wasm32"), feature = "webgpu") },
+        // flex and our kernels run on a rayon pool: natively, and in the threaded browser module.
+        pool: { any(not(target_arch = "wasm32"), feature = "threads") },
+    }
+}
