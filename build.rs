@@ -1,5 +1,8 @@
 //! Names for the build's two platform questions, so that code asks them by meaning.
 fn main() {
+    // Without this cargo would run the script again, and rebuild the crate, after any change
+    // anywhere in the package (a docs edit).
+    println!("cargo::rerun-if-changed=build.rs");
     cfg_aliases::cfg_aliases! {
         // burn's CubeCL backends (wgpu) are compiled in: always natively, in the browser's
         // WebGPU module only.

@@ -26,23 +26,49 @@ pub struct Module {
     /// never evicts the other's artifacts.
     profile: &'static str,
     cargo_args: &'static [&'static str],
-    /// wasm32 rustflags in place of `.cargo/config.toml`'s (which the main module uses).
+    /// wasm32 rustflags beside `.cargo/config.toml`'s (every crate of the build).
     rustflags: Option<&'static str>,
+    /// Flags for the final link only (after `--`: changing them rebuilds no dependency).
+    link_args: &'static [&'static str],
     /// Where the page loads it from, relative to the checkout.
     pub out: &'static str,
     wasm_opt_features: &'static [&'static str],
 }
 
 pub const MODULES: [Module; 2] = [
-    Module { profile: "wasm", cargo_args: &[], rustflags: None, out: "www/pkg", wasm_opt_features: &[] },
+    Module {
+        profile: "wasm",
+        cargo_args: &[],
+        rustflags: None,
+        link_args: &[],
+        out: "www/pkg",
+        wasm_opt_features: &[],
+    },
     Module {
         profile: "wasm-threads",
         cargo_args: &["--no-default-features", "--features", "threads", "-Z", "build-std=std,panic_abort"],
-        // atomics and bulk memory make the memory shared (rustc then links it imported, with
-        // the thread-local-storage exports wasm-bindgen needs); 2 GiB is the pool's ceiling.
+        // Atomics and bulk memory in every crate (std included), and 2 GiB as the memory's ceiling.
         rustflags: Some(
             "-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals -C link-arg=--max-memory=2147483648",
         ),
+        // A shared memory, imported (each worker instantiates the module on the same memory), and
+        // the thread-local-storage symbols wasm-bindgen's thread start-up calls: rustc 1.95 adds
+        // none of these for an unstable target feature on its own (measured: an exported,
+        // unshared memory that could not be posted to the workers).
+        link_args: &[
+            "-C",
+            "link-arg=--shared-memory",
+            "-C",
+            "link-arg=--import-memory",
+            "-C",
+            "link-arg=--export=__wasm_init_tls",
+            "-C",
+            "link-arg=--export=__tls_size",
+            "-C",
+            "link-arg=--export=__tls_align",
+            "-C",
+            "link-arg=--export=__tls_base",
+        ],
         out: "www/pkg-threads",
         wasm_opt_features: &["--enable-threads"],
     },
@@ -63,6 +89,10 @@ impl Module {
         let mut args = vec!["rustc", "--lib", "--crate-type", "cdylib", "--target", "wasm32-unknown-unknown"];
         args.extend(["--profile", self.profile]);
         args.extend(self.cargo_args);
+        if !self.link_args.is_empty() {
+            args.push("--");
+            args.extend(self.link_args);
+        }
         match self.rustflags {
             None => cargo(root, &args)?,
             Some(flags) => {
