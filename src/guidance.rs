@@ -23,7 +23,7 @@ pub const MAX_GUIDANCE: f64 = 20.0;
 
 /// The strength `ddpm` and the page use unless told otherwise (chosen by measurement:
 /// docs/mnist-model.md).
-pub const DEFAULT_GUIDANCE: f64 = 3.0;
+pub const DEFAULT_GUIDANCE: f64 = 1.0;
 
 impl Guidance {
     /// Every image drawn as `class`, checked against the model's classes (None: unconditional).
@@ -56,18 +56,22 @@ impl Guidance {
         Ok(Self { classes: classes.collect(), w })
     }
 
-    /// The batch stacked twice with t, and the classes: the requested ones for the first half,
-    /// ∅ (`null`) for the second.
-    pub fn stack(&self, x_t: Tensor<4>, t: Tensor<1>, null: usize) -> (Tensor<4>, Tensor<1>, Vec<ClassMix>) {
-        let b = x_t.dims()[0];
-        let cond: Vec<ClassMix> = match self.classes[..] {
+    /// The requested class (mix) of each of `b` images.
+    fn per_image(&self, b: usize) -> Vec<ClassMix> {
+        match self.classes[..] {
             [one] => vec![one; b],
             ref each => {
                 assert_eq!(each.len(), b, "a morph's guidance has one class mix per image");
                 each.to_vec()
             }
-        };
-        let classes = [cond, vec![null.into(); b]].concat();
+        }
+    }
+
+    /// The batch stacked twice with t, and the classes: the requested ones for the first half,
+    /// ∅ (`null`) for the second.
+    pub fn stack(&self, x_t: Tensor<4>, t: Tensor<1>, null: usize) -> (Tensor<4>, Tensor<1>, Vec<ClassMix>) {
+        let b = x_t.dims()[0];
+        let classes = [self.per_image(b), vec![null.into(); b]].concat();
         (Tensor::cat(vec![x_t.clone(), x_t], 0), Tensor::cat(vec![t.clone(), t], 0), classes)
     }
 
@@ -79,6 +83,8 @@ impl Guidance {
     }
 
     /// ε̃ for the batch: the model's stacked pass run by `forward` (one pass, or shards of it).
+    /// At the ends of eq. 6 one prediction is all of it, at half the cost: w = 0 gives ε(∅),
+    /// w = 1 gives ε(c).
     pub fn eps(
         guidance: Option<&Guidance>,
         model: &UNet,
@@ -86,7 +92,10 @@ impl Guidance {
         t: Tensor<1>,
         forward: impl FnOnce(Tensor<4>, Tensor<1>, Option<Vec<ClassMix>>) -> Tensor<4>,
     ) -> Tensor<4> {
+        let b = x_t.dims()[0];
         match (guidance, model.num_classes()) {
+            (Some(g), Some(null)) if g.w == 0.0 => forward(x_t, t, Some(vec![null.into(); b])),
+            (Some(g), Some(_)) if g.w == 1.0 => forward(x_t, t, Some(g.per_image(b))),
             (Some(g), Some(null)) => {
                 let (x, t, classes) = g.stack(x_t, t, null);
                 g.combine(forward(x, t, Some(classes)))
@@ -96,8 +105,8 @@ impl Guidance {
     }
 }
 
-/// A UNet guided towards a class (or, without guidance, the UNet itself): what the page samples
-/// with; natively `threads::Sharded` does the same on several threads.
+/// A UNet guided towards a class (or, without guidance, the UNet itself): what the page's
+/// one-thread module samples with; `threads::Sharded` does the same on several threads.
 pub struct Guided<'a> {
     pub model: &'a UNet,
     pub guidance: Option<&'a Guidance>,

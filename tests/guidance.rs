@@ -83,6 +83,13 @@ fn guidance_is_eq_6_on_one_stacked_pass() {
         let guided = values(Guided { model: &model, guidance: Some(&g) }.eps(x.clone(), t.clone()));
         let by_hand: Vec<f32> = cond.iter().zip(&uncond).map(|(c, u)| u + w as f32 * (c - u)).collect();
         assert!(max_diff(&guided, &by_hand) < 1e-5, "w = {w}");
+        // At w = 0 and w = 1 eq. 6 is a single prediction: the batch is run once, not stacked.
+        let mut batch = 0;
+        Guidance::eps(Some(&g), &model, x.clone(), t.clone(), |x, t, classes| {
+            batch = x.dims()[0];
+            model.forward_mix(x, t, &classes.expect("a guided pass names its classes"))
+        });
+        assert_eq!(batch, if w == 2.5 { 6 } else { 3 }, "w = {w}");
         // Three threads, each with a slice of the stacked batch: the same numbers.
         let sharded = values(Sharded::new(&model, 3).guided(Some(g)).eps(x.clone(), t.clone()));
         assert!(max_diff(&sharded, &guided) < 1e-5, "sharded, w = {w}");

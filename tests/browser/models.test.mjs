@@ -25,7 +25,7 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
     await ready(page, `&model=rgb${gpu ? '' : '&backend=cpu'}`);
     const picker = await page.evaluate(() => ({ hidden: document.getElementById('model-label').hidden,
       options: [...document.getElementById('model').options].map((o) => [o.value, o.selected]), model: window.ddpmState.model }));
-    assert.deepEqual(picker, { hidden: false, options: [['mnist', false], ['rgb', true]], model: 'rgb' });
+    assert.deepEqual(picker, { hidden: false, options: [['mnist', false], ['mnist-classes', false], ['rgb', true]], model: 'rgb' });
     const [seed, count, steps] = [7, 4, 5];
     await sample(page, seed, count, steps, ETA);
     await waitDone(page);

@@ -120,9 +120,9 @@ fn node_with_server(root: &Path, args: &[&str], env: &[(&str, &Path)]) -> Result
 }
 
 /// What the page loads, relative to the site: every URL in the page is relative, so the folder
-/// works under any sub-path. The weights are the page's default model (`www/app.js`); the two
-/// modules' folders (`wasm::MODULES`) are copied whole.
-const DIST_FILES: [(&str, &str); 9] = [
+/// works under any sub-path. The weights are the manifest's models (`manifest::files`), and the
+/// two modules' folders (`wasm::MODULES`) are copied whole.
+const DIST_FILES: [(&str, &str); 8] = [
     ("www/index.html", "index.html"),
     ("www/app.js", "app.js"),
     ("www/draw-pad.js", "draw-pad.js"),
@@ -130,7 +130,6 @@ const DIST_FILES: [(&str, &str); 9] = [
     ("www/model-worker.js", "model-worker.js"),
     ("www/weights-cache.js", "weights-cache.js"),
     ("www/style.css", "style.css"),
-    ("weights/mnist.safetensors", "weights/mnist.safetensors"),
     ("weights/index.json", "weights/index.json"),
 ];
 
@@ -144,7 +143,9 @@ fn dist(root: &Path, out: &Path) -> Result<()> {
         "{} would overwrite the sources; pick a folder outside the checkout's root, www/ and weights/",
         out.display()
     );
-    for (from, to) in DIST_FILES {
+    let weights = manifest::files(&root)?;
+    let weights = weights.iter().map(|f| (f.as_str(), f.as_str()));
+    for (from, to) in DIST_FILES.into_iter().chain(weights) {
         let to = out.join(to);
         std::fs::create_dir_all(to.parent().expect("a file in a folder"))?;
         std::fs::copy(root.join(from), &to).with_context(|| format!("copying {from} to {}", to.display()))?;

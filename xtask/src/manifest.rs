@@ -26,6 +26,13 @@ fn current(root: &Path) -> Result<serde_json::Value> {
     Ok(manifest)
 }
 
+/// The files the manifest lists, as paths in the checkout (`weights/…`).
+pub fn files(root: &Path) -> Result<Vec<String>> {
+    let manifest = current(root)?;
+    let models = manifest["models"].as_array().expect("checked by `current`");
+    Ok(models.iter().map(|m| format!("weights/{}", m["file"].as_str().expect("checked by `current`"))).collect())
+}
+
 /// Rewrites `weights/index.json` with the listed files' sizes and hashes.
 pub fn update(root: &Path) -> Result<()> {
     let manifest = current(root)?;
