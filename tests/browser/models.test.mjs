@@ -90,7 +90,7 @@ test('CPU fallback: a conditional model draws the chosen class with guidance as 
   await ready(page, '&backend=cpu&weights=weights/cond.safetensors');
   const { w, morphPickers } = await page.evaluate(() => ({ w: document.getElementById('guidance').value,
     morphPickers: ['class-a-label', 'class-b-label'].every((id) => !document.getElementById(id).hidden) }));
-  assert.deepEqual({ w, morphPickers }, { w: '3', morphPickers: true });
+  assert.deepEqual({ w, morphPickers }, { w: '1', morphPickers: true });
   const [seedA, seedB, tMix, frames] = [2, 6, 300, 3];
   await page.fill('#seed-a', String(seedA));
   await page.fill('#seed-b', String(seedB));
