@@ -165,23 +165,24 @@ fn sysroot(root: &Path) -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-/// rustup installs `rust-toolchain.toml`'s targets only with the toolchain itself: a toolchain
-/// that was there before (as on a fresh machine with Rust preinstalled) lacks wasm32 until added.
+/// rustup installs `rust-toolchain.toml`'s targets and components only with the toolchain
+/// itself: a toolchain that was there before (as on a fresh machine with Rust preinstalled)
+/// lacks them until added. The wasm32 target builds both modules; `rust-src` holds the standard
+/// library's sources, which the threaded module's build compiles with atomics.
 fn ensure_wasm_target(root: &Path) -> Result<()> {
-    if sysroot(root)?.join("lib/rustlib/wasm32-unknown-unknown/lib").is_dir() {
-        return Ok(());
-    }
-    eprintln!("adding the wasm32-unknown-unknown target to the toolchain (rustup target add)...");
-    let missing = "the wasm32-unknown-unknown target is missing and rustup could not be run to add it";
-    run(root, "rustup", &["target", "add", "wasm32-unknown-unknown"], missing)
+    ensure_installed(root, "lib/rustlib/wasm32-unknown-unknown/lib", &["target", "add", "wasm32-unknown-unknown"])
 }
 
-/// The standard library's sources, which the threaded module's build compiles with atomics.
 fn ensure_rust_src(root: &Path) -> Result<()> {
-    if sysroot(root)?.join("lib/rustlib/src/rust/library/std").is_dir() {
+    ensure_installed(root, "lib/rustlib/src/rust/library/std", &["component", "add", "rust-src"])
+}
+
+/// Runs `rustup ARGS` unless the sysroot already has `path`.
+fn ensure_installed(root: &Path, path: &str, rustup: &[&str]) -> Result<()> {
+    if sysroot(root)?.join(path).is_dir() {
         return Ok(());
     }
-    eprintln!("adding the rust-src component to the toolchain (rustup component add), for the threaded module...");
-    let missing = "the rust-src component is missing and rustup could not be run to add it";
-    run(root, "rustup", &["component", "add", "rust-src"], missing)
+    let what = rustup.last().expect("rustup is asked to add something");
+    eprintln!("adding {what} to the toolchain (rustup {})...", rustup.join(" "));
+    run(root, "rustup", rustup, &format!("{what} is missing and rustup could not be run to add it"))
 }
