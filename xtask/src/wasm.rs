@@ -75,8 +75,16 @@ pub const MODULES: [Module; 2] = [
 ];
 
 pub fn build_web(root: &Path) -> Result<()> {
-    ensure_wasm_target(root)?;
-    ensure_rust_src(root)?;
+    // The wasm32 target builds both modules; `rust-src` holds the standard library's sources,
+    // which the threaded module's build compiles with atomics.
+    let sysroot = sysroot(root)?;
+    ensure_installed(
+        root,
+        &sysroot,
+        "lib/rustlib/wasm32-unknown-unknown/lib",
+        &["target", "add", "wasm32-unknown-unknown"],
+    )?;
+    ensure_installed(root, &sysroot, "lib/rustlib/src/rust/library/std", &["component", "add", "rust-src"])?;
     for module in &MODULES {
         module.build(root)?;
     }
@@ -167,19 +175,9 @@ fn sysroot(root: &Path) -> Result<PathBuf> {
 
 /// rustup installs `rust-toolchain.toml`'s targets and components only with the toolchain
 /// itself: a toolchain that was there before (as on a fresh machine with Rust preinstalled)
-/// lacks them until added. The wasm32 target builds both modules; `rust-src` holds the standard
-/// library's sources, which the threaded module's build compiles with atomics.
-fn ensure_wasm_target(root: &Path) -> Result<()> {
-    ensure_installed(root, "lib/rustlib/wasm32-unknown-unknown/lib", &["target", "add", "wasm32-unknown-unknown"])
-}
-
-fn ensure_rust_src(root: &Path) -> Result<()> {
-    ensure_installed(root, "lib/rustlib/src/rust/library/std", &["component", "add", "rust-src"])
-}
-
-/// Runs `rustup ARGS` unless the sysroot already has `path`.
-fn ensure_installed(root: &Path, path: &str, rustup: &[&str]) -> Result<()> {
-    if sysroot(root)?.join(path).is_dir() {
+/// lacks them until added. So this runs `rustup ARGS` unless `sysroot` already has `path`.
+fn ensure_installed(root: &Path, sysroot: &Path, path: &str, rustup: &[&str]) -> Result<()> {
+    if sysroot.join(path).is_dir() {
         return Ok(());
     }
     let what = rustup.last().expect("rustup is asked to add something");
