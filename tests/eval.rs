@@ -124,7 +124,9 @@ fn real_emoji_score_near_the_floor_copies_are_caught() {
     let n: usize = reference.held.shape.iter().product();
     let noisy = Dataset { shape: reference.held.shape, pixels: Noise::new(5).gaussian_vec(300 * n), labels: None };
     write(&noise, &noisy, 0..300);
-    write(&copies, &reference.trained_on, (0..300).map(|i| i * 7));
+    // Training images spread over the whole (class-ordered) set, none of them the floor's own.
+    let pool = reference.trained_on.len();
+    write(&copies, &reference.trained_on, (0..300).map(|i| i * pool / 300 + 5));
     let classifier = PathBuf::from("weights/emoji-classifier.safetensors");
     let [r, z, c] = [&real, &noise, &copies].map(|d| eval::run(&reference, d, &classifier, None).unwrap());
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
@@ -132,6 +134,11 @@ fn real_emoji_score_near_the_floor_copies_are_caught() {
     assert!(f(&r, "emoji_fd") < 0.1 * f(&r, "emoji_fd_ceiling_noise"), "{r}");
     assert!(f(&z, "emoji_fd") > 0.5 * f(&z, "emoji_fd_ceiling_noise"), "{z}");
     assert_eq!(f(&c, "closer_than_closest_held_out"), 300.0, "{c}");
+    // The floor is drawn at the samples' own count and spread: 300 training images scored as
+    // samples sit at a floor from 300 other training images.
+    assert_eq!(f(&c, "emoji_fd_floor_images"), 300.0, "{c}");
+    let at_floor = f(&c, "emoji_fd") / f(&c, "emoji_fd_floor_real_train");
+    assert!((0.8..1.25).contains(&at_floor), "{at_floor}: {c}");
     assert_eq!(f(&r, "closer_than_closest_held_out"), 0.0, "{r}");
     assert_eq!(f(&z, "closer_than_closest_held_out"), 0.0, "{z}");
 }

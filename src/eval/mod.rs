@@ -168,8 +168,12 @@ pub fn run(
         ensure!(generated.labels.is_none(), "--expect-class: {} has class folders already", samples.display());
         generated.labels = Some(vec![k as u8; generated.len()]);
     }
-    let floor_n = held.len().min(1000);
-    let real_train = train.select(&(0..train.len()).step_by(train.len() / floor_n).take(floor_n).collect::<Vec<_>>());
+    // The floor compares as many real training images as there are generated ones with the same
+    // held-out set: an FD estimated from fewer images is biased upwards, so a floor drawn from
+    // fewer images than the samples would be a bar the samples clear by their count alone. They
+    // are spread evenly over the whole training set, which is ordered by class.
+    let floor_n = generated.len().min(train.len());
+    let real_train = train.select(&(0..floor_n).map(|i| i * train.len() / floor_n).collect::<Vec<_>>());
     let n: usize = train.shape.iter().product();
     let noise = Dataset {
         shape: train.shape,
@@ -215,6 +219,7 @@ pub fn run(
     }
     report[fd("")] = frechet_distance(&f_gen, &f_held).into();
     report[fd("_floor_real_train")] = frechet_distance(&f_train, &f_held).into();
+    report[fd("_floor_images")] = floor_n.into();
     report[fd("_ceiling_noise")] = frechet_distance(&f_noise, &f_held).into();
     Ok(report)
 }
