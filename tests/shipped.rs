@@ -1,28 +1,32 @@
-//! The shipped models load and draw digits: a loose version of the quality bars on 16-sample
-//! batches from the page's default sampler (DDIM, 150 steps, η = 1: what the page draws first),
-//! judged by the shipped MNIST classifier, so a broken export or a wrong sampler cannot land.
-//! `ddpm eval` on 1,000 samples is the real measure (docs/mnist-model.md). Two digit models are
-//! shipped: the unconditional one (the page's default, which must keep loading and sampling as it
-//! always did) and the class-conditional one warm-started from it.
+//! The shipped models load and draw what they were trained on: a loose version of the quality
+//! bars on 16-sample batches from the page's default sampler (DDIM, 150 steps, η = 1: what the
+//! page draws first), judged by the shipped classifiers, so a broken export or a wrong sampler
+//! cannot land. `ddpm eval` on 1,000 samples is the real measure (docs/mnist-model.md,
+//! docs/emoji-model.md). Two digit models are shipped: the unconditional one (the page's
+//! default, which must keep loading and sampling as it always did) and the class-conditional one
+//! warm-started from it; and one colour model, the emoji.
 
 use burn::tensor::Device;
-use ddpm::data::Dataset;
+use ddpm::data::{Dataset, emoji};
 use ddpm::diffusion::Diffusion;
-use ddpm::eval::{Classifier, class_counts, class_entropy, confident_share, load_classifier, predict};
+use ddpm::eval::{
+    Classifier, class_counts, class_entropy, confident_share, load_classifier, nearest_distances, predict,
+};
 use ddpm::guidance::{DEFAULT_GUIDANCE, Guidance, Guided};
 use ddpm::sampler::{Method, Sampler};
 use ddpm::weights;
 
 const CONDITIONAL: &str = "weights/mnist-classes.safetensors";
 const UNCONDITIONAL: &str = "weights/mnist.safetensors";
+const EMOJI: &str = "weights/emoji.safetensors";
 
-/// 16 images from `file` (seeds 0..16), guided to `class` at the default guidance when given,
-/// and their classifier probabilities; also checks the share of background pixels.
-fn draw(file: &str, class: Option<usize>, want_classes: Option<usize>) -> Vec<Vec<f32>> {
+/// 16 images of `shape` from `file` (seeds 0..16), guided to `class` at the default guidance
+/// when given.
+fn sample(file: &str, shape: [usize; 3], class: Option<usize>, want_classes: Option<usize>) -> Dataset {
     let device = Device::flex();
     let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{file} is shipped: {e}"));
     let (model, header) = weights::load(&bytes, &device).expect("the shipped file loads");
-    assert_eq!([header.unet.image_channels, header.unet.image_size], [1, 28]);
+    assert_eq!([header.unet.image_channels, header.unet.image_size], [shape[0], shape[1]], "{file}: shape");
     assert_eq!(header.unet.num_classes, want_classes, "{file}: classes");
 
     let diffusion = Diffusion::new(header.schedule.clone());
@@ -30,17 +34,25 @@ fn draw(file: &str, class: Option<usize>, want_classes: Option<usize>) -> Vec<Ve
     let guidance =
         class.map(|c| Guidance::class(c, DEFAULT_GUIDANCE, model.num_classes()).expect("a class of the model"));
     let eps_theta = Guided { model: &model, guidance: guidance.as_ref() };
-    let x =
-        Sampler::new(&diffusion, Method::Ddim { steps: 150, eta: 1.0 }, [1, 28, 28], &seeds, &device).run(&eps_theta);
-    let samples = Dataset { shape: [1, 28, 28], pixels: x.into_data().try_to_vec::<f32>().unwrap(), labels: None };
+    let x = Sampler::new(&diffusion, Method::Ddim { steps: 150, eta: 1.0 }, shape, &seeds, &device).run(&eps_theta);
+    Dataset { shape, pixels: x.into_data().try_to_vec::<f32>().unwrap(), labels: None }
+}
 
+/// The probabilities the shipped classifier `path` gives `samples`.
+fn classify(path: &str, samples: &Dataset) -> Vec<Vec<f32>> {
+    let device = Device::flex();
+    let (classifier, _) = load_classifier(path.as_ref(), Classifier::new(samples.shape, 10, &device), &device).unwrap();
+    predict(&classifier, samples, &device).1
+}
+
+/// 16 digits from `file` and their classifier probabilities; also checks the share of
+/// background pixels.
+fn draw(file: &str, class: Option<usize>, want_classes: Option<usize>) -> Vec<Vec<f32>> {
+    let samples = sample(file, [1, 28, 28], class, want_classes);
     // Digits are mostly dark background: a blank or noisy output fails here.
     let dark = samples.pixels.iter().filter(|&&v| v < -0.5).count() as f64 / samples.pixels.len() as f64;
     assert!((0.55..0.95).contains(&dark), "{file}: share of background pixels {dark:.2}");
-
-    let digits = Classifier::new([1, 28, 28], 10, &device);
-    let (classifier, _) = load_classifier("weights/mnist-classifier.safetensors".as_ref(), digits, &device).unwrap();
-    predict(&classifier, &samples, &device).1
+    classify("weights/mnist-classifier.safetensors", &samples)
 }
 
 /// Unguided: confident, varied digits.
@@ -62,4 +74,35 @@ fn the_class_conditional_model_draws_any_digit_unguided_and_the_chosen_digit_gui
         let counts = class_counts(&draw(CONDITIONAL, Some(class), Some(10)));
         assert!(counts[class] >= 14, "class {class} guided at w = {DEFAULT_GUIDANCE}: classified as {counts:?}");
     }
+}
+
+#[test]
+fn the_emoji_model_draws_varied_colour_emoji_on_white_and_copies_none() {
+    let samples = sample(EMOJI, [3, 32, 32], None, None);
+    let pixels: Vec<[f32; 3]> = (0..32 * 32 * 16)
+        .map(|p| {
+            let (i, q) = (p / 1024, p % 1024);
+            std::array::from_fn(|c| samples.image(i)[c * 1024 + q])
+        })
+        .collect();
+    // Emoji are composited on white: a share of white background, neither none nor all (the
+    // real ones: 45 % on average).
+    let white = pixels.iter().filter(|rgb| rgb.iter().all(|&v| v > 0.8)).count() as f64 / pixels.len() as f64;
+    assert!((0.1..0.9).contains(&white), "share of white pixels {white:.2}");
+    // Colour: the channels differ (a gray drawing, or one channel copied thrice, fails; the real
+    // emoji's mean spread max − min over the channels is 0.38 on the [−1, 1] scale).
+    let chroma = pixels
+        .iter()
+        .map(|rgb| rgb.iter().fold(f32::MIN, |a, &b| a.max(b)) - rgb.iter().fold(f32::MAX, |a, &b| a.min(b)))
+        .sum::<f32>()
+        / pixels.len() as f32;
+    assert!(chroma > 0.1, "mean channel spread {chroma:.3}");
+    // Varied: the category classifier spreads them over several categories.
+    let entropy = class_entropy(&classify("weights/emoji-classifier.safetensors", &samples));
+    assert!(entropy >= 1.0, "category entropy {entropy:.2} bits over 16 samples");
+    // No sample lies closer to a training emoji than the closest held-out emoji does (1.84).
+    let [train, held] = emoji::splits().unwrap();
+    let closest_real = nearest_distances(&held, &train).into_iter().fold(f64::INFINITY, f64::min);
+    let nearest = nearest_distances(&samples, &train);
+    assert!(nearest.iter().all(|&d| d > closest_real), "nearest training L2 {nearest:?} vs {closest_real}");
 }

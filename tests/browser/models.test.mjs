@@ -25,7 +25,10 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
     await ready(page, `&model=rgb${gpu ? '' : '&backend=cpu'}`);
     const picker = await page.evaluate(() => ({ hidden: document.getElementById('model-label').hidden,
       options: [...document.getElementById('model').options].map((o) => [o.value, o.selected]), model: window.ddpmState.model }));
-    assert.deepEqual(picker, { hidden: false, options: [['mnist', false], ['mnist-classes', false], ['rgb', true]], model: 'rgb' });
+    // Every shipped model in the manifest's order, then the test's own, which the URL selected.
+    const options = rgb.manifest.models.map((m) => [m.id, m.id === 'rgb']);
+    assert.deepEqual(options.slice(0, 2), [['mnist', false], ['mnist-classes', false]]);
+    assert.deepEqual(picker, { hidden: false, options, model: 'rgb' });
     const [seed, count, steps] = [7, 4, 5];
     await sample(page, seed, count, steps, ETA);
     await waitDone(page);
