@@ -1,5 +1,6 @@
 // Models beyond the shipped one and lost devices: an RGB model picked from the manifest, drawn
-// channel by channel as `ddpm sample` draws it; a lost GPU device, recovered. Run by `cargo xtask test`.
+// channel by channel as `ddpm sample` draws it; the shipped emoji model likewise; a lost GPU
+// device, recovered. Run by `cargo xtask test`.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -52,6 +53,26 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
     assert.equal(new URL(page.url()).searchParams.get('model'), 'mnist');
     assert.equal(await page.evaluate(() => window.ddpmState.imageSize), 28);
     rmSync(rgb.dir, { recursive: true, force: true });
+    assert.deepEqual(browser.errors, []);
+  });
+}
+
+// The shipped colour model, as a visitor reaches it (`?model=emoji` from the real manifest): on
+// the CPU fallback (the RGB test above covers WebGPU), every channel as `ddpm sample` draws it.
+if (backends.includes('cpu')) {
+  test('CPU fallback: the shipped emoji model draws every channel as `ddpm sample` does', { timeout: 900_000 }, async () => {
+    const { browser, page } = await openPage(browsers, false);
+    await ready(page, '&model=emoji&backend=cpu');
+    assert.equal(await page.evaluate(() => window.ddpmState.imageSize), 32);
+    const [seed, count, steps] = [3, 1, 4];
+    await sample(page, seed, count, steps, ETA);
+    await waitDone(page);
+    for (const channel of [0, 1, 2]) {
+      const [drawn] = await canvasTiles(page, 'xt', count, 32, channel);
+      const [native] = nativeSamples(seed, count, steps, ETA, 'weights/emoji.safetensors', channel);
+      const c = compare(drawn, native);
+      assert.ok(same(c), `channel ${channel}: mean ${c.mean.toFixed(3)}, max ${c.max}`);
+    }
     assert.deepEqual(browser.errors, []);
   });
 }
