@@ -79,11 +79,11 @@ fn the_class_conditional_model_draws_any_digit_unguided_and_the_chosen_digit_gui
 #[test]
 fn the_emoji_model_draws_varied_colour_emoji_on_white_and_copies_none() {
     let samples = sample(EMOJI, [3, 32, 32], None, None);
-    let pixels: Vec<[f32; 3]> = (0..32 * 32 * 16)
-        .map(|p| {
-            let (i, q) = (p / 1024, p % 1024);
-            std::array::from_fn(|c| samples.image(i)[c * 1024 + q])
-        })
+    // Planar CHW images → one [r, g, b] per pixel.
+    let pixels: Vec<[f32; 3]> = samples
+        .pixels
+        .chunks(3 * 1024)
+        .flat_map(|img| (0..1024).map(move |q| [img[q], img[1024 + q], img[2048 + q]]))
         .collect();
     // Emoji are composited on white: a share of white background, neither none nor all (the
     // real ones: 45 % on average).
