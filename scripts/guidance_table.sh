@@ -2,8 +2,9 @@
 # The guidance trade-off of a class-conditional MNIST model, the field's way: for each w,
 # `ddpm sample --class all` (N images of every digit with the page's default sampler) and
 # `ddpm eval` on the class folders; one JSON line per w with class agreement (overall and the
-# worst class), MNIST-FD and its floor, confident share, entropy and copies. w = any is the
-# unguided model ("any" in the page; the same images as w = 0), the unconditional bar.
+# worst class), MNIST-FD and its floor, confident share, entropy and copies. w = any is `ddpm
+# sample` without --class ("any" in the page: each image its seed's class, at the default w),
+# measured on the unconditional bar; w = 0 is the ∅ row alone.
 # Run from the repository root:
 #
 #   scripts/guidance_table.sh WEIGHTS OUT_DIR N ROUNDS [w ... = any 1 2 3 5]

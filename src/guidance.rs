@@ -3,9 +3,11 @@
 //! unconditional model, w = 1 the conditional one, w > 1 trades diversity for fidelity to c.
 //! Both predictions come from one pass over the batch stacked twice. A class morph (the page's
 //! interpolation from class A to class B) mixes the two classes' embeddings frame by frame.
+//! "Any class" from pure noise draws each image's class from its seed ([`prior_class`]).
 
 use burn::tensor::Tensor;
 
+use crate::noise::Noise;
 use crate::sampler::EpsTheta;
 use crate::unet::{ClassMix, UNet};
 
@@ -25,7 +27,37 @@ pub const MAX_GUIDANCE: f64 = 20.0;
 /// docs/mnist-model.md).
 pub const DEFAULT_GUIDANCE: f64 = 1.0;
 
+/// The class image `seed` is drawn as when none is asked for ("any"): uniform over the model's
+/// classes, from ChaCha stream 1 of the seed (x_T and the sampler's z come from stream 0). x_T ~
+/// N(0, I) is independent of c, so drawing c ~ p(c) and then x_0 ~ p_θ(x_0 | c) is ancestral
+/// sampling of p(x_0) = Σ_c p(c) p(x_0 | c): the marginal itself, which the ∅ row only
+/// approximates with the share of training it had (docs/mnist-model.md measures both). Uniform
+/// p(c) is MNIST's within 1.3 points a class. From a drawing (SDEdit) x_t already tells the
+/// class, p(c | x_t) ≠ p(c), so there no class means ∅.
+pub fn prior_class(seed: u64, num_classes: usize) -> usize {
+    Noise::stream(seed, 1).below(num_classes)
+}
+
 impl Guidance {
+    /// How images starting from x_T with `seeds` are drawn: as `class`, or with none named, a
+    /// conditional model draws each as its seed's [`prior_class`], an unconditional one unguided
+    /// (None). The one rule of `ddpm sample` / `animate` and the page.
+    pub fn from_noise(
+        class: Option<usize>,
+        seeds: &[u64],
+        w: f64,
+        num_classes: Option<usize>,
+    ) -> Result<Option<Self>, String> {
+        match (class, num_classes) {
+            (Some(c), _) => Self::class(c, w, num_classes).map(Some),
+            (None, Some(n)) => {
+                let classes = seeds.iter().map(|&s| prior_class(s, n).into()).collect();
+                Self::morph([None, None], &[], w, num_classes).map(|g| Some(Self { classes, ..g }))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
     /// Every image drawn as `class`, checked against the model's classes (None: unconditional).
     pub fn class(class: usize, w: f64, num_classes: Option<usize>) -> Result<Self, String> {
         Self::morph([Some(class), Some(class)], &[0.0], w, num_classes)

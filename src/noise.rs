@@ -30,6 +30,13 @@ impl Noise {
         Self { seed, rng: ChaCha8Rng::seed_from_u64(seed) }
     }
 
+    /// Stream `stream` of ChaCha under `seed`: draws independent of [`Self::new`]'s (stream 0).
+    pub fn stream(seed: u64, stream: u64) -> Self {
+        let mut noise = Self::new(seed);
+        noise.rng.set_stream(stream);
+        noise
+    }
+
     /// A uniform draw in (0, 1]: 53 random bits, never 0 so that ln() stays finite.
     fn uniform(&mut self) -> f64 {
         ((self.rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
@@ -73,13 +80,7 @@ impl Noise {
     /// whatever `n`, so the batches, t and ε that follow do not depend on the shard count.
     pub fn split(&mut self, n: usize) -> Vec<Noise> {
         let seed = self.rng.next_u64();
-        (0..n as u64)
-            .map(|stream| {
-                let mut noise = Noise::new(seed);
-                noise.rng.set_stream(stream);
-                noise
-            })
-            .collect()
+        (0..n as u64).map(|stream| Noise::stream(seed, stream)).collect()
     }
 
     pub fn state(&self) -> NoiseState {

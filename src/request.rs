@@ -7,7 +7,7 @@
 use burn::tensor::{Device, Tensor};
 
 use crate::diffusion::Diffusion;
-use crate::guidance::Guidance;
+use crate::guidance::{Guidance, prior_class};
 use crate::sampler::{Method, Sampler};
 
 /// The page's bounds (the CLI's are in [`crate::limits`]): one batch of images on the visitor's
@@ -83,7 +83,7 @@ impl std::str::FromStr for InterpolationMode {
 pub struct InterpolationRequest {
     pub mode: InterpolationMode,
     pub seeds: [u64; 2],
-    /// A's and B's classes (None: unguided).
+    /// A's and B's classes (None: any, the seed's class as `ddpm sample` draws it).
     pub classes: [Option<usize>; 2],
     /// The step A and B are noised to (noise mode).
     pub t: usize,
@@ -104,14 +104,19 @@ impl InterpolationRequest {
     }
 
     /// The guidance with strength `w` of A and B (sampled as one batch: A's class, B's class)
-    /// and of the frames (frame i's class embedding mixed at λ_i: a class morph); None when
-    /// neither end has a class.
+    /// and of the frames (frame i's class embedding mixed at λ_i: a class morph); an end with
+    /// no class is its seed's [`prior_class`], as in [`Guidance::from_noise`], so A and B are
+    /// the images `ddpm sample` draws from their seeds. None for an unconditional model.
     pub fn guidance(&self, w: f64, num_classes: Option<usize>) -> Result<[Option<Guidance>; 2], String> {
-        if self.classes == [None, None] {
-            return Ok([None, None]);
-        }
-        let ends = Guidance::morph(self.classes, &[0.0, 1.0], w, num_classes)?;
-        let frames = Guidance::morph(self.classes, &self.lambdas(), w, num_classes)?;
+        let Some(n) = num_classes else {
+            return match self.classes {
+                [None, None] => Ok([None, None]),
+                _ => Err("this model is unconditional: it has no classes to guide towards".into()),
+            };
+        };
+        let classes = [0, 1].map(|i| self.classes[i].or(Some(prior_class(self.seeds[i], n))));
+        let ends = Guidance::morph(classes, &[0.0, 1.0], w, num_classes)?;
+        let frames = Guidance::morph(classes, &self.lambdas(), w, num_classes)?;
         Ok([Some(ends), Some(frames)])
     }
 

@@ -195,7 +195,7 @@ impl Ddpm {
     /// Starts sampling `count` images from `seed` ([`SampleRequest::consecutive`]: image i is
     /// seed + i, as in `ddpm sample`); `steps` = T is DDPM, fewer is DDIM with `eta`; a
     /// conditional model draws `class` with guidance `w` (as `ddpm sample --class --guidance`;
-    /// a negative class: unguided). Replaces any run in progress.
+    /// a negative class: any, each image its seed's class). Replaces any run in progress.
     pub fn start(
         &mut self,
         seed: u32,
@@ -208,13 +208,16 @@ impl Ddpm {
         let request = SampleRequest::consecutive(seed.into(), count, steps, eta);
         let sampler =
             request.sampler(&self.diffusion, self.image_shape(), PAGE_MAX_IMAGES, &self.device).map_err(js_err)?;
-        self.begin(sampler, self.class_guidance(class, w)?, grid_cols(count));
+        let class = usize::try_from(class).ok();
+        let guidance = Guidance::from_noise(class, &request.seeds, w, self.model.num_classes()).map_err(js_err)?;
+        self.begin(sampler, guidance, grid_cols(count));
         Ok(())
     }
 
     /// Starts SDEdit on a drawing: `rgba` is `image_size`² RGBA pixels (the page's pad scaled to
-    /// the model's size), noised to step `t` with seed `seed`'s ε and denoised, guided as
-    /// [`Self::start`] is, as `ddpm edit` does with the same pixels saved as a PNG.
+    /// the model's size), noised to step `t` with seed `seed`'s ε and denoised, guided to
+    /// `class` (negative: ∅, the drawing tells the class), as `ddpm edit` does with the same
+    /// pixels saved as a PNG.
     #[allow(clippy::too_many_arguments)]
     pub fn start_edit(
         &mut self,
@@ -311,7 +314,7 @@ impl Ddpm {
         (self.sampler, self.guidance, self.cols) = (Some(sampler), guidance, cols);
     }
 
-    /// Guidance towards `class` with strength `w`; a negative class is unguided.
+    /// Guidance towards `class` with strength `w`; a negative class is unguided (∅).
     fn class_guidance(&self, class: i32, w: f64) -> Result<Option<Guidance>, JsError> {
         let Ok(class) = usize::try_from(class) else { return Ok(None) };
         Guidance::class(class, w, self.model.num_classes()).map(Some).map_err(js_err)

@@ -237,7 +237,7 @@ fn bad_input_gets_a_clear_error() {
     fails(&["animate", "--weights", t, "--scale", "100000", "--out", o], "--scale must be 1..=");
     // Guidance needs a class-conditional model, and conditional training labelled images.
     fails(&["sample", "--weights", t, "--class", "3", "--out", o], "--class 3: this model is unconditional");
-    fails(&["sample", "--weights", t, "--guidance", "2", "--out", o], "--class");
+    fails(&["sample", "--weights", t, "--guidance", "2", "--out", o], "--guidance: this model is unconditional");
     fails(&["sample", "--weights", t, "--class", "all", "--out", o], "--class all: this model is unconditional");
     fails(&["sample", "--weights", t, "--class", "three", "--out", o], "is not a class number, `any` or `all`");
     fails(&["interpolate", "--weights", t, "--to-class", "3", "--out", o], "--class");
@@ -315,6 +315,22 @@ fn every_class_sampled_into_its_folder_and_a_class_morph() {
     let read = |p: &Path| image::open(p).unwrap().to_rgb8().into_raw();
     assert_eq!(read(&per.join("1/000000.png")), read(&alone.join("000000.png")), "class 1's first seed is 5 + 1·2");
     assert_ne!(read(&per.join("0/000000.png")), read(&per.join("1/000000.png")));
+    // "any" (no --class) draws each image as its seed's class, guided as that class is (the
+    // wiring; two steps of training leave the classes apart by less than a PNG level, so that
+    // "any" is not ∅ is checked on tensors in tests/guidance.rs).
+    let out = |name: &str| root.join(name).to_str().unwrap().to_string();
+    ok(&[&["sample", "--count", "2", "--seed", "5", "--out", &out("any")], &sampler[..]].concat());
+    let any = [0, 1].map(|i| read(&root.join("any").join(format!("{i:06}.png"))));
+    for (i, seed) in [5u64, 6].into_iter().enumerate() {
+        let class = ddpm::guidance::prior_class(seed, 2).to_string();
+        let name = format!("seed{seed}");
+        ok(&[
+            &["sample", "--class", &class, "--count", "1", "--seed", &seed.to_string(), "--out", &out(&name)],
+            &sampler[..],
+        ]
+        .concat());
+        assert_eq!(any[i], read(&root.join(name).join("000000.png")), "seed {seed} is drawn as class {class}");
+    }
     // A morph from class 0 to class 1 (and from unguided to class 1); classes are checked.
     let strip = root.join("morph.png");
     let strip = strip.to_str().unwrap();

@@ -6,7 +6,7 @@
 use burn::tensor::{Device, Tensor};
 use ddpm::data::Dataset;
 use ddpm::diffusion::ScheduleConfig;
-use ddpm::guidance::{Guidance, Guided};
+use ddpm::guidance::{Guidance, Guided, prior_class};
 use ddpm::noise::Noise;
 use ddpm::sampler::EpsTheta;
 use ddpm::threads::Sharded;
@@ -154,6 +154,35 @@ fn halfway_row(model: &UNet) -> UNet {
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let out = safetensors::serialize(tensors, meta.metadata().clone()).unwrap();
     weights::load(&out, &Device::flex()).unwrap().0
+}
+
+#[test]
+fn any_class_from_noise_draws_each_image_as_its_seeds_class() {
+    // Not ∅: "any" is ancestral sampling of Σ_c p(c) p(x | c), so each image is its seed's
+    // class, guided at w as a named class is; the classes are spread over the model's.
+    let device = Device::flex();
+    let model = trained(0.2);
+    let (x, t) = inputs(3, &device);
+    let seeds = [11u64, 12, 13];
+    let classes: Vec<usize> = seeds.iter().map(|&s| prior_class(s, 3)).collect();
+    assert_eq!(classes, seeds.iter().map(|&s| prior_class(s, 3)).collect::<Vec<_>>(), "a seed is one class");
+    let drawn: Vec<usize> = (0..60).map(|s| prior_class(s, 3)).collect();
+    assert!((0..3).all(|c| drawn.iter().filter(|&&d| d == c).count() >= 10), "uniform over 3: {drawn:?}");
+    for w in [1.0, 2.5] {
+        let any = Guidance::from_noise(None, &seeds, w, Some(3)).unwrap().expect("a conditional model is guided");
+        let got = values(Guided { model: &model, guidance: Some(&any) }.eps(x.clone(), t.clone()));
+        // Image i by hand: eq. 6 with its own class.
+        for (i, &c) in classes.iter().enumerate() {
+            let one = Guidance::class(c, w, Some(3)).unwrap();
+            let want = values(Guided { model: &model, guidance: Some(&one) }.eps(x.clone(), t.clone()));
+            let n = want.len() / 3;
+            assert!(max_diff(&got[i * n..(i + 1) * n], &want[i * n..(i + 1) * n]) < 1e-5, "image {i}, w = {w}");
+        }
+    }
+    // A named class wins; an unconditional model has nothing to draw from; w is checked.
+    assert_eq!(Guidance::from_noise(Some(2), &seeds, 1.0, Some(3)).unwrap(), Guidance::class(2, 1.0, Some(3)).ok());
+    assert_eq!(Guidance::from_noise(None, &seeds, 1.0, None).unwrap(), None);
+    assert!(Guidance::from_noise(None, &seeds, 99.0, Some(3)).unwrap_err().contains("guidance 99"));
 }
 
 #[test]

@@ -20,8 +20,8 @@ const CONDITIONAL: &str = "weights/mnist-classes.safetensors";
 const UNCONDITIONAL: &str = "weights/mnist.safetensors";
 const EMOJI: &str = "weights/emoji.safetensors";
 
-/// 16 images of `shape` from `file` (seeds 0..16), guided to `class` at the default guidance
-/// when given.
+/// 16 images of `shape` from `file` (seeds 0..16) at the default guidance, as `class` (None:
+/// any, as the page draws it).
 fn sample(file: &str, shape: [usize; 3], class: Option<usize>, want_classes: Option<usize>) -> Dataset {
     let device = Device::flex();
     let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{file} is shipped: {e}"));
@@ -32,7 +32,7 @@ fn sample(file: &str, shape: [usize; 3], class: Option<usize>, want_classes: Opt
     let diffusion = Diffusion::new(header.schedule.clone());
     let seeds: Vec<u64> = (0..16).collect();
     let guidance =
-        class.map(|c| Guidance::class(c, DEFAULT_GUIDANCE, model.num_classes()).expect("a class of the model"));
+        Guidance::from_noise(class, &seeds, DEFAULT_GUIDANCE, model.num_classes()).expect("a class of the model");
     let eps_theta = Guided { model: &model, guidance: guidance.as_ref() };
     let x = Sampler::new(&diffusion, Method::Ddim { steps: 150, eta: 1.0 }, shape, &seeds, &device).run(&eps_theta);
     Dataset { shape, pixels: x.into_data().try_to_vec::<f32>().unwrap(), labels: None }

@@ -93,7 +93,8 @@ async function startSampling() {
   const recent = []; // the last steps' times, for the time left
   // DDIM's η: 0 is deterministic, 1 draws fresh noise every step as the paper's sampler does (more
   // confidently classified digits, a higher MNIST-FD: docs/mnist-model.md); full DDPM ignores it.
-  // A conditional model draws the chosen class with classifier-free guidance ("any": unguided).
+  // A conditional model draws the chosen class with classifier-free guidance ("any": each image
+  // the class its seed draws, guided the same way).
   const cls = model.numClasses ? Number($('class').value) : -1;
   const args = [seed, count, sampleSteps(), Number($('eta').value), cls, Number($('guidance').value)];
   const last = await drive(id, 'sample', args, (step, ms) => {

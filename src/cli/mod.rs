@@ -123,30 +123,43 @@ pub struct SamplerArgs {
     /// DDIM's η (0: deterministic); ignored for full DDPM.
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    /// Draw this class (a class-conditional model only; `any` or left out: unconditional;
-    /// `all`, for `sample`: --count images of every class k into OUT/k/).
+    /// Draw this class (a class-conditional model only; `any` or left out: from noise, each
+    /// image as its seed's class, drawn uniformly; for `edit`, no class (∅); `all`, for
+    /// `sample`: --count images of every class k into OUT/k/).
     #[arg(long)]
     pub class: Option<ClassArg>,
-    /// Classifier-free guidance strength w with --class (0: unconditional, 1: conditional).
-    #[arg(long, default_value_t = DEFAULT_GUIDANCE, requires = "class")]
-    pub guidance: f64,
+    #[arg(long, help = format!("Classifier-free guidance strength w of a conditional model (0: the ∅ row \
+        alone, 1: the class's own prediction, more: closer to the class) [default: {DEFAULT_GUIDANCE}]"))]
+    pub guidance: Option<f64>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: Backend,
 }
 
-/// A weights file loaded for sampling, with the guidance asked for.
+/// A weights file loaded for sampling, with the class and guidance asked for.
 pub struct Loaded {
     pub model: UNet,
     pub header: Header,
     pub diffusion: Diffusion,
     pub device: Device,
-    pub guidance: Option<Guidance>,
+    /// --class (None: any), checked against the model.
+    pub class: Option<usize>,
+    /// --guidance.
+    pub w: f64,
 }
 
 impl Loaded {
-    /// ε_θ on `shards` threads, guided as asked.
-    pub fn eps_theta(&self, shards: usize) -> Sharded<'_> {
-        Sharded::new(&self.model, shards).guided(self.guidance.clone())
+    /// ε_θ on `shards` threads for images drawn from x_T with `seeds` as `class` (None: any),
+    /// guided as [`Guidance::from_noise`] says.
+    pub fn eps_from_noise(&self, shards: usize, class: Option<usize>, seeds: &[u64]) -> Result<Sharded<'_>> {
+        let guidance = Guidance::from_noise(class, seeds, self.w, self.model.num_classes());
+        Ok(Sharded::new(&self.model, shards).guided(guidance.map_err(anyhow::Error::msg)?))
+    }
+
+    /// ε_θ on `shards` threads for an edit: guided to --class, or with none, ∅ (the drawing
+    /// tells the class: [`ddpm::guidance::prior_class`]).
+    pub fn eps_for_edit(&self, shards: usize) -> Result<Sharded<'_>> {
+        let guidance = self.class.map(|c| Guidance::class(c, self.w, self.model.num_classes())).transpose();
+        Ok(Sharded::new(&self.model, shards).guided(guidance.map_err(anyhow::Error::msg)?))
     }
 
     /// [C, H, W] of the model's images.
@@ -161,23 +174,25 @@ impl SamplerArgs {
         let device = self.backend.device()?;
         let (model, header) = load_weights(&self.weights, &device)?;
         let diffusion = Diffusion::new(header.schedule.clone());
-        let guidance = match self.class()? {
-            Some(class) => Some(
-                Guidance::class(class, self.guidance, model.num_classes())
-                    .map_err(|e| anyhow::anyhow!("--class {class}: {e}"))?,
-            ),
-            None => None,
-        };
-        Ok(Loaded { model, header, diffusion, device, guidance })
+        let (class, w) = (self.class()?, self.guidance.unwrap_or(DEFAULT_GUIDANCE));
+        Guidance::from_noise(class, &[], w, model.num_classes()).map_err(|e| match class {
+            Some(class) => anyhow::anyhow!("--class {class}: {e}"),
+            None => anyhow::anyhow!("--{e}"),
+        })?;
+        ensure!(
+            self.guidance.is_none() || model.num_classes().is_some(),
+            "--guidance: this model is unconditional: it has no classes to guide towards"
+        );
+        Ok(Loaded { model, header, diffusion, device, class, w })
     }
 
-    /// The one class asked for (None: unguided); `all` is refused but by `sample`.
+    /// The one class asked for (None: any); `all` is refused but by `sample`.
     pub fn class(&self) -> Result<Option<usize>> {
         self.class.map_or(Ok(None), |c| c.single("--class all is for `ddpm sample`"))
     }
 }
 
-/// A class on the command line: its number, `any` (unguided) or `all` (every class in turn).
+/// A class on the command line: its number, `any` or `all` (every class in turn).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ClassArg {
     One(usize),

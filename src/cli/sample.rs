@@ -9,7 +9,6 @@ use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 
 use super::{ClassArg, SamplerArgs, to_vec};
-use ddpm::guidance::Guidance;
 use ddpm::images::{Grid, save_gif, save_png};
 use ddpm::limits;
 use ddpm::request::{EditRequest, InterpolationRequest, SampleRequest, drawing_pixels, grid_cols};
@@ -110,7 +109,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let m = if per_class { SamplerArgs { class: None, ..a.sampler.clone() } } else { a.sampler.clone() }.load()?;
     let shards = a.sampler.backend.shards();
     // Each class's images in its own folder, or all of them in --out.
-    let runs: Vec<(PathBuf, SampleRequest, Option<Guidance>)> = match m.model.num_classes() {
+    let runs: Vec<(PathBuf, SampleRequest, Option<usize>)> = match m.model.num_classes() {
         None if per_class => anyhow::bail!("--class all: this model is unconditional: it has no classes"),
         Some(classes) if per_class => {
             let n = a.count;
@@ -119,18 +118,13 @@ pub fn sample(a: SampleArgs) -> Result<()> {
                 "--count must be 1..={} with --class all ({classes} classes)",
                 limits::MAX_SAMPLES / classes
             );
-            let mut runs = Vec::new();
-            for k in 0..classes {
-                let g = Guidance::class(k, a.sampler.guidance, Some(classes)).map_err(anyhow::Error::msg)?;
-                let seed = a.seed.wrapping_add((k * n) as u64);
-                let request = SampleRequest::consecutive(seed, n, a.sampler.steps, a.sampler.eta);
-                runs.push((a.out.join(k.to_string()), request, Some(g)));
-            }
-            runs
+            let request = |k: usize| {
+                SampleRequest::consecutive(a.seed.wrapping_add((k * n) as u64), n, a.sampler.steps, a.sampler.eta)
+            };
+            (0..classes).map(|k| (a.out.join(k.to_string()), request(k), Some(k))).collect()
         }
         _ => {
-            let request = SampleRequest::consecutive(a.seed, a.count, a.sampler.steps, a.sampler.eta);
-            vec![(a.out.clone(), request, m.guidance.clone())]
+            vec![(a.out.clone(), SampleRequest::consecutive(a.seed, a.count, a.sampler.steps, a.sampler.eta), m.class)]
         }
     };
     let total: usize = runs.iter().map(|(_, r, _)| r.seeds.len()).sum();
@@ -141,15 +135,14 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     );
     let image = m.image();
     let (mut all, mut done) = (Vec::new(), 0);
-    for (out, request, guidance) in &runs {
+    for (out, request, class) in &runs {
         request.method(&m.diffusion, limits::MAX_SAMPLES).map_err(anyhow::Error::msg)?;
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        let eps_theta = Sharded::new(&m.model, shards).guided(guidance.clone());
         for (k, seeds) in request.seeds.chunks(a.batch).enumerate() {
             let batch = SampleRequest { seeds: seeds.to_vec(), ..request.clone() };
             let sampler =
                 batch.sampler(&m.diffusion, image, limits::MAX_SAMPLE_BATCH, &m.device).map_err(anyhow::Error::msg)?;
-            let values = to_vec(sampler.run(&eps_theta));
+            let values = to_vec(sampler.run(&m.eps_from_noise(shards, *class, seeds)?));
             for (i, pixels) in values.chunks_exact(image.iter().product()).enumerate() {
                 save_png(&out.join(format!("{:06}.png", k * a.batch + i)), pixels, image)?;
             }
@@ -184,7 +177,7 @@ pub fn interpolate(a: InterpolateArgs) -> Result<()> {
     };
     request.check(&m.diffusion, limits::MAX_SAMPLE_BATCH).map_err(|e| anyhow::anyhow!("--{e}"))?;
     let [guide_ends, guide_frames] =
-        request.guidance(a.sampler.guidance, m.model.num_classes()).map_err(|e| anyhow::anyhow!("--to-class: {e}"))?;
+        request.guidance(m.w, m.model.num_classes()).map_err(|e| anyhow::anyhow!("--to-class: {e}"))?;
     let shards = a.sampler.backend.shards();
     let ends = match request.mode {
         ddpm::request::InterpolationMode::Noise => {
@@ -214,7 +207,7 @@ pub fn animate(a: AnimateArgs) -> Result<()> {
         Grid::new(&pair, [2, image[0], image[1], image[2]], 2, 2).scaled(a.scale)
     };
     frames.push(frame(sampler.x().clone(), sampler.x().clone()));
-    let eps_theta = m.eps_theta(1);
+    let eps_theta = m.eps_from_noise(1, m.class, &request.seeds)?;
     while let Some(step) = sampler.step(&eps_theta) {
         // Evenly spaced frames, always including the last step.
         if step.index * (a.frames - 1) / total != (step.index - 1) * (a.frames - 1) / total || step.index == total {
@@ -240,7 +233,7 @@ pub fn edit(a: EditArgs) -> Result<()> {
     ensure!(a.t.len() <= limits::MAX_FRAMES, "--t takes at most {} values", limits::MAX_FRAMES);
     let pixels = drawing_pixels(&img.to_rgba8().into_raw(), c, size).map_err(anyhow::Error::msg)?;
     let x0 = Tensor::from_data(TensorData::new(pixels.clone(), [1, c, size, size]), &m.device);
-    let eps_theta = m.eps_theta(a.sampler.backend.shards());
+    let eps_theta = m.eps_for_edit(a.sampler.backend.shards())?;
     let mut images = Vec::new();
     for &t in &a.t {
         let request = EditRequest { seed: a.seed, t, steps: a.sampler.steps, eta: a.sampler.eta };
