@@ -108,13 +108,10 @@ impl InterpolationRequest {
     /// no class is its seed's [`prior_class`], as in [`Guidance::from_noise`], so A and B are
     /// the images `ddpm sample` draws from their seeds. None for an unconditional model.
     pub fn guidance(&self, w: f64, num_classes: Option<usize>) -> Result<[Option<Guidance>; 2], String> {
-        let Some(n) = num_classes else {
-            return match self.classes {
-                [None, None] => Ok([None, None]),
-                _ => Err("this model is unconditional: it has no classes to guide towards".into()),
-            };
-        };
-        let classes = [0, 1].map(|i| self.classes[i].or(Some(prior_class(self.seeds[i], n))));
+        if num_classes.is_none() && self.classes == [None, None] {
+            return Ok([None, None]);
+        }
+        let classes = [0, 1].map(|i| self.classes[i].or_else(|| num_classes.map(|n| prior_class(self.seeds[i], n))));
         let ends = Guidance::morph(classes, &[0.0, 1.0], w, num_classes)?;
         let frames = Guidance::morph(classes, &self.lambdas(), w, num_classes)?;
         Ok([Some(ends), Some(frames)])
