@@ -9,5 +9,7 @@ fn main() {
         cube: { any(not(target_arch = "wasm32"), feature = "webgpu") },
         // flex and our kernels run on a rayon pool: natively, and in the threaded browser module.
         pool: { any(not(target_arch = "wasm32"), feature = "threads") },
+        // Intel's AMX tile units can be asked for (src/kernels/amx.rs): x86-64 Linux.
+        amx: { all(target_arch = "x86_64", target_os = "linux") },
     }
 }

@@ -269,7 +269,7 @@ fn bench_prints_one_json_line_per_measurement() {
     // Each line says which CPU and which kernels it timed.
     for l in &lines {
         assert!(!l["cpu"].as_str().unwrap().is_empty());
-        assert!(["avx512", "avx2", "scalar"].contains(&l["kernels"].as_str().unwrap()), "{l}");
+        assert!(["amx+avx512", "avx512", "avx2", "scalar"].contains(&l["kernels"].as_str().unwrap()), "{l}");
     }
     // Without --backend, wgpu is timed only on a real GPU: a CPU emulation is skipped, said on
     // stderr, instead of taking many minutes.

@@ -4,10 +4,10 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 use super::gemm::transpose;
-use super::gemm::{matmul, split_batch, with_scratch};
+use super::gemm::{Lhs, Unfold, split_batch, with_scratch};
 #[cfg(not(target_arch = "wasm32"))]
 use super::im2col::col2im;
-use super::im2col::{Geometry, im2col, pointwise};
+use super::im2col::{Geometry, pointwise};
 
 /// out[b] = W · im2col(x[b]) + bias.
 pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
@@ -20,12 +20,11 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> 
             out.resize(out.len() + n, v);
         }
     }
+    let (weight, unfold) = (Lhs::new(g.c_out, rows, weight, false), Unfold::new(g));
     split_batch(g.batch, &mut out, out_len, |images, out, parallelism| {
         with_scratch([if pointwise(g) { 0 } else { rows * n }, 0, 0], |[col, _, _]| {
             for (b, out) in images.zip(out.chunks_mut(out_len)) {
-                let x = &x[b * x_len..][..x_len];
-                let col = if pointwise(g) { x } else { im2col(g, x, col) };
-                matmul(g.c_out, n, rows, out, true, weight, false, col, false, parallelism);
+                weight.times_im2col(&unfold, &x[b * x_len..][..x_len], col, out, true, parallelism);
             }
         })
     });
@@ -40,28 +39,39 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
     let mut dx = vec![0.0f32; g.batch * x_len];
     // Each slice of the batch sums its own ∂Wᵀ and ∂b; the sums are added in batch order, so
     // that a run repeats bit for bit.
+    let (weight_t, unfold) = (Lhs::new(rows, g.c_out, weight, true), Unfold::new(g));
+    // Where the AMX tiles read im2col matrices from the image itself, a "same" convolution's
+    // ∂x is one more such convolution, of ∂out with the kernel turned half a turn and its
+    // channel axes swapped (the adjoint of a stride-1 correlation): no ∂col is written and
+    // scattered back by col2im. Elsewhere the GEMM + col2im form below is as fast.
+    let g_t = Geometry { c_in: g.c_out, c_out: g.c_in, ..*g };
+    let unfold_t = Unfold::new(&g_t);
+    let turned = if unfold_t.reads_image() && !pointwise(g) { turned(g, weight) } else { Vec::new() };
+    let adjoint = (!turned.is_empty()).then(|| Lhs::new(g.c_in, g.c_out * g.k * g.k, &turned, false));
     let partials = split_batch(g.batch, &mut dx, x_len, |images, dx, parallelism| {
         let (mut dw_t, mut db) = (vec![0.0f32; rows * g.c_out], vec![0.0f32; g.c_out]);
         let col_len = if pointwise(g) { 0 } else { rows * n };
-        with_scratch([col_len, col_len, g.c_out * n], |[col, dcol, d_out_t]| {
+        let dcol_len = if adjoint.is_some() { 0 } else { col_len };
+        with_scratch([col_len, dcol_len, g.c_out * n], |[col, dcol, d_out_t]| {
             for (i, (b, dx)) in images.zip(dx.chunks_mut(x_len)).enumerate() {
                 let d_out = &d_out[b * out_len..][..out_len];
                 let x = &x[b * x_len..][..x_len];
-                let col = if pointwise(g) { x } else { im2col(g, x, col) };
                 // ∂Wᵀ [rows, C_out] += col [rows, n] · ∂outᵀ [n, C_out]. gemm copies the
                 // operand that shares the output's contiguous axis into panels, element by
                 // element when that axis is strided: ∂W = ∂out·colᵀ would copy col that way
                 // (a fifth of a training step), this form copies ∂outᵀ, transposed here once.
                 transpose(g.c_out, n, d_out, d_out_t);
-                matmul(rows, g.c_out, n, &mut dw_t, i > 0, col, false, d_out_t, false, parallelism);
+                Lhs::im2col(&unfold, x, col).times(g.c_out, &mut dw_t, i > 0, d_out_t, parallelism);
                 for (d, row) in db.iter_mut().zip(d_out.chunks(n)) {
                     *d += row.iter().sum::<f32>();
                 }
                 // ∂col [rows, n] = Wᵀ [rows, C_out] · ∂out [C_out, n]; for a 1×1 conv ∂col is ∂x.
-                if pointwise(g) {
-                    matmul(rows, n, g.c_out, dx, false, weight, true, d_out, false, parallelism);
+                if let Some(adjoint) = &adjoint {
+                    adjoint.times_im2col(&unfold_t, d_out, &mut [], dx, false, parallelism);
+                } else if pointwise(g) {
+                    weight_t.times(n, dx, false, d_out, parallelism);
                 } else {
-                    matmul(rows, n, g.c_out, dcol, false, weight, true, d_out, false, parallelism);
+                    weight_t.times(n, dcol, false, d_out, parallelism);
                     col2im(g, dcol, dx);
                 }
             }
@@ -77,4 +87,20 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
     let mut dw = vec![0.0f32; g.c_out * rows];
     transpose(rows, g.c_out, &dw_t, &mut dw);
     (dx, dw, db)
+}
+
+/// W̃ [C_in, C_out, k, k] with W̃[ci, co, kh, kw] = W[co, ci, k − 1 − kh, k − 1 − kw]: the kernel of
+/// the convolution that maps ∂out to ∂x.
+#[cfg(not(target_arch = "wasm32"))]
+fn turned(g: &Geometry, weight: &[f32]) -> Vec<f32> {
+    let taps = g.k * g.k;
+    let mut turned = vec![0.0f32; weight.len()];
+    for (co, per_out) in weight.chunks_exact(g.c_in * taps).enumerate() {
+        for (ci, kernel) in per_out.chunks_exact(taps).enumerate() {
+            for (t, &w) in kernel.iter().enumerate() {
+                turned[(ci * g.c_out + co) * taps + taps - 1 - t] = w;
+            }
+        }
+    }
+    turned
 }

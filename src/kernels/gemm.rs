@@ -1,50 +1,145 @@
-//! The matrix products of the convolutions (the `gemm` crate, the one flex itself uses, with its
-//! AVX-512 kernels picked at run time), how a batch is split over threads, a cache-friendly
+//! The matrix products of the convolutions (AMX tiles where the CPU has them, else the `gemm`
+//! crate, the one flex itself uses, with its AVX-512 kernels picked at run time), how a batch is split over threads, a cache-friendly
 //! transpose, and per-thread scratch buffers.
 
-/// `dst = a·b` (`dst += a·b` when accumulating) for row-major `a` [m, k] (or its transpose
-/// stored [k, m]) and `b` [k, n] (or its transpose stored [n, k]).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn matmul(
+#[cfg(amx)]
+use super::im2col::same;
+use super::im2col::{Geometry, im2col, pointwise};
+
+/// The left operand `a` of products dst = a·b (row-major [m, k], or its transpose stored
+/// [k, m]), prepared once for every right operand it meets: a convolution's weight for each
+/// image of a batch. Where the CPU has AMX it is packed into tiles ([`super::amx`]), else the
+/// `gemm` crate reads it as it is.
+pub(super) struct Lhs<'a> {
     m: usize,
-    n: usize,
     k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    a: &[f32],
+    a: &'a [f32],
     a_t: bool,
-    b: &[f32],
-    b_t: bool,
-    parallelism: gemm::Parallelism,
-) {
-    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    // (column stride, row stride) of each operand as gemm reads it.
-    let (a_cs, a_rs) = if a_t { (m as isize, 1) } else { (1, k as isize) };
-    let (b_cs, b_rs) = if b_t { (k as isize, 1) } else { (1, n as isize) };
-    // SAFETY: the lengths are checked above and the strides index within them.
-    unsafe {
-        gemm::gemm(
+    #[cfg(amx)]
+    tiles: Option<super::amx::Lhs>,
+}
+
+impl<'a> Lhs<'a> {
+    pub fn new(m: usize, k: usize, a: &'a [f32], a_t: bool) -> Self {
+        assert!(a.len() >= m * k);
+        #[cfg(amx)]
+        let tiles = super::amx::available().then(|| {
+            super::amx::Lhs::new(m, k, &if a_t { super::amx::Source::Columns(a) } else { super::amx::Source::Rows(a) })
+        });
+        Self {
             m,
-            n,
             k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+            a,
+            a_t,
+            #[cfg(amx)]
+            tiles,
+        }
     }
+
+    /// The im2col matrix of image `x` [C_in, H, W] (the weight gradient's left operand),
+    /// unfolded into `col` unless the tiles read it from x directly.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn im2col(unfold: &Unfold, x: &'a [f32], col: &'a mut [f32]) -> Self {
+        let g = &unfold.g;
+        let (m, k) = g.col();
+        #[cfg(amx)]
+        if let Some(taps) = &unfold.taps {
+            let tiles = Some(super::amx::Lhs::new(m, k, &super::amx::Source::Im2col(x, taps)));
+            return Self { m, k, a: x, a_t: false, tiles };
+        }
+        Self::new(m, k, if pointwise(g) { x } else { im2col(g, x, col) }, false)
+    }
+
+    /// `dst = a·im2col(x)` (`+=` when accumulating) for image `x` [C_in, H, W], `col` its
+    /// scratch when it has to be written out.
+    pub fn times_im2col(
+        &self,
+        unfold: &Unfold,
+        x: &[f32],
+        col: &mut [f32],
+        dst: &mut [f32],
+        accumulate: bool,
+        parallelism: gemm::Parallelism,
+    ) {
+        let g = &unfold.g;
+        #[cfg(amx)]
+        if let (Some(tiles), Some(taps)) = (&self.tiles, &unfold.taps) {
+            let n = g.h_out * g.w_out;
+            return tiles.times(n, dst, accumulate, &super::amx::Source::Im2col(x, taps), threads(parallelism));
+        }
+        let col = if pointwise(g) { x } else { im2col(g, x, col) };
+        self.times(g.h_out * g.w_out, dst, accumulate, col, parallelism)
+    }
+
+    /// `dst = a·b` (`dst += a·b` when accumulating) for row-major `b` [k, n].
+    pub fn times(&self, n: usize, dst: &mut [f32], accumulate: bool, b: &[f32], parallelism: gemm::Parallelism) {
+        let (m, k) = (self.m, self.k);
+        assert!(dst.len() >= m * n && b.len() >= k * n);
+        #[cfg(amx)]
+        if let Some(tiles) = &self.tiles {
+            return tiles.times(n, dst, accumulate, &super::amx::Source::Rows(b), threads(parallelism));
+        }
+        // (column stride, row stride) of each operand as gemm reads it.
+        let (a_cs, a_rs) = if self.a_t { (m as isize, 1) } else { (1, k as isize) };
+        // SAFETY: the lengths are checked above and the strides index within them.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                accumulate,
+                self.a.as_ptr(),
+                a_cs,
+                a_rs,
+                b.as_ptr(),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+}
+
+/// How a convolution unfolds each image into its im2col matrix: written out by [`im2col`], or
+/// read from the image by the AMX packing through its [`super::amx::Taps`] ("same" stride-1
+/// convolutions on AMX CPUs), worked out once per convolution.
+pub(super) struct Unfold {
+    g: Geometry,
+    #[cfg(amx)]
+    taps: Option<super::amx::Taps>,
+}
+
+impl Unfold {
+    pub fn new(g: &Geometry) -> Self {
+        Self {
+            g: *g,
+            #[cfg(amx)]
+            taps: (super::amx::available() && same(g)).then(|| super::amx::Taps::new(g)),
+        }
+    }
+
+    /// Whether the products read the im2col matrix from the image itself (nothing written out).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn reads_image(&self) -> bool {
+        #[cfg(amx)]
+        return self.taps.is_some();
+        #[cfg(not(amx))]
+        false
+    }
+}
+
+/// The threads a gemm parallelism stands for.
+#[cfg(amx)]
+fn threads(parallelism: gemm::Parallelism) -> usize {
+    if let gemm::Parallelism::Rayon(t) = parallelism { t } else { 1 }
 }
 
 /// Runs `f(images, their slice of out, parallelism of each product)` over the batch, `out`

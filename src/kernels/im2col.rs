@@ -110,7 +110,7 @@ fn shifted_span(g: &Geometry, shift: isize, rows: &std::ops::Range<usize>) -> Op
 }
 
 /// Whether the shifted-plane path applies: stride 1 and output size = input size.
-fn same(g: &Geometry) -> bool {
+pub(super) fn same(g: &Geometry) -> bool {
     g.stride == 1 && g.h_out == g.h && g.w_out == g.w
 }
 

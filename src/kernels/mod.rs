@@ -13,6 +13,8 @@
 //! slice kernels below them know nothing of burn: [`im2col`], [`gemm`] and [`conv2d_gemm`] for
 //! the convolution, [`group_norm_swish_loops`] for the normalisation.
 
+#[cfg(amx)]
+mod amx;
 pub mod conv2d;
 mod conv2d_gemm;
 pub mod fused;
@@ -28,8 +30,13 @@ pub use group_norm_swish::group_norm_swish;
 use burn::backend::flex::FlexTensor;
 
 /// The vector instructions the kernels run with on this CPU, picked at run time as the kernels
-/// pick them (`group_norm_swish`'s dispatch, gemm's): "avx512", "avx2", "wasm-simd128" or "scalar".
+/// pick them (`group_norm_swish`'s dispatch, gemm's, [`amx`]'s): "amx+avx512" (the
+/// convolutions' products on AMX tiles), "avx512", "avx2", "wasm-simd128" or "scalar".
 pub fn simd_path() -> &'static str {
+    #[cfg(amx)]
+    if amx::available() {
+        return "amx+avx512";
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {

@@ -1,0 +1,572 @@
+//! Matrix products on Intel's AMX tile units (Sapphire Rapids and later Xeons), at f32 accuracy
+//! from bf16 tile products.
+//!
+//! One `tdpbf16ps` multiplies a 16×32 bf16 tile by a 32×16 one into a 16×16 f32 tile: 16 times
+//! the multiply-adds of an AVX-512 FMA, but with bf16's 8-bit mantissa. Each f32 operand is
+//! therefore split into two bf16 numbers, x = hi + lo + δ with |δ| ≤ 2⁻¹⁷|x| (hi: x rounded
+//! to bf16; lo: the rest, rounded), and a·b is summed in f32 as hi_a·hi_b + hi_a·lo_b +
+//! lo_a·hi_b: the dropped lo_a·lo_b and the δs leave each term within about 2⁻¹⁶|a·b|
+//! ("bf16x3", as oneDNN's `fpmath_mode::bf16x3`), against f32's 2⁻²⁴ per rounding. Three tile products per
+//! f32 product still run about twice as fast as the AVX-512 f32 kernels on the same core.
+//!
+//! Layouts (each tile 16 rows × 64 bytes, a row of 32 bf16 or 16 f32):
+//! * the left operand A [m, k] in 16-row, 32-column tiles, `[m/16][k/32][hi, lo][16][32]`;
+//! * the right operand B [k, n] in 16-column tiles in AMX's pair layout (rows k, k+1 of one
+//!   column side by side), `[n/16][k/32][hi, lo][16 pairs][16 columns][2]`;
+//! * each call of the micro-kernel computes a 32×32 block of C in four accumulator tiles.
+//!
+//! m, n and k are padded with zeros to multiples of 32. Linux x86-64 only: a process has to
+//! ask the kernel for the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`) before the first use.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use super::im2col::Geometry;
+
+/// Rows and columns (f32) of a C block, and the k of one tile step.
+const BLOCK: usize = 32;
+/// bf16 values in one tile (16 rows × 32).
+const TILE: usize = 512;
+/// A packed 32-deep step of one 16-wide operand panel: its hi tile, then its lo tile.
+const STEP: usize = 2 * TILE;
+
+/// Whether this CPU has AMX with bf16 and the kernel has granted this process the tile state;
+/// checked once.
+pub(super) fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+        // The packing converts with AVX512-BF16, which every AMX CPU has.
+        if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 || !std::arch::is_x86_feature_detected!("avx512bf16") {
+            return false;
+        }
+        // linux/arch/x86/include/uapi/asm/prctl.h: ARCH_REQ_XCOMP_PERM; XFEATURE_XTILEDATA = 18.
+        const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_ulong = 18;
+        // SAFETY: a plain system call with integer arguments; it fails harmlessly on kernels
+        // (or hypervisors) that do not offer AMX.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    })
+}
+
+/// Where an operand's values come from.
+pub(super) enum Source<'a> {
+    /// A row-major matrix.
+    Rows(&'a [f32]),
+    /// The transpose of one, stored [columns, rows] (a convolution's weight in ∂col = Wᵀ·∂out).
+    Columns(&'a [f32]),
+    /// The im2col matrix of one image of a "same" stride-1 convolution, read from the image
+    /// itself (see [`Taps`]): no column matrix is written and read back.
+    Im2col(&'a [f32], &'a Taps),
+}
+
+/// How the im2col matrix of a "same" stride-1 convolution (row (c, kh, kw), column (oy, ox):
+/// x[c, oy + kh − p, ox + kw − p], 0 outside) reads its image, worked out once per
+/// convolution: each row's offset of column 0's source in the image and its tap (kh, kw), and
+/// per tap and 16 columns the mask of the pixels whose source lies inside the image.
+pub(super) struct Taps {
+    taps: usize,
+    rows: Vec<(isize, usize)>,
+    masks: Vec<u16>,
+}
+
+impl Taps {
+    pub fn new(g: &Geometry) -> Self {
+        let (n, taps, p) = (g.h * g.w, g.k * g.k, g.padding as isize);
+        let shift = |tap: usize| ((tap / g.k) as isize - p, (tap % g.k) as isize - p);
+        let mut masks = vec![0u16; n.div_ceil(16) * taps];
+        for (tap, (dy, dx)) in (0..taps).map(|tap| (tap, shift(tap))) {
+            for pixel in 0..n {
+                let (iy, ix) = ((pixel / g.w) as isize + dy, (pixel % g.w) as isize + dx);
+                if (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix) {
+                    masks[(pixel / 16) * taps + tap] |= 1 << (pixel % 16);
+                }
+            }
+        }
+        let rows = (0..g.c_in * taps)
+            .map(|row| {
+                let (c, tap) = (row / taps, row % taps);
+                let (dy, dx) = shift(tap);
+                ((c * n) as isize + dy * g.w as isize + dx, tap)
+            })
+            .collect();
+        Self { taps, rows, masks }
+    }
+}
+
+/// Reads 16 values of an operand [rows, cols] at a time.
+trait Load {
+    /// Values col..col+16 (col a multiple of 16) of row `row`, zeros past either end.
+    ///
+    /// SAFETY: the CPU has AVX-512 F, BW and BF16.
+    unsafe fn load16(&self, row: usize, col: usize) -> __m512;
+}
+
+/// A row-major matrix [rows, cols].
+struct RowsOf<'a>(&'a [f32], usize, usize);
+
+impl Load for RowsOf<'_> {
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[inline]
+    unsafe fn load16(&self, row: usize, col: usize) -> __m512 {
+        let RowsOf(a, rows, cols) = *self;
+        if row >= rows || col >= cols {
+            return _mm512_setzero_ps();
+        }
+        let count = (cols - col).min(16);
+        let src = &a[row * cols + col..][..count];
+        // SAFETY: the mask reads the `count` values of `src` only.
+        unsafe { _mm512_maskz_loadu_ps(((1u32 << count) - 1) as u16, src.as_ptr()) }
+    }
+}
+
+/// The transpose [rows, cols] of a row-major matrix [cols, rows].
+struct ColumnsOf<'a>(&'a [f32], usize, usize);
+
+impl Load for ColumnsOf<'_> {
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[inline]
+    unsafe fn load16(&self, row: usize, col: usize) -> __m512 {
+        let ColumnsOf(a, rows, cols) = *self;
+        let mut v = [0f32; 16];
+        if row < rows && col < cols {
+            for (i, v) in v[..(cols - col).min(16)].iter_mut().enumerate() {
+                *v = a[(col + i) * rows + row];
+            }
+        }
+        // SAFETY: 16 values.
+        unsafe { _mm512_loadu_ps(v.as_ptr()) }
+    }
+}
+
+/// The im2col matrix [C_in·k·k, H·W] of image x through its [`Taps`].
+struct Im2colOf<'a>(&'a [f32], &'a Taps);
+
+impl Load for Im2colOf<'_> {
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[inline]
+    unsafe fn load16(&self, row: usize, col: usize) -> __m512 {
+        let Im2colOf(x, taps) = *self;
+        let Some(&(offset, tap)) = taps.rows.get(row) else { return _mm512_setzero_ps() };
+        let Some(&mask) = taps.masks.get((col / 16) * taps.taps + tap) else { return _mm512_setzero_ps() };
+        // SAFETY: the mask keeps the lanes whose source pixel lies inside x (`Taps::new`);
+        // masked-out lanes are not read, wherever they point.
+        unsafe { _mm512_maskz_loadu_ps(mask, x.as_ptr().wrapping_offset(offset + col as isize)) }
+    }
+}
+
+/// Runs `$body` with `$load` bound to the [`Load`] of `$source` [$rows, $cols] (one
+/// monomorphic copy of the packing loop per kind of source).
+macro_rules! with_load {
+    ($source:expr, $rows:expr, $cols:expr, |$load:ident| $body:expr) => {
+        match $source {
+            Source::Rows(a) => {
+                let $load = RowsOf(a, $rows, $cols);
+                $body
+            }
+            Source::Columns(a) => {
+                let $load = ColumnsOf(a, $rows, $cols);
+                $body
+            }
+            Source::Im2col(x, taps) => {
+                let $load = Im2colOf(x, taps);
+                $body
+            }
+        }
+    };
+}
+
+/// The left operand of a product, packed into tiles once and used for every right operand
+/// (a convolution's weight for every image of a batch).
+pub(super) struct Lhs {
+    m: usize,
+    k: usize,
+    tiles: Vec<u16>,
+}
+
+/// 16-row panels of A, or 16-column panels of B, padded to whole 32-wide blocks.
+fn panels(len: usize) -> usize {
+    len.div_ceil(BLOCK) * 2
+}
+
+impl Lhs {
+    /// Packs A [m, k].
+    pub fn new(m: usize, k: usize, a: &Source) -> Self {
+        let steps = k.div_ceil(BLOCK);
+        let mut tiles = spare(panels(m) * steps * STEP);
+        let len = panels(m) * steps * STEP;
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        fn pack(k: usize, a: &impl Load, tiles: &mut [u16]) {
+            let steps = k.div_ceil(BLOCK);
+            for (p, panel) in tiles.chunks_exact_mut(steps * STEP).enumerate() {
+                for (s, step) in panel.chunks_exact_mut(STEP).enumerate() {
+                    let (hi, lo) = step.split_at_mut(TILE);
+                    for r in 0..16 {
+                        // SAFETY: this function's features; 32 values of each tile row.
+                        unsafe {
+                            let (row, col) = (p * 16 + r, s * BLOCK);
+                            let (h, l) = split(a.load16(row, col), a.load16(row, col + 16));
+                            _mm512_storeu_si512(hi[r * BLOCK..].as_mut_ptr().cast(), h);
+                            _mm512_storeu_si512(lo[r * BLOCK..].as_mut_ptr().cast(), l);
+                        }
+                    }
+                }
+            }
+        }
+        // SAFETY: `available` (AVX512-BF16 among it) is checked by the caller.
+        with_load!(a, m, k, |load| unsafe { pack(k, &load, &mut tiles[..len]) });
+        Self { m, k, tiles }
+    }
+
+    /// dst [m, n] = A·B (`+=` when accumulating) for B [k, n], on `threads` threads of the
+    /// current rayon pool (each takes whole 32-column blocks).
+    pub fn times(&self, n: usize, dst: &mut [f32], accumulate: bool, b: &Source, threads: usize) {
+        assert!(dst.len() >= self.m * n);
+        if let Source::Rows(b) = b {
+            assert!(b.len() >= self.k * n);
+        }
+        let blocks = n.div_ceil(BLOCK);
+        let dst = Dst(dst.as_mut_ptr());
+        let run = |range: std::ops::Range<usize>| {
+            // SAFETY: each call writes only the columns of its own blocks.
+            unsafe { self.columns(n, &dst, accumulate, b, range) }
+        };
+        #[cfg(pool)]
+        if threads > 1 && blocks > 1 {
+            use rayon::prelude::*;
+            let per = blocks.div_ceil(threads);
+            return (0..blocks).step_by(per).collect::<Vec<_>>().into_par_iter().for_each(|start| {
+                run(start..(start + per).min(blocks));
+            });
+        }
+        let _ = threads;
+        run(0..blocks)
+    }
+
+    /// The 32-column blocks `range` of dst: each block's B panel packed, then multiplied by
+    /// every 32-row block of A.
+    ///
+    /// SAFETY: dst holds m·n values and no other thread writes these columns meanwhile.
+    unsafe fn columns(&self, n: usize, dst: &Dst, accumulate: bool, b: &Source, range: std::ops::Range<usize>) {
+        let (m, k, steps) = (self.m, self.k, self.k.div_ceil(BLOCK));
+        let mut rhs = spare(2 * steps * STEP);
+        {
+            let rhs = &mut rhs[..2 * steps * STEP];
+            let mut edge = [0f32; BLOCK * BLOCK];
+            configure();
+            for block in range {
+                let j0 = block * BLOCK;
+                // SAFETY: AMX CPUs have AVX-512.
+                with_load!(b, k, n, |load| unsafe { pack_rhs(k, &load, j0, rhs) });
+                let (b0, b1) = (rhs.as_ptr(), rhs[steps * STEP..].as_ptr());
+                for i0 in (0..m).step_by(BLOCK) {
+                    let a0 = self.tiles[(i0 / 16) * steps * STEP..].as_ptr();
+                    let a1 = self.tiles[(i0 / 16 + 1) * steps * STEP..].as_ptr();
+                    let (rows, cols) = (BLOCK.min(m - i0), BLOCK.min(n - j0));
+                    // SAFETY (every block below): the panels hold `steps` steps each; C is a
+                    // full 32×32 block of dst (row stride n) or the local edge buffer.
+                    if rows == BLOCK && cols == BLOCK {
+                        unsafe { kernel(a0, a1, b0, b1, steps, dst.0.add(i0 * n + j0), n, accumulate) };
+                        continue;
+                    }
+                    for r in 0..rows {
+                        for c in 0..cols {
+                            let at = (i0 + r) * n + j0 + c;
+                            edge[r * BLOCK + c] = if accumulate { unsafe { *dst.0.add(at) } } else { 0.0 };
+                        }
+                    }
+                    unsafe { kernel(a0, a1, b0, b1, steps, edge.as_mut_ptr(), BLOCK, true) };
+                    for r in 0..rows {
+                        for c in 0..cols {
+                            unsafe { *dst.0.add((i0 + r) * n + j0 + c) = edge[r * BLOCK + c] };
+                        }
+                    }
+                }
+            }
+            release();
+        }
+        keep(rhs);
+    }
+}
+
+impl Drop for Lhs {
+    fn drop(&mut self) {
+        keep(std::mem::take(&mut self.tiles));
+    }
+}
+
+thread_local! {
+    /// Tile buffers kept for the next product on this thread: a fresh one would cost a zeroing
+    /// pass and freshly faulted pages per image (a fifth of a training step).
+    static SPARE: std::cell::RefCell<Vec<Vec<u16>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A buffer of at least `len` values (contents unspecified: the packing writes each one it
+/// reads): the largest kept one, grown (zeroed) only past every length it had.
+fn spare(len: usize) -> Vec<u16> {
+    let mut buffer = SPARE
+        .with(|s| {
+            let mut s = s.borrow_mut();
+            let largest = (0..s.len()).max_by_key(|&i| s[i].len())?;
+            Some(s.swap_remove(largest))
+        })
+        .unwrap_or_default();
+    if buffer.len() < len {
+        buffer.resize(len, 0);
+    }
+    buffer
+}
+
+/// Keeps a buffer for [`spare`] (a few per thread: the products in flight on it).
+fn keep(buffer: Vec<u16>) {
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < 4 {
+            s.push(buffer);
+        }
+    });
+}
+
+/// dst's first element, shared by the threads that write disjoint columns of it.
+struct Dst(*mut f32);
+// SAFETY: the threads write disjoint elements (`Lhs::columns`).
+unsafe impl Sync for Dst {}
+
+/// Packs columns j0..j0+32 of B [k, n] into two 16-column panels of pair tiles (zeros past n
+/// and k).
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn pack_rhs(k: usize, b: &impl Load, j0: usize, out: &mut [u16]) {
+    let steps = k.div_ceil(BLOCK);
+    // Word indices that interleave a row of 16 bf16 of k with the 16 of k + 1: x0 y0 x1 y1 ….
+    let pairs = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
+        16, 0,
+    );
+    for (half, panel) in out.chunks_exact_mut(steps * STEP).enumerate() {
+        let j = j0 + half * 16;
+        for (s, step) in panel.chunks_exact_mut(STEP).enumerate() {
+            let (hi, lo) = step.split_at_mut(TILE);
+            for q in 0..16 {
+                let kk = s * BLOCK + 2 * q;
+                // SAFETY: this function's features; 32 values of each tile row.
+                unsafe {
+                    let (h, l) = split(b.load16(kk, j), b.load16(kk + 1, j));
+                    _mm512_storeu_si512(hi[q * BLOCK..].as_mut_ptr().cast(), _mm512_permutexvar_epi16(pairs, h));
+                    _mm512_storeu_si512(lo[q * BLOCK..].as_mut_ptr().cast(), _mm512_permutexvar_epi16(pairs, l));
+                }
+            }
+        }
+    }
+}
+
+/// Splits 32 values (16 in `x`, then 16 in `y`) into bf16 halves, returned in that order:
+/// hi the bf16 nearest to each value v, lo the bf16 nearest to v − hi (exact in f32), so that
+/// |v − hi − lo| ≤ 2⁻¹⁷|v|. (Only |v| above bf16's largest value, 3.39·10³⁸, would round hi to
+/// infinity.)
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[inline]
+fn split(x: __m512, y: __m512) -> (__m512i, __m512i) {
+    let bits = |v: __m512bh| -> __m512i {
+        // SAFETY: __m512bh and __m512i are both 64 bytes of plain bits.
+        unsafe { std::mem::transmute(v) }
+    };
+    let hi = bits(_mm512_cvtne2ps_pbh(y, x));
+    // bf16 → f32 is a 16-bit shift into the top half of each lane.
+    let widen = |h: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+    let (hx, hy) = (widen(_mm512_castsi512_si256(hi)), widen(_mm512_extracti64x4_epi64::<1>(hi)));
+    let lo = bits(_mm512_cvtne2ps_pbh(_mm512_sub_ps(y, hy), _mm512_sub_ps(x, hx)));
+    (hi, lo)
+}
+
+/// The tile configuration: all eight tiles 16 rows × 64 bytes (palette 1).
+#[repr(C, align(64))]
+struct Config {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    bytes_per_row: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// Loads the tile configuration on this thread.
+fn configure() {
+    // Palette 1 has eight tiles; the entries of the other eight must be zero.
+    let (mut bytes_per_row, mut rows) = ([0; 16], [0; 16]);
+    bytes_per_row[..8].fill(64);
+    rows[..8].fill(16);
+    let config = Config { palette: 1, start_row: 0, reserved: [0; 14], bytes_per_row, rows };
+    // SAFETY: `available()` held (the caller packed an Lhs only then); the tile registers are
+    // used only by this module's kernels, which run between `configure` and `release`.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
+}
+
+/// Hands the tile state back, so that this thread's context switches stop saving it.
+fn release() {
+    // SAFETY: as in `configure`.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// C [32×32 f32, row stride `ldc` values] (+)= A·B over `steps` 32-deep steps: A in two
+/// 16-row panels `a0`, `a1`, B in two 16-column panels `b0`, `b1`, each a sequence of (hi, lo)
+/// tile pairs. Accumulators tmm0–3 (C's quarters), A tiles tmm4–5, B tiles tmm6–7; per step
+/// the hi·hi, hi·lo and lo·hi products of all four quarters (tile products into one
+/// accumulator are four apart, so that each waits for the previous one less).
+///
+/// SAFETY: the tile configuration is loaded on this thread; the panels hold `steps` (hi, lo)
+/// pairs each; C is 32 rows of `ldc` ≥ 32 values.
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(
+    a0: *const u16,
+    a1: *const u16,
+    b0: *const u16,
+    b1: *const u16,
+    steps: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let ldc_bytes = ldc * 4;
+    // SAFETY: the caller's contract; every access is inside the panels and C.
+    unsafe {
+        asm!(
+            "test {acc}, {acc}",
+            "jz 3f",
+            "tileloadd tmm0, [{c} + {ldc}*1]",
+            "tileloadd tmm1, [{c1} + {ldc}*1]",
+            "tileloadd tmm2, [{c2} + {ldc}*1]",
+            "tileloadd tmm3, [{c3} + {ldc}*1]",
+            "jmp 4f",
+            "3:",
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "4:",
+            // hi_a · hi_b
+            "tileloadd tmm4, [{a0} + {s}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tileloadd tmm5, [{a1} + {s}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {s}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            // hi_a · lo_b
+            "tileloadd tmm6, [{b0} + {s}*1 + 1024]",
+            "tileloadd tmm7, [{b1} + {s}*1 + 1024]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            // lo_a · hi_b
+            "tileloadd tmm4, [{a0} + {s}*1 + 1024]",
+            "tileloadd tmm5, [{a1} + {s}*1 + 1024]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tileloadd tmm7, [{b1} + {s}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a0}, 2048",
+            "add {a1}, 2048",
+            "add {b0}, 2048",
+            "add {b1}, 2048",
+            "dec {steps}",
+            "jnz 4b",
+            "tilestored [{c} + {ldc}*1], tmm0",
+            "tilestored [{c1} + {ldc}*1], tmm1",
+            "tilestored [{c2} + {ldc}*1], tmm2",
+            "tilestored [{c3} + {ldc}*1], tmm3",
+            acc = in(reg) accumulate as usize,
+            a0 = inout(reg) a0 => _,
+            a1 = inout(reg) a1 => _,
+            b0 = inout(reg) b0 => _,
+            b1 = inout(reg) b1 => _,
+            steps = inout(reg) steps => _,
+            s = in(reg) 64usize,
+            c = in(reg) c,
+            c1 = in(reg) c.add(16),
+            c2 = in(reg) c.add(16 * ldc),
+            c3 = in(reg) c.add(16 * ldc + 16),
+            ldc = in(reg) ldc_bytes,
+            options(nostack)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Σ_k a[i,k]·b[k,j] in f64, and Σ_k |a[i,k]·b[k,j]| (the scale of its rounding error).
+    fn reference(m: usize, n: usize, k: usize, a: &[f32], a_t: bool, b: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let (mut c, mut scale) = (vec![0f64; m * n], vec![0f64; m * n]);
+        for i in 0..m {
+            for j in 0..n {
+                for kk in 0..k {
+                    let x = if a_t { a[kk * m + i] } else { a[i * k + kk] } as f64 * b[kk * n + j] as f64;
+                    c[i * n + j] += x;
+                    scale[i * n + j] += x.abs();
+                }
+            }
+        }
+        (c, scale)
+    }
+
+    /// Every shape class the convolutions produce (whole blocks, edges in m, n and k, k below
+    /// one step, one thread or several, accumulating or not), each element within bf16x3's
+    /// bound of the exact sum: 2⁻¹⁵ Σ|a·b| allows the dropped terms and f32 accumulation.
+    #[test]
+    fn products_are_within_bf16x3_accuracy_of_the_exact_sum() {
+        if !available() {
+            eprintln!("no AMX on this CPU: nothing to test");
+            return;
+        }
+        let mut noise = crate::noise::Noise::new(5);
+        for (m, n, k) in [(32, 32, 32), (64, 96, 288), (9, 1024, 32), (37, 45, 9), (128, 64, 1152), (16, 7, 70)] {
+            for (a_t, accumulate, threads) in [(false, false, 1), (true, true, 2), (false, true, 2)] {
+                let a = noise.gaussian_vec(m * k);
+                let b = noise.gaussian_vec(k * n);
+                let start = noise.gaussian_vec(m * n);
+                let mut dst = start.clone();
+                let lhs = if a_t { Source::Columns(&a) } else { Source::Rows(&a) };
+                Lhs::new(m, k, &lhs).times(n, &mut dst, accumulate, &Source::Rows(&b), threads);
+                let (want, scale) = reference(m, n, k, &a, a_t, &b);
+                for i in 0..m * n {
+                    let want = want[i] + if accumulate { start[i] as f64 } else { 0.0 };
+                    let bound = scale[i] * 2f64.powi(-15) + 1e-6 * want.abs();
+                    assert!(
+                        (dst[i] as f64 - want).abs() <= bound,
+                        "m{m} n{n} k{k} a_t {a_t} acc {accumulate}: [{i}] {} vs {want} (bound {bound:e})",
+                        dst[i]
+                    );
+                }
+            }
+        }
+    }
+
+    /// The split: hi + lo within 2⁻¹⁷ of v, for values whose rounding carries, negative ones,
+    /// small ones and large ones.
+    #[test]
+    fn split_halves_sum_to_the_value() {
+        if !available() {
+            return;
+        }
+        let v: [f32; 32] = std::array::from_fn(|i| {
+            [1.0, -3.1415927, 1.0 + f32::EPSILON, 0.1, -1e-30, 6.1e4, 3.0e38, -3.0e38, 0.0, 1.00390625, -2.5e-3, 7.0e20]
+                .get(i)
+                .copied()
+                .unwrap_or(i as f32 * -0.3711 + 0.05)
+        });
+        // SAFETY: AMX CPUs have AVX-512 with BF16 (`available`); 16 values in each load.
+        let (hi, lo) = unsafe { split(_mm512_loadu_ps(v.as_ptr()), _mm512_loadu_ps(v[16..].as_ptr())) };
+        let (hi, lo): ([u16; 32], [u16; 32]) = unsafe { (std::mem::transmute(hi), std::mem::transmute(lo)) };
+        let bf16 = |h: u16| f32::from_bits((h as u32) << 16) as f64;
+        for i in 0..32 {
+            let sum = bf16(hi[i]) + bf16(lo[i]);
+            assert!((sum - v[i] as f64).abs() <= (v[i] as f64).abs() * 2f64.powi(-17), "{}: {sum}", v[i]);
+        }
+    }
+}
