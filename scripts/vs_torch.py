@@ -1,6 +1,7 @@
 """`ddpm bench` against the PyTorch yardstick, alternately, N rounds, on the yardstick's UNet
 (1×32×32, base 32, widths 32/64/128, attention at the lowest level, one block, dropout 0.1):
-prints one JSON line per measurement with both medians, the ratio ddpm/PyTorch of each round
+prints one JSON line per measurement with both medians (and the GFLOP/s they are: the UNet's
+operations, `UNet::flops`, over the time), the ratio ddpm/PyTorch of each round
 and its spread, and a last line naming the CPU, the kernels and the date. Both sides run with
 the same thread count. The yardstick is the team's `torch_bench.py` (same JSON fields as
 `ddpm bench`); pass its path, it is not part of this repository.
@@ -51,6 +52,9 @@ def main():
         cpu = next(iter(ddpm.values()))["cpu"]
         kernels = next(iter(ddpm.values()))["kernels"]
         rounds.append({k: (ddpm[k]["ms"], torch[k]["ms"]) for k in KEYS if k in ddpm and k in torch})
+        # The network's operations per call (ddpm's gflops × ms; the two UNets are the same,
+        # tests/model.rs checks the count against PyTorch's FlopCounterMode).
+        flops = {k: ddpm[k]["gflops"] * ddpm[k]["ms"] * 1e6 for k in KEYS if k in ddpm}
         print(f"# round {r + 1}/{a.rounds} done", file=sys.stderr, flush=True)
     for key in KEYS:
         pairs = [rd[key] for rd in rounds if key in rd]
@@ -61,6 +65,8 @@ def main():
             "what": key[0], "batch": key[1],
             "ddpm_ms": round(statistics.median(d for d, _ in pairs), 2),
             "torch_ms": round(statistics.median(t for _, t in pairs), 2),
+            "ddpm_gflops": round(flops[key] / statistics.median(d for d, _ in pairs) / 1e6, 1),
+            "torch_gflops": round(flops[key] / statistics.median(t for _, t in pairs) / 1e6, 1),
             "ratio": round(statistics.median(ratios), 3),
             "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3),
             "rounds": len(pairs),

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
@@ -66,14 +66,15 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-/// Runs the measurements on `device`, handing each JSON line to `emit`.
+/// Runs the measurements on `device`, handing each JSON line to `emit`; stops at the first
+/// line it cannot take (stdout closed: `ddpm bench | head -1`).
 pub fn run(
     backend: &str,
     unet: &UNetConfig,
     schedule: &ScheduleConfig,
     device: &Device,
     opts: &Options,
-    emit: &mut dyn FnMut(String),
+    emit: &mut dyn FnMut(String) -> std::io::Result<()>,
 ) -> Result<()> {
     let model = unet.init(device);
     let params = model.num_params();
@@ -88,16 +89,23 @@ pub fn run(
     );
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (cpu, kernels) = (cpu_model(), crate::kernels::simd_path());
+    // The network's floating-point operations per call (`UNet::flops`): one forward pass, and
+    // for a training step three (the backward pass's two products per layer, ∂x and ∂W, each
+    // as large as the forward one), so that GFLOP/s shows the distance to the CPU's peak.
+    let flops =
+        |what: &str, batch: usize| model.flops(batch, unet.image_size) * if what == "train_step" { 3.0 } else { 1.0 };
     let mut report = |what: &str, batch: usize, times: Vec<f64>| {
+        let ms = median(times.clone());
         let line = serde_json::json!({
             "backend": backend, "what": what, "batch": batch,
-            "ms": (median(times.clone()) * 1e3).round() / 1e3,
+            "ms": (ms * 1e3).round() / 1e3,
+            "gflops": (flops(what, batch) / ms / 1e6 * 1e3).round() / 1e3,
             "min_ms": times.iter().copied().fold(f64::INFINITY, f64::min),
             "max_ms": times.iter().copied().fold(0.0, f64::max),
             "n": times.len(), "params": params, "threads": threads, "config": config,
             "cpu": cpu, "kernels": kernels,
         });
-        emit(line.to_string());
+        emit(line.to_string()).context("writing the measurements")
     };
     let diffusion = Diffusion::new(schedule.clone());
     let eps_theta = Sharded::new(&model, opts.shards);
@@ -108,7 +116,7 @@ pub fn run(
         for b in [1, 16, 64] {
             let x = noise.gaussian([b, shape[0], shape[1], shape[2]], device);
             let t = diffusion.t_tensor(diffusion.steps() / 2, b, device);
-            report("forward", b, time_call(|| sync(eps_theta.eps(x.clone(), t.clone())), opts.reps, opts.max_seconds));
+            report("forward", b, time_call(|| sync(eps_theta.eps(x.clone(), t.clone())), opts.reps, opts.max_seconds))?;
         }
     }
     if opts.only.contains(&"train_step") {
@@ -133,7 +141,7 @@ pub fn run(
         // A step reads its loss and gradient norm back, so it is complete when it returns.
         let times =
             time_call(|| drop(trainer.step(&data).expect("finite loss on random data")), opts.reps, opts.max_seconds);
-        report("train_step", b, times);
+        report("train_step", b, times)?;
     }
     if opts.only.contains(&"sample_step") {
         // Batch 16 is the yardstick's; 1, 4 and 16 are the page's image counts.
@@ -154,7 +162,7 @@ pub fn run(
                 opts.reps,
                 opts.max_seconds,
             );
-            report("sample_step", b, times);
+            report("sample_step", b, times)?;
         }
     }
     Ok(())

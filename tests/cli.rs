@@ -266,6 +266,11 @@ fn bench_prints_one_json_line_per_measurement() {
         [("forward", 1), ("forward", 16), ("forward", 64), ("sample_step", 1), ("sample_step", 4), ("sample_step", 16)];
     assert_eq!(got, want.map(|(w, b)| (w, b, 60)));
     assert!(lines.iter().all(|l| l["ms"].as_f64().unwrap() > 0.0 && l["backend"] == "flex"));
+    // GFLOP/s is the network's operations (`UNet::flops`) over the median time: batch 16's
+    // forward pass does 16 times batch 1's work.
+    let rate = |i: usize| lines[i]["gflops"].as_f64().unwrap() * lines[i]["ms"].as_f64().unwrap();
+    assert!(rate(0) > 0.0);
+    assert!((rate(1) / rate(0) / 16.0 - 1.0).abs() < 0.01, "{} vs {}", lines[1], lines[0]);
     // Each line says which CPU and which kernels it timed.
     for l in &lines {
         assert!(!l["cpu"].as_str().unwrap().is_empty());
@@ -281,6 +286,26 @@ fn bench_prints_one_json_line_per_measurement() {
         (wgpu_lines == 0) == stderr.contains("# skipping wgpu"),
         "wgpu timed ({wgpu_lines} lines) or skipped with a reason: {stderr}"
     );
+}
+
+/// `ddpm bench | head -1`: once the reader has gone, the next line fails to write; bench stops
+/// there with an error naming it (Rust ignores SIGPIPE, so `println!` would panic instead).
+#[test]
+fn bench_stops_with_an_error_when_stdout_is_closed() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args([&["bench", "--backend", "cpu", "--reps", "3", "--only", "forward,sample_step"][..], MODEL].concat())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("error: writing the measurements") && !stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

@@ -33,6 +33,30 @@ fn parameter_count_matches_pytorch() {
     assert_eq!(reference().init(&device).num_params(), 2_226_817);
 }
 
+/// `UNet::flops` (what `ddpm bench` reports GFLOP/s with) equals what PyTorch's
+/// `FlopCounterMode` counts for the yardstick's UNet on the same config and batch: the
+/// convolutions, transposed convolutions, linear layers and attention products. Three configs:
+/// the yardstick's, MNIST's 28×28 (odd sizes below: 14, 7) and a wider RGB one with attention at
+/// 16×16 and two blocks per level (labml's multipliers 1,2,1,1 are 1,2,2,2 here).
+#[test]
+fn flops_match_pytorchs_flop_counter() {
+    let device = Device::flex();
+    let rgb = UNetConfig {
+        image_channels: 3,
+        image_size: 32,
+        base_channels: 64,
+        channel_mults: vec![1, 2, 2, 2],
+        attn: vec![false, true, false, false],
+        blocks: 2,
+        ..UNetConfig::default()
+    };
+    for (cfg, batch, torch) in
+        [(reference(), 1, 518_381_568.0), (UNetConfig::default(), 2, 791_256_576.0), (rgb, 2, 5_264_310_272.0)]
+    {
+        assert_eq!(cfg.init(&device).flops(batch, cfg.image_size), torch, "{cfg:?}");
+    }
+}
+
 #[test]
 fn output_has_the_input_shape() {
     let device = Device::flex();

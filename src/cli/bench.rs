@@ -1,6 +1,8 @@
 //! `ddpm bench`: JSON lines of the UNet's forward pass, a training step and a sampling step per
 //! backend; wgpu only on a real GPU unless asked for.
 
+use std::io::Write;
+
 use anyhow::{Result, bail, ensure};
 use clap::Args;
 
@@ -58,7 +60,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         };
         let opts =
             bench::Options { reps: a.reps, max_seconds: a.max_seconds, only: only.clone(), shards: backend.shards() };
-        bench::run(name, &unet, &schedule, &device, &opts, &mut |line| println!("{line}"))?;
+        let mut stdout = std::io::stdout().lock();
+        bench::run(name, &unet, &schedule, &device, &opts, &mut |line| {
+            writeln!(stdout, "{line}").and_then(|()| stdout.flush())
+        })?;
     }
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! `ddpm eval`: the quality report on a folder of samples (MNIST-FD or emoji-FD and the rest).
 
+use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use ddpm::eval::{self, Reference};
@@ -31,6 +32,6 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let reference = Reference::named(&a.data)?;
     let classifier =
         a.classifier.unwrap_or_else(|| format!("weights/{}-classifier.safetensors", reference.name).into());
-    println!("{}", eval::run(&reference, &a.samples, &classifier, a.expect_class)?);
-    Ok(())
+    let report = eval::run(&reference, &a.samples, &classifier, a.expect_class)?;
+    writeln!(std::io::stdout(), "{report}").context("writing the report")
 }

@@ -67,6 +67,8 @@ pub(super) enum Source<'a> {
 /// convolution: each row's offset of column 0's source in the image and its tap (kh, kw), and
 /// per tap and 16 columns the mask of the pixels whose source lies inside the image.
 pub(super) struct Taps {
+    /// Values in an image (C_in·H·W): the loads' masks keep them inside that many.
+    image: usize,
     taps: usize,
     rows: Vec<(isize, usize)>,
     masks: Vec<u16>,
@@ -92,7 +94,7 @@ impl Taps {
                 ((c * n) as isize + dy * g.w as isize + dx, tap)
             })
             .collect();
-        Self { taps, rows, masks }
+        Self { image: g.c_in * n, taps, rows, masks }
     }
 }
 
@@ -171,6 +173,7 @@ macro_rules! with_load {
                 $body
             }
             Source::Im2col(x, taps) => {
+                assert!(x.len() >= taps.image, "an image of the convolution's size");
                 let $load = Im2colOf(x, taps);
                 $body
             }
@@ -207,7 +210,7 @@ impl Lhs {
                         // SAFETY: this function's features; 32 values of each tile row.
                         unsafe {
                             let (row, col) = (p * 16 + r, s * BLOCK);
-                            let (h, l) = split(a.load16(row, col), a.load16(row, col + 16));
+                            let (h, l) = split::<false>(a.load16(row, col), a.load16(row, col + 16));
                             _mm512_storeu_si512(hi[r * BLOCK..].as_mut_ptr().cast(), h);
                             _mm512_storeu_si512(lo[r * BLOCK..].as_mut_ptr().cast(), l);
                         }
@@ -339,11 +342,6 @@ unsafe impl Sync for Dst {}
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn pack_rhs(k: usize, b: &impl Load, j0: usize, out: &mut [u16]) {
     let steps = k.div_ceil(BLOCK);
-    // Word indices that interleave a row of 16 bf16 of k with the 16 of k + 1: x0 y0 x1 y1 ….
-    let pairs = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
-        16, 0,
-    );
     for (half, panel) in out.chunks_exact_mut(steps * STEP).enumerate() {
         let j = j0 + half * 16;
         for (s, step) in panel.chunks_exact_mut(STEP).enumerate() {
@@ -352,31 +350,79 @@ fn pack_rhs(k: usize, b: &impl Load, j0: usize, out: &mut [u16]) {
                 let kk = s * BLOCK + 2 * q;
                 // SAFETY: this function's features; 32 values of each tile row.
                 unsafe {
-                    let (h, l) = split(b.load16(kk, j), b.load16(kk + 1, j));
-                    _mm512_storeu_si512(hi[q * BLOCK..].as_mut_ptr().cast(), _mm512_permutexvar_epi16(pairs, h));
-                    _mm512_storeu_si512(lo[q * BLOCK..].as_mut_ptr().cast(), _mm512_permutexvar_epi16(pairs, l));
+                    let (h, l) = split::<true>(b.load16(kk, j), b.load16(kk + 1, j));
+                    _mm512_storeu_si512(hi[q * BLOCK..].as_mut_ptr().cast(), h);
+                    _mm512_storeu_si512(lo[q * BLOCK..].as_mut_ptr().cast(), l);
                 }
             }
         }
     }
 }
 
-/// Splits 32 values (16 in `x`, then 16 in `y`) into bf16 halves, returned in that order:
-/// hi the bf16 nearest to each value v, lo the bf16 nearest to v − hi (exact in f32), so that
-/// |v − hi − lo| ≤ 2⁻¹⁷|v|. (Only |v| above bf16's largest value, 3.39·10³⁸, would round hi to
-/// infinity.)
+/// Splits 32 values (16 in `x`, 16 in `y`) into bf16 halves: hi the bf16 nearest to each value
+/// v, lo the bf16 nearest to v − hi (exact in f32), so that |v − hi − lo| ≤ 2⁻¹⁷|v|. (Only |v|
+/// above bf16's largest value, 3.39·10³⁸, would round hi to infinity.) Returned in tile order:
+/// with `PAIRS` x_j and y_j side by side (B's pair layout), else x's 16 then y's 16 (A's rows).
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[inline]
-fn split(x: __m512, y: __m512) -> (__m512i, __m512i) {
+fn split<const PAIRS: bool>(x: __m512, y: __m512) -> (__m512i, __m512i) {
     let bits = |v: __m512bh| -> __m512i {
         // SAFETY: __m512bh and __m512i are both 64 bytes of plain bits.
         unsafe { std::mem::transmute(v) }
     };
-    let hi = bits(_mm512_cvtne2ps_pbh(y, x));
-    // bf16 → f32 is a 16-bit shift into the top half of each lane.
-    let widen = |h: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
-    let (hx, hy) = (widen(_mm512_castsi512_si256(hi)), widen(_mm512_extracti64x4_epi64::<1>(hi)));
-    let lo = bits(_mm512_cvtne2ps_pbh(_mm512_sub_ps(y, hy), _mm512_sub_ps(x, hx)));
+    // Word j of a 32-word vector to word 2j, word 16 + j to 2j + 1.
+    let pairs = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
+        16, 0,
+    );
+    let order = |v: __m512i| if PAIRS { _mm512_permutexvar_epi16(pairs, v) } else { v };
+    let hi = order(bits(_mm512_cvtne2ps_pbh(y, x)));
+    // hi back in f32 (bf16 is f32's top half): in pair order lane j holds x_j's hi in its low
+    // half and y_j's in its top half; else words j and 16 + j move to the top of lane j.
+    let (hx, hy) = if PAIRS {
+        (_mm512_slli_epi32::<16>(hi), _mm512_and_si512(hi, _mm512_set1_epi32(0xFFFF_0000u32 as i32)))
+    } else {
+        let top = |first: i16| {
+            let idx = _mm512_set_epi16(
+                first + 15,
+                0,
+                first + 14,
+                0,
+                first + 13,
+                0,
+                first + 12,
+                0,
+                first + 11,
+                0,
+                first + 10,
+                0,
+                first + 9,
+                0,
+                first + 8,
+                0,
+                first + 7,
+                0,
+                first + 6,
+                0,
+                first + 5,
+                0,
+                first + 4,
+                0,
+                first + 3,
+                0,
+                first + 2,
+                0,
+                first + 1,
+                0,
+                first,
+                0,
+            );
+            _mm512_maskz_permutexvar_epi16(0xAAAA_AAAA, idx, hi)
+        };
+        (top(0), top(16))
+    };
+    let rest = |v: __m512, h: __m512i| _mm512_sub_ps(v, _mm512_castsi512_ps(h));
+    let lo = order(bits(_mm512_cvtne2ps_pbh(rest(y, hy), rest(x, hx))));
     (hi, lo)
 }
 
@@ -560,13 +606,21 @@ mod tests {
                 .copied()
                 .unwrap_or(i as f32 * -0.3711 + 0.05)
         });
-        // SAFETY: AMX CPUs have AVX-512 with BF16 (`available`); 16 values in each load.
-        let (hi, lo) = unsafe { split(_mm512_loadu_ps(v.as_ptr()), _mm512_loadu_ps(v[16..].as_ptr())) };
-        let (hi, lo): ([u16; 32], [u16; 32]) = unsafe { (std::mem::transmute(hi), std::mem::transmute(lo)) };
         let bf16 = |h: u16| f32::from_bits((h as u32) << 16) as f64;
-        for i in 0..32 {
-            let sum = bf16(hi[i]) + bf16(lo[i]);
-            assert!((sum - v[i] as f64).abs() <= (v[i] as f64).abs() * 2f64.powi(-17), "{}: {sum}", v[i]);
-        }
+        let check = |at: &dyn Fn(usize) -> usize, hi: __m512i, lo: __m512i| {
+            // SAFETY: 64 bytes each.
+            let (hi, lo): ([u16; 32], [u16; 32]) = unsafe { (std::mem::transmute(hi), std::mem::transmute(lo)) };
+            for i in 0..32 {
+                let sum = bf16(hi[at(i)]) + bf16(lo[at(i)]);
+                assert!((sum - v[i] as f64).abs() <= (v[i] as f64).abs() * 2f64.powi(-17), "{}: {sum}", v[i]);
+            }
+        };
+        // SAFETY: AMX CPUs have AVX-512 with BF16 (`available`); 16 values in each load.
+        let (x, y) = unsafe { (_mm512_loadu_ps(v.as_ptr()), _mm512_loadu_ps(v[16..].as_ptr())) };
+        // A's rows: in order; B's pairs: v_j at 2j, v_{16+j} at 2j + 1.
+        let (hi, lo) = unsafe { split::<false>(x, y) };
+        check(&|i| i, hi, lo);
+        let (hi, lo) = unsafe { split::<true>(x, y) };
+        check(&|i| if i < 16 { 2 * i } else { 2 * (i - 16) + 1 }, hi, lo);
     }
 }

@@ -15,6 +15,23 @@ pub(super) fn conv3x3(c_in: usize, c_out: usize, device: &Device) -> Conv2d {
     Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device)
 }
 
+/// Floating-point operations (2 per multiply-add, as PyTorch's `FlopCounterMode` counts them)
+/// of `conv` on one r×r image, and the size of its output.
+pub(super) fn conv_flops(conv: &Conv2d, r: usize) -> (f64, usize) {
+    let [c_out, c_in, k, _] = conv.weight.dims();
+    let pad = match conv.padding {
+        PaddingConfig2d::Explicit(top, _, bottom, _) => top + bottom,
+        _ => 0,
+    };
+    let r_out = (r + pad - k) / conv.stride[0] + 1;
+    (2.0 * (c_out * c_in * k * k * r_out * r_out) as f64, r_out)
+}
+
+/// Floating-point operations of `linear` on one row.
+fn linear_flops(linear: &Linear) -> f64 {
+    2.0 * linear.weight.dims().iter().product::<usize>() as f64
+}
+
 /// Swish(x) = x·σ(x) (labml's `Swish`; burn calls it SiLU).
 fn swish<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     silu(x)
@@ -39,6 +56,11 @@ impl TimeEmbedding {
     /// Width of the embedding.
     pub(super) fn dim(&self) -> usize {
         self.lin2.weight.dims()[1]
+    }
+
+    /// Floating-point operations per image: the two linear layers.
+    pub(super) fn flops(&self) -> f64 {
+        linear_flops(&self.lin1) + linear_flops(&self.lin2)
     }
 
     pub(super) fn forward(&self, t: Tensor<1>) -> Tensor<2> {
@@ -84,6 +106,12 @@ impl ResidualBlock {
         }
     }
 
+    /// Floating-point operations on one r×r image: its convolutions and its time projection.
+    pub(super) fn flops(&self, r: usize) -> f64 {
+        let convs = [Some(&self.conv1), Some(&self.conv2), self.shortcut.as_ref()];
+        convs.into_iter().flatten().map(|c| conv_flops(c, r).0).sum::<f64>() + linear_flops(&self.time_emb)
+    }
+
     pub(super) fn forward(&self, x: Tensor<4>, t: &Tensor<2>, dropout: Option<&mut Noise>) -> Tensor<4> {
         let h = conv2d(&self.conv1, group_norm_swish(&self.norm1, x.clone()));
         let h = h + self.time_emb.forward(swish(t.clone())).unsqueeze_dims::<4>(&[2, 3]);
@@ -121,6 +149,13 @@ impl AttentionBlock {
         }
     }
 
+    /// Floating-point operations on one r×r image: the projections on its r² positions and the
+    /// two products q·kᵀ and softmax·v of r²×r² by the width.
+    pub(super) fn flops(&self, r: usize) -> f64 {
+        let (n, c) = ((r * r) as f64, self.output.weight.dims()[0] as f64);
+        n * (linear_flops(&self.projection) + linear_flops(&self.output)) + 2.0 * 2.0 * n * n * c
+    }
+
     pub(super) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, hh, ww] = x.dims();
         let n = hh * ww;
@@ -151,6 +186,10 @@ impl ResBlock {
         }
     }
 
+    pub(super) fn flops(&self, r: usize) -> f64 {
+        self.res.flops(r) + self.attn.as_ref().map_or(0.0, |a| a.flops(r))
+    }
+
     pub(super) fn forward(&self, x: Tensor<4>, t: &Tensor<2>, dropout: Option<&mut Noise>) -> Tensor<4> {
         let h = self.res.forward(x, t, dropout);
         match &self.attn {
@@ -178,6 +217,12 @@ impl Resample<Conv2d> {
 }
 
 impl Resample<ConvTranspose2d> {
+    /// Floating-point operations on one r×r image (each input pixel meets the whole kernel),
+    /// and the size of the output: 2r.
+    pub(super) fn flops(&self, r: usize) -> (f64, usize) {
+        (2.0 * (self.conv.weight.dims().iter().product::<usize>() * r * r) as f64, 2 * r)
+    }
+
     pub(super) fn up(c: usize, device: &Device) -> Self {
         let conv = ConvTranspose2dConfig::new([c, c], [4, 4]).with_stride([2, 2]).with_padding([1, 1]).init(device);
         Self { conv }

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 mod blocks;
 
-use blocks::conv3x3;
 pub use blocks::{AttentionBlock, ResBlock, Resample, ResidualBlock, TimeEmbedding, sinusoidal_embedding};
+use blocks::{conv_flops, conv3x3};
 
 use crate::kernels::{conv2d, group_norm_swish};
 use crate::limits;
@@ -334,6 +334,39 @@ impl UNet {
     ) -> Tensor<4> {
         let mixes: Option<Vec<ClassMix>> = classes.map(|c| c.iter().map(|&c| c.into()).collect());
         self.forward_with(x, t, mixes.as_deref(), Some(dropout))
+    }
+
+    /// Floating-point operations of one forward pass over `batch` images of `image_size`² pixels (2 per multiply-add,
+    /// as PyTorch's `FlopCounterMode` counts them: the convolutions, linear layers and attention
+    /// products; normalisations and element-wise ops are not counted), walking the layers as
+    /// [`Self::forward_with`] does. `ddpm bench` divides it by the time of a pass.
+    pub fn flops(&self, batch: usize, image_size: usize) -> f64 {
+        let mut r = image_size;
+        let (proj, r0) = conv_flops(&self.image_proj, r);
+        let mut total = self.time_emb.flops() + proj;
+        r = r0;
+        for layer in &self.down {
+            total += match layer {
+                Down::Block(block) => block.flops(r),
+                Down::Downsample(d) => {
+                    let (f, r_out) = conv_flops(&d.conv, r);
+                    r = r_out;
+                    f
+                }
+            };
+        }
+        total += self.middle.res1.flops(r) + self.middle.attn.flops(r) + self.middle.res2.flops(r);
+        for layer in &self.up {
+            total += match layer {
+                Up::Block(block) => block.flops(r),
+                Up::Upsample(u) => {
+                    let (f, r_out) = u.flops(r);
+                    r = r_out;
+                    f
+                }
+            };
+        }
+        (total + conv_flops(&self.final_, r).0) * batch as f64
     }
 
     fn forward_with(
