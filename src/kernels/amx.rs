@@ -59,7 +59,7 @@ pub(super) enum Source<'a> {
     Columns(&'a [f32]),
     /// The im2col matrix of one image of a "same" stride-1 convolution, read from the image
     /// itself (see [`Taps`]): no column matrix is written and read back.
-    Im2col(&'a [f32], &'a Taps),
+    Im2col(&'a Split, &'a Taps),
 }
 
 /// How the im2col matrix of a "same" stride-1 convolution (row (c, kh, kw), column (oy, ox):
@@ -98,21 +98,44 @@ impl Taps {
     }
 }
 
-/// Reads 16 values of an operand [rows, cols] at a time.
+/// Reads an operand [rows, cols] as tile rows of bf16 halves, zeros past either end.
+///
+/// SAFETY (each method): the CPU has AVX-512 F, BW, VL and BF16; `col` is a multiple of 16.
 trait Load {
-    /// Values col..col+16 (col a multiple of 16) of row `row`, zeros past either end.
-    ///
-    /// SAFETY: the CPU has AVX-512 F, BW and BF16.
-    unsafe fn load16(&self, row: usize, col: usize) -> __m512;
+    /// The halves (hi, lo) of columns col..col+32 of row `row`, in order (a row of A).
+    unsafe fn row32(&self, row: usize, col: usize) -> (__m512i, __m512i);
+    /// The halves of columns col..col+16 of rows `row` and `row + 1`, side by side (a row of
+    /// B's pair layout).
+    unsafe fn pairs16(&self, row: usize, col: usize) -> (__m512i, __m512i);
+}
+
+/// Implements [`Load`] from a `load16(row, col)` of 16 f32 values, split as they are read.
+macro_rules! load_from_f32 {
+    ($t:ty) => {
+        impl Load for $t {
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+            #[inline]
+            unsafe fn row32(&self, row: usize, col: usize) -> (__m512i, __m512i) {
+                split::<false>(self.load16(row, col), self.load16(row, col + 16))
+            }
+
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+            #[inline]
+            unsafe fn pairs16(&self, row: usize, col: usize) -> (__m512i, __m512i) {
+                split::<true>(self.load16(row, col), self.load16(row + 1, col))
+            }
+        }
+    };
 }
 
 /// A row-major matrix [rows, cols].
 struct RowsOf<'a>(&'a [f32], usize, usize);
 
-impl Load for RowsOf<'_> {
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+impl RowsOf<'_> {
+    /// Values col..col+16 of row `row`, zeros past either end.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     #[inline]
-    unsafe fn load16(&self, row: usize, col: usize) -> __m512 {
+    fn load16(&self, row: usize, col: usize) -> __m512 {
         let RowsOf(a, rows, cols) = *self;
         if row >= rows || col >= cols {
             return _mm512_setzero_ps();
@@ -124,13 +147,16 @@ impl Load for RowsOf<'_> {
     }
 }
 
+load_from_f32!(RowsOf<'_>);
+
 /// The transpose [rows, cols] of a row-major matrix [cols, rows].
 struct ColumnsOf<'a>(&'a [f32], usize, usize);
 
-impl Load for ColumnsOf<'_> {
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+impl ColumnsOf<'_> {
+    /// Values col..col+16 of row `row`, zeros past either end.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     #[inline]
-    unsafe fn load16(&self, row: usize, col: usize) -> __m512 {
+    fn load16(&self, row: usize, col: usize) -> __m512 {
         let ColumnsOf(a, rows, cols) = *self;
         let mut v = [0f32; 16];
         if row < rows && col < cols {
@@ -143,19 +169,98 @@ impl Load for ColumnsOf<'_> {
     }
 }
 
-/// The im2col matrix [C_in·k·k, H·W] of image x through its [`Taps`].
-struct Im2colOf<'a>(&'a [f32], &'a Taps);
+load_from_f32!(ColumnsOf<'_>);
+
+/// An image [C_in, H, W] split once into bf16 halves: each value appears in k² rows of its
+/// im2col matrix, which read the halves through [`Taps`] instead of splitting it k² times.
+pub(super) struct Split {
+    hi: Vec<u16>,
+    lo: Vec<u16>,
+}
+
+impl Split {
+    pub fn new(x: &[f32]) -> Self {
+        let (mut hi, mut lo) = (spare(x.len()), spare(x.len()));
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+        fn halves(x: &[f32], hi: &mut [u16], lo: &mut [u16]) {
+            for start in (0..x.len()).step_by(32) {
+                let count = (x.len() - start).min(32);
+                let mask = |from: usize| ((1u32 << count.saturating_sub(from).min(16)) - 1) as u16;
+                let words: u32 = if count == 32 { u32::MAX } else { (1u32 << count) - 1 };
+                // SAFETY: the masks read and write the `count` values from `start` only.
+                unsafe {
+                    let v = x.as_ptr().add(start);
+                    let (h, l) = split::<false>(
+                        _mm512_maskz_loadu_ps(mask(0), v),
+                        _mm512_maskz_loadu_ps(mask(16), v.wrapping_add(16)),
+                    );
+                    _mm512_mask_storeu_epi16(hi.as_mut_ptr().add(start).cast(), words, h);
+                    _mm512_mask_storeu_epi16(lo.as_mut_ptr().add(start).cast(), words, l);
+                }
+            }
+        }
+        // SAFETY: `available` (AVX512-BF16 among it) is checked by the caller.
+        unsafe { halves(x, &mut hi[..x.len()], &mut lo[..x.len()]) };
+        Self { hi, lo }
+    }
+}
+
+impl Drop for Split {
+    fn drop(&mut self) {
+        keep(std::mem::take(&mut self.hi));
+        keep(std::mem::take(&mut self.lo));
+    }
+}
+
+/// The im2col matrix [C_in·k·k, H·W] of a [`Split`] image through its [`Taps`].
+struct Im2colOf<'a>(&'a Split, &'a Taps);
+
+impl Im2colOf<'_> {
+    /// Where row `row`'s columns col..col+16 start in the image and which of them lie inside
+    /// it (none past the matrix).
+    #[inline(always)]
+    fn at(&self, row: usize, col: usize) -> (isize, u16) {
+        let taps = self.1;
+        let Some(&(offset, tap)) = taps.rows.get(row) else { return (0, 0) };
+        (offset + col as isize, taps.masks.get((col / 16) * taps.taps + tap).copied().unwrap_or(0))
+    }
+}
 
 impl Load for Im2colOf<'_> {
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     #[inline]
-    unsafe fn load16(&self, row: usize, col: usize) -> __m512 {
-        let Im2colOf(x, taps) = *self;
-        let Some(&(offset, tap)) = taps.rows.get(row) else { return _mm512_setzero_ps() };
-        let Some(&mask) = taps.masks.get((col / 16) * taps.taps + tap) else { return _mm512_setzero_ps() };
-        // SAFETY: the mask keeps the lanes whose source pixel lies inside x (`Taps::new`);
-        // masked-out lanes are not read, wherever they point.
-        unsafe { _mm512_maskz_loadu_ps(mask, x.as_ptr().wrapping_offset(offset + col as isize)) }
+    unsafe fn row32(&self, row: usize, col: usize) -> (__m512i, __m512i) {
+        let ((start, first), (_, second)) = (self.at(row, col), self.at(row, col + 16));
+        let mask = first as u32 | (second as u32) << 16;
+        let Split { hi, lo } = self.0;
+        // SAFETY: the mask keeps the lanes whose source pixel lies inside the image
+        // (`Taps::new`, `Split` holds the image); masked-out lanes are not read.
+        unsafe {
+            (
+                _mm512_maskz_loadu_epi16(mask, hi.as_ptr().wrapping_offset(start).cast()),
+                _mm512_maskz_loadu_epi16(mask, lo.as_ptr().wrapping_offset(start).cast()),
+            )
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    #[inline]
+    unsafe fn pairs16(&self, row: usize, col: usize) -> (__m512i, __m512i) {
+        let ((x, x_mask), (y, y_mask)) = (self.at(row, col), self.at(row + 1, col));
+        // Word j of the first row to 2j, word j of the second to 2j + 1.
+        let pairs = _mm512_set_epi16(
+            47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33,
+            1, 32, 0,
+        );
+        let Split { hi, lo } = self.0;
+        // SAFETY: as in `row32`.
+        let half = |plane: &[u16], at: isize, mask: u16| unsafe {
+            _mm512_castsi256_si512(_mm256_maskz_loadu_epi16(mask, plane.as_ptr().wrapping_offset(at).cast()))
+        };
+        (
+            _mm512_permutex2var_epi16(half(hi, x, x_mask), pairs, half(hi, y, y_mask)),
+            _mm512_permutex2var_epi16(half(lo, x, x_mask), pairs, half(lo, y, y_mask)),
+        )
     }
 }
 
@@ -173,7 +278,7 @@ macro_rules! with_load {
                 $body
             }
             Source::Im2col(x, taps) => {
-                assert!(x.len() >= taps.image, "an image of the convolution's size");
+                assert!(x.hi.len() >= taps.image && x.lo.len() >= taps.image, "an image of the convolution's size");
                 let $load = Im2colOf(x, taps);
                 $body
             }
@@ -200,7 +305,7 @@ impl Lhs {
         let steps = k.div_ceil(BLOCK);
         let mut tiles = spare(panels(m) * steps * STEP);
         let len = panels(m) * steps * STEP;
-        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
         fn pack(k: usize, a: &impl Load, tiles: &mut [u16]) {
             let steps = k.div_ceil(BLOCK);
             for (p, panel) in tiles.chunks_exact_mut(steps * STEP).enumerate() {
@@ -210,7 +315,7 @@ impl Lhs {
                         // SAFETY: this function's features; 32 values of each tile row.
                         unsafe {
                             let (row, col) = (p * 16 + r, s * BLOCK);
-                            let (h, l) = split::<false>(a.load16(row, col), a.load16(row, col + 16));
+                            let (h, l) = a.row32(row, col);
                             _mm512_storeu_si512(hi[r * BLOCK..].as_mut_ptr().cast(), h);
                             _mm512_storeu_si512(lo[r * BLOCK..].as_mut_ptr().cast(), l);
                         }
@@ -223,73 +328,46 @@ impl Lhs {
         Self { m, k, tiles }
     }
 
-    /// dst [m, n] = A·B (`+=` when accumulating) for B [k, n], on `threads` threads of the
-    /// current rayon pool (each takes whole 32-column blocks).
-    pub fn times(&self, n: usize, dst: &mut [f32], accumulate: bool, b: &Source, threads: usize) {
-        assert!(dst.len() >= self.m * n);
-        if let Source::Rows(b) = b {
-            assert!(b.len() >= self.k * n);
-        }
-        let blocks = n.div_ceil(BLOCK);
-        let dst = Dst(dst.as_mut_ptr());
-        let run = |range: std::ops::Range<usize>| {
-            // SAFETY: each call writes only the columns of its own blocks.
-            unsafe { self.columns(n, &dst, accumulate, b, range) }
-        };
-        #[cfg(pool)]
-        if threads > 1 && blocks > 1 {
-            use rayon::prelude::*;
-            let per = blocks.div_ceil(threads);
-            return (0..blocks).step_by(per).collect::<Vec<_>>().into_par_iter().for_each(|start| {
-                run(start..(start + per).min(blocks));
-            });
-        }
-        let _ = threads;
-        run(0..blocks)
-    }
-
-    /// The 32-column blocks `range` of dst: each block's B panel packed, then multiplied by
-    /// every 32-row block of A.
-    ///
-    /// SAFETY: dst holds m·n values and no other thread writes these columns meanwhile.
-    unsafe fn columns(&self, n: usize, dst: &Dst, accumulate: bool, b: &Source, range: std::ops::Range<usize>) {
+    /// dst [m, n] = A·B (`+=` when accumulating) for B [k, n], on this thread: at batch 1,
+    /// where the convolutions would split their products, waking the other thread for each
+    /// one cost more than it saved (docs/speed.md), and from batch 2 on each thread has its
+    /// own images.
+    pub fn times(&self, n: usize, dst: &mut [f32], accumulate: bool, b: &Source) {
         let (m, k, steps) = (self.m, self.k, self.k.div_ceil(BLOCK));
+        assert!(dst.len() >= m * n);
+        if let Source::Rows(b) = b {
+            assert!(b.len() >= k * n);
+        }
         let mut rhs = spare(2 * steps * STEP);
-        {
-            let rhs = &mut rhs[..2 * steps * STEP];
-            let mut edge = [0f32; BLOCK * BLOCK];
-            configure();
-            for block in range {
-                let j0 = block * BLOCK;
-                // SAFETY: AMX CPUs have AVX-512.
-                with_load!(b, k, n, |load| unsafe { pack_rhs(k, &load, j0, rhs) });
-                let (b0, b1) = (rhs.as_ptr(), rhs[steps * STEP..].as_ptr());
-                for i0 in (0..m).step_by(BLOCK) {
-                    let a0 = self.tiles[(i0 / 16) * steps * STEP..].as_ptr();
-                    let a1 = self.tiles[(i0 / 16 + 1) * steps * STEP..].as_ptr();
-                    let (rows, cols) = (BLOCK.min(m - i0), BLOCK.min(n - j0));
-                    // SAFETY (every block below): the panels hold `steps` steps each; C is a
-                    // full 32×32 block of dst (row stride n) or the local edge buffer.
-                    if rows == BLOCK && cols == BLOCK {
-                        unsafe { kernel(a0, a1, b0, b1, steps, dst.0.add(i0 * n + j0), n, accumulate) };
-                        continue;
-                    }
-                    for r in 0..rows {
-                        for c in 0..cols {
-                            let at = (i0 + r) * n + j0 + c;
-                            edge[r * BLOCK + c] = if accumulate { unsafe { *dst.0.add(at) } } else { 0.0 };
-                        }
-                    }
-                    unsafe { kernel(a0, a1, b0, b1, steps, edge.as_mut_ptr(), BLOCK, true) };
-                    for r in 0..rows {
-                        for c in 0..cols {
-                            unsafe { *dst.0.add((i0 + r) * n + j0 + c) = edge[r * BLOCK + c] };
-                        }
-                    }
+        let mut edge = [0f32; BLOCK * BLOCK];
+        configure();
+        for j0 in (0..n).step_by(BLOCK) {
+            // Each 32-column block of B packed once, then multiplied by every 32-row block of A.
+            // SAFETY: `available` (AVX512-BF16 among it) held when this Lhs was packed.
+            with_load!(b, k, n, |load| unsafe { pack_rhs(k, &load, j0, &mut rhs[..2 * steps * STEP]) });
+            let (b0, b1) = (rhs.as_ptr(), rhs[steps * STEP..].as_ptr());
+            for i0 in (0..m).step_by(BLOCK) {
+                let a0 = self.tiles[(i0 / 16) * steps * STEP..].as_ptr();
+                let a1 = self.tiles[(i0 / 16 + 1) * steps * STEP..].as_ptr();
+                let (rows, cols) = (BLOCK.min(m - i0), BLOCK.min(n - j0));
+                if rows == BLOCK && cols == BLOCK {
+                    // SAFETY: the panels hold `steps` steps each; C is a whole 32×32 block of
+                    // dst (row stride n).
+                    unsafe { kernel(a0, a1, b0, b1, steps, dst[i0 * n + j0..].as_mut_ptr(), n, accumulate) };
+                    continue;
+                }
+                for r in 0..rows {
+                    let (c, d) = (&mut edge[r * BLOCK..][..cols], &dst[(i0 + r) * n + j0..][..cols]);
+                    if accumulate { c.copy_from_slice(d) } else { c.fill(0.0) }
+                }
+                // SAFETY: as above, C the local 32×32 edge buffer.
+                unsafe { kernel(a0, a1, b0, b1, steps, edge.as_mut_ptr(), BLOCK, true) };
+                for r in 0..rows {
+                    dst[(i0 + r) * n + j0..][..cols].copy_from_slice(&edge[r * BLOCK..][..cols]);
                 }
             }
-            release();
         }
+        release();
         keep(rhs);
     }
 }
@@ -332,14 +410,9 @@ fn keep(buffer: Vec<u16>) {
     });
 }
 
-/// dst's first element, shared by the threads that write disjoint columns of it.
-struct Dst(*mut f32);
-// SAFETY: the threads write disjoint elements (`Lhs::columns`).
-unsafe impl Sync for Dst {}
-
 /// Packs columns j0..j0+32 of B [k, n] into two 16-column panels of pair tiles (zeros past n
 /// and k).
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 fn pack_rhs(k: usize, b: &impl Load, j0: usize, out: &mut [u16]) {
     let steps = k.div_ceil(BLOCK);
     for (half, panel) in out.chunks_exact_mut(steps * STEP).enumerate() {
@@ -350,7 +423,7 @@ fn pack_rhs(k: usize, b: &impl Load, j0: usize, out: &mut [u16]) {
                 let kk = s * BLOCK + 2 * q;
                 // SAFETY: this function's features; 32 values of each tile row.
                 unsafe {
-                    let (h, l) = split::<true>(b.load16(kk, j), b.load16(kk + 1, j));
+                    let (h, l) = b.pairs16(kk, j);
                     _mm512_storeu_si512(hi[q * BLOCK..].as_mut_ptr().cast(), h);
                     _mm512_storeu_si512(lo[q * BLOCK..].as_mut_ptr().cast(), l);
                 }
@@ -363,7 +436,7 @@ fn pack_rhs(k: usize, b: &impl Load, j0: usize, out: &mut [u16]) {
 /// v, lo the bf16 nearest to v − hi (exact in f32), so that |v − hi − lo| ≤ 2⁻¹⁷|v|. (Only |v|
 /// above bf16's largest value, 3.39·10³⁸, would round hi to infinity.) Returned in tile order:
 /// with `PAIRS` x_j and y_j side by side (B's pair layout), else x's 16 then y's 16 (A's rows).
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 #[inline]
 fn split<const PAIRS: bool>(x: __m512, y: __m512) -> (__m512i, __m512i) {
     let bits = |v: __m512bh| -> __m512i {
@@ -562,7 +635,7 @@ mod tests {
     }
 
     /// Every shape class the convolutions produce (whole blocks, edges in m, n and k, k below
-    /// one step, one thread or several, accumulating or not), each element within bf16x3's
+    /// one step, accumulating or not), each element within bf16x3's
     /// bound of the exact sum: 2⁻¹⁵ Σ|a·b| allows the dropped terms and f32 accumulation.
     #[test]
     fn products_are_within_bf16x3_accuracy_of_the_exact_sum() {
@@ -572,13 +645,13 @@ mod tests {
         }
         let mut noise = crate::noise::Noise::new(5);
         for (m, n, k) in [(32, 32, 32), (64, 96, 288), (9, 1024, 32), (37, 45, 9), (128, 64, 1152), (16, 7, 70)] {
-            for (a_t, accumulate, threads) in [(false, false, 1), (true, true, 2), (false, true, 2)] {
+            for (a_t, accumulate) in [(false, false), (true, true), (false, true)] {
                 let a = noise.gaussian_vec(m * k);
                 let b = noise.gaussian_vec(k * n);
                 let start = noise.gaussian_vec(m * n);
                 let mut dst = start.clone();
                 let lhs = if a_t { Source::Columns(&a) } else { Source::Rows(&a) };
-                Lhs::new(m, k, &lhs).times(n, &mut dst, accumulate, &Source::Rows(&b), threads);
+                Lhs::new(m, k, &lhs).times(n, &mut dst, accumulate, &Source::Rows(&b));
                 let (want, scale) = reference(m, n, k, &a, a_t, &b);
                 for i in 0..m * n {
                     let want = want[i] + if accumulate { start[i] as f64 } else { 0.0 };
@@ -590,6 +663,38 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The im2col matrix read from the split image through its taps (no column matrix) is the
+    /// matrix `im2col` writes out, value for value, as either operand: for channels over
+    /// several 32-deep steps, an odd k, and an image whose pixels do not fill whole blocks.
+    #[test]
+    fn im2col_read_from_the_image_equals_the_written_matrix() {
+        if !available() {
+            return;
+        }
+        let mut noise = crate::noise::Noise::new(7);
+        for (c_in, c_out, h, w) in [(40, 24, 9, 11), (3, 33, 7, 7)] {
+            let g = Geometry::new(&[1, c_in, h, w].into(), &[c_out, c_in, 3, 3].into(), 1, 1);
+            let (rows, n) = g.col();
+            let x = noise.gaussian_vec(c_in * h * w);
+            let mut col = vec![0.0; rows * n];
+            let col = super::super::im2col::im2col(&g, &x, &mut col);
+            let (split, taps) = (Split::new(&x), Taps::new(&g));
+            let read = Source::Im2col(&split, &taps);
+            // As B: W [c_out, rows] · im2col.
+            let weight = Lhs::new(c_out, rows, &Source::Rows(&noise.gaussian_vec(c_out * rows)));
+            let (mut got, mut want) = (vec![0.0; c_out * n], vec![0.0; c_out * n]);
+            weight.times(n, &mut got, false, &read);
+            weight.times(n, &mut want, false, &Source::Rows(col));
+            assert_eq!(got, want, "as the right operand, c_in {c_in}");
+            // As A: im2col [rows, n] · B [n, c_out].
+            let b = noise.gaussian_vec(n * c_out);
+            let (mut got, mut want) = (vec![0.0; rows * c_out], vec![0.0; rows * c_out]);
+            Lhs::new(rows, n, &read).times(c_out, &mut got, false, &Source::Rows(&b));
+            Lhs::new(rows, n, &Source::Rows(col)).times(c_out, &mut want, false, &Source::Rows(&b));
+            assert_eq!(got, want, "as the left operand, c_in {c_in}");
         }
     }
 

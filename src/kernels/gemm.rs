@@ -44,7 +44,7 @@ impl<'a> Lhs<'a> {
         let (m, k) = g.col();
         #[cfg(amx)]
         if let Some(taps) = &unfold.taps {
-            let tiles = Some(super::amx::Lhs::new(m, k, &super::amx::Source::Im2col(x, taps)));
+            let tiles = Some(super::amx::Lhs::new(m, k, &super::amx::Source::Im2col(&super::amx::Split::new(x), taps)));
             return Self { m, k, a: x, a_t: false, tiles };
         }
         Self::new(m, k, if pointwise(g) { x } else { im2col(g, x, col) }, false)
@@ -65,7 +65,8 @@ impl<'a> Lhs<'a> {
         #[cfg(amx)]
         if let (Some(tiles), Some(taps)) = (&self.tiles, &unfold.taps) {
             let n = g.h_out * g.w_out;
-            return tiles.times(n, dst, accumulate, &super::amx::Source::Im2col(x, taps), threads(parallelism));
+            let x = super::amx::Split::new(x);
+            return tiles.times(n, dst, accumulate, &super::amx::Source::Im2col(&x, taps));
         }
         let col = if pointwise(g) { x } else { im2col(g, x, col) };
         self.times(g.h_out * g.w_out, dst, accumulate, col, parallelism)
@@ -77,7 +78,7 @@ impl<'a> Lhs<'a> {
         assert!(dst.len() >= m * n && b.len() >= k * n);
         #[cfg(amx)]
         if let Some(tiles) = &self.tiles {
-            return tiles.times(n, dst, accumulate, &super::amx::Source::Rows(b), threads(parallelism));
+            return tiles.times(n, dst, accumulate, &super::amx::Source::Rows(b));
         }
         // (column stride, row stride) of each operand as gemm reads it.
         let (a_cs, a_rs) = if self.a_t { (m as isize, 1) } else { (1, k as isize) };
@@ -134,12 +135,6 @@ impl Unfold {
         #[cfg(not(amx))]
         false
     }
-}
-
-/// The threads a gemm parallelism stands for.
-#[cfg(amx)]
-fn threads(parallelism: gemm::Parallelism) -> usize {
-    if let gemm::Parallelism::Rayon(t) = parallelism { t } else { 1 }
 }
 
 /// Runs `f(images, their slice of out, parallelism of each product)` over the batch, `out`
