@@ -54,7 +54,8 @@ def main():
         rounds.append({k: (ddpm[k]["ms"], torch[k]["ms"]) for k in KEYS if k in ddpm and k in torch})
         # The network's operations per call (ddpm's gflops × ms; the two UNets are the same,
         # tests/model.rs checks the count against PyTorch's FlopCounterMode).
-        flops = {k: ddpm[k]["gflops"] * ddpm[k]["ms"] * 1e6 for k in KEYS if k in ddpm}
+        # (An older ddpm without the field: no GFLOP/s.)
+        flops = {k: ddpm[k]["gflops"] * ddpm[k]["ms"] * 1e6 for k in KEYS if "gflops" in ddpm.get(k, {})}
         print(f"# round {r + 1}/{a.rounds} done", file=sys.stderr, flush=True)
     for key in KEYS:
         pairs = [rd[key] for rd in rounds if key in rd]
@@ -65,8 +66,8 @@ def main():
             "what": key[0], "batch": key[1],
             "ddpm_ms": round(statistics.median(d for d, _ in pairs), 2),
             "torch_ms": round(statistics.median(t for _, t in pairs), 2),
-            "ddpm_gflops": round(flops[key] / statistics.median(d for d, _ in pairs) / 1e6, 1),
-            "torch_gflops": round(flops[key] / statistics.median(t for _, t in pairs) / 1e6, 1),
+            "ddpm_gflops": round(flops[key] / statistics.median(d for d, _ in pairs) / 1e6, 1) if key in flops else None,
+            "torch_gflops": round(flops[key] / statistics.median(t for _, t in pairs) / 1e6, 1) if key in flops else None,
             "ratio": round(statistics.median(ratios), 3),
             "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3),
             "rounds": len(pairs),
