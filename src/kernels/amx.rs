@@ -380,7 +380,7 @@ impl Drop for Lhs {
 
 thread_local! {
     /// Tile buffers kept for the next product on this thread: a fresh one would cost a zeroing
-    /// pass and freshly faulted pages per image (a fifth of a training step).
+    /// pass and freshly faulted pages per image (about 5 % of a training step).
     static SPARE: std::cell::RefCell<Vec<Vec<u16>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

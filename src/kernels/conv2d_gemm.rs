@@ -43,7 +43,7 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
     // Where the AMX tiles read im2col matrices from the image itself, a "same" convolution's
     // ∂x is one more such convolution, of ∂out with the kernel turned half a turn and its
     // channel axes swapped (the adjoint of a stride-1 correlation): no ∂col is written and
-    // scattered back by col2im. Elsewhere the GEMM + col2im form below is as fast.
+    // scattered back by col2im. Elsewhere ∂x stays GEMM + col2im.
     let g_t = Geometry { c_in: g.c_out, c_out: g.c_in, ..*g };
     let unfold_t = Unfold::new(&g_t);
     let turned = if unfold_t.reads_image() && !pointwise(g) { turned(g, weight) } else { Vec::new() };

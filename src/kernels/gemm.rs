@@ -1,6 +1,6 @@
 //! The matrix products of the convolutions (AMX tiles where the CPU has them, else the `gemm`
-//! crate, the one flex itself uses, with its AVX-512 kernels picked at run time), how a batch is split over threads, a cache-friendly
-//! transpose, and per-thread scratch buffers.
+//! crate, the one flex itself uses, with its AVX-512 kernels picked at run time), how a batch
+//! is split over threads, a cache-friendly transpose, and per-thread scratch buffers.
 
 #[cfg(amx)]
 use super::im2col::same;
@@ -45,7 +45,7 @@ impl<'a> Lhs<'a> {
         #[cfg(amx)]
         if let Some(taps) = &unfold.taps {
             let tiles = Some(super::amx::Lhs::new(m, k, &super::amx::Source::Im2col(&super::amx::Split::new(x), taps)));
-            return Self { m, k, a: x, a_t: false, tiles };
+            return Self { m, k, a: &[], a_t: false, tiles };
         }
         Self::new(m, k, if pointwise(g) { x } else { im2col(g, x, col) }, false)
     }
