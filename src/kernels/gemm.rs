@@ -24,7 +24,11 @@ impl<'a> Lhs<'a> {
         assert!(a.len() >= m * k);
         #[cfg(amx)]
         let tiles = super::amx::available().then(|| {
-            super::amx::Lhs::new(m, k, &if a_t { super::amx::Source::Columns(a) } else { super::amx::Source::Rows(a) })
+            super::amx::Lhs::new(
+                m,
+                k,
+                &if a_t { super::amx_pack::Source::Columns(a) } else { super::amx_pack::Source::Rows(a) },
+            )
         });
         Self {
             m,
@@ -44,7 +48,11 @@ impl<'a> Lhs<'a> {
         let (m, k) = g.col();
         #[cfg(amx)]
         if let Some(taps) = &unfold.taps {
-            let tiles = Some(super::amx::Lhs::new(m, k, &super::amx::Source::Im2col(&super::amx::Split::new(x), taps)));
+            let tiles = Some(super::amx::Lhs::new(
+                m,
+                k,
+                &super::amx_pack::Source::Im2col(&super::amx_pack::Split::new(x), taps),
+            ));
             return Self { m, k, a: &[], a_t: false, tiles };
         }
         Self::new(m, k, if pointwise(g) { x } else { im2col(g, x, col) }, false)
@@ -65,8 +73,8 @@ impl<'a> Lhs<'a> {
         #[cfg(amx)]
         if let (Some(tiles), Some(taps)) = (&self.tiles, &unfold.taps) {
             let n = g.h_out * g.w_out;
-            let x = super::amx::Split::new(x);
-            return tiles.times(n, dst, accumulate, &super::amx::Source::Im2col(&x, taps));
+            let x = super::amx_pack::Split::new(x);
+            return tiles.times(n, dst, accumulate, &super::amx_pack::Source::Im2col(&x, taps));
         }
         let col = if pointwise(g) { x } else { im2col(g, x, col) };
         self.times(g.h_out * g.w_out, dst, accumulate, col, parallelism)
@@ -78,7 +86,7 @@ impl<'a> Lhs<'a> {
         assert!(dst.len() >= m * n && b.len() >= k * n);
         #[cfg(amx)]
         if let Some(tiles) = &self.tiles {
-            return tiles.times(n, dst, accumulate, &super::amx::Source::Rows(b));
+            return tiles.times(n, dst, accumulate, &super::amx_pack::Source::Rows(b));
         }
         // (column stride, row stride) of each operand as gemm reads it.
         let (a_cs, a_rs) = if self.a_t { (m as isize, 1) } else { (1, k as isize) };
@@ -110,12 +118,12 @@ impl<'a> Lhs<'a> {
 }
 
 /// How a convolution unfolds each image into its im2col matrix: written out by [`im2col`], or
-/// read from the image by the AMX packing through its [`super::amx::Taps`] ("same" stride-1
+/// read from the image by the AMX packing through its [`super::amx_pack::Taps`] ("same" stride-1
 /// convolutions on AMX CPUs), worked out once per convolution.
 pub(super) struct Unfold {
     g: Geometry,
     #[cfg(amx)]
-    taps: Option<super::amx::Taps>,
+    taps: Option<super::amx_pack::Taps>,
 }
 
 impl Unfold {
@@ -123,7 +131,7 @@ impl Unfold {
         Self {
             g: *g,
             #[cfg(amx)]
-            taps: (super::amx::available() && same(g)).then(|| super::amx::Taps::new(g)),
+            taps: (super::amx::available() && same(g)).then(|| super::amx_pack::Taps::new(g)),
         }
     }
 

@@ -10,11 +10,14 @@
 //!
 //! The layers: [`conv2d`] and [`group_norm_swish`] are what the model calls and burn's backend
 //! extensions (which backend runs what); [`fused`] is the autodiff plumbing both share; the
-//! slice kernels below them know nothing of burn: [`im2col`], [`gemm`] and [`conv2d_gemm`] for
-//! the convolution, [`group_norm_swish_loops`] for the normalisation.
+//! slice kernels below them know nothing of burn: [`im2col`], [`gemm`] (with `amx` and
+//! `amx_pack` on CPUs with AMX) and [`conv2d_gemm`] for the convolution,
+//! [`group_norm_swish_loops`] for the normalisation.
 
 #[cfg(amx)]
 mod amx;
+#[cfg(amx)]
+mod amx_pack;
 pub mod conv2d;
 mod conv2d_gemm;
 pub mod fused;
