@@ -437,15 +437,30 @@ mod tests {
             return;
         }
         let v: [f32; 32] = std::array::from_fn(|i| {
-            [1.0, -3.1415927, 1.0 + f32::EPSILON, 0.1, -1e-30, 6.1e4, 3.0e38, -3.0e38, 0.0, 1.00390625, -2.5e-3, 7.0e20]
-                .get(i)
-                .copied()
-                .unwrap_or(i as f32 * -0.3711 + 0.05)
+            [
+                1.0,
+                -2.718_282,
+                1.0 + f32::EPSILON,
+                0.1,
+                -1e-30,
+                6.1e4,
+                3.0e38,
+                -3.0e38,
+                0.0,
+                1.0 + 1.0 / 256.0,
+                -2.5e-3,
+                7.0e20,
+            ]
+            .get(i)
+            .copied()
+            .unwrap_or(i as f32 * -0.3711 + 0.05)
         });
         let bf16 = |h: u16| f32::from_bits((h as u32) << 16) as f64;
         let check = |at: &dyn Fn(usize) -> usize, hi: __m512i, lo: __m512i| {
             // SAFETY: 64 bytes each.
-            let (hi, lo): ([u16; 32], [u16; 32]) = unsafe { (std::mem::transmute(hi), std::mem::transmute(lo)) };
+            let (hi, lo) = unsafe {
+                (std::mem::transmute::<__m512i, [u16; 32]>(hi), std::mem::transmute::<__m512i, [u16; 32]>(lo))
+            };
             for i in 0..32 {
                 let sum = bf16(hi[at(i)]) + bf16(lo[at(i)]);
                 assert!((sum - v[i] as f64).abs() <= (v[i] as f64).abs() * 2f64.powi(-17), "{}: {sum}", v[i]);
