@@ -37,13 +37,17 @@ pub(super) enum Source<'a> {
 pub(super) struct Taps {
     /// Values in an image (C_in·H·W): the loads' masks keep them inside that many.
     image: usize,
+    /// k².
     taps: usize,
+    /// Per row (c, kh, kw): where its column 0 reads (c·H·W + (kh − p)·W + kw − p), its tap.
     rows: Vec<(isize, usize)>,
+    /// Per 16 columns and tap: bit j set when column 16·chunk + j reads inside the image.
     masks: Vec<u16>,
 }
 
 impl Taps {
     pub fn new(g: &Geometry) -> Self {
+        assert!(g.stride == 1 && (g.h_out, g.w_out) == (g.h, g.w), "a \"same\" stride-1 convolution");
         let (n, taps, p) = (g.h * g.w, g.k * g.k, g.padding as isize);
         let shift = |tap: usize| ((tap / g.k) as isize - p, (tap % g.k) as isize - p);
         let mut masks = vec![0u16; n.div_ceil(16) * taps];
