@@ -38,6 +38,7 @@ pub(super) fn available() -> bool {
         unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
     })
 }
+
 /// The left operand of a product, packed into tiles once and used for every right operand
 /// (a convolution's weight for every image of a batch).
 pub(super) struct Lhs {
@@ -63,6 +64,13 @@ impl Lhs {
         assert!(dst.len() >= m * n);
         if let Source::Rows(b) = b {
             assert!(b.len() >= k * n);
+        }
+        if k == 0 {
+            // An empty sum (the kernel's step loop needs at least one step).
+            if !accumulate {
+                dst[..m * n].fill(0.0);
+            }
+            return;
         }
         let mut rhs = spare(2 * steps * STEP);
         let mut edge = [0f32; BLOCK * BLOCK];
@@ -102,6 +110,7 @@ impl Drop for Lhs {
         keep(std::mem::take(&mut self.tiles));
     }
 }
+
 /// The tile configuration: all eight tiles 16 rows × 64 bytes (palette 1).
 #[repr(C, align(64))]
 struct Config {
@@ -239,7 +248,7 @@ mod tests {
     }
 
     /// Every shape class the convolutions produce (whole blocks, edges in m, n and k, k below
-    /// one step, accumulating or not), each element within bf16x3's
+    /// one step, an empty sum, accumulating or not), each element within bf16x3's
     /// bound of the exact sum: 2⁻¹⁵ Σ|a·b| allows the dropped terms and f32 accumulation.
     #[test]
     fn products_are_within_bf16x3_accuracy_of_the_exact_sum() {
@@ -248,7 +257,9 @@ mod tests {
             return;
         }
         let mut noise = crate::noise::Noise::new(5);
-        for (m, n, k) in [(32, 32, 32), (64, 96, 288), (9, 1024, 32), (37, 45, 9), (128, 64, 1152), (16, 7, 70)] {
+        for (m, n, k) in
+            [(32, 32, 32), (64, 96, 288), (9, 1024, 32), (37, 45, 9), (128, 64, 1152), (16, 7, 70), (5, 3, 0)]
+        {
             for (a_t, accumulate) in [(false, false), (true, true), (false, true)] {
                 let a = noise.gaussian_vec(m * k);
                 let b = noise.gaussian_vec(k * n);

@@ -278,6 +278,9 @@ pub(super) fn pack_lhs(m: usize, k: usize, a: &Source) -> Vec<u16> {
     let steps = k.div_ceil(BLOCK);
     let len = panels(m) * steps * STEP;
     let mut tiles = spare(len);
+    if len == 0 {
+        return tiles;
+    }
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     fn pack(k: usize, a: &impl Load, tiles: &mut [u16]) {
         let steps = k.div_ceil(BLOCK);
