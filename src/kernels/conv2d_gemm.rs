@@ -5,9 +5,9 @@
 #[cfg(not(target_arch = "wasm32"))]
 use super::gemm::transpose;
 use super::gemm::{Lhs, Unfold, split_batch, with_scratch};
+use super::im2col::Geometry;
 #[cfg(not(target_arch = "wasm32"))]
-use super::im2col::col2im;
-use super::im2col::{Geometry, pointwise};
+use super::im2col::{col2im, pointwise};
 
 /// out[b] = W · im2col(x[b]) + bias.
 pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
@@ -22,7 +22,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> 
     }
     let (weight, unfold) = (Lhs::new(g.c_out, rows, weight, false), Unfold::new(g));
     split_batch(g.batch, &mut out, out_len, |images, out, parallelism| {
-        with_scratch([if pointwise(g) { 0 } else { rows * n }, 0, 0], |[col, _, _]| {
+        with_scratch([unfold.col_len(), 0, 0], |[col, _, _]| {
             for (b, out) in images.zip(out.chunks_mut(out_len)) {
                 weight.times_im2col(&unfold, &x[b * x_len..][..x_len], col, out, true, parallelism);
             }
@@ -50,9 +50,8 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
     let adjoint = (!turned.is_empty()).then(|| Lhs::new(g.c_in, g.c_out * g.k * g.k, &turned, false));
     let partials = split_batch(g.batch, &mut dx, x_len, |images, dx, parallelism| {
         let (mut dw_t, mut db) = (vec![0.0f32; rows * g.c_out], vec![0.0f32; g.c_out]);
-        let col_len = if pointwise(g) { 0 } else { rows * n };
-        let dcol_len = if adjoint.is_some() { 0 } else { col_len };
-        with_scratch([col_len, dcol_len, g.c_out * n], |[col, dcol, d_out_t]| {
+        let dcol_len = if adjoint.is_some() || pointwise(g) { 0 } else { rows * n };
+        with_scratch([unfold.col_len(), dcol_len, g.c_out * n], |[col, dcol, d_out_t]| {
             for (i, (b, dx)) in images.zip(dx.chunks_mut(x_len)).enumerate() {
                 let d_out = &d_out[b * out_len..][..out_len];
                 let x = &x[b * x_len..][..x_len];

@@ -135,8 +135,13 @@ impl Unfold {
         }
     }
 
+    /// The scratch an image's im2col matrix needs: none for a 1×1 convolution or where the
+    /// products read it from the image itself.
+    pub fn col_len(&self) -> usize {
+        if pointwise(&self.g) || self.reads_image() { 0 } else { self.g.col().0 * self.g.col().1 }
+    }
+
     /// Whether the products read the im2col matrix from the image itself (nothing written out).
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn reads_image(&self) -> bool {
         #[cfg(amx)]
         return self.taps.is_some();
