@@ -9,16 +9,20 @@ use burn::tensor::{Device, Tensor};
 use ddpm::kernels::{conv2d, group_norm_swish};
 use ddpm::noise::Noise;
 
-fn time(name: &str, mut f: impl FnMut() -> Tensor<4>) {
+fn time(name: &str, f: impl FnMut() -> Tensor<4>) {
+    println!("{name:40} {:8.2} ms", seconds(f) * 1e3);
+}
+
+/// Seconds per call of `f`, the mean of five after two warm-up calls.
+fn seconds(mut f: impl FnMut() -> Tensor<4>) -> f64 {
     for _ in 0..2 {
         let _ = f().into_data();
     }
-    let t0 = Instant::now();
-    let n = 5;
+    let (t0, n) = (Instant::now(), 5);
     for _ in 0..n {
         let _ = f().into_data();
     }
-    println!("{name:40} {:8.2} ms", t0.elapsed().as_secs_f64() * 1e3 / n as f64);
+    t0.elapsed().as_secs_f64() / n as f64
 }
 
 fn main() {
@@ -47,4 +51,27 @@ fn main() {
         time(&format!("add+mul @64x32x32x32 {tag}"), || run(x.clone() * 2.0 + x.clone()));
         time(&format!("cat dim1 {tag}"), || run(Tensor::cat(vec![x.clone(), x.clone()], 1)));
     }
+    // The shipped MNIST model's 3×3 convolutions, one level each, at one training shard's batch
+    // (32): GFLOP/s counts 2 per multiply-add, three products forward and backward.
+    for (c, size) in [(64, 28), (128, 14), (256, 7)] {
+        let flops = 2.0 * (32 * c * c * 9 * size * size) as f64;
+        for ad in [false, true] {
+            let dev = if ad { device.clone().autodiff() } else { device.clone() };
+            let conv = Conv2dConfig::new([c, c], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(&dev);
+            let x = Noise::new(0).gaussian([32, c, size, size], &dev);
+            let name = format!("conv3x3 {c}->{c} @32x{size}x{size}");
+            if ad {
+                let x = x.require_grad();
+                let grad = || x.grad(&conv2d(&conv, x.clone()).sum().backward()).unwrap();
+                time_flops(&format!("{name} fwd+bwd"), 3.0 * flops, grad);
+            } else {
+                time_flops(&format!("{name} fwd"), flops, || conv2d(&conv, x.clone()));
+            }
+        }
+    }
+}
+
+fn time_flops(name: &str, flops: f64, f: impl FnMut() -> Tensor<4>) {
+    let seconds = seconds(f);
+    println!("{name:40} {:8.2} ms {:7.1} GFLOP/s", seconds * 1e3, flops / seconds / 1e9);
 }

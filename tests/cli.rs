@@ -288,6 +288,25 @@ fn bench_prints_one_json_line_per_measurement() {
     );
 }
 
+/// `DDPM_AMX=off` (like oneDNN's `ONEDNN_MAX_CPU_ISA`) times the AVX-512 path that CPUs
+/// without AMX run, on a CPU that has AMX; elsewhere it changes nothing.
+#[test]
+fn bench_with_amx_off_times_the_path_of_cpus_without_it() {
+    let kernels = |amx: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ddpm"));
+        command.args([&["bench", "--backend", "cpu", "--reps", "1", "--only", "forward"][..], MODEL].concat());
+        if let Some(amx) = amx {
+            command.env("DDPM_AMX", amx);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let first = String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_string();
+        serde_json::from_str::<serde_json::Value>(&first).unwrap()["kernels"].as_str().unwrap().to_string()
+    };
+    let (default, off) = (kernels(None), kernels(Some("off")));
+    assert_eq!(off, default.strip_prefix("amx+").unwrap_or(&default));
+}
+
 /// `ddpm bench | head -1`: once the reader has gone, the next line fails to write; bench stops
 /// there with an error naming it (Rust ignores SIGPIPE, so `println!` would panic instead).
 #[test]

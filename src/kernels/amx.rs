@@ -19,11 +19,15 @@ use std::sync::OnceLock;
 
 use super::amx_pack::{BLOCK, STEP, Source, keep, pack_lhs, pack_rhs, spare};
 
-/// Whether this CPU has AMX with bf16 and the kernel has granted this process the tile state;
-/// checked once.
+/// Whether this CPU has AMX with bf16, the kernel has granted this process the tile state, and
+/// `DDPM_AMX=off` is not set (which measures the AVX-512 path of CPUs without AMX on one that
+/// has it); checked once.
 pub(super) fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
+        if std::env::var_os("DDPM_AMX").is_some_and(|v| v == "off") {
+            return false;
+        }
         // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
         let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
         // The packing converts with AVX512-BF16, which every AMX CPU has.
