@@ -46,6 +46,15 @@ fn main() -> Result<()> {
             npm_install(&root)?;
             cargo(&root, &["fmt", "--all", "--check"])?;
             cargo(&root, &["test", "--release", "-p", "ddpm-web"])?;
+            // On a CPU with AMX the run above tested the convolutions on its tiles; the f32 path
+            // that every other CPU takes is tested again with the tiles switched off.
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(&root)
+                .args(["test", "--release", "-p", "ddpm-web", "--test", "conv2d"])
+                .env("DDPM_AMX", "off")
+                .status()
+                .context("running cargo")?;
+            ensure!(status.success(), "the convolution tests on the f32 path (DDPM_AMX=off) failed");
             // Apart: one invocation for both would unify their dependencies' features and build
             // burn a second time.
             cargo(&root, &["test", "--release", "-p", "xtask"])?;
