@@ -46,18 +46,12 @@ fn main() -> Result<()> {
             npm_install(&root)?;
             cargo(&root, &["fmt", "--all", "--check"])?;
             cargo(&root, &["test", "--release", "-p", "ddpm-web"])?;
-            // On a CPU with AMX the run above tested the convolutions on its tiles; the f32 path
-            // that every other CPU takes is tested again with the tiles switched off.
-            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .current_dir(&root)
-                .args(["test", "--release", "-p", "ddpm-web", "--test", "conv2d"])
-                .env("DDPM_AMX", "off")
-                .status()
-                .context("running cargo")?;
-            ensure!(status.success(), "the convolution tests on the f32 path (DDPM_AMX=off) failed");
             // Apart: one invocation for both would unify their dependencies' features and build
             // burn a second time.
             cargo(&root, &["test", "--release", "-p", "xtask"])?;
+            // On a CPU with AMX the first run tested the convolutions on its tiles; the f32 path
+            // that every other CPU takes is tested again with the tiles switched off.
+            cargo_with(&root, &["test", "--release", "-p", "ddpm-web", "--test", "conv2d"], &[("DDPM_AMX", "off")])?;
             build_web(&root)?;
             // The static folder, for the test that serves it with a plain static server.
             let out = std::env::temp_dir().join(format!("ddpm-dist-{}", std::process::id()));
@@ -86,14 +80,35 @@ fn target_dir(root: &Path) -> PathBuf {
 /// Runs `program args` in `root`; an error names the command, and `missing` says what to
 /// install when the program cannot be started at all.
 fn run(root: &Path, program: impl AsRef<std::ffi::OsStr>, args: &[&str], missing: &str) -> Result<()> {
+    run_with(root, program, args, &[], missing)
+}
+
+/// [`run`] with these environment variables set.
+fn run_with(
+    root: &Path,
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+    env: &[(&str, &str)],
+    missing: &str,
+) -> Result<()> {
     let program = program.as_ref();
-    let status = Command::new(program).current_dir(root).args(args).status().context(missing.to_string())?;
-    ensure!(status.success(), "`{} {}` failed", program.to_string_lossy(), args.join(" "));
+    let status = Command::new(program)
+        .current_dir(root)
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .context(missing.to_string())?;
+    let env: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    ensure!(status.success(), "`{env}{} {}` failed", program.to_string_lossy(), args.join(" "));
     Ok(())
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
-    run(root, std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()), args, "running cargo")
+    cargo_with(root, args, &[])
+}
+
+fn cargo_with(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    run_with(root, std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()), args, env, "running cargo")
 }
 
 /// The npm packages the tests use (playwright-core, pngjs) and binaryen's wasm-opt.
