@@ -39,18 +39,25 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
     let mut dx = vec![0.0f32; g.batch * x_len];
     // Each slice of the batch sums its own ∂Wᵀ and ∂b; the sums are added in batch order, so
     // that a run repeats bit for bit.
-    let (weight_t, unfold) = (Lhs::new(rows, g.c_out, weight, true), Unfold::new(g));
+    let unfold = Unfold::new(g);
     // Where the AMX tiles read im2col matrices from the image itself, a "same" convolution's
     // ∂x is one more such convolution, of ∂out with the kernel turned half a turn and its
     // channel axes swapped (the adjoint of a stride-1 correlation): no ∂col is written and
     // scattered back by col2im. Elsewhere ∂x stays GEMM + col2im.
     let g_t = Geometry { c_in: g.c_out, c_out: g.c_in, ..*g };
     let unfold_t = Unfold::new(&g_t);
-    let turned = if unfold_t.reads_image() && !pointwise(g) { turned(g, weight) } else { Vec::new() };
-    let adjoint = (!turned.is_empty()).then(|| Lhs::new(g.c_in, g.c_out * g.k * g.k, &turned, false));
+    let by_adjoint = unfold_t.reads_image() && !pointwise(g);
+    let turned = if by_adjoint { turned(g, weight) } else { Vec::new() };
+    // The left operand of ∂x's product, packed once and only the one that is used: the turned
+    // kernel, or Wᵀ for ∂col.
+    let dx_lhs = if by_adjoint {
+        Lhs::new(g.c_in, g.c_out * g.k * g.k, &turned, false)
+    } else {
+        Lhs::new(rows, g.c_out, weight, true)
+    };
     let partials = split_batch(g.batch, &mut dx, x_len, |images, dx, parallelism| {
         let (mut dw_t, mut db) = (vec![0.0f32; rows * g.c_out], vec![0.0f32; g.c_out]);
-        let dcol_len = if adjoint.is_some() || pointwise(g) { 0 } else { rows * n };
+        let dcol_len = if by_adjoint || pointwise(g) { 0 } else { rows * n };
         with_scratch([unfold.col_len(), dcol_len, g.c_out * n], |[col, dcol, d_out_t]| {
             for (i, (b, dx)) in images.zip(dx.chunks_mut(x_len)).enumerate() {
                 let d_out = &d_out[b * out_len..][..out_len];
@@ -65,12 +72,12 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
                     *d += row.iter().sum::<f32>();
                 }
                 // ∂col [rows, n] = Wᵀ [rows, C_out] · ∂out [C_out, n]; for a 1×1 conv ∂col is ∂x.
-                if let Some(adjoint) = &adjoint {
-                    adjoint.times_im2col(&unfold_t, d_out, &mut [], dx, false, parallelism);
+                if by_adjoint {
+                    dx_lhs.times_im2col(&unfold_t, d_out, &mut [], dx, false, parallelism);
                 } else if pointwise(g) {
-                    weight_t.times(n, dx, false, d_out, parallelism);
+                    dx_lhs.times(n, dx, false, d_out, parallelism);
                 } else {
-                    weight_t.times(n, dcol, false, d_out, parallelism);
+                    dx_lhs.times(n, dcol, false, d_out, parallelism);
                     col2im(g, dcol, dx);
                 }
             }
