@@ -4,7 +4,7 @@
 # `ddpm eval` on the class folders; one JSON line per w with class agreement (overall and the
 # worst class), MNIST-FD and its floor, confident share, entropy and copies. w = any is `ddpm
 # sample` without --class ("any" in the page: each image its seed's class, at the default w),
-# measured on the unconditional bar; w = 0 is the ∅ row alone.
+# measured on the unconditional bar (any@W: the same at guidance W); w = 0 is the ∅ row alone.
 # Run from the repository root:
 #
 #   scripts/guidance_table.sh WEIGHTS OUT_DIR N ROUNDS [w ... = any 1 2 3 5]
@@ -25,8 +25,9 @@ for w in "${ws[@]}"; do
     block=$out/w$w/block$r seed=$((r * 10 * n))
     if [[ ! -f $block/done ]]; then
       rm -rf "$block"
-      if [[ $w == any ]]; then
-        "$ddpm" sample --weights "$weights" "${sampler[@]}" --seed "$seed" --count $((10 * n)) --out "$block"
+      if [[ $w == any* ]]; then
+        at=() && [[ $w == any@* ]] && at=(--guidance "${w#any@}")
+        "$ddpm" sample --weights "$weights" "${sampler[@]}" "${at[@]}" --seed "$seed" --count $((10 * n)) --out "$block"
       else
         "$ddpm" sample --weights "$weights" "${sampler[@]}" --seed "$seed" --class all --guidance "$w" \
           --count "$n" --out "$block"

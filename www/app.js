@@ -330,7 +330,7 @@ async function main() {
     }
     for (const label of ['class-label', 'guidance-label', 'class-a-label', 'class-b-label']) $(label).hidden = false;
     $('guidance').value = String(limits.default_guidance);
-    const syncGuidance = () => { $('guidance-text').textContent = `w = ${Number($('guidance').value).toFixed(1)}`; };
+    const syncGuidance = () => { $('guidance-text').textContent = `w = ${Number($('guidance').value)}`; };
     $('guidance').addEventListener('input', syncGuidance);
     syncGuidance();
   }

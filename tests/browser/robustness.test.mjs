@@ -127,7 +127,7 @@ test('the inputs take their bounds from the module and the model, not from the H
     counts: [...document.getElementById('count').options].map((o) => Number(o.value)),
     limits: window.ddpmState.limits,
   }));
-  assert.deepEqual(bounds.limits, { max_images: 64, max_frames: 32, max_guidance: 20, default_guidance: 1, diffusion_steps: 200 });
+  assert.deepEqual(bounds.limits, { max_images: 64, max_frames: 32, max_guidance: 20, default_guidance: 1.15, diffusion_steps: 200 });
   assert.deepEqual([bounds.t, bounds.steps, bounds.frames], ['199', '200', '32']);
   assert.equal(bounds.ddpm, 'DDPM, all 200 steps (the paper)');
   assert.ok(bounds.counts.every((n) => n <= 64));
