@@ -2,9 +2,9 @@
 //! bars on 16-sample batches from the page's default sampler (DDIM, 150 steps, η = 1: what the
 //! page draws first), judged by the shipped classifiers, so a broken export or a wrong sampler
 //! cannot land. `ddpm eval` on 1,000 samples is the real measure (docs/mnist-model.md,
-//! docs/emoji-model.md). Two models are shipped: the class-conditional digits (the page's
-//! default, drawn unguided as "any" and guided to a chosen digit) and the unconditional colour
-//! emoji, which keeps the unconditional path (no class embedding in the file) loading and sampling.
+//! docs/emoji-model.md). Two digit models are shipped: the unconditional one (the page's
+//! default, which must keep loading and sampling as it always did) and the class-conditional one;
+//! and one colour model, the emoji.
 
 use burn::tensor::Device;
 use ddpm::data::{Dataset, emoji};
@@ -16,7 +16,8 @@ use ddpm::guidance::{DEFAULT_GUIDANCE, Guidance, Guided};
 use ddpm::sampler::{Method, Sampler};
 use ddpm::weights;
 
-const DIGITS: &str = "weights/mnist.safetensors";
+const CONDITIONAL: &str = "weights/mnist-classes.safetensors";
+const UNCONDITIONAL: &str = "weights/mnist.safetensors";
 const EMOJI: &str = "weights/emoji.safetensors";
 
 /// 16 images of `shape` from `file` (seeds 0..16) at the default guidance, as `class` (None:
@@ -54,7 +55,8 @@ fn draw(file: &str, class: Option<usize>, want_classes: Option<usize>) -> Vec<Ve
     classify("weights/mnist-classifier.safetensors", &samples)
 }
 
-/// "Any" (each image its seed's class): confident, varied digits.
+/// Unguided, or for a conditional model "any" (each image its seed's class): confident, varied
+/// digits.
 fn assert_any_digits(file: &str, probs: &[Vec<f32>]) {
     let (confident, entropy) = (confident_share(probs), class_entropy(probs));
     assert!(confident >= 0.4, "{file}: confidently classified share {confident:.2}");
@@ -62,10 +64,15 @@ fn assert_any_digits(file: &str, probs: &[Vec<f32>]) {
 }
 
 #[test]
-fn the_digit_model_draws_any_digit_and_the_chosen_digit() {
-    assert_any_digits(DIGITS, &draw(DIGITS, None, Some(10)));
+fn the_unconditional_model_draws_digits() {
+    assert_any_digits(UNCONDITIONAL, &draw(UNCONDITIONAL, None, None));
+}
+
+#[test]
+fn the_class_conditional_model_draws_any_digit_unguided_and_the_chosen_digit_guided() {
+    assert_any_digits(CONDITIONAL, &draw(CONDITIONAL, None, Some(10)));
     for class in [3, 8] {
-        let counts = class_counts(&draw(DIGITS, Some(class), Some(10)));
+        let counts = class_counts(&draw(CONDITIONAL, Some(class), Some(10)));
         assert!(counts[class] >= 14, "class {class} guided at w = {DEFAULT_GUIDANCE}: classified as {counts:?}");
     }
 }
