@@ -23,9 +23,9 @@ pub struct Guidance {
 /// The largest guidance strength the CLI and the page accept.
 pub const MAX_GUIDANCE: f64 = 20.0;
 
-/// The strength `ddpm` and the page use unless told otherwise: on the shipped digits, w = 1
-/// draws too many of another digit and w = 1.25 digits too prototypical for the MNIST-FD bar;
-/// this one meets both bars (measured: docs/mnist-model.md).
+/// The strength `ddpm` and the page use unless told otherwise: on the shipped class-conditional
+/// digits, w = 1 draws too many of another digit and w = 1.25 digits too prototypical for the
+/// MNIST-FD bar; this one meets both bars (measured: docs/mnist-model.md).
 pub const DEFAULT_GUIDANCE: f64 = 1.15;
 
 /// The class image `seed` is drawn as when none is asked for ("any"): uniform over the model's
