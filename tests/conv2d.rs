@@ -6,8 +6,10 @@ use burn::module::Param;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::{Device, Tensor};
-use ddpm::kernels::{conv2d, fast_path_calls, simd_path};
+use ddpm::kernels::{conv2d, fast_path_calls};
 use ddpm::noise::Noise;
+
+mod common;
 
 /// (c_in, c_out, kernel, stride, padding): the UNet's 3×3 convs, its Downsample, a shortcut.
 const LAYERS: [(usize, usize, usize, usize, usize); 4] =
@@ -32,13 +34,11 @@ fn fits((_, _, k, _, padding): (usize, usize, usize, usize, usize), size: usize)
     size + 2 * padding >= k
 }
 
-/// Within 1e-5 of the largest value (f32 products in another order), or 2⁻¹² on AMX CPUs, whose
-/// bf16x3 tile products leave each sum within about 2⁻¹⁶ Σ|a·b| (src/kernels/amx.rs), which
-/// cancellation in a gradient's sum turns into several times that of its largest value.
+/// Within `common::kernel_tolerance()` of the largest value (at least 1).
 fn assert_close<const D: usize>(what: &str, got: Tensor<D>, want: Tensor<D>) {
     assert_eq!(got.dims(), want.dims(), "{what}: shape");
     let (got, want) = (got.into_data().try_to_vec::<f32>().unwrap(), want.into_data().try_to_vec::<f32>().unwrap());
-    let tolerance = if simd_path().starts_with("amx") { 2f32.powi(-12) } else { 1e-5 };
+    let tolerance = common::kernel_tolerance();
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!((g - w).abs() <= tolerance * scale, "{what}[{i}]: gemm {g} vs burn {w}");

@@ -174,9 +174,9 @@ fn f32_round_trip_is_bit_exact() {
     let x = Noise::new(1).gaussian([2, 1, 8, 8], &device);
     let t = Tensor::<1>::from_floats([3.0, 900.0], &device);
     // Same weights; the loaded Linear weights are transposed views, so summation order (and the
-    // last bit) may differ.
+    // last bit) may differ, and on AMX CPUs the convolutions' bf16x3 products carry that on.
     for (a, b) in values(model.forward(x.clone(), t.clone())).iter().zip(values(loaded.forward(x, t))) {
-        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        assert!((a - b).abs() < common::kernel_tolerance(), "{a} vs {b}");
     }
 }
 

@@ -5,6 +5,14 @@ use ddpm::data::Dataset;
 use ddpm::train::TrainConfig;
 use ddpm::unet::UNetConfig;
 
+/// How far our kernels may lie from burn's (or from another summation order), relative to the
+/// largest value: 1e-5 for f32 products, 2⁻¹² on AMX CPUs, whose bf16x3 tile products leave each
+/// sum within about 2⁻¹⁶ Σ|a·b| (src/kernels/amx.rs), which cancellation in a gradient's sum
+/// turns into several times that of its largest value.
+pub fn kernel_tolerance() -> f32 {
+    if ddpm::kernels::simd_path().starts_with("amx") { 2f32.powi(-12) } else { 1e-5 }
+}
+
 pub fn tiny() -> UNetConfig {
     UNetConfig {
         image_channels: 1,
