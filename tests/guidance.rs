@@ -159,15 +159,23 @@ fn halfway_row(model: &UNet) -> UNet {
 #[test]
 fn any_class_from_noise_draws_each_image_as_its_seeds_class() {
     // Not ∅: "any" is ancestral sampling of Σ_c p(c) p(x | c), so each image is its seed's
-    // class, guided at w as a named class is; the classes are spread over the model's.
+    // class, guided at w as a named class is; the classes are dealt over the model's.
     let device = Device::flex();
     let model = trained(0.2);
     let (x, t) = inputs(3, &device);
     let seeds = [11u64, 12, 13];
     let classes: Vec<usize> = seeds.iter().map(|&s| prior_class(s, 3)).collect();
     assert_eq!(classes, seeds.iter().map(|&s| prior_class(s, 3)).collect::<Vec<_>>(), "a seed is one class");
-    let drawn: Vec<usize> = (0..60).map(|s| prior_class(s, 3)).collect();
-    assert!((0..3).all(|c| drawn.iter().filter(|&&d| d == c).count() >= 10), "uniform over 3: {drawn:?}");
+    // Dealt, not drawn: every run of 3 seeds from a multiple of 3 holds each class once, in an
+    // order that changes from run to run (drawing each alone, or seed mod 3, fails one of these).
+    let runs: Vec<Vec<usize>> = (0..300u64).map(|r| (3 * r..3 * r + 3).map(|s| prior_class(s, 3)).collect()).collect();
+    for run in &runs {
+        assert_eq!(run.iter().copied().collect::<std::collections::BTreeSet<_>>().len(), 3, "a deck: {run:?}");
+    }
+    let orders: std::collections::BTreeSet<_> = runs.iter().collect();
+    assert_eq!(orders.len(), 6, "the deck is shuffled per run: {orders:?}");
+    let leads = [0, 1, 2].map(|c| runs.iter().filter(|run| run[0] == c).count());
+    assert!(leads.iter().all(|&l| l >= 70), "each class leads a third of the runs (±3.5 σ): {leads:?}");
     for w in [1.0, 2.5] {
         let any = Guidance::from_noise(None, &seeds, w, Some(3)).unwrap().expect("a conditional model is guided");
         let got = values(Guided { model: &model, guidance: Some(&any) }.eps(x.clone(), t.clone()));

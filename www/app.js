@@ -94,7 +94,7 @@ async function startSampling() {
   // DDIM's η: 0 is deterministic, 1 draws fresh noise every step as the paper's sampler does (more
   // confidently classified digits, a higher MNIST-FD: docs/mnist-model.md); full DDPM ignores it.
   // A conditional model draws the chosen class with classifier-free guidance ("any": each image
-  // the class its seed draws, guided the same way).
+  // the class its seed is dealt, guided the same way).
   const cls = model.numClasses ? Number($('class').value) : -1;
   const args = [seed, count, sampleSteps(), Number($('eta').value), cls, Number($('guidance').value)];
   const last = await drive(id, 'sample', args, (step, ms) => {

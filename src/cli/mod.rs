@@ -124,8 +124,9 @@ pub struct SamplerArgs {
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
     /// Draw this class (a class-conditional model only; `any` or left out: from noise, each
-    /// image as its seed's class, drawn uniformly; for `edit`, no class (∅); `all`, for
-    /// `sample`: --count images of every class k into OUT/k/).
+    /// image as its seed's class, dealt so that each run of seeds from a multiple of the class
+    /// count holds every class once; for `edit`, no class (∅); `all`, for `sample`: --count
+    /// images of every class k into OUT/k/).
     #[arg(long)]
     pub class: Option<ClassArg>,
     #[arg(long, help = format!("Classifier-free guidance strength w of a conditional model (0: the ∅ row \

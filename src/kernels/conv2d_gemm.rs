@@ -47,13 +47,12 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
     let g_t = Geometry { c_in: g.c_out, c_out: g.c_in, ..*g };
     let unfold_t = Unfold::new(&g_t);
     let by_adjoint = unfold_t.reads_image() && !pointwise(g);
-    let turned = if by_adjoint { turned(g, weight) } else { Vec::new() };
+    let turned = by_adjoint.then(|| turned(g, weight));
     // The left operand of ∂x's product, packed once and only the one that is used: the turned
     // kernel, or Wᵀ for ∂col.
-    let dx_lhs = if by_adjoint {
-        Lhs::new(g.c_in, g.c_out * g.k * g.k, &turned, false)
-    } else {
-        Lhs::new(rows, g.c_out, weight, true)
+    let dx_lhs = match &turned {
+        Some(turned) => Lhs::new(g.c_in, g.c_out * g.k * g.k, turned, false),
+        None => Lhs::new(rows, g.c_out, weight, true),
     };
     let partials = split_batch(g.batch, &mut dx, x_len, |images, dx, parallelism| {
         let (mut dw_t, mut db) = (vec![0.0f32; rows * g.c_out], vec![0.0f32; g.c_out]);
