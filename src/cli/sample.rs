@@ -52,8 +52,8 @@ pub struct InterpolateArgs {
     /// mix of the two seeds' initial noise, denoised deterministically (ignores --t and --eta).
     #[arg(long, default_value = "noise", value_parser = ["noise", "slerp"])]
     mode: String,
-    /// B's class (a conditional model; `any`: unguided): the frames morph from --class to it
-    /// [default: --class].
+    /// B's class (a conditional model; `any`: the class B's seed is dealt, as in `sample`): the
+    /// frames morph from --class to it [default: --class].
     #[arg(long, requires = "class")]
     to_class: Option<ClassArg>,
     /// Pixel scale of the output strip.

@@ -28,7 +28,7 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
       options: [...document.getElementById('model').options].map((o) => [o.value, o.selected]), model: window.ddpmState.model }));
     // Every shipped model in the manifest's order, then the test's own, which the URL selected.
     const options = rgb.manifest.models.map((m) => [m.id, m.id === 'rgb']);
-    assert.deepEqual(options.slice(0, 2), [['mnist', false], ['mnist-classes', false]]);
+    assert.deepEqual(options.slice(0, 2), [['mnist', false], ['emoji', false]]);
     assert.deepEqual(picker, { hidden: false, options, model: 'rgb' });
     const [seed, count, steps] = [7, 4, 5];
     await sample(page, seed, count, steps, ETA);
