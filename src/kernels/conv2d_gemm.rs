@@ -1,6 +1,10 @@
 //! A convolution's forward and backward passes on row-major slices, per image:
 //! * forward: col = im2col(x) [C_in·k·k, H'·W'], out = W [C_out, C_in·k·k] · col + b;
-//! * backward: ∂Wᵀ += col · ∂outᵀ, ∂b += Σ ∂out, ∂x = col2im(Wᵀ · ∂out).
+//! * backward: ∂Wᵀ += col · ∂outᵀ, ∂b += Σ ∂out, ∂x = col2im(Wᵀ · ∂out);
+//!
+//! except for the 3×3 "same" convolutions, whose forward pass and ∂x run by Winograd's
+//! F(2×2, 3×3) ([`super::winograd`]) where the products are f32, and read the image directly
+//! where they run on AMX tiles.
 
 #[cfg(not(target_arch = "wasm32"))]
 use super::gemm::transpose;
@@ -8,9 +12,14 @@ use super::gemm::{Lhs, Unfold, split_batch, with_scratch};
 use super::im2col::Geometry;
 #[cfg(not(target_arch = "wasm32"))]
 use super::im2col::{col2im, pointwise};
+use super::winograd;
 
 /// out[b] = W · im2col(x[b]) + bias.
 pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let unfold = Unfold::new(g);
+    if !unfold.reads_image() && winograd::applies(g) {
+        return winograd::forward(g, x, weight, Some(bias));
+    }
     let (rows, n) = g.col();
     let (x_len, out_len) = (g.c_in * g.h * g.w, g.c_out * n);
     // Starts as the bias, written once (no zeroing pass first); the products add to it.
@@ -20,7 +29,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> 
             out.resize(out.len() + n, v);
         }
     }
-    let (weight, unfold) = (Lhs::new(g.c_out, rows, weight, false), Unfold::new(g));
+    let weight = Lhs::new(g.c_out, rows, weight, false);
     split_batch(g.batch, &mut out, out_len, |images, out, parallelism| {
         with_scratch([unfold.col_len(), 0, 0], |[col, _, _]| {
             for (b, out) in images.zip(out.chunks_mut(out_len)) {
@@ -36,18 +45,23 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> 
 pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (rows, n) = g.col();
     let (x_len, out_len) = (g.c_in * g.h * g.w, g.c_out * n);
-    let mut dx = vec![0.0f32; g.batch * x_len];
     // Each slice of the batch sums its own ∂Wᵀ and ∂b; the sums are added in batch order, so
     // that a run repeats bit for bit.
     let unfold = Unfold::new(g);
     // Where the AMX tiles read im2col matrices from the image itself, a "same" convolution's
     // ∂x is one more such convolution, of ∂out with the kernel turned half a turn and its
     // channel axes swapped (the adjoint of a stride-1 correlation): no ∂col is written and
-    // scattered back by col2im. Elsewhere ∂x stays GEMM + col2im.
+    // scattered back by col2im. Elsewhere ∂x stays GEMM + col2im, but for the convolutions that
+    // [`winograd`] computes with f32 products, forward and backward.
     let g_t = Geometry { c_in: g.c_out, c_out: g.c_in, ..*g };
     let unfold_t = Unfold::new(&g_t);
+    if !unfold_t.reads_image() && winograd::applies(g) {
+        let [dx, dw, db] = winograd::backward(g, x, weight, d_out);
+        return (dx, dw, db);
+    }
     let by_adjoint = unfold_t.reads_image() && !pointwise(g);
     let turned = by_adjoint.then(|| turned(g, weight));
+    let mut dx = vec![0.0f32; g.batch * x_len];
     // The left operand of ∂x's product, packed once and only the one that is used: the turned
     // kernel, or Wᵀ for ∂col.
     let dx_lhs = match &turned {
@@ -97,7 +111,7 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
 /// W̃ [C_in, C_out, k, k] with W̃[ci, co, kh, kw] = W[co, ci, k − 1 − kh, k − 1 − kw]: the kernel of
 /// the convolution that maps ∂out to ∂x.
 #[cfg(not(target_arch = "wasm32"))]
-fn turned(g: &Geometry, weight: &[f32]) -> Vec<f32> {
+pub(super) fn turned(g: &Geometry, weight: &[f32]) -> Vec<f32> {
     let taps = g.k * g.k;
     let mut turned = vec![0.0f32; weight.len()];
     for (co, per_out) in weight.chunks_exact(g.c_in * taps).enumerate() {

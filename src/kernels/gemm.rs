@@ -88,32 +88,70 @@ impl<'a> Lhs<'a> {
         if let Some(tiles) = &self.tiles {
             return tiles.times(n, dst, accumulate, &super::amx_pack::Source::Rows(b));
         }
-        // (column stride, row stride) of each operand as gemm reads it.
-        let (a_cs, a_rs) = if self.a_t { (m as isize, 1) } else { (1, k as isize) };
-        // SAFETY: the lengths are checked above and the strides index within them.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                accumulate,
-                self.a.as_ptr(),
-                a_cs,
-                a_rs,
-                b.as_ptr(),
-                1,
-                n as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        // (column stride, row stride) of a as gemm reads it.
+        let a = if self.a_t { Strided { data: self.a, cs: m, rs: 1 } } else { Strided { data: self.a, cs: 1, rs: k } };
+        product(m, n, k, Rows(dst, n), accumulate, a, Rows(b, n).into(), parallelism);
+    }
+}
+
+/// A matrix in a slice, rows `rs` apart and contiguous: the products' right operand and result.
+pub(super) struct Rows<T>(pub T, pub usize);
+
+/// A matrix in a slice with its elements `cs` apart along a row and its rows `rs` apart.
+pub(super) struct Strided<'a> {
+    pub data: &'a [f32],
+    pub cs: usize,
+    pub rs: usize,
+}
+
+impl<'a> From<Rows<&'a [f32]>> for Strided<'a> {
+    fn from(Rows(data, rs): Rows<&'a [f32]>) -> Self {
+        Self { data, cs: 1, rs }
+    }
+}
+
+/// dst [m, n] = a [m, k] · b [k, n] (`+=` when accumulating) in f32 on the `gemm` crate, every
+/// operand at its own strides (the Winograd products read and write rows of wider matrices).
+pub(super) fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    Rows(dst, dst_rs): Rows<&mut [f32]>,
+    accumulate: bool,
+    a: Strided,
+    b: Strided,
+    parallelism: gemm::Parallelism,
+) {
+    // The last element each operand's strides reach, when it has any.
+    let last = |rows: usize, cols: usize, cs: usize, rs: usize| {
+        (rows > 0 && cols > 0).then(|| (rows - 1) * rs + (cols - 1) * cs)
+    };
+    assert!(last(m, n, 1, dst_rs).is_none_or(|i| i < dst.len()));
+    assert!(last(m, k, a.cs, a.rs).is_none_or(|i| i < a.data.len()));
+    assert!(last(k, n, b.cs, b.rs).is_none_or(|i| i < b.data.len()));
+    // SAFETY: every index the strides reach is checked above to lie within its slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
     }
 }
 

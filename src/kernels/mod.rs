@@ -14,6 +14,42 @@
 //! `amx_pack` on CPUs with AMX) and [`conv2d_gemm`] for the convolution,
 //! [`group_norm_swish_loops`] for the normalisation.
 
+/// Defines `pub fn $name` whose body runs compiled for AVX-512 or AVX2 when the CPU has
+/// them (16 or 8 lanes where the x86-64 baseline, SSE2, has 4), else as built. Every helper
+/// the body calls is `#[inline(always)]`, so that it is compiled into each version.
+macro_rules! with_simd {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx512($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx2($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has just been checked for AVX-512.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has just been checked for AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 #[cfg(amx)]
 mod amx;
 #[cfg(amx)]
@@ -25,6 +61,7 @@ mod gemm;
 pub mod group_norm_swish;
 mod group_norm_swish_loops;
 mod im2col;
+mod winograd;
 
 pub use conv2d::conv2d;
 pub use fused::fast_path_calls;
