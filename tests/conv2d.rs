@@ -52,8 +52,10 @@ fn outputs_match_burns_conv2d() {
     let device = Device::flex();
     // Batches below, at and above the thread count; even and odd sizes (the stride-2 edge).
     for (i, spec) in LAYERS.into_iter().enumerate() {
-        // Size 1: kernel columns that see only padding.
-        for (batch, size) in [(1, 7), (2, 8), (5, 9), (2, 1)].into_iter().filter(|&(_, size)| fits(spec, size)) {
+        // Size 1: kernel columns that see only padding; (1, 16): one image with enough tiles
+        // for Winograd (its batch-1 path, every phase split over the threads).
+        for (batch, size) in [(1, 7), (2, 8), (5, 9), (2, 1), (1, 16)].into_iter().filter(|&(_, size)| fits(spec, size))
+        {
             let conv = layer(spec, &device);
             let x = Noise::new(i as u64).gaussian([batch, spec.0, size, size + 1], &device);
             let before = fast_path_calls("conv2d");
@@ -76,7 +78,7 @@ fn strided_input_reads_in_logical_order() {
 fn gradients_match_burns_conv2d() {
     let device = Device::flex().autodiff();
     for (i, spec) in LAYERS.into_iter().enumerate() {
-        for (batch, size) in [(1, 6), (3, 9), (2, 1)].into_iter().filter(|&(_, size)| fits(spec, size)) {
+        for (batch, size) in [(1, 6), (3, 9), (2, 1), (1, 16)].into_iter().filter(|&(_, size)| fits(spec, size)) {
             let conv = layer(spec, &device);
             let x = Noise::new(i as u64).gaussian([batch, spec.0, size, size], &device).require_grad();
             let grads = |out: Tensor<4>| {

@@ -2,6 +2,8 @@
 //! crate, the one flex itself uses, with its AVX-512 kernels picked at run time), how a batch
 //! is split over threads, a cache-friendly transpose, and per-thread scratch buffers.
 
+use std::cell::RefCell;
+
 #[cfg(amx)]
 use super::im2col::same;
 use super::im2col::{Geometry, im2col, pointwise};
@@ -243,30 +245,43 @@ pub(super) fn transpose(rows: usize, cols: usize, src: &[f32], dst: &mut [f32]) 
 std::thread_local! {
     /// Per-thread scratch buffers, kept between calls: a fresh one would cost a zeroing pass
     /// and fresh pages every call.
-    static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+    static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+    /// One more, for what a call holds while the batch's slices use [`SCRATCH`] (the Winograd
+    /// kernels' transform).
+    static HELD: RefCell<[Vec<f32>; 1]> = const { RefCell::new([Vec::new()]) };
 }
 
 /// Runs `f` with three buffers of the given lengths (contents unspecified), this thread's
 /// own when free, else fresh ones.
 pub(super) fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce([&mut [f32]; 3]) -> R) -> R {
-    SCRATCH.with(|cell| {
-        let (mut own, mut fresh);
-        let buffers = match cell.try_borrow_mut() {
-            Ok(buffers) => {
-                own = buffers;
-                for (buffer, &len) in own.iter_mut().zip(&lens) {
-                    if buffer.len() < len {
-                        buffer.resize(len, 0.0);
-                    }
+    with_buffers(&SCRATCH, lens, f)
+}
+
+/// [`with_scratch`] for one buffer held across [`split_batch`].
+pub(super) fn with_held<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_buffers(&HELD, [len], |[buffer]| f(buffer))
+}
+
+fn with_buffers<const N: usize, R>(
+    key: &'static std::thread::LocalKey<RefCell<[Vec<f32>; N]>>,
+    lens: [usize; N],
+    f: impl FnOnce([&mut [f32]; N]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut own) => {
+            for (buffer, &len) in own.iter_mut().zip(&lens) {
+                if buffer.len() < len {
+                    buffer.resize(len, 0.0);
                 }
-                &mut *own
             }
-            Err(_) => {
-                fresh = lens.map(|len| vec![0.0; len]);
-                &mut fresh
-            }
-        };
-        let [a, b, c] = buffers;
-        f([&mut a[..lens[0]], &mut b[..lens[1]], &mut c[..lens[2]]])
+            let mut buffers = own.each_mut().into_iter().zip(lens).map(|(b, len)| &mut b[..len]);
+            f(std::array::from_fn(|_| buffers.next().expect("one buffer per length")))
+        }
+        // Taken further up this thread's stack (a kernel called from a task this thread stole
+        // while waiting): fresh buffers.
+        Err(_) => {
+            let mut fresh = lens.map(|len| vec![0.0; len]);
+            f(fresh.each_mut().map(|b| b.as_mut_slice()))
+        }
     })
 }

@@ -15,7 +15,7 @@
 //!
 //! The backward pass uses the same kernel for ∂x (see [`super::conv2d_gemm::backward`]).
 
-use super::gemm::{Rows, Strided, product, split_batch, with_scratch};
+use super::gemm::{Rows, Strided, product, split_batch, with_held, with_scratch};
 use super::im2col::{Geometry, same};
 
 /// Positions of a transformed 4×4 tile: 16 products per convolution.
@@ -26,11 +26,18 @@ const XI: usize = 16;
 /// V stays in this core's L2 cache while the 16 products run.
 const CHUNK_VALUES: usize = 1 << 14;
 
+/// Tiles per call below which the kernel transform (about as costly per kernel as the
+/// products of 40-50 tiles) costs more than the products save: batch 1 at 8×8 and 16×16 keeps
+/// im2col.
+const MIN_TILES: usize = 64;
+
 /// Whether `g` is a convolution this file computes: 3×3, stride 1, padding 1, with at least 8
-/// channels on both sides. The UNet's first and last convolutions (1-3 image channels) keep
-/// im2col: their products are too thin to pay for the transforms.
+/// channels on both sides and [`MIN_TILES`] tiles in the batch. The UNet's first and last
+/// convolutions (1-3 image channels) keep im2col: their products are too thin to pay for the
+/// transforms.
 pub(super) fn applies(g: &Geometry) -> bool {
-    g.k == 3 && g.padding == 1 && same(g) && g.c_in >= 8 && g.c_out >= 8
+    let tiles = g.batch * g.h.div_ceil(2) * g.w.div_ceil(2);
+    g.k == 3 && g.padding == 1 && same(g) && g.c_in >= 8 && g.c_out >= 8 && tiles >= MIN_TILES
 }
 
 /// out[b] = conv(x[b], weight) (+ bias) for a batch of [C_in, H, W] images.
@@ -38,37 +45,49 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
     debug_assert!(applies(g));
     let (hw, tiles, per_chunk) = (g.h * g.w, g.h.div_ceil(2) * g.w.div_ceil(2), images_per_chunk(g));
     let out_len = g.c_out * hw;
-    let mut u = vec![0.0f32; XI * g.c_out * g.c_in];
-    kernel_transform(weight, &mut u);
-    let u = &u;
     // Every value is written by the output transform.
     let mut out = vec![0.0f32; g.batch * out_len];
-    split_batch(g.batch, &mut out, out_len, |images, out, parallelism| {
-        let parallel = !matches!(parallelism, gemm::Parallelism::None);
-        let images: Vec<usize> = images.collect();
-        for (chunk, out) in images.chunks(per_chunk).zip(out.chunks_mut(per_chunk * out_len)) {
-            let n = chunk.len() * tiles;
-            with_scratch([XI * g.c_in * n, XI * g.c_out * n, 0], |[v, m, _]| {
-                transform_inputs(g, x, chunk, v, parallel);
-                // M_ξ [C_out, n] = U_ξ [C_out, C_in] · V_ξ [C_in, n], M laid out [C_out][ξ][n];
-                // split by output channels when the batch is too small to split.
-                let per_part = if parallel { g.c_out.div_ceil(2) } else { g.c_out };
-                each_part(m, per_part * XI * n, parallel, 0, |part, m, _| {
-                    let rows = m.len() / (XI * n);
-                    for xi in 0..XI {
-                        let u = &u[(xi * g.c_out + part * per_part) * g.c_in..][..rows * g.c_in];
-                        let a = Strided { data: u, cs: 1, rs: g.c_in };
-                        let b = Strided { data: &v[xi * n..], cs: 1, rs: XI * n };
-                        product(rows, n, g.c_in, Rows(&mut m[xi * n..], XI * n), false, a, b, gemm::Parallelism::None);
-                    }
+    // U [C_out][ξ][C_in], the output channels spread over the threads.
+    with_held(XI * g.c_out * g.c_in, |u| {
+        let kernels = 9 * g.c_in;
+        each_part(u, XI * g.c_in, true, 0, |co, u, _| kernel_transform(&weight[co * kernels..][..kernels], u));
+        let u = &*u;
+        split_batch(g.batch, &mut out, out_len, |images, out, parallelism| {
+            let parallel = !matches!(parallelism, gemm::Parallelism::None);
+            let images: Vec<usize> = images.collect();
+            for (chunk, out) in images.chunks(per_chunk).zip(out.chunks_mut(per_chunk * out_len)) {
+                let n = chunk.len() * tiles;
+                with_scratch([XI * g.c_in * n, XI * g.c_out * n, 0], |[v, m, _]| {
+                    transform_inputs(g, x, chunk, v, parallel);
+                    // M_ξ [C_out, n] = U_ξ [C_out, C_in] · V_ξ [C_in, n], M laid out [C_out][ξ][n];
+                    // split by output channels when the batch is too small to split.
+                    let per_part = if parallel { g.c_out.div_ceil(2) } else { g.c_out };
+                    each_part(m, per_part * XI * n, parallel, 0, |part, m, _| {
+                        let rows = m.len() / (XI * n);
+                        for xi in 0..XI {
+                            let a =
+                                Strided { data: &u[(part * per_part * XI + xi) * g.c_in..], cs: 1, rs: XI * g.c_in };
+                            let b = Strided { data: &v[xi * n..], cs: 1, rs: XI * n };
+                            product(
+                                rows,
+                                n,
+                                g.c_in,
+                                Rows(&mut m[xi * n..], XI * n),
+                                false,
+                                a,
+                                b,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                    });
+                    each_part(out, hw, parallel, scratch_len(g.h, g.w), |p, plane, scratch| {
+                        let (i, c) = (p / g.c_out, p % g.c_out);
+                        let bias = bias.map_or(0.0, |b| b[c]);
+                        output_transform(&m[c * XI * n + i * tiles..], n, g.h, g.w, bias, plane, scratch);
+                    });
                 });
-                each_part(out, hw, parallel, scratch_len(g.h, g.w), |p, plane, scratch| {
-                    let (i, c) = (p / g.c_out, p % g.c_out);
-                    let bias = bias.map_or(0.0, |b| b[c]);
-                    output_transform(&m[c * XI * n + i * tiles..], n, g.h, g.w, bias, plane, scratch);
-                });
-            });
-        }
+            }
+        });
     });
     out
 }
@@ -191,40 +210,46 @@ fn kernel_adjoint(g: &Geometry, du_t: &[f32]) -> Vec<f32> {
 /// Kernels transformed at a time by [`kernel_transform`], one per vector lane.
 const LANES: usize = 16;
 
-/// G·v for 3-vectors of [`LANES`] lanes, G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]].
+/// G·v for a 3-vector v, G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]].
 #[inline(always)]
-fn g_times(v0: &[f32; LANES], v1: &[f32; LANES], v2: &[f32; LANES]) -> [[f32; LANES]; 4] {
-    let mut out = [*v0, [0.0; LANES], [0.0; LANES], *v2];
-    for l in 0..LANES {
-        out[1][l] = 0.5 * (v0[l] + v1[l] + v2[l]);
-        out[2][l] = 0.5 * (v0[l] - v1[l] + v2[l]);
-    }
-    out
+fn g_times([v0, v1, v2]: [f32; 3]) -> [f32; 4] {
+    [v0, 0.5 * (v0 + v1 + v2), 0.5 * (v0 - v1 + v2), v2]
 }
 
 with_simd! {
-    /// U_ξ [C_out, C_in] = (G g Gᵀ)_ξ for every kernel g = weight[co, ci] (3×3), into
-    /// u [ξ][C_out·C_in]; [`LANES`] kernels at a time, each in its own vector lane.
+    /// U_ξ = G g Gᵀ for the kernels g = weight[co, ci, ·, ·] (3×3) of one output channel, into
+    /// u [ξ][C_in]; [`LANES`] kernels at a time, each in its own vector lane.
     fn kernel_transform(weight: &[f32], u: &mut [f32]) {
-        let pair = weight.len() / 9;
+        let c_in = weight.len() / 9;
         for (block, kernels) in weight.chunks(9 * LANES).enumerate() {
-            // taps[k][l]: tap k (row-major 3×3) of kernel block·LANES + l.
-            let mut taps = [[0.0f32; LANES]; 9];
-            for (l, kernel) in kernels.chunks_exact(9).enumerate() {
-                for (k, &w) in kernel.iter().enumerate() {
-                    taps[k][l] = w;
+            // The last block padded with zero kernels, so that every block is read the same way.
+            let mut padded = [0.0f32; 9 * LANES];
+            let taps: &[f32; 9 * LANES] = match kernels.try_into() {
+                Ok(full) => full,
+                Err(_) => {
+                    padded[..kernels.len()].copy_from_slice(kernels);
+                    &padded
+                }
+            };
+            let mut out = [[0.0f32; LANES]; XI];
+            for l in 0..LANES {
+                // Tap (r, c) of kernel l: each lane reads its own kernel, 9 values apart.
+                let tap = |r: usize, c: usize| taps[l * 9 + r * 3 + c];
+                // G g: each column of g transformed; then (G g Gᵀ)[b, ·] = G · (G g)[b, ·].
+                let c0 = g_times([tap(0, 0), tap(1, 0), tap(2, 0)]);
+                let c1 = g_times([tap(0, 1), tap(1, 1), tap(2, 1)]);
+                let c2 = g_times([tap(0, 2), tap(1, 2), tap(2, 2)]);
+                for b in 0..4 {
+                    let [u0, u1, u2, u3] = g_times([c0[b], c1[b], c2[b]]);
+                    (out[b * 4][l], out[b * 4 + 1][l], out[b * 4 + 2][l], out[b * 4 + 3][l]) = (u0, u1, u2, u3);
                 }
             }
-            // G g: each column of g transformed; then (G g Gᵀ)[b, ·] = G · (G g)[b, ·].
-            let cols: [[[f32; LANES]; 4]; 3] = std::array::from_fn(|j| g_times(&taps[j], &taps[3 + j], &taps[6 + j]));
             let lanes = kernels.len() / 9;
-            for b in 0..4 {
-                for (a, values) in g_times(&cols[0][b], &cols[1][b], &cols[2][b]).iter().enumerate() {
-                    let dst = &mut u[(b * 4 + a) * pair + block * LANES..][..lanes];
-                    match <&mut [f32; LANES]>::try_from(&mut *dst) {
-                        Ok(dst) => *dst = *values,
-                        Err(_) => dst.iter_mut().zip(values).for_each(|(d, &v)| *d = v),
-                    }
+            for (xi, values) in out.iter().enumerate() {
+                let dst = &mut u[xi * c_in + block * LANES..][..lanes];
+                match <&mut [f32; LANES]>::try_from(&mut *dst) {
+                    Ok(dst) => *dst = *values,
+                    Err(_) => dst.iter_mut().zip(values).for_each(|(d, &v)| *d = v),
                 }
             }
         }
