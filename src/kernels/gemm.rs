@@ -225,19 +225,76 @@ pub(super) fn split_batch<R>(
     vec![f(0..batch, out, gemm::Parallelism::None)]
 }
 
-/// dst [cols, rows] = srcᵀ for a row-major src [rows, cols], tile by tile so that both
-/// sides stay in cache.
-#[cfg(not(target_arch = "wasm32"))]
+/// dst [cols, rows] = srcᵀ for a row-major src [rows, cols]: 8×8 blocks in AVX registers
+/// where the CPU has AVX, the edges (and other CPUs) tile by tile so that both sides stay in
+/// cache.
 pub(super) fn transpose(rows: usize, cols: usize, src: &[f32], dst: &mut [f32]) {
     const TILE: usize = 16;
     let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c];
+    let (mut r_done, mut c_done) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        (r_done, c_done) = (rows - rows % 8, cols - cols % 8);
+        for r0 in (0..r_done).step_by(8) {
+            for c0 in (0..c_done).step_by(8) {
+                // SAFETY: AVX is present, and rows r0..r0 + 8 of src from column c0 on, rows
+                // c0..c0 + 8 of dst from column r0 on, lie within the slices (checked lengths).
+                unsafe { transpose8x8(src[r0 * cols + c0..].as_ptr(), cols, dst[c0 * rows + r0..].as_mut_ptr(), rows) };
+            }
+        }
+    }
+    // What the blocks left: the last rows % 8 rows, and the last cols % 8 columns of the others.
+    let mut scalar = |rs: std::ops::Range<usize>, cs: std::ops::Range<usize>| {
+        for r0 in rs.clone().step_by(TILE) {
+            for c0 in cs.clone().step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rs.end) {
+                    for c in c0..(c0 + TILE).min(cs.end) {
+                        dst[c * rows + r] = src[r * cols + c];
+                    }
                 }
             }
+        }
+    };
+    scalar(r_done..rows, 0..cols);
+    scalar(0..r_done, c_done..cols);
+}
+
+/// Transposes the 8×8 block at `src` (rows `src_stride` apart) into `dst` (rows `dst_stride`
+/// apart): pairs of rows interleaved, then pairs of pairs, then the 128-bit halves swapped.
+///
+/// # Safety
+/// The CPU has AVX; 8 rows of 8 values from `src` and `dst` are valid.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose8x8(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's.
+    let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(i * src_stride)) });
+    let t = [
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+        _mm256_unpacklo_ps(r[4], r[5]),
+        _mm256_unpackhi_ps(r[4], r[5]),
+        _mm256_unpacklo_ps(r[6], r[7]),
+        _mm256_unpackhi_ps(r[6], r[7]),
+    ];
+    let s = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    for i in 0..4 {
+        // SAFETY: the caller's.
+        unsafe {
+            _mm256_storeu_ps(dst.add(i * dst_stride), _mm256_permute2f128_ps::<0x20>(s[i], s[i + 4]));
+            _mm256_storeu_ps(dst.add((i + 4) * dst_stride), _mm256_permute2f128_ps::<0x31>(s[i], s[i + 4]));
         }
     }
 }

@@ -1,95 +1,155 @@
-//! The UNet's 3×3 "same" convolutions by Winograd's minimal filtering F(2×2, 3×3) (Lavin &
+//! The UNet's 3×3 "same" convolutions by Winograd's minimal filtering F(4×4, 3×3) (Lavin &
 //! Gray, "Fast Algorithms for Convolutional Neural Networks", arXiv 1509.09308), where the
 //! products run in f32 (every CPU without AMX, and the browser's CPU fallback).
 //!
-//! Each 2×2 block of output pixels ("tile") is computed from the 4×4 input patch d around it as
+//! Each 4×4 block of output pixels ("tile") is computed from the 6×6 input patch d around it as
 //!
 //!   Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A,
 //!
-//! so that per tile and channel pair the 36 multiply-adds of direct convolution become 16. Summed
-//! over the input channels, position ξ of the 4×4 transformed tiles is one matrix product over
-//! all tiles at once: M_ξ [C_out, tiles] = U_ξ [C_out, C_in] · V_ξ [C_in, tiles], with U = G g Gᵀ
-//! (the kernel transform), V = Bᵀ d B (the input transform), and Y read back by the output
-//! transform. 2.25× fewer flops than im2col's product, and no im2col matrix; the transforms'
-//! coefficients are 0, ±1 and ±½, so they round no more than a few additions do.
+//! so that per tile and channel pair the 144 multiply-adds of direct convolution become 36.
+//! Summed over the input channels, position ξ of the 6×6 transformed tiles is one matrix product
+//! over all tiles at once: M_ξ [C_out, tiles] = U_ξ [C_out, C_in] · V_ξ [C_in, tiles], with
+//! U = G g Gᵀ (the kernel transform), V = Bᵀ d B (the input transform), and Y read back by the
+//! output transform: 4× fewer flops than im2col's product, and no im2col matrix. The matrices
+//! (interpolation at 0, ±1, ±2 and ∞) are those of the paper, [`bt`], [`g`], [`at`].
 //!
-//! The backward pass uses the same kernel for ∂x (see [`super::conv2d_gemm::backward`]).
+//! The backward pass runs the same algorithm: ∂x is the convolution of ∂out with the kernel
+//! turned, and ∂W comes from ∂U_ξ = Σ_tiles ∂M_ξ V_ξᵀ, each transform's adjoint taking it back.
 
-use super::gemm::{Rows, Strided, product, split_batch, with_held, with_scratch};
+use super::gemm::{Rows, Strided, product, split_batch, transpose, with_held, with_scratch};
 use super::im2col::{Geometry, same};
 
-/// Positions of a transformed 4×4 tile: 16 products per convolution.
-const XI: usize = 16;
+/// Output tile m and input tile α = m + 2 of F(m×m, 3×3).
+const M: usize = 4;
+const ALPHA: usize = M + 2;
+/// Positions of a transformed tile: one product each per convolution.
+const XI: usize = ALPHA * ALPHA;
 
-/// Values of V_ξ per product (64 KB, V about 1 MB): images whose tiles go through the
+/// Values of V_ξ per product (32 KB, V about 1.2 MB): images whose tiles go through the
 /// products together, so that small images make one product per ξ rather than one each, and
-/// V stays in this core's L2 cache while the 16 products run.
-const CHUNK_VALUES: usize = 1 << 14;
+/// V stays in this core's L2 cache while the products run.
+const CHUNK_VALUES: usize = 1 << 13;
 
-/// Tiles per call below which the kernel transform (about as costly per kernel as the
-/// products of 40-50 tiles) costs more than the products save: batch 1 at 8×8 and 16×16 keeps
+/// Pixels per call below which the kernel transform (about as costly per kernel as the
+/// products of a few hundred pixels) costs more than the products save: batch 1 at 8×8 keeps
 /// im2col.
-const MIN_TILES: usize = 64;
+const MIN_PIXELS: usize = 256;
+
+/// Tiles down and across an [H, W] plane.
+fn tiles(h: usize, w: usize) -> (usize, usize) {
+    (h.div_ceil(M), w.div_ceil(M))
+}
 
 /// Whether `g` is a convolution this file computes: 3×3, stride 1, padding 1, with at least 8
-/// channels on both sides and [`MIN_TILES`] tiles in the batch. The UNet's first and last
+/// channels on both sides and [`MIN_PIXELS`] pixels in the batch. The UNet's first and last
 /// convolutions (1-3 image channels) keep im2col: their products are too thin to pay for the
 /// transforms.
 pub(super) fn applies(g: &Geometry) -> bool {
-    let tiles = g.batch * g.h.div_ceil(2) * g.w.div_ceil(2);
-    g.k == 3 && g.padding == 1 && same(g) && g.c_in >= 8 && g.c_out >= 8 && tiles >= MIN_TILES
+    g.k == 3 && g.padding == 1 && same(g) && g.c_in >= 8 && g.c_out >= 8 && g.batch * g.h * g.w >= MIN_PIXELS
 }
 
 /// out[b] = conv(x[b], weight) (+ bias) for a batch of [C_in, H, W] images.
 pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     debug_assert!(applies(g));
-    let (hw, tiles, per_chunk) = (g.h * g.w, g.h.div_ceil(2) * g.w.div_ceil(2), images_per_chunk(g));
+    let (hw, (th, tw), per_chunk) = (g.h * g.w, tiles(g.h, g.w), images_per_chunk(g));
     let out_len = g.c_out * hw;
-    // Every value is written by the output transform.
+    let no_bias = vec![0.0f32; g.c_out];
+    let bias = bias.unwrap_or(&no_bias);
+    // Every value is written by the last transpose.
     let mut out = vec![0.0f32; g.batch * out_len];
-    // U [C_out][ξ][C_in], the output channels spread over the threads.
-    with_held(XI * g.c_out * g.c_in, |u| {
-        let kernels = 9 * g.c_in;
-        each_part(u, XI * g.c_in, true, 0, |co, u, _| kernel_transform(&weight[co * kernels..][..kernels], u));
+    with_held(g.c_in * XI * g.c_out, |u| {
+        transform_kernels(g, weight, u);
         let u = &*u;
         split_batch(g.batch, &mut out, out_len, |images, out, parallelism| {
             let parallel = !matches!(parallelism, gemm::Parallelism::None);
             let images: Vec<usize> = images.collect();
             for (chunk, out) in images.chunks(per_chunk).zip(out.chunks_mut(per_chunk * out_len)) {
-                let n = chunk.len() * tiles;
-                with_scratch([XI * g.c_in * n, XI * g.c_out * n, 0], |[v, m, _]| {
-                    transform_inputs(g, x, chunk, v, parallel);
-                    // M_ξ [C_out, n] = U_ξ [C_out, C_in] · V_ξ [C_in, n], M laid out [C_out][ξ][n];
-                    // split by output channels when the batch is too small to split.
-                    let per_part = if parallel { g.c_out.div_ceil(2) } else { g.c_out };
-                    each_part(m, per_part * XI * n, parallel, 0, |part, m, _| {
-                        let rows = m.len() / (XI * n);
+                let (rows, n) = (chunk.len() * th, chunk.len() * th * tw);
+                let pixels = chunk.len() * hw * g.c_in.max(g.c_out);
+                with_scratch([pixels, n * XI * g.c_in, n * XI * g.c_out], |[xy, v, m]| {
+                    transform_inputs(g, x, chunk, xy, v, parallel);
+                    // M_ξᵀ [tiles, C_out] = V_ξᵀ [tiles, C_in] · U_ξᵀ [C_in, C_out], M laid out
+                    // [tile][ξ][C_out].
+                    let cut = |r: usize| [r * tw * XI * g.c_in, r * tw * XI * g.c_out];
+                    on_bands(rows, parallel, [v, m], cut, |band, [v, m]| {
                         for xi in 0..XI {
-                            let a =
-                                Strided { data: &u[(part * per_part * XI + xi) * g.c_in..], cs: 1, rs: XI * g.c_in };
-                            let b = Strided { data: &v[xi * n..], cs: 1, rs: XI * n };
-                            product(
-                                rows,
-                                n,
-                                g.c_in,
-                                Rows(&mut m[xi * n..], XI * n),
-                                false,
-                                a,
-                                b,
-                                gemm::Parallelism::None,
-                            );
+                            let a = Strided { data: &v[xi * g.c_in..], cs: 1, rs: XI * g.c_in };
+                            let b = Strided { data: &u[xi * g.c_out..], cs: 1, rs: XI * g.c_out };
+                            let dst = Rows(&mut m[xi * g.c_out..], XI * g.c_out);
+                            product(band.len() * tw, g.c_out, g.c_in, dst, false, a, b, gemm::Parallelism::None);
                         }
                     });
-                    each_part(out, hw, parallel, scratch_len(g.h, g.w), |p, plane, scratch| {
-                        let (i, c) = (p / g.c_out, p % g.c_out);
-                        let bias = bias.map_or(0.0, |b| b[c]);
-                        output_transform(&m[c * XI * n + i * tiles..], n, g.h, g.w, bias, plane, scratch);
-                    });
+                    // Y pixel-major ([image][H·W][C_out]) in xy, then each image transposed into out.
+                    let m = &*m;
+                    let pixel_row = |r: usize| (r / th * hw + (M * (r % th)).min(g.h) * g.w) * g.c_out;
+                    let y = &mut xy[..chunk.len() * hw * g.c_out];
+                    on_bands(
+                        rows,
+                        parallel,
+                        [y],
+                        |r| [pixel_row(r)],
+                        |band, [y]| {
+                            let mut s = vec![0.0f32; M * ALPHA * g.c_out];
+                            let mut junk = vec![0.0f32; M * g.c_out];
+                            let first = pixel_row(band.start);
+                            for r in band {
+                                let (ty, base) = (r % th, pixel_row(r) - first);
+                                for tx in 0..tw {
+                                    let m = &m[(r * tw + tx) * XI * g.c_out..][..XI * g.c_out];
+                                    tile_output(
+                                        m,
+                                        bias,
+                                        g.h - M * ty,
+                                        g.w - M * tx,
+                                        g.w,
+                                        &mut y[base + M * tx * g.c_out..],
+                                        &mut s,
+                                        &mut junk,
+                                    );
+                                }
+                            }
+                        },
+                    );
+                    for (i, out) in out.chunks_mut(out_len).enumerate() {
+                        transpose(hw, g.c_out, &xy[i * hw * g.c_out..][..hw * g.c_out], out);
+                    }
                 });
             }
         });
     });
     out
+}
+
+/// U [C_in][ξ][C_out], spread over the threads: what every product of a call multiplies by.
+fn transform_kernels(g: &Geometry, weight: &[f32], u: &mut [f32]) {
+    each_part(u, XI * g.c_out, true, 0, |ci, u, _| kernel_transform(weight, g.c_in, ci, u));
+}
+
+/// Runs f(tile rows, buffers' parts) over `rows` tile rows, as two bands on both threads when
+/// `parallel` (batch 1), else as one; `cut(r)`: where tile row r starts in each buffer.
+fn on_bands<const K: usize>(
+    rows: usize,
+    parallel: bool,
+    buffers: [&mut [f32]; K],
+    cut: impl Fn(usize) -> [usize; K],
+    f: impl Fn(std::ops::Range<usize>, [&mut [f32]; K]) + Sync,
+) {
+    #[cfg(pool)]
+    if parallel && rows >= 2 {
+        let (mid, at) = (rows / 2, cut(rows / 2));
+        let mut lo_hi = buffers.into_iter().zip(at).map(|(b, at)| b.split_at_mut(at));
+        let halves: [(&mut [f32], &mut [f32]); K] = std::array::from_fn(|_| lo_hi.next().expect("K buffers"));
+        let (mut lo, mut hi) = (Vec::with_capacity(K), Vec::with_capacity(K));
+        for (l, h) in halves {
+            lo.push(l);
+            hi.push(h);
+        }
+        let (lo, hi): ([&mut [f32]; K], [&mut [f32]; K]) = (lo.try_into().expect("K"), hi.try_into().expect("K"));
+        rayon::join(|| f(0..mid, lo), || f(mid..rows, hi));
+        return;
+    }
+    let _ = (parallel, cut);
+    f(0..rows, buffers)
 }
 
 /// f(index, part, scratch) for each part of `data` (`len` values each, the last one possibly
@@ -118,39 +178,41 @@ fn each_part(
 /// (∂x, ∂W, ∂b) from ∂out. ∂x is the convolution of ∂out with the kernel turned half a turn
 /// and its channel axes swapped, so [`forward`] again. ∂W by the same algorithm run backwards:
 /// ∂M = A ∂Y Aᵀ per tile (the adjoint of the output transform), ∂U_ξ = Σ_tiles ∂M_ξ V_ξᵀ (one
-/// product per ξ, 2.25× fewer flops than im2col's), ∂g = Gᵀ ∂U G.
+/// product per ξ, 4× fewer flops than im2col's), ∂g = Gᵀ ∂U G.
 #[cfg(not(target_arch = "wasm32"))]
 pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -> [Vec<f32>; 3] {
     let g_t = Geometry { c_in: g.c_out, c_out: g.c_in, ..*g };
     let mut dx = forward(&g_t, d_out, &super::conv2d_gemm::turned(g, weight), None);
-    let (hw, tiles, per_chunk) = (g.h * g.w, g.h.div_ceil(2) * g.w.div_ceil(2), images_per_chunk(g));
+    let (hw, (th, tw), per_chunk) = (g.h * g.w, tiles(g.h, g.w), images_per_chunk(g));
     let out_len = g.c_out * hw;
     // Each slice of the batch sums its own ∂Uᵀ and ∂b; the sums are added in batch order, so
     // that a run repeats bit for bit.
     let partials = split_batch(g.batch, &mut dx, g.c_in * hw, |images, _, parallelism| {
         let parallel = !matches!(parallelism, gemm::Parallelism::None);
         let (mut du_t, mut db) = (vec![0.0f32; XI * g.c_in * g.c_out], vec![0.0f32; g.c_out]);
-        let zeros = vec![0.0f32; g.c_out];
+        let (zeros, mut p) = (vec![0.0f32; g.c_out], vec![0.0f32; M * ALPHA * g.c_out]);
         let images: Vec<usize> = images.collect();
         for chunk in images.chunks(per_chunk) {
-            let n = chunk.len() * tiles;
-            with_scratch([XI * g.c_in * n, XI * n * g.c_out, out_len], |[v, dm_t, d_out_t]| {
-                transform_inputs(g, x, chunk, v, parallel);
+            let n = chunk.len() * th * tw;
+            let pixels = chunk.len() * hw * g.c_in.max(g.c_out);
+            with_scratch([pixels, n * XI * g.c_in, n * XI * g.c_out], |[xy, v, dm]| {
+                transform_inputs(g, x, chunk, xy, v, parallel);
                 for (i, &b) in chunk.iter().enumerate() {
                     let d_out = &d_out[b * out_len..][..out_len];
                     for (d, plane) in db.iter_mut().zip(d_out.chunks_exact(hw)) {
                         *d += plane.iter().sum::<f32>();
                     }
-                    // ∂out pixel-major ([H·W, C_out]), so that the transform below runs along
-                    // the channels and writes ∂Mᵀ rows the products read as they are.
-                    super::gemm::transpose(g.c_out, hw, d_out, d_out_t);
-                    output_adjoint(d_out_t, g.h, g.w, &zeros, &mut dm_t[i * tiles * g.c_out..], n * g.c_out);
+                    // ∂out pixel-major ([H·W, C_out]), so that the transform runs along the channels.
+                    let d_out_t = &mut xy[..out_len];
+                    transpose(g.c_out, hw, d_out, d_out_t);
+                    let dm = &mut dm[i * th * tw * XI * g.c_out..];
+                    output_adjoint(d_out_t, g.h, g.w, &zeros, dm, &mut p);
                 }
-                // ∂U_ξᵀ [C_in, C_out] += V_ξ [C_in, n] · ∂M_ξᵀ [n, C_out].
+                // ∂U_ξᵀ [C_in, C_out] += V_ξ [C_in, tiles] · ∂M_ξᵀ [tiles, C_out].
                 for xi in 0..XI {
                     let du_t = &mut du_t[xi * g.c_in * g.c_out..][..g.c_in * g.c_out];
-                    let a = Strided { data: &v[xi * n..], cs: 1, rs: XI * n };
-                    let b = Strided { data: &dm_t[xi * n * g.c_out..], cs: 1, rs: g.c_out };
+                    let a = Strided { data: &v[xi * g.c_in..], cs: XI * g.c_in, rs: 1 };
+                    let b = Strided { data: &dm[xi * g.c_out..], cs: 1, rs: XI * g.c_out };
                     product(g.c_in, g.c_out, n, Rows(du_t, g.c_out), true, a, b, parallelism);
                 }
             });
@@ -169,20 +231,43 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
 /// How many images' tiles go through the products together: one product per position ξ over
 /// several small images rather than one per image, within [`CHUNK_VALUES`].
 fn images_per_chunk(g: &Geometry) -> usize {
-    (CHUNK_VALUES / g.c_in / (g.h.div_ceil(2) * g.w.div_ceil(2))).max(1)
+    let (th, tw) = tiles(g.h, g.w);
+    (CHUNK_VALUES / g.c_in / (th * tw)).max(1)
 }
 
-/// V of every channel of the images `chunk` into v [C_in][ξ][n], n = the chunk's tiles (image
-/// by image), the channels spread over the threads when `parallel`.
-fn transform_inputs(g: &Geometry, x: &[f32], chunk: &[usize], v: &mut [f32], parallel: bool) {
-    let (hw, tiles) = (g.h * g.w, g.h.div_ceil(2) * g.w.div_ceil(2));
-    let n = chunk.len() * tiles;
-    each_part(&mut v[..g.c_in * XI * n], XI * n, parallel, scratch_len(g.h, g.w), |c, v, scratch| {
-        for (i, &b) in chunk.iter().enumerate() {
-            let plane = &x[(b * g.c_in + c) * hw..][..hw];
-            input_transform(plane, g.h, g.w, &mut v[i * tiles..], n, scratch);
-        }
-    });
+/// V of the images `chunk` into v [tile][ξ][C_in] (tiles image by image, row by row), through
+/// their pixel-major copies in `xt` [image][H·W][C_in]; the tile rows in two bands on both
+/// threads when `parallel`.
+fn transform_inputs(g: &Geometry, x: &[f32], chunk: &[usize], xt: &mut [f32], v: &mut [f32], parallel: bool) {
+    let (hw, (th, tw), c) = (g.h * g.w, tiles(g.h, g.w), g.c_in);
+    for (i, &b) in chunk.iter().enumerate() {
+        transpose(c, hw, &x[b * c * hw..][..c * hw], &mut xt[i * hw * c..][..hw * c]);
+    }
+    let xt = &*xt;
+    let zeros = vec![0.0f32; c];
+    let v = &mut v[..chunk.len() * th * tw * XI * c];
+    on_bands(
+        chunk.len() * th,
+        parallel,
+        [v],
+        |r| [r * tw * XI * c],
+        |band, [v]| {
+            let mut r = vec![0.0f32; XI * c];
+            let first = band.start;
+            for row in band {
+                let (i, ty) = (row / th, row % th);
+                let image = &xt[i * hw * c..][..hw * c];
+                for tx in 0..tw {
+                    // Padded pixel (4ty + k, 4tx + j) is pixel (4ty + k − 1, 4tx + j − 1), or padding.
+                    let patch: [&[f32]; XI] = std::array::from_fn(|kj| {
+                        let (y, x) = ((M * ty + kj / ALPHA).wrapping_sub(1), (M * tx + kj % ALPHA).wrapping_sub(1));
+                        if y < g.h && x < g.w { &image[(y * g.w + x) * c..][..c] } else { &zeros }
+                    });
+                    tile_input(&patch, &mut v[((row - first) * tw + tx) * XI * c..][..XI * c], &mut r);
+                }
+            }
+        },
+    );
 }
 
 /// ∂W [C_out, C_in, 3, 3] = Gᵀ ∂U G from ∂Uᵀ [ξ][C_in][C_out], the adjoint of
@@ -191,226 +276,197 @@ fn transform_inputs(g: &Geometry, x: &[f32], chunk: &[usize], v: &mut [f32], par
 fn kernel_adjoint(g: &Geometry, du_t: &[f32]) -> Vec<f32> {
     let pair = g.c_out * g.c_in;
     let mut dw = vec![0.0f32; pair * 9];
-    // Gᵀ·v for a 4-vector v.
-    let gtv = |v: [f32; 4]| [v[0] + 0.5 * (v[1] + v[2]), 0.5 * (v[1] - v[2]), 0.5 * (v[1] + v[2]) + v[3]];
     for co in 0..g.c_out {
         for ci in 0..g.c_in {
-            let du = |b: usize, a: usize| du_t[(b * 4 + a) * pair + ci * g.c_out + co];
-            // Gᵀ ∂U: each column a of ∂U transformed, then each row of the result.
-            let cols: [[f32; 3]; 4] = std::array::from_fn(|a| gtv([du(0, a), du(1, a), du(2, a), du(3, a)]));
+            let du = |b: usize, a: usize| du_t[(b * ALPHA + a) * pair + ci * g.c_out + co];
+            // Gᵀ ∂U: each column a of ∂U taken back, then each row of the result.
+            let cols: [[f32; 3]; ALPHA] = std::array::from_fn(|a| gt(std::array::from_fn(|b| du(b, a))));
             let k = &mut dw[(co * g.c_in + ci) * 9..][..9];
             for i in 0..3 {
-                k[i * 3..][..3].copy_from_slice(&gtv([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]));
+                k[i * 3..][..3].copy_from_slice(&gt(std::array::from_fn(|a| cols[a][i])));
             }
         }
     }
     dw
 }
 
-/// Kernels transformed at a time by [`kernel_transform`], one per vector lane.
+/// Bᵀ·d for an α-vector d, Bᵀ = [[4, 0, −5, 0, 1, 0], [0, −4, −4, 1, 1, 0], [0, 4, −4, −1, 1, 0],
+/// [0, −2, −1, 2, 1, 0], [0, 2, −1, −2, 1, 0], [0, 4, 0, −5, 0, 1]], its rows sharing their sums.
+#[inline(always)]
+fn bt([d0, d1, d2, d3, d4, d5]: [f32; ALPHA]) -> [f32; ALPHA] {
+    let (s12, d12, s34, d13, d42) = (d1 + d2, d1 - d2, d3 + d4, d1 - d3, d4 - d2);
+    [
+        4.0 * d0 - 5.0 * d2 + d4,
+        s34 - 4.0 * s12,
+        4.0 * d12 + (d4 - d3),
+        d42 - 2.0 * d13,
+        d42 + 2.0 * d13,
+        4.0 * d1 - 5.0 * d3 + d5,
+    ]
+}
+
+/// Aᵀ·m for an α-vector m, Aᵀ = [[1, 1, 1, 1, 1, 0], [0, 1, −1, 2, −2, 0], [0, 1, 1, 4, 4, 0],
+/// [0, 1, −1, 8, −8, 1]].
+#[inline(always)]
+fn at([m0, m1, m2, m3, m4, m5]: [f32; ALPHA]) -> [f32; M] {
+    let (p, q, r, s) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+    [m0 + p + r, q + 2.0 * s, p + 4.0 * r, q + 8.0 * s + m5]
+}
+
+/// A·y for an m-vector y (the adjoint of [`at`]).
+#[cfg(not(target_arch = "wasm32"))]
+#[inline(always)]
+fn a([y0, y1, y2, y3]: [f32; M]) -> [f32; ALPHA] {
+    let (e, o, e4, o2) = (y0 + y2, y1 + y3, y0 + 4.0 * y2, 2.0 * y1 + 8.0 * y3);
+    [y0, e + o, e - o, e4 + o2, e4 - o2, y3]
+}
+
+/// G·v for a 3-vector v, G = [[¼, 0, 0], [−⅙, −⅙, −⅙], [−⅙, ⅙, −⅙], [1/24, 1/12, ⅙],
+/// [1/24, −1/12, ⅙], [0, 0, 1]].
+#[inline(always)]
+fn g([v0, v1, v2]: [f32; 3]) -> [f32; ALPHA] {
+    let (s, e) = (v0 + v2, v0 / 24.0 + v2 / 6.0);
+    [v0 / 4.0, -(s + v1) / 6.0, -(s - v1) / 6.0, e + v1 / 12.0, e - v1 / 12.0, v2]
+}
+
+/// Gᵀ·u for an α-vector u (the adjoint of [`g`]).
+#[cfg(not(target_arch = "wasm32"))]
+#[inline(always)]
+fn gt([u0, u1, u2, u3, u4, u5]: [f32; ALPHA]) -> [f32; 3] {
+    let (s, d, s34, d34) = (u1 + u2, u2 - u1, u3 + u4, u3 - u4);
+    [u0 / 4.0 - s / 6.0 + s34 / 24.0, d / 6.0 + d34 / 12.0, -s / 6.0 + s34 / 6.0 + u5]
+}
+
+/// Values a vector holds (AVX-512): what [`map`] and [`kernel_transform`] take at a time.
 const LANES: usize = 16;
 
-/// G·v for a 3-vector v, G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]].
+/// dst[i][t] = f([src[0][t], …, src[N − 1][t]])[i] for every t: one pass over N arrays, a
+/// vector of [`LANES`] values of each at a time.
 #[inline(always)]
-fn g_times([v0, v1, v2]: [f32; 3]) -> [f32; 4] {
-    [v0, 0.5 * (v0 + v1 + v2), 0.5 * (v0 - v1 + v2), v2]
+fn map<const N: usize, const K: usize>(src: [&[f32]; N], mut dst: [&mut [f32]; K], f: impl Fn([f32; N]) -> [f32; K]) {
+    let len = dst.iter().map(|d| d.len()).chain(src.iter().map(|s| s.len())).min().unwrap_or(0);
+    let full = len - len % LANES;
+    for t0 in (0..full).step_by(LANES) {
+        let block: [&[f32; LANES]; N] = src.map(|s| s[t0..t0 + LANES].try_into().expect("LANES values"));
+        let mut out = [[0.0f32; LANES]; K];
+        for l in 0..LANES {
+            let values = f(std::array::from_fn(|i| block[i][l]));
+            for k in 0..K {
+                out[k][l] = values[k];
+            }
+        }
+        for (d, o) in dst.iter_mut().zip(&out) {
+            d[t0..t0 + LANES].copy_from_slice(o);
+        }
+    }
+    for t in full..len {
+        for (d, v) in dst.iter_mut().zip(f(src.map(|s| s[t]))) {
+            d[t] = v;
+        }
+    }
 }
 
 with_simd! {
-    /// U_ξ = G g Gᵀ for the kernels g = weight[co, ci, ·, ·] (3×3) of one output channel, into
-    /// u [ξ][C_in]; [`LANES`] kernels at a time, each in its own vector lane.
-    fn kernel_transform(weight: &[f32], u: &mut [f32]) {
-        let c_in = weight.len() / 9;
-        for (block, kernels) in weight.chunks(9 * LANES).enumerate() {
-            // The last block padded with zero kernels, so that every block is read the same way.
-            let mut padded = [0.0f32; 9 * LANES];
-            let taps: &[f32; 9 * LANES] = match kernels.try_into() {
-                Ok(full) => full,
-                Err(_) => {
-                    padded[..kernels.len()].copy_from_slice(kernels);
-                    &padded
+    /// U_ξ = G g Gᵀ for the kernels g = weight[co, ci, ·, ·] (3×3) of input channel `ci`, into
+    /// u [ξ][C_out]; [`LANES`] kernels at a time, each in its own vector lane.
+    fn kernel_transform(weight: &[f32], c_in: usize, ci: usize, u: &mut [f32]) {
+        let c_out = weight.len() / (9 * c_in);
+        for co0 in (0..c_out).step_by(LANES) {
+            let lanes = (c_out - co0).min(LANES);
+            // Tap k of kernel (co0 + l, ci), 0 for the lanes past the last kernel.
+            let mut taps = [[0.0f32; LANES]; 9];
+            for (k, taps) in taps.iter_mut().enumerate() {
+                for (l, tap) in taps[..lanes].iter_mut().enumerate() {
+                    *tap = weight[((co0 + l) * c_in + ci) * 9 + k];
                 }
-            };
+            }
             let mut out = [[0.0f32; LANES]; XI];
             for l in 0..LANES {
-                // Tap (r, c) of kernel l: each lane reads its own kernel, 9 values apart.
-                let tap = |r: usize, c: usize| taps[l * 9 + r * 3 + c];
+                let tap = |r: usize, c: usize| taps[r * 3 + c][l];
                 // G g: each column of g transformed; then (G g Gᵀ)[b, ·] = G · (G g)[b, ·].
-                let c0 = g_times([tap(0, 0), tap(1, 0), tap(2, 0)]);
-                let c1 = g_times([tap(0, 1), tap(1, 1), tap(2, 1)]);
-                let c2 = g_times([tap(0, 2), tap(1, 2), tap(2, 2)]);
-                for b in 0..4 {
-                    let [u0, u1, u2, u3] = g_times([c0[b], c1[b], c2[b]]);
-                    (out[b * 4][l], out[b * 4 + 1][l], out[b * 4 + 2][l], out[b * 4 + 3][l]) = (u0, u1, u2, u3);
+                let c0 = g([tap(0, 0), tap(1, 0), tap(2, 0)]);
+                let c1 = g([tap(0, 1), tap(1, 1), tap(2, 1)]);
+                let c2 = g([tap(0, 2), tap(1, 2), tap(2, 2)]);
+                for b in 0..ALPHA {
+                    for (a, value) in g([c0[b], c1[b], c2[b]]).into_iter().enumerate() {
+                        out[b * ALPHA + a][l] = value;
+                    }
                 }
             }
-            let lanes = kernels.len() / 9;
             for (xi, values) in out.iter().enumerate() {
-                let dst = &mut u[xi * c_in + block * LANES..][..lanes];
-                match <&mut [f32; LANES]>::try_from(&mut *dst) {
-                    Ok(dst) => *dst = *values,
-                    Err(_) => dst.iter_mut().zip(values).for_each(|(d, &v)| *d = v),
-                }
-            }
-        }
-    }
-}
-
-/// dst[i] = f(a[i], b[i], c[i]).
-#[inline(always)]
-fn zip3(dst: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
-    for (((d, &a), &b), &c) in dst.iter_mut().zip(a).zip(b).zip(c) {
-        *d = f(a, b, c);
-    }
-}
-
-/// dst[i] = f(a[i], b[i], c[i], d[i]).
-#[inline(always)]
-fn zip4(dst: &mut [f32], [a, b, c, d]: [&[f32]; 4], f: impl Fn(f32, f32, f32, f32) -> f32) {
-    for ((((o, &a), &b), &c), &d) in dst.iter_mut().zip(a).zip(b).zip(c).zip(d) {
-        *o = f(a, b, c, d);
-    }
-}
-
-/// The scratch [`input_transform`] and [`output_transform`] need for an [H, W] plane: the
-/// padded plane's 8 strided views, or the output's 12 planes of tiles.
-fn scratch_len(h: usize, w: usize) -> usize {
-    12 * (h.div_ceil(2) + 1) * w.div_ceil(2)
-}
-
-with_simd! {
-    /// V_ξ = (Bᵀ d B)_ξ for every 4×4 patch d of one [H, W] plane zero-padded by one pixel,
-    /// patch (ty, tx) starting at padded pixel (2ty, 2tx), with
-    /// Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]; V_ξ of tile t = ty·⌈W/2⌉ + tx
-    /// lands at v[ξ·stride + t]. `scratch`: [`scratch_len`] values.
-    fn input_transform(x: &[f32], h: usize, w: usize, v: &mut [f32], stride: usize, scratch: &mut [f32]) {
-        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-        let view = (th + 1) * tw;
-        let views = &mut scratch[..8 * view];
-        // The padded plane as 8 views [parity of the row][column 2tx, 2tx + 1, 2tx + 2, 2tx + 3]
-        // [row / 2][tx], so that d[k][j] of every tile is one run of consecutive values:
-        // rows 2ty + k for ty = 0, 1, … are rows k / 2, k / 2 + 1, … of parity k % 2. Padded
-        // column c is pixel c − 1; each view row is read straight from the image row.
-        for py in 0..2 * th + 2 {
-            let mut rows = views[(py % 2) * 4 * view..][..4 * view].chunks_exact_mut(view).map(|v| &mut v[py / 2 * tw..][..tw]);
-            let [e0, o0, e1, o1] = std::array::from_fn(|_| rows.next().expect("4 views of each parity"));
-            let Some(y) = py.checked_sub(1).filter(|&y| y < h) else {
-                for row in [e0, o0, e1, o1] {
-                    row.fill(0.0);
-                }
-                continue;
-            };
-            let x = &x[y * w..][..w];
-            // Columns 2tx + 1, 2tx + 2: pixels 2tx, 2tx + 1.
-            let pairs = x.chunks_exact(2);
-            let full = pairs.len();
-            if let [last] = pairs.remainder() {
-                (o0[full], e1[full]) = (*last, 0.0);
-            }
-            for ((pair, o0), e1) in pairs.zip(o0.iter_mut()).zip(e1.iter_mut()) {
-                (*o0, *e1) = (pair[0], pair[1]);
-            }
-            // Columns 2tx, 2tx + 3: pixels 2tx − 1, 2tx + 2 (padding at the edges).
-            let pairs = x[1..].chunks_exact(2);
-            let full = pairs.len();
-            for ((pair, e0), o1) in pairs.zip(e0[1..].iter_mut()).zip(o1.iter_mut()) {
-                (*e0, *o1) = (pair[0], pair[1]);
-            }
-            e0[0] = 0.0;
-            e0[full + 1..].fill(0.0);
-            o1[full..].fill(0.0);
-        }
-        let views = &*views;
-        let tiles = th * tw;
-        let d = |k: usize, j: usize| &views[((k % 2) * 4 + j) * view + k / 2 * tw..][..tiles];
-        // Along x, R[k, a] = (d[k] Bᵀᵀ)[a]: a = 0: d0 − d2, 1: d1 + d2, 2: d2 − d1, 3: d1 − d3,
-        // each the two terms p ± q of row k; then along y, V[b, a] = R[k1, a] ± R[k2, a]:
-        // b = 0: R0 − R2, 1: R1 + R2, 2: R2 − R1, 3: R1 − R3.
-        let terms = |k: usize, a: usize| match a {
-            0 => [d(k, 0), d(k, 2)],
-            1 => [d(k, 1), d(k, 2)],
-            2 => [d(k, 2), d(k, 1)],
-            _ => [d(k, 1), d(k, 3)],
-        };
-        for (b, (k1, k2, sb)) in [(0, 2, -1.0f32), (1, 2, 1.0), (2, 1, -1.0), (1, 3, -1.0)].into_iter().enumerate() {
-            for a in 0..4 {
-                let ([p, q], [r, s]) = (terms(k1, a), terms(k2, a));
-                let dst = &mut v[(b * 4 + a) * stride..][..tiles];
-                if a == 1 {
-                    zip4(dst, [p, q, r, s], |p, q, r, s| (p + q) + sb * (r + s));
-                } else {
-                    zip4(dst, [p, q, r, s], |p, q, r, s| (p - q) + sb * (r - s));
-                }
+                u[xi * c_out + co0..][..lanes].copy_from_slice(&values[..lanes]);
             }
         }
     }
 }
 
 with_simd! {
-    /// One output plane [H, W] from its products M_ξ (tile t at m[ξ·stride + t]):
-    /// Y = Aᵀ M A + bias per tile, with Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]], the pixels of a
-    /// tile that fall outside an odd-sized plane dropped. `scratch`: [`scratch_len`] values.
-    fn output_transform(m: &[f32], stride: usize, h: usize, w: usize, bias: f32, out: &mut [f32], scratch: &mut [f32]) {
-        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-        let tiles = th * tw;
-        let (s, y) = scratch[..12 * tiles].split_at_mut(8 * tiles);
-        let mm = |b: usize, a: usize| &m[(b * 4 + a) * stride..][..tiles];
-        // S = Aᵀ M: S[0, a] = M[0, a] + M[1, a] + M[2, a], S[1, a] = M[1, a] − M[2, a] − M[3, a].
-        for a in 0..4 {
-            zip3(&mut s[a * tiles..][..tiles], mm(0, a), mm(1, a), mm(2, a), |p, q, r| p + q + r);
-            zip3(&mut s[(4 + a) * tiles..][..tiles], mm(1, a), mm(2, a), mm(3, a), |p, q, r| p - q - r);
+    /// V [ξ][C] = Bᵀ d B of one tile, from the 6×6 pixels of its padded patch (`patch[k·6 + j]`:
+    /// the C channels of pixel (k, j), zeros for padding). `r`: scratch of 36·C values.
+    fn tile_input(patch: &[&[f32]; XI], v: &mut [f32], r: &mut [f32]) {
+        let c = v.len() / XI;
+        // Along x, R[k, ·] = Bᵀ d[k, ·] for each row k of the patch.
+        for (k, r) in r.chunks_exact_mut(ALPHA * c).enumerate() {
+            let mut dst = r.chunks_exact_mut(c);
+            map(std::array::from_fn(|j| patch[k * ALPHA + j]), std::array::from_fn(|_| dst.next().expect("α")), bt);
         }
-        // Y = S A, plus the bias: Y[i, 0] = S[i, 0] + S[i, 1] + S[i, 2], Y[i, 1] = S[i, 1] − S[i, 2] − S[i, 3].
-        for i in 0..2 {
-            let si = |a: usize| &s[(i * 4 + a) * tiles..][..tiles];
-            let (y0, y1) = y[2 * i * tiles..][..2 * tiles].split_at_mut(tiles);
-            zip3(y0, si(0), si(1), si(2), |p, q, r| p + q + r + bias);
-            zip3(y1, si(1), si(2), si(3), |p, q, r| p - q - r + bias);
+        // Then along y, V[·, a] = Bᵀ R[·, a].
+        let r = &*r;
+        for a in 0..ALPHA {
+            let src: [&[f32]; ALPHA] = std::array::from_fn(|k| &r[(k * ALPHA + a) * c..][..c]);
+            let mut dst = v.chunks_exact_mut(c).skip(a).step_by(ALPHA);
+            map(src, std::array::from_fn(|_| dst.next().expect("α")), bt);
         }
-        for (r, row) in out[..h * w].chunks_exact_mut(w).enumerate() {
-            let (ty, i) = (r / 2, r % 2);
-            let y0 = &y[2 * i * tiles + ty * tw..][..tw];
-            let y1 = &y[(2 * i + 1) * tiles + ty * tw..][..tw];
-            let mut pairs = row.chunks_exact_mut(2);
-            for ((pair, &a), &b) in (&mut pairs).zip(y0).zip(y1) {
-                pair[0] = a;
-                pair[1] = b;
-            }
-            if let [last] = pairs.into_remainder() {
-                *last = y0[tw - 1];
-            }
+    }
+}
+
+with_simd! {
+    /// One tile's output pixels from its products M [ξ][C]: Y = Aᵀ M A + bias, written pixel-major
+    /// from y[0] (pixel (i, j) of the tile at y[(i·width + j)·C]), those beyond `rows` × `cols`
+    /// dropped. `s`: scratch of 24·C values, `junk`: of 4·C.
+    fn tile_output(m: &[f32], bias: &[f32], rows: usize, cols: usize, width: usize, y: &mut [f32], s: &mut [f32], junk: &mut [f32]) {
+        let c = bias.len();
+        // S = Aᵀ M along y: S[·, a] = Aᵀ M[·, a].
+        for a in 0..ALPHA {
+            let src: [&[f32]; ALPHA] = std::array::from_fn(|b| &m[(b * ALPHA + a) * c..][..c]);
+            let mut dst = s.chunks_exact_mut(c).skip(a).step_by(ALPHA);
+            map(src, std::array::from_fn(|_| dst.next().expect("m")), at);
+        }
+        // Y = S A along x, plus the bias (a fifth term of the same pass).
+        let s = &*s;
+        for i in 0..rows.min(M) {
+            let src: [&[f32]; ALPHA + 1] = std::array::from_fn(|a| if a < ALPHA { &s[(i * ALPHA + a) * c..][..c] } else { bias });
+            let row = &mut y[i * width * c..];
+            let (mut pixels, mut spare) = (row[..cols.min(M) * c].chunks_exact_mut(c), junk.chunks_exact_mut(c));
+            let dst: [&mut [f32]; M] = std::array::from_fn(|_| pixels.next().or_else(|| spare.next()).expect("4 pixels"));
+            map(src, dst, |[m0, m1, m2, m3, m4, m5, bias]| at([m0, m1, m2, m3, m4, m5]).map(|y| y + bias));
         }
     }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 with_simd! {
-    /// ∂M_ξᵀ = (A ∂Y Aᵀ)_ξ for every tile of one image, from its ∂out pixel-major
-    /// ([H·W, C_out], `zeros` standing in for the pixels of a tile outside an odd-sized plane),
-    /// with A = [[1, 0], [1, 1], [1, −1], [0, −1]]: the row of tile t lands at
-    /// dm_t[ξ·stride + t·C_out].
-    fn output_adjoint(d_out_t: &[f32], h: usize, w: usize, zeros: &[f32], dm_t: &mut [f32], stride: usize) {
-        let (th, tw, c) = (h.div_ceil(2), w.div_ceil(2), zeros.len());
-        // A[b, i] for b = 0..4, i = 0..2.
-        const A: [[f32; 2]; 4] = [[1.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.0, -1.0]];
+    /// ∂M [tile][ξ][C_out] = A ∂Y Aᵀ for every tile of one image, from its ∂out pixel-major
+    /// ([H·W, C_out], `zeros` standing in for the pixels of a tile beyond the plane). `p`:
+    /// scratch of 24·C_out values.
+    fn output_adjoint(d_out_t: &[f32], h: usize, w: usize, zeros: &[f32], dm: &mut [f32], p: &mut [f32]) {
+        let ((th, tw), c) = (tiles(h, w), zeros.len());
         for ty in 0..th {
             for tx in 0..tw {
                 let pixel = |i: usize, j: usize| {
-                    let (y, x) = (2 * ty + i, 2 * tx + j);
+                    let (y, x) = (M * ty + i, M * tx + j);
                     if y < h && x < w { &d_out_t[(y * w + x) * c..][..c] } else { zeros }
                 };
-                let (y00, y01, y10, y11) = (pixel(0, 0), pixel(0, 1), pixel(1, 0), pixel(1, 1));
-                let t = ty * tw + tx;
-                for b in 0..4 {
-                    for a in 0..4 {
-                        // ∂M[b, a] = Σ_ij A[b, i] A[a, j] ∂Y[i, j].
-                        let k = |i: usize, j: usize| A[b][i] * A[a][j];
-                        let (k00, k01, k10, k11) = (k(0, 0), k(0, 1), k(1, 0), k(1, 1));
-                        let dst = &mut dm_t[(b * 4 + a) * stride + t * c..][..c];
-                        for ((((d, &p), &q), &r), &s) in dst.iter_mut().zip(y00).zip(y01).zip(y10).zip(y11) {
-                            *d = k00 * p + k01 * q + k10 * r + k11 * s;
-                        }
-                    }
+                // P = ∂Y Aᵀ along x (row i of P: α vectors), then ∂M = A P along y.
+                for i in 0..M {
+                    let mut dst = p.chunks_exact_mut(c).skip(i * ALPHA);
+                    map(std::array::from_fn(|j| pixel(i, j)), std::array::from_fn(|_| dst.next().expect("α")), a);
+                }
+                let dm = &mut dm[(ty * tw + tx) * XI * c..][..XI * c];
+                for col in 0..ALPHA {
+                    let src: [&[f32]; M] = std::array::from_fn(|i| &p[(i * ALPHA + col) * c..][..c]);
+                    let mut dst = dm.chunks_exact_mut(c).skip(col).step_by(ALPHA);
+                    map(src, std::array::from_fn(|_| dst.next().expect("α")), a);
                 }
             }
         }
