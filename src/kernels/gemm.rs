@@ -229,8 +229,16 @@ pub(super) fn split_batch<R>(
 /// where the CPU has AVX, the edges (and other CPUs) tile by tile so that both sides stay in
 /// cache.
 pub(super) fn transpose(rows: usize, cols: usize, src: &[f32], dst: &mut [f32]) {
+    transpose_strided(rows, cols, src, cols, dst, rows);
+}
+
+/// [`transpose`] of a matrix whose rows lie `src_rs` apart, into rows `dst_rs` apart.
+pub(super) fn transpose_strided(rows: usize, cols: usize, src: &[f32], src_rs: usize, dst: &mut [f32], dst_rs: usize) {
     const TILE: usize = 16;
-    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let (src, dst) = (&src[..(rows - 1) * src_rs + cols], &mut dst[..(cols - 1) * dst_rs + rows]);
     let (mut r_done, mut c_done) = (0, 0);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
@@ -238,8 +246,10 @@ pub(super) fn transpose(rows: usize, cols: usize, src: &[f32], dst: &mut [f32]) 
         for r0 in (0..r_done).step_by(8) {
             for c0 in (0..c_done).step_by(8) {
                 // SAFETY: AVX is present, and rows r0..r0 + 8 of src from column c0 on, rows
-                // c0..c0 + 8 of dst from column r0 on, lie within the slices (checked lengths).
-                unsafe { transpose8x8(src[r0 * cols + c0..].as_ptr(), cols, dst[c0 * rows + r0..].as_mut_ptr(), rows) };
+                // c0..c0 + 8 of dst from column r0 on, lie within the slices (lengths cut above).
+                unsafe {
+                    transpose8x8(src[r0 * src_rs + c0..].as_ptr(), src_rs, dst[c0 * dst_rs + r0..].as_mut_ptr(), dst_rs)
+                };
             }
         }
     }
@@ -249,7 +259,7 @@ pub(super) fn transpose(rows: usize, cols: usize, src: &[f32], dst: &mut [f32]) 
             for c0 in cs.clone().step_by(TILE) {
                 for r in r0..(r0 + TILE).min(rs.end) {
                     for c in c0..(c0 + TILE).min(cs.end) {
-                        dst[c * rows + r] = src[r * cols + c];
+                        dst[c * dst_rs + r] = src[r * src_rs + c];
                     }
                 }
             }
@@ -303,9 +313,9 @@ std::thread_local! {
     /// Per-thread scratch buffers, kept between calls: a fresh one would cost a zeroing pass
     /// and fresh pages every call.
     static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
-    /// One more, for what a call holds while the batch's slices use [`SCRATCH`] (the Winograd
+    /// Two more, for what a call holds while the batch's slices use [`SCRATCH`] (the Winograd
     /// kernels' transform).
-    static HELD: RefCell<[Vec<f32>; 1]> = const { RefCell::new([Vec::new()]) };
+    static HELD: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
 }
 
 /// Runs `f` with three buffers of the given lengths (contents unspecified), this thread's
@@ -314,9 +324,9 @@ pub(super) fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce([&mut [f32]; 3]) 
     with_buffers(&SCRATCH, lens, f)
 }
 
-/// [`with_scratch`] for one buffer held across [`split_batch`].
-pub(super) fn with_held<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    with_buffers(&HELD, [len], |[buffer]| f(buffer))
+/// [`with_scratch`] for two buffers held across [`split_batch`].
+pub(super) fn with_held<R>(lens: [usize; 2], f: impl FnOnce([&mut [f32]; 2]) -> R) -> R {
+    with_buffers(&HELD, lens, f)
 }
 
 fn with_buffers<const N: usize, R>(

@@ -16,7 +16,7 @@
 //! The backward pass runs the same algorithm: ∂x is the convolution of ∂out with the kernel
 //! turned, and ∂W comes from ∂U_ξ = Σ_tiles ∂M_ξ V_ξᵀ, each transform's adjoint taking it back.
 
-use super::gemm::{Rows, Strided, product, split_batch, transpose, with_held, with_scratch};
+use super::gemm::{Rows, Strided, product, split_batch, transpose, transpose_strided, with_held, with_scratch};
 use super::im2col::{Geometry, same};
 
 /// Output tile m and input tile α = m + 2 of F(m×m, 3×3).
@@ -57,8 +57,8 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
     let bias = bias.unwrap_or(&no_bias);
     // Every value is written by the last transpose.
     let mut out = vec![0.0f32; g.batch * out_len];
-    with_held(g.c_in * XI * g.c_out, |u| {
-        transform_kernels(g, weight, u);
+    with_held([XI * g.c_out * g.c_in; 2], |[u, u_co]| {
+        transform_kernels(g, weight, u, u_co);
         let u = &*u;
         split_batch(g.batch, &mut out, out_len, |images, out, parallelism| {
             let parallel = !matches!(parallelism, gemm::Parallelism::None);
@@ -74,7 +74,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
                     on_bands(rows, parallel, [v, m], cut, |band, [v, m]| {
                         for xi in 0..XI {
                             let a = Strided { data: &v[xi * g.c_in..], cs: 1, rs: XI * g.c_in };
-                            let b = Strided { data: &u[xi * g.c_out..], cs: 1, rs: XI * g.c_out };
+                            let b = Strided { data: &u[xi * g.c_in * g.c_out..], cs: 1, rs: g.c_out };
                             let dst = Rows(&mut m[xi * g.c_out..], XI * g.c_out);
                             product(band.len() * tw, g.c_out, g.c_in, dst, false, a, b, gemm::Parallelism::None);
                         }
@@ -120,9 +120,14 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
     out
 }
 
-/// U [C_in][ξ][C_out], spread over the threads: what every product of a call multiplies by.
-fn transform_kernels(g: &Geometry, weight: &[f32], u: &mut [f32]) {
-    each_part(u, XI * g.c_out, true, 0, |ci, u, _| kernel_transform(weight, g.c_in, ci, u));
+/// U_ξᵀ [ξ][C_in][C_out], what every product of a call multiplies by: the kernels of each
+/// output channel transformed on a thread (into `u_co` [C_out][ξ][C_in]), then each U_ξ turned.
+fn transform_kernels(g: &Geometry, weight: &[f32], u: &mut [f32], u_co: &mut [f32]) {
+    let kernels = 9 * g.c_in;
+    each_part(u_co, XI * g.c_in, true, 0, |co, u, _| kernel_transform(&weight[co * kernels..][..kernels], u));
+    for (xi, u) in u.chunks_exact_mut(g.c_in * g.c_out).enumerate() {
+        transpose_strided(g.c_out, g.c_in, &u_co[xi * g.c_in..], XI * g.c_in, u, g.c_out);
+    }
 }
 
 /// Runs f(tile rows, buffers' parts) over `rows` tile rows, as two bands on both threads when
@@ -367,34 +372,42 @@ fn map<const N: usize, const K: usize>(src: [&[f32]; N], mut dst: [&mut [f32]; K
 }
 
 with_simd! {
-    /// U_ξ = G g Gᵀ for the kernels g = weight[co, ci, ·, ·] (3×3) of input channel `ci`, into
-    /// u [ξ][C_out]; [`LANES`] kernels at a time, each in its own vector lane.
-    fn kernel_transform(weight: &[f32], c_in: usize, ci: usize, u: &mut [f32]) {
-        let c_out = weight.len() / (9 * c_in);
-        for co0 in (0..c_out).step_by(LANES) {
-            let lanes = (c_out - co0).min(LANES);
-            // Tap k of kernel (co0 + l, ci), 0 for the lanes past the last kernel.
-            let mut taps = [[0.0f32; LANES]; 9];
-            for (k, taps) in taps.iter_mut().enumerate() {
-                for (l, tap) in taps[..lanes].iter_mut().enumerate() {
-                    *tap = weight[((co0 + l) * c_in + ci) * 9 + k];
+    /// U_ξ = G g Gᵀ for the kernels g = weight[co, ci, ·, ·] (3×3) of one output channel, into
+    /// u [ξ][C_in]; [`LANES`] kernels at a time, each in its own vector lane.
+    fn kernel_transform(weight: &[f32], u: &mut [f32]) {
+        let c_in = weight.len() / 9;
+        for (block, kernels) in weight.chunks(9 * LANES).enumerate() {
+            // The last block padded with zero kernels, so that every block is read the same way.
+            let mut padded = [0.0f32; 9 * LANES];
+            let taps: &[f32; 9 * LANES] = match kernels.try_into() {
+                Ok(full) => full,
+                Err(_) => {
+                    padded[..kernels.len()].copy_from_slice(kernels);
+                    &padded
                 }
-            }
+            };
             let mut out = [[0.0f32; LANES]; XI];
             for l in 0..LANES {
-                let tap = |r: usize, c: usize| taps[r * 3 + c][l];
+                // Tap (r, c) of kernel l: each lane reads its own kernel, 9 values apart.
+                let tap = |r: usize, c: usize| taps[l * 9 + r * 3 + c];
                 // G g: each column of g transformed; then (G g Gᵀ)[b, ·] = G · (G g)[b, ·].
                 let c0 = g([tap(0, 0), tap(1, 0), tap(2, 0)]);
                 let c1 = g([tap(0, 1), tap(1, 1), tap(2, 1)]);
                 let c2 = g([tap(0, 2), tap(1, 2), tap(2, 2)]);
                 for b in 0..ALPHA {
-                    for (a, value) in g([c0[b], c1[b], c2[b]]).into_iter().enumerate() {
-                        out[b * ALPHA + a][l] = value;
+                    let row = g([c0[b], c1[b], c2[b]]);
+                    for a in 0..ALPHA {
+                        out[b * ALPHA + a][l] = row[a];
                     }
                 }
             }
+            let lanes = kernels.len() / 9;
             for (xi, values) in out.iter().enumerate() {
-                u[xi * c_out + co0..][..lanes].copy_from_slice(&values[..lanes]);
+                let dst = &mut u[xi * c_in + block * LANES..][..lanes];
+                match <&mut [f32; LANES]>::try_from(&mut *dst) {
+                    Ok(dst) => *dst = *values,
+                    Err(_) => dst.iter_mut().zip(values).for_each(|(d, &v)| *d = v),
+                }
             }
         }
     }
