@@ -192,8 +192,14 @@ impl Unfold {
 
 /// Runs `f(images, their slice of out, parallelism of each product)` over the batch, `out`
 /// holding `per_image` values per image: slices of images on flex's threads when there are
-/// at least as many images as threads, else the images in turn with each product on every
-/// thread. The results come back in batch order.
+/// at least as many images as threads, else the images in turn on this thread, with each
+/// product on every thread only in the browser's threaded module. The results come back in
+/// batch order.
+///
+/// Natively, waking the other thread for every product of a batch-1 pass (and every phase of a
+/// Winograd convolution) cost more than it saved: the yardstick's forward pass at batch 1 took
+/// 5.7 ms on one thread against 6-9 ms split (docs/speed.md); in the browser the split measured
+/// 1.16× faster.
 #[cfg(pool)]
 pub(super) fn split_batch<R: Send>(
     batch: usize,
@@ -204,7 +210,8 @@ pub(super) fn split_batch<R: Send>(
     use rayon::prelude::*;
     let threads = rayon::current_num_threads();
     if threads == 1 || batch < threads {
-        let parallelism = if threads == 1 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) };
+        let split = threads > 1 && cfg!(target_arch = "wasm32");
+        let parallelism = if split { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
         return vec![f(0..batch, out, parallelism)];
     }
     let per = batch.div_ceil(threads);

@@ -65,53 +65,41 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
             let images: Vec<usize> = images.collect();
             for (chunk, out) in images.chunks(per_chunk).zip(out.chunks_mut(per_chunk * out_len)) {
                 let (rows, n) = (chunk.len() * th, chunk.len() * th * tw);
-                let pixels = chunk.len() * hw * g.c_in.max(g.c_out);
+                let pixels = chunk.len() * hw * (g.c_in + g.c_out);
                 with_scratch([pixels, n * XI * g.c_in, n * XI * g.c_out], |[xy, v, m]| {
-                    transform_inputs(g, x, chunk, xy, v, parallel);
-                    // M_ξᵀ [tiles, C_out] = V_ξᵀ [tiles, C_in] · U_ξᵀ [C_in, C_out], M laid out
-                    // [tile][ξ][C_out].
-                    let cut = |r: usize| [r * tw * XI * g.c_in, r * tw * XI * g.c_out];
-                    on_bands(rows, parallel, [v, m], cut, |band, [v, m]| {
+                    // x pixel-major ([image][H·W][C_in]), and Y the same way ([image][H·W][C_out]).
+                    let (xt, y) = xy.split_at_mut(chunk.len() * hw * g.c_in);
+                    pixel_major(g.c_in, hw, x, chunk, xt);
+                    let xt = &*xt;
+                    // Each band of tile rows from its pixels to its output pixels (one join at
+                    // batch 1): V; M_ξᵀ [tiles, C_out] = V_ξᵀ [tiles, C_in] · U_ξᵀ [C_in, C_out],
+                    // V and M laid out [tile][ξ][C]; Y.
+                    let pixel_row = |r: usize| (r / th * hw + (M * (r % th)).min(g.h) * g.w) * g.c_out;
+                    let cut = |r: usize| [r * tw * XI * g.c_in, r * tw * XI * g.c_out, pixel_row(r)];
+                    on_bands(rows, parallel, [v, m, y], cut, |band, [v, m, y]| {
+                        input_tiles(g, xt, band.clone(), v);
                         for xi in 0..XI {
                             let a = Strided { data: &v[xi * g.c_in..], cs: 1, rs: XI * g.c_in };
                             let b = Strided { data: &u[xi * g.c_in * g.c_out..], cs: 1, rs: g.c_out };
                             let dst = Rows(&mut m[xi * g.c_out..], XI * g.c_out);
                             product(band.len() * tw, g.c_out, g.c_in, dst, false, a, b, gemm::Parallelism::None);
                         }
-                    });
-                    // Y pixel-major ([image][H·W][C_out]) in xy, then each image transposed into out.
-                    let m = &*m;
-                    let pixel_row = |r: usize| (r / th * hw + (M * (r % th)).min(g.h) * g.w) * g.c_out;
-                    let y = &mut xy[..chunk.len() * hw * g.c_out];
-                    on_bands(
-                        rows,
-                        parallel,
-                        [y],
-                        |r| [pixel_row(r)],
-                        |band, [y]| {
-                            let mut s = vec![0.0f32; M * ALPHA * g.c_out];
-                            let mut junk = vec![0.0f32; M * g.c_out];
-                            let first = pixel_row(band.start);
-                            for r in band {
-                                let (ty, base) = (r % th, pixel_row(r) - first);
-                                for tx in 0..tw {
-                                    let m = &m[(r * tw + tx) * XI * g.c_out..][..XI * g.c_out];
-                                    tile_output(
-                                        m,
-                                        bias,
-                                        g.h - M * ty,
-                                        g.w - M * tx,
-                                        g.w,
-                                        &mut y[base + M * tx * g.c_out..],
-                                        &mut s,
-                                        &mut junk,
-                                    );
-                                }
+                        let mut s = vec![0.0f32; M * ALPHA * g.c_out];
+                        let mut junk = vec![0.0f32; M * g.c_out];
+                        let first = pixel_row(band.start);
+                        for r in band.clone() {
+                            let (ty, base) = (r % th, pixel_row(r) - first);
+                            for tx in 0..tw {
+                                let m = &m[((r - band.start) * tw + tx) * XI * g.c_out..][..XI * g.c_out];
+                                let (rows, cols) = (g.h - M * ty, g.w - M * tx);
+                                let y = &mut y[base + M * tx * g.c_out..];
+                                tile_output(m, bias, rows, cols, g.w, y, &mut s, &mut junk);
                             }
-                        },
-                    );
+                        }
+                    });
+                    let y = &*y;
                     for (i, out) in out.chunks_mut(out_len).enumerate() {
-                        transpose(hw, g.c_out, &xy[i * hw * g.c_out..][..hw * g.c_out], out);
+                        transpose(hw, g.c_out, &y[i * hw * g.c_out..][..hw * g.c_out], out);
                     }
                 });
             }
@@ -121,10 +109,10 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
 }
 
 /// U_ξᵀ [ξ][C_in][C_out], what every product of a call multiplies by: the kernels of each
-/// output channel transformed on a thread (into `u_co` [C_out][ξ][C_in]), then each U_ξ turned.
+/// output channel transformed in turn (into `u_co` [C_out][ξ][C_in]), then each U_ξ turned.
 fn transform_kernels(g: &Geometry, weight: &[f32], u: &mut [f32], u_co: &mut [f32]) {
     let kernels = 9 * g.c_in;
-    each_part(u_co, XI * g.c_in, true, 0, |co, u, _| kernel_transform(&weight[co * kernels..][..kernels], u));
+    each_part(u_co, XI * g.c_in, false, 0, |co, u, _| kernel_transform(&weight[co * kernels..][..kernels], u));
     for (xi, u) in u.chunks_exact_mut(g.c_in * g.c_out).enumerate() {
         transpose_strided(g.c_out, g.c_in, &u_co[xi * g.c_in..], XI * g.c_in, u, g.c_out);
     }
@@ -201,7 +189,16 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
             let n = chunk.len() * th * tw;
             let pixels = chunk.len() * hw * g.c_in.max(g.c_out);
             with_scratch([pixels, n * XI * g.c_in, n * XI * g.c_out], |[xy, v, dm]| {
-                transform_inputs(g, x, chunk, xy, v, parallel);
+                pixel_major(g.c_in, hw, x, chunk, xy);
+                let xt = &xy[..chunk.len() * hw * g.c_in];
+                let v = &mut v[..n * XI * g.c_in];
+                on_bands(
+                    chunk.len() * th,
+                    parallel,
+                    [v],
+                    |r| [r * tw * XI * g.c_in],
+                    |band, [v]| input_tiles(g, xt, band, v),
+                );
                 for (i, &b) in chunk.iter().enumerate() {
                     let d_out = &d_out[b * out_len..][..out_len];
                     for (d, plane) in db.iter_mut().zip(d_out.chunks_exact(hw)) {
@@ -240,39 +237,30 @@ fn images_per_chunk(g: &Geometry) -> usize {
     (CHUNK_VALUES / g.c_in / (th * tw)).max(1)
 }
 
-/// V of the images `chunk` into v [tile][ξ][C_in] (tiles image by image, row by row), through
-/// their pixel-major copies in `xt` [image][H·W][C_in]; the tile rows in two bands on both
-/// threads when `parallel`.
-fn transform_inputs(g: &Geometry, x: &[f32], chunk: &[usize], xt: &mut [f32], v: &mut [f32], parallel: bool) {
-    let (hw, (th, tw), c) = (g.h * g.w, tiles(g.h, g.w), g.c_in);
+/// xt [image][H·W][C] = x[b]ᵀ for the images b of `chunk` ([C, H·W] each).
+fn pixel_major(c: usize, hw: usize, x: &[f32], chunk: &[usize], xt: &mut [f32]) {
     for (i, &b) in chunk.iter().enumerate() {
         transpose(c, hw, &x[b * c * hw..][..c * hw], &mut xt[i * hw * c..][..hw * c]);
     }
-    let xt = &*xt;
-    let zeros = vec![0.0f32; c];
-    let v = &mut v[..chunk.len() * th * tw * XI * c];
-    on_bands(
-        chunk.len() * th,
-        parallel,
-        [v],
-        |r| [r * tw * XI * c],
-        |band, [v]| {
-            let mut r = vec![0.0f32; XI * c];
-            let first = band.start;
-            for row in band {
-                let (i, ty) = (row / th, row % th);
-                let image = &xt[i * hw * c..][..hw * c];
-                for tx in 0..tw {
-                    // Padded pixel (4ty + k, 4tx + j) is pixel (4ty + k − 1, 4tx + j − 1), or padding.
-                    let patch: [&[f32]; XI] = std::array::from_fn(|kj| {
-                        let (y, x) = ((M * ty + kj / ALPHA).wrapping_sub(1), (M * tx + kj % ALPHA).wrapping_sub(1));
-                        if y < g.h && x < g.w { &image[(y * g.w + x) * c..][..c] } else { &zeros }
-                    });
-                    tile_input(&patch, &mut v[((row - first) * tw + tx) * XI * c..][..XI * c], &mut r);
-                }
-            }
-        },
-    );
+}
+
+/// V [tile][ξ][C_in] of the tile rows `band` (rows of a chunk's images, image by image) from the
+/// images' pixel-major copies `xt`.
+fn input_tiles(g: &Geometry, xt: &[f32], band: std::ops::Range<usize>, v: &mut [f32]) {
+    let (hw, (th, tw), c) = (g.h * g.w, tiles(g.h, g.w), g.c_in);
+    let (zeros, mut r) = (vec![0.0f32; c], vec![0.0f32; XI * c]);
+    for row in band.clone() {
+        let (i, ty) = (row / th, row % th);
+        let image = &xt[i * hw * c..][..hw * c];
+        for tx in 0..tw {
+            // Padded pixel (4ty + k, 4tx + j) is pixel (4ty + k − 1, 4tx + j − 1), or padding.
+            let patch: [&[f32]; XI] = std::array::from_fn(|kj| {
+                let (y, x) = ((M * ty + kj / ALPHA).wrapping_sub(1), (M * tx + kj % ALPHA).wrapping_sub(1));
+                if y < g.h && x < g.w { &image[(y * g.w + x) * c..][..c] } else { &zeros }
+            });
+            tile_input(&patch, &mut v[((row - band.start) * tw + tx) * XI * c..][..XI * c], &mut r);
+        }
+    }
 }
 
 /// ∂W [C_out, C_in, 3, 3] = Gᵀ ∂U G from ∂Uᵀ [ξ][C_in][C_out], the adjoint of
