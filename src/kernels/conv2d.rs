@@ -1,5 +1,6 @@
 //! The UNet's convolutions (every `Conv2d`: 3×3, its stride-2 Downsample, the 1×1 shortcuts) as
-//! im2col + one matrix product per image.
+//! im2col + one matrix product per image, or for the 3×3 ones where the products are f32, by
+//! Winograd's F(4×4, 3×3) ([`super::winograd`]).
 //!
 //! burn-flex 0.22's conv2d is slow on few cores, and its backward goes through generic
 //! fallbacks (a transposed convolution, and a convolution with batch and channels swapped for

@@ -246,20 +246,7 @@ pub(super) fn transpose_strided(rows: usize, cols: usize, src: &[f32], src_rs: u
         return;
     }
     let (src, dst) = (&src[..(rows - 1) * src_rs + cols], &mut dst[..(cols - 1) * dst_rs + rows]);
-    let (mut r_done, mut c_done) = (0, 0);
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        (r_done, c_done) = (rows - rows % 8, cols - cols % 8);
-        for r0 in (0..r_done).step_by(8) {
-            for c0 in (0..c_done).step_by(8) {
-                // SAFETY: AVX is present, and rows r0..r0 + 8 of src from column c0 on, rows
-                // c0..c0 + 8 of dst from column r0 on, lie within the slices (lengths cut above).
-                unsafe {
-                    transpose8x8(src[r0 * src_rs + c0..].as_ptr(), src_rs, dst[c0 * dst_rs + r0..].as_mut_ptr(), dst_rs)
-                };
-            }
-        }
-    }
+    let (r_done, c_done) = transpose_blocks(rows, cols, src, src_rs, dst, dst_rs);
     // What the blocks left: the last rows % 8 rows, and the last cols % 8 columns of the others.
     let mut scalar = |rs: std::ops::Range<usize>, cs: std::ops::Range<usize>| {
         for r0 in rs.clone().step_by(TILE) {
@@ -274,6 +261,35 @@ pub(super) fn transpose_strided(rows: usize, cols: usize, src: &[f32], src_rs: u
     };
     scalar(r_done..rows, 0..cols);
     scalar(0..r_done, c_done..cols);
+}
+
+/// The whole 8×8 blocks of [`transpose_strided`] in AVX registers where the CPU has AVX;
+/// returns the rows and columns they covered.
+fn transpose_blocks(
+    rows: usize,
+    cols: usize,
+    src: &[f32],
+    src_rs: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+) -> (usize, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        let (r_done, c_done) = (rows - rows % 8, cols - cols % 8);
+        for r0 in (0..r_done).step_by(8) {
+            for c0 in (0..c_done).step_by(8) {
+                // SAFETY: AVX is present, and rows r0..r0 + 8 of src from column c0 on, rows
+                // c0..c0 + 8 of dst from column r0 on, lie within the slices (lengths cut by
+                // the caller).
+                unsafe {
+                    transpose8x8(src[r0 * src_rs + c0..].as_ptr(), src_rs, dst[c0 * dst_rs + r0..].as_mut_ptr(), dst_rs)
+                };
+            }
+        }
+        return (r_done, c_done);
+    }
+    let _ = (rows, cols, src, src_rs, dst, dst_rs);
+    (0, 0)
 }
 
 /// Transposes the 8×8 block at `src` (rows `src_stride` apart) into `dst` (rows `dst_stride`
