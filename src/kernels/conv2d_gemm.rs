@@ -8,7 +8,7 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 use super::gemm::transpose;
-use super::gemm::{Lhs, Unfold, split_batch, with_scratch};
+use super::gemm::{Lhs, Unfold, split_batch, sum_in_order, with_scratch};
 use super::im2col::Geometry;
 #[cfg(not(target_arch = "wasm32"))]
 use super::im2col::{col2im, pointwise};
@@ -97,12 +97,7 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
         });
         (dw_t, db)
     });
-    let mut partials = partials.into_iter();
-    let (mut dw_t, mut db) = partials.next().expect("a batch has at least one image");
-    for (pw, pb) in partials {
-        dw_t.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
-        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
-    }
+    let (dw_t, db) = sum_in_order(partials);
     let mut dw = vec![0.0f32; g.c_out * rows];
     transpose(rows, g.c_out, &dw_t, &mut dw);
     (dx, dw, db)

@@ -221,6 +221,19 @@ pub(super) fn split_batch<R: Send>(
         .collect()
 }
 
+/// The weight and bias gradients of a batch from its slices' partial sums ([`split_batch`]'s
+/// results), added in batch order so that a run repeats bit for bit.
+#[cfg(not(target_arch = "wasm32"))]
+pub(super) fn sum_in_order(partials: Vec<(Vec<f32>, Vec<f32>)>) -> (Vec<f32>, Vec<f32>) {
+    let mut partials = partials.into_iter();
+    let (mut dw, mut db) = partials.next().expect("a batch has at least one image");
+    for (pw, pb) in partials {
+        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
+    (dw, db)
+}
+
 /// Without a thread pool (the browser's one-thread module) the whole batch runs on this thread.
 #[cfg(not(pool))]
 pub(super) fn split_batch<R>(

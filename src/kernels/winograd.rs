@@ -16,6 +16,8 @@
 //! The backward pass runs the same algorithm: ∂x is the convolution of ∂out with the kernel
 //! turned, and ∂W comes from ∂U_ξ = Σ_tiles ∂M_ξ V_ξᵀ, each transform's adjoint taking it back.
 
+#[cfg(not(target_arch = "wasm32"))]
+use super::gemm::sum_in_order;
 use super::gemm::{Rows, Strided, product, split_batch, transpose, transpose_strided, with_held, with_scratch};
 use super::im2col::{Geometry, same};
 
@@ -71,8 +73,8 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
                     let (xt, y) = xy.split_at_mut(chunk.len() * hw * g.c_in);
                     pixel_major(g.c_in, hw, x, chunk, xt);
                     let xt = &*xt;
-                    // Each band of tile rows from its pixels to its output pixels (one join at
-                    // batch 1): V; M_ξᵀ [tiles, C_out] = V_ξᵀ [tiles, C_in] · U_ξᵀ [C_in, C_out],
+                    // Each band of tile rows from its pixels to its output pixels (one join when
+                    // split): V; M_ξᵀ [tiles, C_out] = V_ξᵀ [tiles, C_in] · U_ξᵀ [C_in, C_out],
                     // V and M laid out [tile][ξ][C]; Y.
                     let pixel_row = |r: usize| (r / th * hw + (M * (r % th)).min(g.h) * g.w) * g.c_out;
                     let cut = |r: usize| [r * tw * XI * g.c_in, r * tw * XI * g.c_out, pixel_row(r)];
@@ -111,15 +113,17 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
 /// U_ξᵀ [ξ][C_in][C_out], what every product of a call multiplies by: the kernels of each
 /// output channel transformed in turn (into `u_co` [C_out][ξ][C_in]), then each U_ξ turned.
 fn transform_kernels(g: &Geometry, weight: &[f32], u: &mut [f32], u_co: &mut [f32]) {
-    let kernels = 9 * g.c_in;
-    each_part(u_co, XI * g.c_in, false, 0, |co, u, _| kernel_transform(&weight[co * kernels..][..kernels], u));
+    for (kernels, u_co) in weight.chunks_exact(9 * g.c_in).zip(u_co.chunks_exact_mut(XI * g.c_in)) {
+        kernel_transform(kernels, u_co);
+    }
     for (xi, u) in u.chunks_exact_mut(g.c_in * g.c_out).enumerate() {
         transpose_strided(g.c_out, g.c_in, &u_co[xi * g.c_in..], XI * g.c_in, u, g.c_out);
     }
 }
 
 /// Runs f(tile rows, buffers' parts) over `rows` tile rows, as two bands on both threads when
-/// `parallel` (batch 1), else as one; `cut(r)`: where tile row r starts in each buffer.
+/// `parallel` (a batch smaller than the thread count, in the browser's threaded module), else as
+/// one; `cut(r)`: where tile row r starts in each buffer.
 fn on_bands<const K: usize>(
     rows: usize,
     parallel: bool,
@@ -143,29 +147,6 @@ fn on_bands<const K: usize>(
     }
     let _ = (parallel, cut);
     f(0..rows, buffers)
-}
-
-/// f(index, part, scratch) for each part of `data` (`len` values each, the last one possibly
-/// shorter), spread over the threads when `parallel`, else in turn on this one; `scratch`: the
-/// length of a scratch buffer per thread.
-fn each_part(
-    data: &mut [f32],
-    len: usize,
-    parallel: bool,
-    scratch: usize,
-    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
-) {
-    #[cfg(pool)]
-    if parallel {
-        use rayon::prelude::*;
-        return data
-            .par_chunks_mut(len)
-            .enumerate()
-            .for_each_init(|| vec![0.0f32; scratch], |s, (i, part)| f(i, part, s));
-    }
-    let _ = parallel;
-    let mut s = vec![0.0f32; scratch];
-    data.chunks_mut(len).enumerate().for_each(|(i, part)| f(i, part, &mut s));
 }
 
 /// (∂x, ∂W, ∂b) from ∂out. ∂x is the convolution of ∂out with the kernel turned half a turn
@@ -221,12 +202,7 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
         }
         (du_t, db)
     });
-    let mut partials = partials.into_iter();
-    let (mut du_t, mut db) = partials.next().expect("a batch has at least one image");
-    for (pu, pb) in partials {
-        du_t.iter_mut().zip(pu).for_each(|(a, b)| *a += b);
-        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
-    }
+    let (du_t, db) = sum_in_order(partials);
     [dx, kernel_adjoint(g, &du_t), db]
 }
 
