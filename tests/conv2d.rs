@@ -12,7 +12,7 @@ use ddpm::noise::Noise;
 mod common;
 
 /// (c_in, c_out, kernel, stride, padding): the UNet's 3×3 convs (an image's few channels, and
-/// wider ones, which run by Winograd's F(2×2, 3×3) where the products are f32), its Downsample,
+/// wider ones, which run by Winograd's F(4×4, 3×3) where the products are f32), its Downsample,
 /// a shortcut.
 const LAYERS: [(usize, usize, usize, usize, usize); 5] =
     [(3, 5, 3, 1, 1), (8, 12, 3, 1, 1), (4, 4, 3, 2, 1), (6, 3, 1, 1, 0), (2, 3, 3, 1, 0)];

@@ -2,13 +2,13 @@
 //! * forward: col = im2col(x) [C_in·k·k, H'·W'], out = W [C_out, C_in·k·k] · col + b;
 //! * backward: ∂Wᵀ += col · ∂outᵀ, ∂b += Σ ∂out, ∂x = col2im(Wᵀ · ∂out);
 //!
-//! except for the 3×3 "same" convolutions, whose forward pass and ∂x run by Winograd's
-//! F(2×2, 3×3) ([`super::winograd`]) where the products are f32, and read the image directly
-//! where they run on AMX tiles.
+//! except for the 3×3 "same" convolutions, which run by Winograd's F(4×4, 3×3), forward and
+//! backward ([`super::winograd`], where the products are f32 and the call is large enough), and
+//! read the image directly where they run on AMX tiles.
 
+use super::gemm::{Lhs, Unfold, split_batch, with_scratch};
 #[cfg(not(target_arch = "wasm32"))]
-use super::gemm::transpose;
-use super::gemm::{Lhs, Unfold, split_batch, sum_in_order, with_scratch};
+use super::gemm::{sum_in_order, transpose};
 use super::im2col::Geometry;
 #[cfg(not(target_arch = "wasm32"))]
 use super::im2col::{col2im, pointwise};
