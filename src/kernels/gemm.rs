@@ -197,9 +197,8 @@ impl Unfold {
 /// batch order.
 ///
 /// Natively, waking the other thread for every product of a batch-1 pass (and every phase of a
-/// Winograd convolution) cost more than it saved: the yardstick's forward pass at batch 1 took
-/// 5.7 ms on one thread against 6-9 ms split (docs/speed.md); in the browser the split measured
-/// 1.16× faster.
+/// Winograd convolution) cost more than it saved; in the browser the split measured faster
+/// (docs/speed.md has both).
 #[cfg(pool)]
 pub(super) fn split_batch<R: Send>(
     batch: usize,
