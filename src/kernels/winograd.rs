@@ -133,15 +133,14 @@ fn on_bands<const K: usize>(
 ) {
     #[cfg(pool)]
     if parallel && rows >= 2 {
-        let (mid, at) = (rows / 2, cut(rows / 2));
-        let mut lo_hi = buffers.into_iter().zip(at).map(|(b, at)| b.split_at_mut(at));
-        let halves: [(&mut [f32], &mut [f32]); K] = std::array::from_fn(|_| lo_hi.next().expect("K buffers"));
-        let (mut lo, mut hi) = (Vec::with_capacity(K), Vec::with_capacity(K));
-        for (l, h) in halves {
-            lo.push(l);
-            hi.push(h);
-        }
-        let (lo, hi): ([&mut [f32]; K], [&mut [f32]; K]) = (lo.try_into().expect("K"), hi.try_into().expect("K"));
+        let mid = rows / 2;
+        let (mut cuts, mut his) = (cut(mid).into_iter(), Vec::with_capacity(K));
+        let lo = buffers.map(|b| {
+            let (lo, hi) = b.split_at_mut(cuts.next().expect("a cut per buffer"));
+            his.push(hi);
+            lo
+        });
+        let hi: [&mut [f32]; K] = his.try_into().expect("a half per buffer");
         rayon::join(|| f(0..mid, lo), || f(mid..rows, hi));
         return;
     }
