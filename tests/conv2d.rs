@@ -106,3 +106,34 @@ fn gradients_match_burns_conv2d() {
         }
     }
 }
+
+/// Inference keeps each weight's Winograd transform between calls (`kernel_cache`); every call
+/// must still use its own weights as they are now: two layers of the same shape called in
+/// turn, then the first one's weights rewritten where they lie (a cache keyed on the address
+/// alone would miss it), then replaced by new weights of the same shape (which may land at the
+/// old address).
+#[test]
+fn kept_kernel_transforms_follow_the_weights() {
+    let device = Device::flex();
+    let (mut conv, other) = (layer(LAYERS[1], &device), layer(LAYERS[1], &device));
+    // One image of 16×17 pixels: enough for the Winograd path.
+    let x = Noise::new(4).gaussian([1, LAYERS[1].0, 16, 17], &device);
+    let changes: [&dyn Fn(Conv2d) -> Conv2d; 3] = [
+        &|conv| conv,
+        &|mut conv| {
+            conv.weight = conv.weight.map(|w| w * -1.5);
+            conv
+        },
+        &|mut conv| {
+            let dims = conv.weight.val().dims();
+            conv.weight = Param::from_tensor(Noise::new(8).gaussian(dims, &device));
+            conv
+        },
+    ];
+    for (round, change) in changes.into_iter().enumerate() {
+        conv = change(conv);
+        for (name, conv) in [("first", &conv), ("second", &other), ("first", &conv)] {
+            assert_close(&format!("change {round}, {name} layer"), conv2d(conv, x.clone()), conv.forward(x.clone()));
+        }
+    }
+}

@@ -27,6 +27,7 @@ use super::conv2d_gemm;
 use super::f32s;
 use super::fused::{self, Fused};
 use super::im2col::Geometry;
+use super::kernel_cache::Owner;
 
 /// `conv.forward(x)` for a [B, C, H, W] tensor.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
@@ -85,7 +86,7 @@ impl Conv2dGemm for Flex {
         if x.dtype() != DType::F32 {
             return Self::conv2d(x, weight, Some(bias), options(stride, padding));
         }
-        fused::flex(&Gemm { stride, padding }, [x, weight, bias])
+        fused::flex(&Gemm { stride, padding, keep_kernels: true }, [x, weight, bias])
     }
 }
 
@@ -101,7 +102,7 @@ impl<C: CheckpointStrategy> Conv2dGemm for Autodiff<Flex, C> {
         if x.primitive().dtype() != DType::F32 {
             return Self::conv2d(x, weight, Some(bias), options(stride, padding));
         }
-        fused::autodiff::<C, _>(Gemm { stride, padding }, [x, weight, bias])
+        fused::autodiff::<C, _>(Gemm { stride, padding, keep_kernels: false }, [x, weight, bias])
     }
 }
 
@@ -110,6 +111,10 @@ impl<C: CheckpointStrategy> Conv2dGemm for Autodiff<Flex, C> {
 struct Gemm {
     stride: usize,
     padding: usize,
+    /// Whether what is prepared from the weights may be kept for later calls with the same
+    /// weights ([`super::kernel_cache`]): on plain flex (inference), where the weights persist from
+    /// call to call, not under autodiff, where every optimiser step rewrites them.
+    keep_kernels: bool,
 }
 
 impl Fused for Gemm {
@@ -117,7 +122,11 @@ impl Fused for Gemm {
 
     fn forward(&self, [x, weight, bias]: [&FlexTensor; 3]) -> TensorData {
         let g = Geometry::new(&x.shape(), &weight.shape(), self.stride, self.padding);
-        TensorData::new(conv2d_gemm::forward(&g, f32s(x), f32s(weight), f32s(bias)), g.out_shape())
+        let owner = self.keep_kernels.then(|| {
+            let shape = weight.shape();
+            Owner::new(&weight.data_arc(), weight.layout().start_offset(), [shape[0], shape[1]])
+        });
+        TensorData::new(conv2d_gemm::forward(&g, f32s(x), f32s(weight), f32s(bias), owner), g.out_shape())
     }
 
     #[cfg(not(target_arch = "wasm32"))]

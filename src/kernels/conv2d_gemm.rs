@@ -12,13 +12,15 @@ use super::gemm::{sum_in_order, transpose};
 use super::im2col::Geometry;
 #[cfg(not(target_arch = "wasm32"))]
 use super::im2col::{col2im, pointwise};
+use super::kernel_cache::Owner;
 use super::winograd;
 
-/// out[b] = W · im2col(x[b]) + bias.
-pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+/// out[b] = W · im2col(x[b]) + bias; `owner`: where the weights live, when what is prepared
+/// from them may be kept for later calls.
+pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32], owner: Option<Owner>) -> Vec<f32> {
     let unfold = Unfold::new(g);
     if !unfold.reads_image() && winograd::applies(g) {
-        return winograd::forward(g, x, weight, Some(bias));
+        return winograd::forward(g, x, weight, Some(bias), owner);
     }
     let (rows, n) = g.col();
     let (x_len, out_len) = (g.c_in * g.h * g.w, g.c_out * n);

@@ -11,8 +11,9 @@
 //! The layers: [`conv2d`] and [`group_norm_swish`] are what the model calls and burn's backend
 //! extensions (which backend runs what); [`fused`] is the autodiff plumbing both share; the
 //! slice kernels below them know nothing of burn: [`im2col`], [`gemm`] (with `amx` and
-//! `amx_pack` on CPUs with AMX), [`winograd`] (the 3×3 convolutions where the products are f32)
-//! and [`conv2d_gemm`] for the convolution, [`group_norm_swish_loops`] for the normalisation.
+//! `amx_pack` on CPUs with AMX), [`winograd`] (the 3×3 convolutions where the products are f32,
+//! their transformed kernels kept while sampling by [`kernel_cache`]) and [`conv2d_gemm`] for
+//! the convolution, [`group_norm_swish_loops`] for the normalisation.
 
 /// Defines `pub fn $name` whose body runs compiled for AVX-512 or AVX2 when the CPU has
 /// them (16 or 8 lanes where the x86-64 baseline, SSE2, has 4), else as built. Every helper
@@ -61,6 +62,7 @@ mod gemm;
 pub mod group_norm_swish;
 mod group_norm_swish_loops;
 mod im2col;
+mod kernel_cache;
 mod winograd;
 
 pub use conv2d::conv2d;

@@ -20,6 +20,7 @@
 use super::gemm::sum_in_order;
 use super::gemm::{Rows, Strided, product, split_batch, transpose, transpose_strided, with_held, with_scratch};
 use super::im2col::{Geometry, same};
+use super::kernel_cache::{self, Owner};
 
 /// Output tile m and input tile α = m + 2 of F(m×m, 3×3).
 const M: usize = 4;
@@ -50,8 +51,9 @@ pub(super) fn applies(g: &Geometry) -> bool {
     g.k == 3 && g.padding == 1 && same(g) && g.c_in >= 8 && g.c_out >= 8 && g.batch * g.h * g.w >= MIN_PIXELS
 }
 
-/// out[b] = conv(x[b], weight) (+ bias) for a batch of [C_in, H, W] images.
-pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+/// out[b] = conv(x[b], weight) (+ bias) for a batch of [C_in, H, W] images; `owner`: where the
+/// weights live, when their transform may be kept for later calls ([`kernel_cache`]).
+pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>, owner: Option<Owner>) -> Vec<f32> {
     debug_assert!(applies(g));
     let (hw, (th, tw), per_chunk) = (g.h * g.w, tiles(g.h, g.w), images_per_chunk(g));
     let out_len = g.c_out * hw;
@@ -59,9 +61,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
     let bias = bias.unwrap_or(&no_bias);
     // Every value is written by the last transpose.
     let mut out = vec![0.0f32; g.batch * out_len];
-    with_held([XI * g.c_out * g.c_in; 2], |[u, u_co]| {
-        transform_kernels(g, weight, u, u_co);
-        let u = &*u;
+    with_kernels(g, weight, owner, |u| {
         split_batch(g.batch, &mut out, out_len, |images, out, parallelism| {
             let parallel = !matches!(parallelism, gemm::Parallelism::None);
             let images: Vec<usize> = images.collect();
@@ -110,6 +110,21 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
     out
 }
 
+/// Runs f(U_ξᵀ [ξ][C_in][C_out]): the transform kept for `owner`'s weights, or one made now
+/// (and kept, when there is an owner).
+fn with_kernels<R>(g: &Geometry, weight: &[f32], owner: Option<Owner>, f: impl FnOnce(&[f32]) -> R) -> R {
+    if let Some(u) = owner.as_ref().and_then(kernel_cache::get) {
+        return f(&u);
+    }
+    with_held([XI * g.c_out * g.c_in; 2], |[u, u_co]| {
+        transform_kernels(g, weight, u, u_co);
+        if let Some(owner) = owner {
+            kernel_cache::put(owner, u);
+        }
+        f(u)
+    })
+}
+
 /// U_ξᵀ [ξ][C_in][C_out], what every product of a call multiplies by: the kernels of each
 /// output channel transformed in turn (into `u_co` [C_out][ξ][C_in]), then each U_ξ turned.
 fn transform_kernels(g: &Geometry, weight: &[f32], u: &mut [f32], u_co: &mut [f32]) {
@@ -155,7 +170,7 @@ fn on_bands<const K: usize>(
 #[cfg(not(target_arch = "wasm32"))]
 pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -> [Vec<f32>; 3] {
     let g_t = Geometry { c_in: g.c_out, c_out: g.c_in, ..*g };
-    let mut dx = forward(&g_t, d_out, &super::conv2d_gemm::turned(g, weight), None);
+    let mut dx = forward(&g_t, d_out, &super::conv2d_gemm::turned(g, weight), None, None);
     let (hw, (th, tw), per_chunk) = (g.h * g.w, tiles(g.h, g.w), images_per_chunk(g));
     let out_len = g.c_out * hw;
     // Each slice of the batch sums its own ∂Uᵀ and ∂b; the sums are added in batch order, so
@@ -239,23 +254,36 @@ fn input_tiles(g: &Geometry, xt: &[f32], band: std::ops::Range<usize>, v: &mut [
 }
 
 /// ∂W [C_out, C_in, 3, 3] = Gᵀ ∂U G from ∂Uᵀ [ξ][C_in][C_out], the adjoint of
-/// [`kernel_transform`].
+/// [`kernel_transform`]: along the output channels (contiguous in ∂Uᵀ) into [C_in][3·3][C_out],
+/// then turned.
 #[cfg(not(target_arch = "wasm32"))]
 fn kernel_adjoint(g: &Geometry, du_t: &[f32]) -> Vec<f32> {
-    let pair = g.c_out * g.c_in;
-    let mut dw = vec![0.0f32; pair * 9];
-    for co in 0..g.c_out {
-        for ci in 0..g.c_in {
-            let du = |b: usize, a: usize| du_t[(b * ALPHA + a) * pair + ci * g.c_out + co];
-            // Gᵀ ∂U: each column a of ∂U taken back, then each row of the result.
-            let cols: [[f32; 3]; ALPHA] = std::array::from_fn(|a| gt(std::array::from_fn(|b| du(b, a))));
-            let k = &mut dw[(co * g.c_in + ci) * 9..][..9];
-            for i in 0..3 {
-                k[i * 3..][..3].copy_from_slice(&gt(std::array::from_fn(|a| cols[a][i])));
-            }
-        }
+    let mut dw_t = vec![0.0f32; g.c_out * g.c_in * 9];
+    for (ci, dw_t) in dw_t.chunks_exact_mut(9 * g.c_out).enumerate() {
+        kernel_adjoint_channel(du_t, ci, dw_t);
     }
+    let mut dw = vec![0.0f32; dw_t.len()];
+    transpose(g.c_in * 9, g.c_out, &dw_t, &mut dw);
     dw
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+with_simd! {
+    /// ∂g [3·3][C_out] = Gᵀ ∂U G for the kernels of input channel `ci` (the output channels
+    /// in vector lanes), from ∂Uᵀ [ξ][C_in][C_out].
+    fn kernel_adjoint_channel(du_t: &[f32], ci: usize, dw_t: &mut [f32]) {
+        let c_out = dw_t.len() / 9;
+        let pair = du_t.len() / XI;
+        let src: [&[f32]; XI] = std::array::from_fn(|xi| &du_t[xi * pair + ci * c_out..][..c_out]);
+        let mut taps = dw_t.chunks_exact_mut(c_out);
+        let dst: [&mut [f32]; 9] = std::array::from_fn(|_| taps.next().expect("9 taps"));
+        map(src, dst, |du| {
+            // Gᵀ ∂U: each column a of ∂U taken back, then each row of the result.
+            let cols: [[f32; 3]; ALPHA] = std::array::from_fn(|a| gt(std::array::from_fn(|b| du[b * ALPHA + a])));
+            let rows: [[f32; 3]; 3] = std::array::from_fn(|i| gt(std::array::from_fn(|a| cols[a][i])));
+            std::array::from_fn(|t| rows[t / 3][t % 3])
+        });
+    }
 }
 
 /// Bᵀ·d for an α-vector d, Bᵀ = [[4, 0, −5, 0, 1, 0], [0, −4, −4, 1, 1, 0], [0, 4, −4, −1, 1, 0],
@@ -341,11 +369,13 @@ with_simd! {
         let c_in = weight.len() / 9;
         for (block, kernels) in weight.chunks(9 * LANES).enumerate() {
             // The last block padded with zero kernels, so that every block is read the same way.
-            let mut padded = [0.0f32; 9 * LANES];
+            let padded;
             let taps: &[f32; 9 * LANES] = match kernels.try_into() {
                 Ok(full) => full,
                 Err(_) => {
-                    padded[..kernels.len()].copy_from_slice(kernels);
+                    let mut p = [0.0f32; 9 * LANES];
+                    p[..kernels.len()].copy_from_slice(kernels);
+                    padded = p;
                     &padded
                 }
             };
