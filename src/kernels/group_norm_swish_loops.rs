@@ -62,18 +62,20 @@ fn per_group(len: usize, c: usize, hw: usize, groups: usize) -> impl Iterator<It
 }
 
 with_simd! {
-/// out = y·σ(y), y = γ_c x̂ + β_c.
-fn forward(x: &[f32], gamma: &[f32], beta: &[f32], hw: usize, groups: usize, epsilon: f32, out: &mut [f32]) {
+/// out = y·σ(y), y = γ_c x̂ + β_c, appended to `out` in x's order (written once: no zeroing pass
+/// first).
+fn forward(x: &[f32], gamma: &[f32], beta: &[f32], hw: usize, groups: usize, epsilon: f32, out: &mut Vec<f32>) {
     let c = gamma.len();
+    out.reserve(x.len());
     for (range, first) in per_group(x.len(), c, hw, groups) {
         let (mean, rstd) = stats(&x[range.clone()], epsilon);
         for (k, start) in range.step_by(hw).enumerate() {
             let scale = rstd * gamma[first + k];
             let shift = beta[first + k] - mean * scale;
-            for (o, &v) in out[start..start + hw].iter_mut().zip(&x[start..start + hw]) {
+            out.extend(x[start..start + hw].iter().map(|&v| {
                 let y = v * scale + shift;
-                *o = y * sigmoid(y);
-            }
+                y * sigmoid(y)
+            }));
         }
     }
 }

@@ -275,9 +275,7 @@ with_simd! {
         let c_out = dw_t.len() / 9;
         let pair = du_t.len() / XI;
         let src: [&[f32]; XI] = std::array::from_fn(|xi| &du_t[xi * pair + ci * c_out..][..c_out]);
-        let mut taps = dw_t.chunks_exact_mut(c_out);
-        let dst: [&mut [f32]; 9] = std::array::from_fn(|_| taps.next().expect("9 taps"));
-        map(src, dst, |du| {
+        map(src, every::<9>(dw_t, c_out, 0, 1), |du| {
             // Gᵀ ∂U: each column a of ∂U taken back, then each row of the result.
             let cols: [[f32; 3]; ALPHA] = std::array::from_fn(|a| gt(std::array::from_fn(|b| du[b * ALPHA + a])));
             let rows: [[f32; 3]; 3] = std::array::from_fn(|i| gt(std::array::from_fn(|a| cols[a][i])));
@@ -331,6 +329,19 @@ fn g([v0, v1, v2]: [f32; 3]) -> [f32; ALPHA] {
 fn gt([u0, u1, u2, u3, u4, u5]: [f32; ALPHA]) -> [f32; 3] {
     let (s, d, s34, d34) = (u1 + u2, u2 - u1, u3 + u4, u3 - u4);
     [u0 / 4.0 - s / 6.0 + s34 / 24.0, d / 6.0 + d34 / 12.0, -s / 6.0 + s34 / 6.0 + u5]
+}
+
+/// The K slices of `c` values that start at chunks first, first + step, …, first + (K − 1)·step
+/// of `buf`: where one transform's K outputs go. (Indexing, not an iterator's `skip` and
+/// `step_by`, whose state the compiler kept in memory, call after call.)
+#[inline(always)]
+fn every<const K: usize>(buf: &mut [f32], c: usize, first: usize, step: usize) -> [&mut [f32]; K] {
+    let mut rest = &mut buf[first * c..];
+    std::array::from_fn(|_| {
+        let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(c);
+        rest = tail.get_mut((step - 1) * c..).unwrap_or_default();
+        chunk
+    })
 }
 
 /// Values a vector holds (AVX-512): what [`map`] and [`kernel_transform`] take at a time.
@@ -413,15 +424,13 @@ with_simd! {
         let c = v.len() / XI;
         // Along x, R[k, ·] = Bᵀ d[k, ·] for each row k of the patch.
         for (k, r) in r.chunks_exact_mut(ALPHA * c).enumerate() {
-            let mut dst = r.chunks_exact_mut(c);
-            map(std::array::from_fn(|j| patch[k * ALPHA + j]), std::array::from_fn(|_| dst.next().expect("α")), bt);
+            map(std::array::from_fn(|j| patch[k * ALPHA + j]), every(r, c, 0, 1), bt);
         }
         // Then along y, V[·, a] = Bᵀ R[·, a].
         let r = &*r;
         for a in 0..ALPHA {
             let src: [&[f32]; ALPHA] = std::array::from_fn(|k| &r[(k * ALPHA + a) * c..][..c]);
-            let mut dst = v.chunks_exact_mut(c).skip(a).step_by(ALPHA);
-            map(src, std::array::from_fn(|_| dst.next().expect("α")), bt);
+            map(src, every(v, c, a, ALPHA), bt);
         }
     }
 }
@@ -435,8 +444,7 @@ with_simd! {
         // S = Aᵀ M along y: S[·, a] = Aᵀ M[·, a].
         for a in 0..ALPHA {
             let src: [&[f32]; ALPHA] = std::array::from_fn(|b| &m[(b * ALPHA + a) * c..][..c]);
-            let mut dst = s.chunks_exact_mut(c).skip(a).step_by(ALPHA);
-            map(src, std::array::from_fn(|_| dst.next().expect("m")), at);
+            map(src, every(s, c, a, ALPHA), at);
         }
         // Y = S A along x, plus the bias (a fifth term of the same pass).
         let s = &*s;
@@ -465,14 +473,12 @@ with_simd! {
                 };
                 // P = ∂Y Aᵀ along x (row i of P: α vectors), then ∂M = A P along y.
                 for i in 0..M {
-                    let mut dst = p.chunks_exact_mut(c).skip(i * ALPHA);
-                    map(std::array::from_fn(|j| pixel(i, j)), std::array::from_fn(|_| dst.next().expect("α")), a);
+                    map(std::array::from_fn(|j| pixel(i, j)), every(p, c, i * ALPHA, 1), a);
                 }
                 let dm = &mut dm[(ty * tw + tx) * XI * c..][..XI * c];
                 for col in 0..ALPHA {
                     let src: [&[f32]; M] = std::array::from_fn(|i| &p[(i * ALPHA + col) * c..][..c]);
-                    let mut dst = dm.chunks_exact_mut(c).skip(col).step_by(ALPHA);
-                    map(src, std::array::from_fn(|_| dst.next().expect("α")), a);
+                    map(src, every(dm, c, col, ALPHA), a);
                 }
             }
         }
