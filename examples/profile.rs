@@ -2,11 +2,11 @@
 //! training step goes. `cargo run --release --example profile`.
 use std::time::Instant;
 
-use burn::nn::conv::Conv2dConfig;
+use burn::nn::conv::{Conv2dConfig, ConvTranspose2dConfig};
 use burn::nn::{GroupNormConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
-use ddpm::kernels::{conv2d, group_norm_swish};
+use ddpm::kernels::{conv_transpose2d, conv2d, group_norm_swish};
 use ddpm::noise::Noise;
 
 fn time(name: &str, f: impl FnMut() -> Tensor<4>) {
@@ -50,6 +50,20 @@ fn main() {
         time(&format!("group_norm_swish @64x32x32x32 {tag}"), || run(group_norm_swish(&gn, x.clone())));
         time(&format!("add+mul @64x32x32x32 {tag}"), || run(x.clone() * 2.0 + x.clone()));
         time(&format!("cat dim1 {tag}"), || run(Tensor::cat(vec![x.clone(), x.clone()], 1)));
+        // The yardstick UNet's two Upsamples (4×4 transposed convolutions, stride 2).
+        for (c, size) in [(64, 8), (32, 16)] {
+            let up = ConvTranspose2dConfig::new([c, c], [4, 4]).with_stride([2, 2]).with_padding([1, 1]).init(&dev);
+            let x = Noise::new(0).gaussian([64, c, size, size], &dev);
+            let name = format!("upsample {c}->{c} @64x{size}x{size} {tag}");
+            if ad {
+                let x = x.require_grad();
+                time(&format!("{name} (burn)"), || x.grad(&up.forward(x.clone()).sum().backward()).unwrap());
+                time(&name, || x.grad(&conv_transpose2d(&up, x.clone()).sum().backward()).unwrap());
+            } else {
+                time(&format!("{name} (burn)"), || up.forward(x.clone()));
+                time(&name, || conv_transpose2d(&up, x.clone()));
+            }
+        }
     }
     // The shipped MNIST model's 3×3 convolutions, one level each, at one training shard's batch
     // (32): GFLOP/s counts 2 per multiply-add, three products forward and backward.

@@ -1,12 +1,13 @@
-//! The flex convolutions (im2col + GEMM) against burn's conv2d: outputs and all three
-//! gradients, for every kind of layer the UNet has; each comparison also checks that the
-//! hand-written kernels ran (a silent fallback to burn's conv2d would match burn trivially).
+//! The flex convolutions (im2col + GEMM, Winograd) against burn's conv2d, and the transposed
+//! ones against burn's conv_transpose2d: outputs and all three gradients, for every kind of
+//! layer the UNet has; each comparison also checks that the hand-written kernels ran (a silent
+//! fallback to burn's op would match burn trivially).
 
 use burn::module::Param;
 use burn::nn::PaddingConfig2d;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::tensor::{Device, Tensor};
-use ddpm::kernels::{conv2d, fast_path_calls};
+use ddpm::kernels::{conv_transpose2d, conv2d, fast_path_calls};
 use ddpm::noise::Noise;
 
 mod common;
@@ -134,6 +135,76 @@ fn kept_kernel_transforms_follow_the_weights() {
         conv = change(conv);
         for (name, conv) in [("first", &conv), ("second", &other), ("first", &conv)] {
             assert_close(&format!("change {round}, {name} layer"), conv2d(conv, x.clone()), conv.forward(x.clone()));
+        }
+    }
+}
+
+/// (c_in, c_out, kernel, stride, padding) of transposed convolutions: the UNet's Upsample (here
+/// with unequal channels), one whose adjoint is a "same" 3×3 convolution (col2im's shifted
+/// planes), a strided one without padding, a 1×1 one.
+const TRANSPOSED: [(usize, usize, usize, usize, usize); 4] =
+    [(5, 3, 4, 2, 1), (3, 6, 3, 1, 1), (4, 2, 3, 2, 0), (2, 3, 1, 1, 0)];
+
+fn transposed(
+    (c_in, c_out, k, stride, padding): (usize, usize, usize, usize, usize),
+    device: &Device,
+) -> ConvTranspose2d {
+    let mut conv = ConvTranspose2dConfig::new([c_in, c_out], [k, k])
+        .with_stride([stride, stride])
+        .with_padding([padding, padding])
+        .init(device);
+    conv.bias = Some(Param::from_tensor(Noise::new(9).gaussian([c_out], device) + 1.0));
+    conv
+}
+
+/// Batches below, at and above the thread count; a 1-pixel input, odd and unequal sizes.
+const TRANSPOSED_INPUTS: [(usize, usize, usize); 4] = [(1, 1, 1), (2, 5, 6), (5, 4, 3), (1, 8, 8)];
+
+#[test]
+fn transposed_outputs_match_burns_conv_transpose2d() {
+    let device = Device::flex();
+    for (i, spec) in TRANSPOSED.into_iter().enumerate() {
+        for (batch, h, w) in TRANSPOSED_INPUTS.into_iter().filter(|&(_, h, _)| (h - 1) * spec.3 + spec.2 > 2 * spec.4) {
+            let conv = transposed(spec, &device);
+            let x = Noise::new(i as u64).gaussian([batch, spec.0, h, w], &device);
+            let before = fast_path_calls("conv_transpose2d");
+            let out = conv_transpose2d(&conv, x.clone());
+            assert_eq!(
+                fast_path_calls("conv_transpose2d"),
+                [before[0] + 1, before[1]],
+                "transposed {i}: the gemm forward ran"
+            );
+            assert_close(&format!("transposed {i} batch {batch} {h}×{w}"), out, conv.forward(x));
+        }
+    }
+}
+
+#[test]
+fn transposed_gradients_match_burns_conv_transpose2d() {
+    let device = Device::flex().autodiff();
+    for (i, spec) in TRANSPOSED.into_iter().enumerate() {
+        for (batch, h, w) in TRANSPOSED_INPUTS.into_iter().filter(|&(_, h, _)| (h - 1) * spec.3 + spec.2 > 2 * spec.4) {
+            let conv = transposed(spec, &device);
+            let x = Noise::new(i as u64).gaussian([batch, spec.0, h, w], &device).require_grad();
+            let grads = |out: Tensor<4>| {
+                let w = Noise::new(5).gaussian(out.dims(), &device);
+                let g = (out * w).sum().backward();
+                let weight = conv.weight.val().grad(&g).unwrap();
+                let bias = conv.bias.as_ref().unwrap().val().grad(&g).unwrap();
+                (x.grad(&g).unwrap(), weight, bias)
+            };
+            let before = fast_path_calls("conv_transpose2d");
+            let (dx, dw, db) = grads(conv_transpose2d(&conv, x.clone()));
+            assert_eq!(
+                fast_path_calls("conv_transpose2d"),
+                [before[0] + 1, before[1] + 1],
+                "transposed {i}: gemm forward and backward ran"
+            );
+            let (dx_ref, dw_ref, db_ref) = grads(conv.forward(x.clone()));
+            let what = format!("transposed {i} batch {batch} {h}×{w}");
+            assert_close(&format!("{what} dx"), dx, dx_ref);
+            assert_close(&format!("{what} dweight"), dw, dw_ref);
+            assert_close(&format!("{what} dbias"), db, db_ref);
         }
     }
 }

@@ -2,6 +2,10 @@
 //! * forward: col = im2col(x) [C_in·k·k, H'·W'], out = W [C_out, C_in·k·k] · col + b;
 //! * backward: ∂Wᵀ += col · ∂outᵀ, ∂b += Σ ∂out, ∂x = col2im(Wᵀ · ∂out);
 //!
+//! and the transposed convolution (the UNet's Upsample), which is the backward's ∂x map:
+//! * forward: y = col2im(Wᵀ · x) + b;
+//! * backward: col = im2col(∂y), ∂x = W · col, ∂Wᵀ += col · xᵀ, ∂b += Σ ∂y;
+//!
 //! except for the 3×3 "same" convolutions, which run by Winograd's F(4×4, 3×3), forward and
 //! backward ([`super::winograd`], where the products are f32 and the call is large enough), and
 //! read the image directly where they run on AMX tiles.
@@ -9,9 +13,9 @@
 use super::gemm::{Lhs, Unfold, split_batch, with_scratch};
 #[cfg(not(target_arch = "wasm32"))]
 use super::gemm::{sum_in_order, transpose};
-use super::im2col::Geometry;
+use super::im2col::{Geometry, col2im};
 #[cfg(not(target_arch = "wasm32"))]
-use super::im2col::{col2im, pointwise};
+use super::im2col::{im2col, pointwise};
 use super::kernel_cache::Owner;
 use super::winograd;
 
@@ -24,13 +28,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32], own
     }
     let (rows, n) = g.col();
     let (x_len, out_len) = (g.c_in * g.h * g.w, g.c_out * n);
-    // Starts as the bias, written once (no zeroing pass first); the products add to it.
-    let mut out = Vec::with_capacity(g.batch * out_len);
-    for _ in 0..g.batch {
-        for &v in bias {
-            out.resize(out.len() + n, v);
-        }
-    }
+    let mut out = biased(g.batch, bias, n);
     let weight = Lhs::new(g.c_out, rows, weight, false);
     split_batch(g.batch, &mut out, out_len, |images, out, parallelism| {
         with_scratch([unfold.col_len(), 0, 0], |[col, _, _]| {
@@ -40,6 +38,74 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32], own
         })
     });
     out
+}
+
+/// `batch` images of `bias.len()` planes of `plane` values, each plane filled with its bias:
+/// what the products then add to (no zeroing pass first).
+fn biased(batch: usize, bias: &[f32], plane: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(batch * bias.len() * plane);
+    for _ in 0..batch {
+        for &v in bias {
+            out.resize(out.len() + plane, v);
+        }
+    }
+    out
+}
+
+/// The transposed convolution y[b] = col2im(Wᵀ · x[b]) + bias: the adjoint of the convolution
+/// `g`, which maps [C_in, H, W] to [C_out, H', W'], applied to x [B, C_out, H', W'], giving
+/// y [B, C_in, H, W]. `weight` [C_out, C_in, k, k] is the transposed convolution's own (burn's
+/// ConvTranspose2d stores [its C_in, its C_out, k, k]), `bias` [C_in].
+pub(super) fn transposed(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let (rows, n) = g.col();
+    let (x_len, y_len) = (g.c_out * n, g.c_in * g.h * g.w);
+    let mut y = biased(g.batch, bias, g.h * g.w);
+    let weight_t = Lhs::new(rows, g.c_out, weight, true);
+    split_batch(g.batch, &mut y, y_len, |images, y, parallelism| {
+        with_scratch([rows * n, 0, 0], |[col, _, _]| {
+            for (b, y) in images.zip(y.chunks_mut(y_len)) {
+                weight_t.times(n, col, false, &x[b * x_len..][..x_len], parallelism);
+                col2im(g, col, y);
+            }
+        })
+    });
+    y
+}
+
+/// (∂x, ∂W, ∂b) of [`transposed`] from ∂y: ∂x[b] = W · im2col(∂y[b]) (the convolution `g`
+/// itself), ∂Wᵀ [C_in·k·k, C_out] += im2col(∂y[b]) · x[b]ᵀ, ∂b = Σ ∂y.
+#[cfg(not(target_arch = "wasm32"))]
+pub(super) fn transposed_backward(
+    g: &Geometry,
+    x: &[f32],
+    weight: &[f32],
+    d_y: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (rows, n) = g.col();
+    let (x_len, y_len) = (g.c_out * n, g.c_in * g.h * g.w);
+    let weight = Lhs::new(g.c_out, rows, weight, false);
+    let mut dx = vec![0.0f32; g.batch * x_len];
+    let partials = split_batch(g.batch, &mut dx, x_len, |images, dx, parallelism| {
+        let (mut dw_t, mut db) = (vec![0.0f32; rows * g.c_out], vec![0.0f32; g.c_in]);
+        with_scratch([rows * n, n * g.c_out, 0], |[col, x_t, _]| {
+            for (i, (b, dx)) in images.zip(dx.chunks_mut(x_len)).enumerate() {
+                let d_y = &d_y[b * y_len..][..y_len];
+                for (d, plane) in db.iter_mut().zip(d_y.chunks(g.h * g.w)) {
+                    *d += plane.iter().sum::<f32>();
+                }
+                let col = im2col(g, d_y, col);
+                weight.times(n, dx, false, col, parallelism);
+                // xᵀ written out once, for the reason `backward` writes ∂outᵀ.
+                transpose(g.c_out, n, &x[b * x_len..][..x_len], x_t);
+                Lhs::new(rows, n, col, false).times(g.c_out, &mut dw_t, i > 0, x_t, parallelism);
+            }
+        });
+        (dw_t, db)
+    });
+    let (dw_t, db) = sum_in_order(partials);
+    let mut dw = vec![0.0f32; g.c_out * rows];
+    transpose(rows, g.c_out, &dw_t, &mut dw);
+    (dx, dw, db)
 }
 
 /// (∂x, ∂W, ∂b) from ∂out.

@@ -36,6 +36,17 @@ impl Geometry {
         }
     }
 
+    /// The convolution whose adjoint is the transposed convolution of `x` [B, C, H', W'] by
+    /// `weight` [C, C_out, k, k] (burn's layout), without output padding: from [C_out, H, W]
+    /// with H = (H' − 1)·stride − 2·padding + k, to [C, H', W']. None when H or W would be
+    /// below 1 or the channels disagree.
+    pub fn transposed(x: &Shape, weight: &Shape, stride: usize, padding: usize) -> Option<Self> {
+        let k = weight[2];
+        let size = |s: usize| ((s.checked_sub(1)? * stride + k).checked_sub(2 * padding)).filter(|&n| n >= 1);
+        let (h, w) = (size(x[2])?, size(x[3])?);
+        (weight[0] == x[1]).then(|| Self::new(&Shape::new([x[0], weight[1], h, w]), weight, stride, padding))
+    }
+
     pub fn out_shape(&self) -> Shape {
         Shape::new([self.batch, self.c_out, self.h_out, self.w_out])
     }
@@ -168,7 +179,6 @@ pub(super) fn im2col<'a>(g: &Geometry, x: &[f32], col: &'a mut [f32]) -> &'a [f3
 
 /// The adjoint of [`im2col`]: dx[c, iy, ix] += dcol over every column that read it (dcol
 /// is scratch: its padding columns are zeroed on the way).
-#[cfg(not(target_arch = "wasm32"))]
 pub(super) fn col2im(g: &Geometry, dcol: &mut [f32], dx: &mut [f32]) {
     let n = g.h_out * g.w_out;
     if same(g) {

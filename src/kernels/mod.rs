@@ -1,19 +1,19 @@
-//! The UNet's two hot operations, convolution and GroupNorm + Swish, as burn backend
-//! extensions: hand-written kernels on flex (native and the browser's CPU fallback), burn's own
-//! ops on every other backend. Model code calls [`conv2d`] and [`group_norm_swish`] and never
-//! learns which ran.
+//! The UNet's hot operations, convolution (plain and transposed) and GroupNorm + Swish, as burn
+//! backend extensions: hand-written kernels on flex (native and the browser's CPU fallback),
+//! burn's own ops on every other backend. Model code calls [`conv2d`], [`conv_transpose2d`] and
+//! [`group_norm_swish`] and never learns which ran.
 //!
 //! Why: on two cores flex's generic conv2d, its autodiff fallbacks and its one-op-at-a-time
 //! element-wise passes made a training step about twice PyTorch's; `ddpm bench` and
 //! `cargo run --release --example profile` measure the difference.
 
 //!
-//! The layers: [`conv2d`] and [`group_norm_swish`] are what the model calls and burn's backend
-//! extensions (which backend runs what); [`fused`] is the autodiff plumbing both share; the
-//! slice kernels below them know nothing of burn: [`im2col`], [`gemm`] (with `amx` and
-//! `amx_pack` on CPUs with AMX), [`winograd`] (the 3×3 convolutions where the products are f32,
-//! their transformed kernels kept while sampling by [`kernel_cache`]) and [`conv2d_gemm`] for
-//! the convolution, [`group_norm_swish_loops`] for the normalisation.
+//! The layers: [`conv2d`], [`conv_transpose2d`] and [`group_norm_swish`] are what the model
+//! calls and burn's backend extensions (which backend runs what); [`fused`] is the autodiff
+//! plumbing they share; the slice kernels below them know nothing of burn: [`im2col`], [`gemm`]
+//! (with `amx` and `amx_pack` on CPUs with AMX), [`winograd`] (the 3×3 convolutions where the
+//! products are f32, their transformed kernels kept while sampling by [`kernel_cache`]) and
+//! [`conv2d_gemm`] for both convolutions, [`group_norm_swish_loops`] for the normalisation.
 
 /// Defines `pub fn $name` whose body runs compiled for AVX-512 or AVX2 when the CPU has
 /// them (16 or 8 lanes where the x86-64 baseline, SSE2, has 4), else as built. Every helper
@@ -57,6 +57,7 @@ mod amx;
 mod amx_pack;
 pub mod conv2d;
 mod conv2d_gemm;
+pub mod conv_transpose2d;
 pub mod fused;
 mod gemm;
 pub mod group_norm_swish;
@@ -65,6 +66,7 @@ mod im2col;
 mod kernel_cache;
 mod winograd;
 
+pub use conv_transpose2d::conv_transpose2d;
 pub use conv2d::conv2d;
 pub use fused::fast_path_calls;
 pub use group_norm_swish::group_norm_swish;

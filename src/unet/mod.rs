@@ -19,7 +19,7 @@ mod blocks;
 pub use blocks::{AttentionBlock, ResBlock, Resample, ResidualBlock, TimeEmbedding, sinusoidal_embedding};
 use blocks::{conv_flops, conv3x3};
 
-use crate::kernels::{conv2d, group_norm_swish};
+use crate::kernels::{conv_transpose2d, conv2d, group_norm_swish};
 use crate::limits;
 use crate::noise::Noise;
 
@@ -415,7 +415,7 @@ impl UNet {
                     let skip = skips.pop().expect("one skip per up block, by construction");
                     block.forward(Tensor::cat(vec![x, skip], 1), &t, dropout.as_deref_mut())
                 }
-                Up::Upsample(u) => u.conv.forward(x),
+                Up::Upsample(u) => conv_transpose2d(&u.conv, x),
             };
         }
         conv2d(&self.final_, group_norm_swish(&self.norm, x))
