@@ -244,7 +244,7 @@ fn input_tiles(g: &Geometry, xt: &[f32], band: std::ops::Range<usize>, v: &mut [
         let image = &xt[i * hw * c..][..hw * c];
         for tx in 0..tw {
             // Padded pixel (4ty + k, 4tx + j) is pixel (4ty + k − 1, 4tx + j − 1), or padding.
-            let patch: [&[f32]; XI] = std::array::from_fn(|kj| {
+            let patch: [&[f32]; XI] = array(&[], |kj| {
                 let (y, x) = ((M * ty + kj / ALPHA).wrapping_sub(1), (M * tx + kj % ALPHA).wrapping_sub(1));
                 if y < g.h && x < g.w { &image[(y * g.w + x) * c..][..c] } else { &zeros }
             });
@@ -344,6 +344,18 @@ fn every<const K: usize>(buf: &mut [f32], c: usize, first: usize, step: usize) -
     })
 }
 
+/// [f(0), …, f(N − 1)], written in place: `std::array::from_fn` and `<[T; N]>::map`, which the
+/// compiler left as calls in the transforms' loops (each building a few slices), took a few
+/// per cent of a step.
+#[inline(always)]
+fn array<T: Copy, const N: usize>(fill: T, f: impl Fn(usize) -> T) -> [T; N] {
+    let mut out = [fill; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = f(i);
+    }
+    out
+}
+
 /// Values a vector holds (AVX-512): what [`map`] and [`kernel_transform`] take at a time.
 const LANES: usize = 16;
 
@@ -354,10 +366,11 @@ fn map<const N: usize, const K: usize>(src: [&[f32]; N], mut dst: [&mut [f32]; K
     let len = dst.iter().map(|d| d.len()).chain(src.iter().map(|s| s.len())).min().unwrap_or(0);
     let full = len - len % LANES;
     for t0 in (0..full).step_by(LANES) {
-        let block: [&[f32; LANES]; N] = src.map(|s| s[t0..t0 + LANES].try_into().expect("LANES values"));
+        let block: [&[f32; LANES]; N] =
+            array(&[0.0; LANES], |i| src[i][t0..t0 + LANES].try_into().expect("LANES values"));
         let mut out = [[0.0f32; LANES]; K];
         for l in 0..LANES {
-            let values = f(std::array::from_fn(|i| block[i][l]));
+            let values = f(array(0.0, |i| block[i][l]));
             for k in 0..K {
                 out[k][l] = values[k];
             }
@@ -367,7 +380,7 @@ fn map<const N: usize, const K: usize>(src: [&[f32]; N], mut dst: [&mut [f32]; K
         }
     }
     for t in full..len {
-        for (d, v) in dst.iter_mut().zip(f(src.map(|s| s[t]))) {
+        for (d, v) in dst.iter_mut().zip(f(array(0.0, |i| src[i][t]))) {
             d[t] = v;
         }
     }
@@ -424,12 +437,12 @@ with_simd! {
         let c = v.len() / XI;
         // Along x, R[k, ·] = Bᵀ d[k, ·] for each row k of the patch.
         for (k, r) in r.chunks_exact_mut(ALPHA * c).enumerate() {
-            map(std::array::from_fn(|j| patch[k * ALPHA + j]), every(r, c, 0, 1), bt);
+            map(array(&[], |j| patch[k * ALPHA + j]), every(r, c, 0, 1), bt);
         }
         // Then along y, V[·, a] = Bᵀ R[·, a].
         let r = &*r;
         for a in 0..ALPHA {
-            let src: [&[f32]; ALPHA] = std::array::from_fn(|k| &r[(k * ALPHA + a) * c..][..c]);
+            let src: [&[f32]; ALPHA] = array(&[], |k| &r[(k * ALPHA + a) * c..][..c]);
             map(src, every(v, c, a, ALPHA), bt);
         }
     }
@@ -443,13 +456,13 @@ with_simd! {
         let c = bias.len();
         // S = Aᵀ M along y: S[·, a] = Aᵀ M[·, a].
         for a in 0..ALPHA {
-            let src: [&[f32]; ALPHA] = std::array::from_fn(|b| &m[(b * ALPHA + a) * c..][..c]);
+            let src: [&[f32]; ALPHA] = array(&[], |b| &m[(b * ALPHA + a) * c..][..c]);
             map(src, every(s, c, a, ALPHA), at);
         }
         // Y = S A along x, plus the bias (a fifth term of the same pass).
         let s = &*s;
         for i in 0..rows.min(M) {
-            let src: [&[f32]; ALPHA + 1] = std::array::from_fn(|a| if a < ALPHA { &s[(i * ALPHA + a) * c..][..c] } else { bias });
+            let src: [&[f32]; ALPHA + 1] = array(&[], |a| if a < ALPHA { &s[(i * ALPHA + a) * c..][..c] } else { bias });
             let row = &mut y[i * width * c..];
             let (mut pixels, mut spare) = (row[..cols.min(M) * c].chunks_exact_mut(c), junk.chunks_exact_mut(c));
             let dst: [&mut [f32]; M] = std::array::from_fn(|_| pixels.next().or_else(|| spare.next()).expect("4 pixels"));
@@ -473,11 +486,11 @@ with_simd! {
                 };
                 // P = ∂Y Aᵀ along x (row i of P: α vectors), then ∂M = A P along y.
                 for i in 0..M {
-                    map(std::array::from_fn(|j| pixel(i, j)), every(p, c, i * ALPHA, 1), a);
+                    map(array(&[], |j| pixel(i, j)), every(p, c, i * ALPHA, 1), a);
                 }
                 let dm = &mut dm[(ty * tw + tx) * XI * c..][..XI * c];
                 for col in 0..ALPHA {
-                    let src: [&[f32]; M] = std::array::from_fn(|i| &p[(i * ALPHA + col) * c..][..c]);
+                    let src: [&[f32]; M] = array(&[], |i| &p[(i * ALPHA + col) * c..][..c]);
                     map(src, every(dm, c, col, ALPHA), a);
                 }
             }
