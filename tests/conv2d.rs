@@ -84,28 +84,35 @@ fn gradients_match_burns_conv2d() {
         {
             let conv = layer(spec, &device);
             let x = Noise::new(i as u64).gaussian([batch, spec.0, size, size], &device).require_grad();
-            let grads = |out: Tensor<4>| {
-                // A random upstream gradient, so that no term cancels by symmetry.
-                let w = Noise::new(5).gaussian(out.dims(), &device);
-                let g = (out * w).sum().backward();
-                let weight = conv.weight.val().grad(&g).unwrap();
-                let bias = conv.bias.as_ref().unwrap().val().grad(&g).unwrap();
-                (x.grad(&g).unwrap(), weight, bias)
-            };
-            let before = fast_path_calls("conv2d");
-            let (dx, dw, db) = grads(conv2d(&conv, x.clone()));
-            assert_eq!(
-                fast_path_calls("conv2d"),
-                [before[0] + 1, before[1] + 1],
-                "layer {i}: gemm forward and backward ran"
-            );
-            let (dx_ref, dw_ref, db_ref) = grads(conv.forward(x.clone()));
-            let what = format!("layer {i} batch {batch}");
-            assert_close(&format!("{what} dx"), dx, dx_ref);
-            assert_close(&format!("{what} dweight"), dw, dw_ref);
-            assert_close(&format!("{what} dbias"), db, db_ref);
+            let params = (conv.weight.val(), conv.bias.as_ref().unwrap().val());
+            let runs = (|| conv2d(&conv, x.clone()), || conv.forward(x.clone()));
+            assert_same_gradients(&format!("layer {i} batch {batch}"), "conv2d", &x, params, runs);
         }
     }
+}
+
+/// Our op's gradients (`runs.0`) and burn's (`runs.1`) of Σ out·w with respect to x, the weight
+/// and the bias, compared; and that the hand-written forward and backward of `op` ran. w is
+/// random, so that no term cancels by symmetry.
+fn assert_same_gradients(
+    what: &str,
+    op: &str,
+    x: &Tensor<4>,
+    (weight, bias): (Tensor<4>, Tensor<1>),
+    runs: (impl Fn() -> Tensor<4>, impl Fn() -> Tensor<4>),
+) {
+    let grads = |out: Tensor<4>| {
+        let w = Noise::new(5).gaussian(out.dims(), &out.device());
+        let g = (out * w).sum().backward();
+        (x.grad(&g).unwrap(), weight.grad(&g).unwrap(), bias.grad(&g).unwrap())
+    };
+    let before = fast_path_calls(op);
+    let (dx, dw, db) = grads(runs.0());
+    assert_eq!(fast_path_calls(op), [before[0] + 1, before[1] + 1], "{what}: gemm forward and backward ran");
+    let (dx_ref, dw_ref, db_ref) = grads(runs.1());
+    assert_close(&format!("{what} dx"), dx, dx_ref);
+    assert_close(&format!("{what} dweight"), dw, dw_ref);
+    assert_close(&format!("{what} dbias"), db, db_ref);
 }
 
 /// Inference keeps each weight's Winograd transform between calls (`kernel_cache`); every call
@@ -186,25 +193,10 @@ fn transposed_gradients_match_burns_conv_transpose2d() {
         for (batch, h, w) in TRANSPOSED_INPUTS.into_iter().filter(|&(_, h, _)| (h - 1) * spec.3 + spec.2 > 2 * spec.4) {
             let conv = transposed(spec, &device);
             let x = Noise::new(i as u64).gaussian([batch, spec.0, h, w], &device).require_grad();
-            let grads = |out: Tensor<4>| {
-                let w = Noise::new(5).gaussian(out.dims(), &device);
-                let g = (out * w).sum().backward();
-                let weight = conv.weight.val().grad(&g).unwrap();
-                let bias = conv.bias.as_ref().unwrap().val().grad(&g).unwrap();
-                (x.grad(&g).unwrap(), weight, bias)
-            };
-            let before = fast_path_calls("conv_transpose2d");
-            let (dx, dw, db) = grads(conv_transpose2d(&conv, x.clone()));
-            assert_eq!(
-                fast_path_calls("conv_transpose2d"),
-                [before[0] + 1, before[1] + 1],
-                "transposed {i}: gemm forward and backward ran"
-            );
-            let (dx_ref, dw_ref, db_ref) = grads(conv.forward(x.clone()));
+            let params = (conv.weight.val(), conv.bias.as_ref().unwrap().val());
+            let runs = (|| conv_transpose2d(&conv, x.clone()), || conv.forward(x.clone()));
             let what = format!("transposed {i} batch {batch} {h}×{w}");
-            assert_close(&format!("{what} dx"), dx, dx_ref);
-            assert_close(&format!("{what} dweight"), dw, dw_ref);
-            assert_close(&format!("{what} dbias"), db, db_ref);
+            assert_same_gradients(&what, "conv_transpose2d", &x, params, runs);
         }
     }
 }
