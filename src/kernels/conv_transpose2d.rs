@@ -81,10 +81,10 @@ impl ConvTranspose2dGemm for Flex {
         stride: usize,
         padding: usize,
     ) -> FlexTensor {
-        if geometry(&x, &weight, stride, padding).is_none() {
-            return Self::conv_transpose2d(x, weight, Some(bias), options(stride, padding));
+        match geometry(&x, &weight, stride, padding) {
+            Some(g) => fused::flex(&TransposedGemm(g), [x, weight, bias]),
+            None => Self::conv_transpose2d(x, weight, Some(bias), options(stride, padding)),
         }
-        fused::flex(&TransposedGemm { stride, padding }, [x, weight, bias])
     }
 }
 
@@ -97,39 +97,30 @@ impl<C: CheckpointStrategy> ConvTranspose2dGemm for Autodiff<Flex, C> {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        if geometry(x.primitive(), weight.primitive(), stride, padding).is_none() {
-            return Self::conv_transpose2d(x, weight, Some(bias), options(stride, padding));
+        match geometry(x.primitive(), weight.primitive(), stride, padding) {
+            Some(g) => fused::autodiff::<C, _>(TransposedGemm(g), [x, weight, bias]),
+            None => Self::conv_transpose2d(x, weight, Some(bias), options(stride, padding)),
         }
-        fused::autodiff::<C, _>(TransposedGemm { stride, padding }, [x, weight, bias])
     }
 }
 
-/// The transposed convolution as the adjoint of a convolution, for [`fused`].
+/// The transposed convolution as the adjoint of the convolution `.0` (worked out once, when the
+/// call is taken), for [`fused`].
 #[derive(Clone, Debug)]
-struct TransposedGemm {
-    stride: usize,
-    padding: usize,
-}
-
-impl TransposedGemm {
-    fn geometry(&self, x: &FlexTensor, weight: &FlexTensor) -> Geometry {
-        geometry(x, weight, self.stride, self.padding).expect("checked before the operation was recorded")
-    }
-}
+struct TransposedGemm(Geometry);
 
 impl Fused for TransposedGemm {
     const NAME: &'static str = "conv_transpose2d";
 
     fn forward(&self, [x, weight, bias]: [&FlexTensor; 3]) -> TensorData {
-        let g = self.geometry(x, weight);
-        let y = conv2d_gemm::transposed(&g, f32s(x), f32s(weight), f32s(bias));
+        let g = &self.0;
+        let y = conv2d_gemm::transposed(g, f32s(x), f32s(weight), f32s(bias));
         TensorData::new(y, [g.batch, g.c_in, g.h, g.w])
     }
 
     #[cfg(not(target_arch = "wasm32"))]
     fn backward(&self, [x, weight, _]: [&FlexTensor; 3], d_y: &FlexTensor) -> [Vec<f32>; 3] {
-        let g = self.geometry(x, weight);
-        let (dx, dw, db) = conv2d_gemm::transposed_backward(&g, f32s(x), f32s(weight), f32s(d_y));
+        let (dx, dw, db) = conv2d_gemm::transposed_backward(&self.0, f32s(x), f32s(weight), f32s(d_y));
         [dx, dw, db]
     }
 }
