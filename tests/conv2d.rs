@@ -54,7 +54,7 @@ fn outputs_match_burns_conv2d() {
     // Batches below, at and above the thread count; even and odd sizes (the stride-2 edge).
     for (i, spec) in LAYERS.into_iter().enumerate() {
         // Size 1: kernel columns that see only padding; (1, 16): one image with enough tiles
-        // for Winograd (its batch-1 path, every phase split over the threads).
+        // for Winograd (its batch-1 path, on this thread at this size).
         for (batch, size) in [(1, 7), (2, 8), (5, 9), (2, 1), (1, 16)].into_iter().filter(|&(_, size)| fits(spec, size))
         {
             let conv = layer(spec, &device);
@@ -88,6 +88,24 @@ fn gradients_match_burns_conv2d() {
             let runs = (|| conv2d(&conv, x.clone()), || conv.forward(x.clone()));
             assert_same_gradients(&format!("layer {i} batch {batch}"), "conv2d", &x, params, runs);
         }
+    }
+}
+
+/// Batch-1 convolutions of the shipped model's size (over 16 M multiply-adds a call), whose
+/// products run split over the threads (Winograd's phases, an im2col product), against burn's:
+/// outputs and gradients.
+#[test]
+fn batch_1_convolutions_split_over_the_threads_match_burns_conv2d() {
+    let device = Device::flex().autodiff();
+    // 64·64·9·24·24 = 21 M multiply-adds each: the "same" 3×3 one at 24×24, the Downsample at 48×48.
+    for (i, (spec, size)) in [((64, 64, 3, 1, 1), 24), ((64, 64, 3, 2, 1), 48)].into_iter().enumerate() {
+        let conv = layer(spec, &device);
+        let x = Noise::new(i as u64).gaussian([1, spec.0, size, size], &device).require_grad();
+        let what = format!("split layer {i}");
+        assert_close(&what, conv2d(&conv, x.clone()), conv.forward(x.clone()));
+        let params = (conv.weight.val(), conv.bias.as_ref().unwrap().val());
+        let runs = (|| conv2d(&conv, x.clone()), || conv.forward(x.clone()));
+        assert_same_gradients(&what, "conv2d", &x, params, runs);
     }
 }
 

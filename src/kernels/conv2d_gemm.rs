@@ -30,7 +30,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32], own
     let (x_len, out_len) = (g.c_in * g.h * g.w, g.c_out * n);
     let mut out = biased(g.batch, bias, n);
     let weight = Lhs::new(g.c_out, rows, weight, false);
-    split_batch(g.batch, &mut out, out_len, |images, out, parallelism| {
+    split_batch(g, &mut out, out_len, |images, out, parallelism| {
         with_scratch([unfold.col_len(), 0, 0], |[col, _, _]| {
             for (b, out) in images.zip(out.chunks_mut(out_len)) {
                 weight.times_im2col(&unfold, &x[b * x_len..][..x_len], col, out, true, parallelism);
@@ -61,7 +61,7 @@ pub(super) fn transposed(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) 
     let (x_len, y_len) = (g.c_out * n, g.c_in * g.h * g.w);
     let mut y = biased(g.batch, bias, g.h * g.w);
     let weight_t = Lhs::new(rows, g.c_out, weight, true);
-    split_batch(g.batch, &mut y, y_len, |images, y, parallelism| {
+    split_batch(g, &mut y, y_len, |images, y, parallelism| {
         with_scratch([rows * n, 0, 0], |[col, _, _]| {
             for (b, y) in images.zip(y.chunks_mut(y_len)) {
                 weight_t.times(n, col, false, &x[b * x_len..][..x_len], parallelism);
@@ -85,7 +85,7 @@ pub(super) fn transposed_backward(
     let (x_len, y_len) = (g.c_out * n, g.c_in * g.h * g.w);
     let weight = Lhs::new(g.c_out, rows, weight, false);
     let mut dx = vec![0.0f32; g.batch * x_len];
-    let partials = split_batch(g.batch, &mut dx, x_len, |images, dx, parallelism| {
+    let partials = split_batch(g, &mut dx, x_len, |images, dx, parallelism| {
         let (mut dw_t, mut db) = (vec![0.0f32; rows * g.c_out], vec![0.0f32; g.c_in]);
         with_scratch([rows * n, n * g.c_out, 0], |[col, x_t, _]| {
             for (i, (b, dx)) in images.zip(dx.chunks_mut(x_len)).enumerate() {
@@ -136,7 +136,7 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
         Some(turned) => Lhs::new(g.c_in, g.c_out * g.k * g.k, turned, false),
         None => Lhs::new(rows, g.c_out, weight, true),
     };
-    let partials = split_batch(g.batch, &mut dx, x_len, |images, dx, parallelism| {
+    let partials = split_batch(g, &mut dx, x_len, |images, dx, parallelism| {
         let (mut dw_t, mut db) = (vec![0.0f32; rows * g.c_out], vec![0.0f32; g.c_out]);
         let dcol_len = if by_adjoint || pointwise(g) { 0 } else { rows * n };
         with_scratch([unfold.col_len(), dcol_len, g.c_out * n], |[col, dcol, d_out_t]| {

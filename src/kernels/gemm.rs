@@ -190,26 +190,22 @@ impl Unfold {
     }
 }
 
-/// Runs `f(images, their slice of out, parallelism of each product)` over the batch, `out`
-/// holding `per_image` values per image: slices of images on flex's threads when there are
-/// at least as many images as threads, else the images in turn on this thread, with each
-/// product on every thread only in the browser's threaded module. The results come back in
-/// batch order.
-///
-/// Natively, waking the other thread for every product of a batch-1 pass (and every phase of a
-/// Winograd convolution) cost more than it saved; in the browser the split measured faster
-/// (docs/speed.md has both).
+/// Runs `f(images, their slice of out, parallelism of each product)` over the batch of the
+/// convolution `g`, `out` holding `per_image` values per image: slices of images on flex's
+/// threads when there are at least as many images as threads, else the images in turn on this
+/// thread, with each product on every thread in the browser's threaded module, and natively
+/// from [`SPLIT_MACS`] multiply-adds a call. The results come back in batch order.
 #[cfg(pool)]
 pub(super) fn split_batch<R: Send>(
-    batch: usize,
+    g: &Geometry,
     out: &mut [f32],
     per_image: usize,
     f: impl Fn(std::ops::Range<usize>, &mut [f32], gemm::Parallelism) -> R + Sync,
 ) -> Vec<R> {
     use rayon::prelude::*;
-    let threads = rayon::current_num_threads();
+    let (batch, threads) = (g.batch, rayon::current_num_threads());
     if threads == 1 || batch < threads {
-        let split = threads > 1 && cfg!(target_arch = "wasm32");
+        let split = threads > 1 && (cfg!(target_arch = "wasm32") || g.macs() >= SPLIT_MACS);
         let parallelism = if split { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
         return vec![f(0..batch, out, parallelism)];
     }
@@ -219,6 +215,14 @@ pub(super) fn split_batch<R: Send>(
         .map(|(i, out)| f(i * per..i * per + out.len() / per_image, out, gemm::Parallelism::None))
         .collect()
 }
+
+/// Natively, waking the other threads for every product (and every phase of a Winograd
+/// convolution) costs about what splitting saves on a convolution of the yardstick's size at
+/// batch 1 (about 9.4 M multiply-adds), and clearly less than it saves on the shipped model's
+/// (29 M); the browser's threaded module splits at every size, which measured faster there
+/// (docs/speed.md has the figures).
+#[cfg(pool)]
+const SPLIT_MACS: usize = 16 << 20;
 
 /// The weight and bias gradients of a batch from its slices' partial sums ([`split_batch`]'s
 /// results), added in batch order so that a run repeats bit for bit.
@@ -236,12 +240,12 @@ pub(super) fn sum_in_order(partials: Vec<(Vec<f32>, Vec<f32>)>) -> (Vec<f32>, Ve
 /// Without a thread pool (the browser's one-thread module) the whole batch runs on this thread.
 #[cfg(not(pool))]
 pub(super) fn split_batch<R>(
-    batch: usize,
+    g: &Geometry,
     out: &mut [f32],
     _per_image: usize,
     f: impl Fn(std::ops::Range<usize>, &mut [f32], gemm::Parallelism) -> R,
 ) -> Vec<R> {
-    vec![f(0..batch, out, gemm::Parallelism::None)]
+    vec![f(0..g.batch, out, gemm::Parallelism::None)]
 }
 
 /// dst [cols, rows] = srcᵀ for a row-major src [rows, cols]: 8×8 blocks in AVX registers

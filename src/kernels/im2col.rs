@@ -51,6 +51,12 @@ impl Geometry {
         Shape::new([self.batch, self.c_out, self.h_out, self.w_out])
     }
 
+    /// Multiply-adds of the whole call by direct convolution: B·C_out·C_in·k²·H_out·W_out.
+    pub fn macs(&self) -> usize {
+        let (rows, n) = self.col();
+        self.batch * self.c_out * rows * n
+    }
+
     /// Rows of the im2col matrix (C_in·k·k) and its columns (output pixels).
     pub fn col(&self) -> (usize, usize) {
         (self.c_in * self.k * self.k, self.h_out * self.w_out)

@@ -62,7 +62,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
     // Every value is written by the last transpose.
     let mut out = vec![0.0f32; g.batch * out_len];
     with_kernels(g, weight, owner, |u| {
-        split_batch(g.batch, &mut out, out_len, |images, out, parallelism| {
+        split_batch(g, &mut out, out_len, |images, out, parallelism| {
             let parallel = !matches!(parallelism, gemm::Parallelism::None);
             let images: Vec<usize> = images.collect();
             for (chunk, out) in images.chunks(per_chunk).zip(out.chunks_mut(per_chunk * out_len)) {
@@ -175,7 +175,7 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
     let out_len = g.c_out * hw;
     // Each slice of the batch sums its own ∂Uᵀ and ∂b; the sums are added in batch order, so
     // that a run repeats bit for bit.
-    let partials = split_batch(g.batch, &mut dx, g.c_in * hw, |images, _, parallelism| {
+    let partials = split_batch(g, &mut dx, g.c_in * hw, |images, _, parallelism| {
         let parallel = !matches!(parallelism, gemm::Parallelism::None);
         let (mut du_t, mut db) = (vec![0.0f32; XI * g.c_in * g.c_out], vec![0.0f32; g.c_out]);
         let (zeros, mut p) = (vec![0.0f32; g.c_out], vec![0.0f32; M * ALPHA * g.c_out]);
