@@ -51,7 +51,9 @@ impl Geometry {
         Shape::new([self.batch, self.c_out, self.h_out, self.w_out])
     }
 
-    /// Multiply-adds of the whole call by direct convolution: B·C_out·C_in·k²·H_out·W_out.
+    /// Multiply-adds of the whole call by direct convolution: B·C_out·C_in·k²·H_out·W_out
+    /// (what decides whether a batch-1 call splits its products over a thread pool).
+    #[cfg(pool)]
     pub fn macs(&self) -> usize {
         let (rows, n) = self.col();
         self.batch * self.c_out * rows * n
