@@ -11,7 +11,8 @@ use burn::tensor::{Device, Tensor};
 use crate::data::Dataset;
 use crate::diffusion::{Diffusion, ScheduleConfig};
 use crate::noise::Noise;
-use crate::sampler::{EpsTheta, Method, Sampler};
+use crate::sampler::{EpsTheta, Sampler};
+use crate::solvers::SamplerConfig;
 use crate::threads::Sharded;
 use crate::train::{TrainConfig, Trainer};
 use crate::unet::UNetConfig;
@@ -147,7 +148,8 @@ pub fn run(
         // Batch 16 is the yardstick's; 1, 4 and 16 are the page's image counts.
         for b in [1, 4, 16] {
             let seeds: Vec<u64> = (0..b as u64).collect();
-            let start = || Sampler::new(&diffusion, Method::Ddpm, shape, &seeds, device);
+            let ddpm = SamplerConfig::ddpm(diffusion.steps());
+            let start = || Sampler::new(&diffusion, &ddpm, shape, &seeds, device);
             let mut sampler = start();
             let times = time_call(
                 || {

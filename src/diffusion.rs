@@ -13,6 +13,7 @@ use crate::unet::UNet;
 
 /// The noise schedule: β_t linear from `beta_start` to `beta_end` over `steps` = T steps (§4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     pub steps: usize,
     pub beta_start: f64,
@@ -123,60 +124,11 @@ impl Diffusion {
         (x_t - eps.mul_scalar((1.0 - ab).sqrt())).mul_scalar(1.0 / ab.sqrt())
     }
 
-    /// x̂₀ clipped to the data range [−1, 1], as the paper's own code does before forming a mean:
-    /// at high t, x̂₀ = (x_t − …)/√ᾱ_t amplifies a slightly wrong ε ~150× past any image.
-    fn clipped_x0(&self, x_t: Tensor<4>, t: usize, eps: Tensor<4>) -> Tensor<4> {
+    /// x̂₀ clipped to the data range [−1, 1], as the paper's own code does before forming a mean
+    /// (every solver in [`crate::solvers`] updates from it): at high t, x̂₀ = (x_t − …)/√ᾱ_t
+    /// amplifies a slightly wrong ε ~150× past any image.
+    pub fn clipped_x0(&self, x_t: Tensor<4>, t: usize, eps: Tensor<4>) -> Tensor<4> {
         self.predict_x0(x_t, t, eps).clamp(-1.0, 1.0)
-    }
-
-    /// Algorithm 2, line 4: x_{t−1} = μ_θ(x_t, t) + σ_t z with σ_t² = β_t; `z` is None at the last
-    /// step (t = 0), where the paper adds no noise. μ_θ is formed as the paper's own code does:
-    /// the clipped x̂₀ (eq. 15), then the posterior mean of eq. 7,
-    /// μ̃ = √ᾱ_{t−1} β_t/(1 − ᾱ_t) x̂₀ + √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) x_t,
-    /// which is exactly Algorithm 2's (x_t − β_t/√(1 − ᾱ_t) ε_θ)/√α_t wherever x̂₀ is not clipped.
-    pub fn p_sample(&self, x_t: Tensor<4>, t: usize, eps: Tensor<4>, z: Option<Tensor<4>>) -> Tensor<4> {
-        let (ab, ab_prev) = (self.alpha_bar[t], if t > 0 { self.alpha_bar[t - 1] } else { 1.0 });
-        let x0 = self.clipped_x0(x_t.clone(), t, eps);
-        let coef_x0 = ab_prev.sqrt() * self.beta[t] / (1.0 - ab);
-        let coef_xt = self.alpha[t].sqrt() * (1.0 - ab_prev) / (1.0 - ab);
-        let mean = x0.mul_scalar(coef_x0) + x_t.mul_scalar(coef_xt);
-        match z {
-            Some(z) if t > 0 => mean + z.mul_scalar(self.beta[t].sqrt()),
-            _ => mean,
-        }
-    }
-
-    /// DDIM's σ for a step t → t_prev (Song et al. 2020, eq. 16); η = 0 is deterministic.
-    pub fn ddim_sigma(&self, t: usize, t_prev: Option<usize>, eta: f64) -> f64 {
-        let ab = self.alpha_bar[t];
-        let ab_prev = t_prev.map_or(1.0, |p| self.alpha_bar[p]);
-        eta * ((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)).sqrt()
-    }
-
-    /// DDIM (Song et al. 2020, eq. 12): x_prev = √ᾱ_prev x̂₀ + √(1 − ᾱ_prev − σ²) ε + σ z.
-    /// x̂₀ is clipped and ε re-derived from it: large strides otherwise carry a slightly wrong ε at
-    /// high t into saturated images.
-    /// `t_prev` None means the step lands on x₀ (ᾱ_prev = 1).
-    pub fn ddim_step(
-        &self,
-        x_t: Tensor<4>,
-        t: usize,
-        t_prev: Option<usize>,
-        eps: Tensor<4>,
-        eta: f64,
-        z: Option<Tensor<4>>,
-    ) -> Tensor<4> {
-        let (ab, ab_prev) = (self.alpha_bar[t], t_prev.map_or(1.0, |p| self.alpha_bar[p]));
-        let sigma = self.ddim_sigma(t, t_prev, eta);
-        let x0 = self.clipped_x0(x_t.clone(), t, eps);
-        // ε consistent with the clipped x̂₀: ε = (x_t − √ᾱ_t x̂₀)/√(1 − ᾱ_t).
-        let eps = (x_t - x0.clone().mul_scalar(ab.sqrt())).mul_scalar(1.0 / (1.0 - ab).sqrt());
-        let dir = eps.mul_scalar((1.0 - ab_prev - sigma * sigma).max(0.0).sqrt());
-        let x = x0.mul_scalar(ab_prev.sqrt()) + dir;
-        match z {
-            Some(z) if sigma > 0.0 => x + z.mul_scalar(sigma),
-            _ => x,
-        }
     }
 }
 

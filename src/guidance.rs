@@ -155,12 +155,12 @@ impl Guidance {
 /// one-thread module samples with; `threads::Sharded` does the same on several threads.
 pub struct Guided<'a> {
     pub model: &'a UNet,
-    pub guidance: Option<&'a Guidance>,
+    pub guidance: Option<Guidance>,
 }
 
 impl EpsTheta for Guided<'_> {
     fn eps(&self, x_t: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
-        Guidance::eps(self.guidance, self.model, x_t, t, |x, t, classes| match classes {
+        Guidance::eps(self.guidance.as_ref(), self.model, x_t, t, |x, t, classes| match classes {
             Some(c) => self.model.forward_mix(x, t, &c),
             None => self.model.forward(x, t),
         })

@@ -1,6 +1,6 @@
 //! ddpm-web: Denoising Diffusion Probabilistic Models (Ho et al. 2020) on burn.
 //!
-//! The ε-model ([`unet`]) and the diffusion maths ([`diffusion`], [`sampler`]) are written once
+//! The ε-model ([`unet`]) and the diffusion maths ([`diffusion`], [`solvers`], [`sampler`]) are written once
 //! and run on any burn device: flex or wgpu natively, WebGPU or flex in the browser.
 
 pub mod diffusion;
@@ -11,6 +11,7 @@ pub mod limits;
 pub mod noise;
 pub mod request;
 pub mod sampler;
+pub mod solvers;
 pub mod unet;
 pub mod weights;
 

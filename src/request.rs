@@ -1,63 +1,121 @@
-//! What a user asks to draw, as the CLI and the page both ask it: which seeds, which sampler,
-//! which interpolation. Every rule that makes `ddpm sample` and the page draw the same pixels
-//! (how image i's seed is derived, the λ grid, the seed of the interpolation's noise, the
-//! sampler an interpolation runs and its class morph, the bounds, the grid's columns) is here,
-//! once.
+//! What a user asks to draw, as the CLI and the page both ask it: one typed [`Request`] (sample,
+//! interpolate, edit), checked once here against the model and the caller's [`Bounds`], and run
+//! whole by [`Run`] (an interpolation's ends and frames are one run). Every rule that makes `ddpm
+//! sample` and the page draw the same pixels (image i's seed, the λ grid, the interpolation's
+//! noise seed, the sampler an interpolation runs and its class morph, the defaults that fill what
+//! a request leaves out, the grid's columns) is here, once. A request is a value: the page may
+//! run two at once, on two models, and after a lost GPU it runs the same value again.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
 use crate::diffusion::Diffusion;
-use crate::guidance::{Guidance, prior_class};
-use crate::sampler::{Method, Sampler};
+use crate::guidance::{DEFAULT_GUIDANCE, Guidance, prior_class};
+use crate::limits;
+use crate::sampler::{EpsTheta, Sampler, Step};
+use crate::solvers::{FieldError, SamplerChoice, SamplerConfig};
 
-/// The page's bounds (the CLI's are in [`crate::limits`]): one batch of images on the visitor's
-/// device, and one batch of interpolation frames.
-pub const PAGE_MAX_IMAGES: usize = 64;
-pub const PAGE_MAX_FRAMES: usize = 32;
+/// The most images and interpolation frames one run may draw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Bounds {
+    pub max_images: usize,
+    pub max_frames: usize,
+}
+
+/// The page's bounds: one batch of images on the visitor's device, one batch of frames.
+pub const PAGE_BOUNDS: Bounds = Bounds { max_images: 64, max_frames: 32 };
+/// The CLI's: one sampling batch ([`limits::MAX_SAMPLE_BATCH`]).
+pub const CLI_BOUNDS: Bounds = Bounds { max_images: limits::MAX_SAMPLE_BATCH, max_frames: limits::MAX_SAMPLE_BATCH };
 /// The threaded CPU module's largest pool: beyond a batch's slices and each product's split,
 /// more web workers only cost memory (each holds its own stack and scratch buffers).
 pub const PAGE_MAX_THREADS: usize = 16;
 
-/// Images to sample: one per seed, with the sampler `steps` (= T: the paper's DDPM; fewer:
-/// DDIM with `eta`).
-#[derive(Clone, Debug, PartialEq)]
+/// What a request needs to know of the loaded model.
+pub struct Model<'a> {
+    pub diffusion: &'a Diffusion,
+    /// [C, H, W] of its images.
+    pub image: [usize; 3],
+    /// Its classes (None: unconditional).
+    pub num_classes: Option<usize>,
+    /// The sampler its weights file names, if any.
+    pub default_sampler: Option<&'a SamplerConfig>,
+    pub device: &'a Device,
+}
+
+impl Model<'_> {
+    /// The sampler asked for, its gaps filled from the model's default or the library's.
+    pub fn sampler(&self, choice: &SamplerChoice) -> Result<SamplerConfig, FieldError> {
+        choice.resolve(self.default_sampler, self.diffusion.steps())
+    }
+
+    /// Guidance strength: as asked, or [`DEFAULT_GUIDANCE`]; refused for an unconditional model.
+    fn guidance(&self, w: Option<f64>) -> Result<f64, FieldError> {
+        match (w, self.num_classes) {
+            (Some(_), None) => {
+                Err(FieldError::new("guidance", "this model is unconditional: it has no classes to guide towards"))
+            }
+            (w, _) => Ok(w.unwrap_or(DEFAULT_GUIDANCE)),
+        }
+    }
+
+    fn check_t(&self, t: usize) -> Result<(), FieldError> {
+        let steps = self.diffusion.steps();
+        if t >= steps {
+            return Err(FieldError::new("t", format!("t must be below T = {steps}, got {t}")));
+        }
+        Ok(())
+    }
+}
+
+/// One request from the CLI or the page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Request {
+    Sample(SampleRequest),
+    Interpolate(InterpolationRequest),
+    Edit(EditRequest),
+}
+
+/// `count` images from seed `seed`: image i uses seed `seed + i` (wrapping), so a seed is the
+/// same image in any batch, on any backend, in the browser.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SampleRequest {
-    pub seeds: Vec<u64>,
-    pub steps: usize,
-    pub eta: f64,
+    pub seed: u64,
+    pub count: usize,
+    /// A conditional model's class (None: any, each image its seed's [`prior_class`]).
+    #[serde(default)]
+    pub class: Option<usize>,
+    /// w of classifier-free guidance (None: [`DEFAULT_GUIDANCE`]; conditional models only).
+    #[serde(default)]
+    pub guidance: Option<f64>,
+    #[serde(default)]
+    pub sampler: SamplerChoice,
 }
 
 impl SampleRequest {
-    /// `count` images from seed `seed`: image i uses seed `seed + i` (wrapping), so a seed is the
-    /// same image in any batch, on any backend, in the browser.
-    pub fn consecutive(seed: u64, count: usize, steps: usize, eta: f64) -> Self {
-        Self { seeds: (0..count as u64).map(|i| seed.wrapping_add(i)).collect(), steps, eta }
+    pub fn seeds(&self) -> Vec<u64> {
+        (0..self.count as u64).map(|i| self.seed.wrapping_add(i)).collect()
     }
 
-    /// The sampler, after checking the request against `max_images` and the model's T.
-    pub fn method(&self, diffusion: &Diffusion, max_images: usize) -> Result<Method, String> {
-        if !(1..=max_images).contains(&self.seeds.len()) {
-            return Err(format!("number of images must be 1..={max_images}, got {}", self.seeds.len()));
+    /// Checks the request and starts its run.
+    pub fn start(&self, model: &Model, bounds: &Bounds) -> Result<Run, FieldError> {
+        if !(1..=bounds.max_images).contains(&self.count) {
+            let max = bounds.max_images;
+            return Err(FieldError::new("count", format!("number of images must be 1..={max}, got {}", self.count)));
         }
-        Method::from_steps(self.steps, diffusion.steps(), self.eta)
-    }
-
-    /// The whole request as one batch of at most `max_images` (the CLI's [`crate::limits`] or the
-    /// page's bound), after checking it.
-    pub fn sampler(
-        &self,
-        diffusion: &Diffusion,
-        image: [usize; 3],
-        max_images: usize,
-        device: &Device,
-    ) -> Result<Sampler, String> {
-        let method = self.method(diffusion, max_images)?;
-        Ok(Sampler::new(diffusion, method, image, &self.seeds, device))
+        let config = model.sampler(&self.sampler)?;
+        let w = model.guidance(self.guidance)?;
+        let seeds = self.seeds();
+        let guidance = Guidance::from_noise(self.class, &seeds, w, model.num_classes).map_err(class_error)?;
+        let sampler = Sampler::new(model.diffusion, &config, model.image, &seeds, model.device);
+        Ok(Run::single(Phase::Sample, sampler, guidance, grid_cols(self.count)))
     }
 }
 
 /// How an interpolation mixes A and B.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum InterpolationMode {
     /// labml's method: noise A and B to step t with the same ε, mix, denoise.
     Noise,
@@ -79,17 +137,22 @@ impl std::str::FromStr for InterpolationMode {
 
 /// A morph from the sample of seed A to that of seed B in `frames` evenly spaced values of λ;
 /// with a conditional model also from A's class to B's.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InterpolationRequest {
     pub mode: InterpolationMode,
     pub seeds: [u64; 2],
     /// A's and B's classes (None: any, the seed's class as `ddpm sample` draws it).
+    #[serde(default)]
     pub classes: [Option<usize>; 2],
     /// The step A and B are noised to (noise mode).
     pub t: usize,
     pub frames: usize,
-    pub steps: usize,
-    pub eta: f64,
+    #[serde(default)]
+    pub guidance: Option<f64>,
+    /// The sampler of A, B and the frames (slerp mode: made deterministic, DDIM's η = 0).
+    #[serde(default)]
+    pub sampler: SamplerChoice,
 }
 
 impl InterpolationRequest {
@@ -98,90 +161,189 @@ impl InterpolationRequest {
         (0..self.frames).map(|i| i as f64 / (self.frames - 1) as f64).collect()
     }
 
-    /// A and B themselves, sampled as `ddpm sample` samples them (noise mode mixes these).
-    pub fn ends(&self) -> SampleRequest {
-        SampleRequest { seeds: self.seeds.to_vec(), steps: self.steps, eta: self.eta }
+    /// The noise that takes A and B to step t, derived from both seeds.
+    pub fn noise_seed(&self) -> u64 {
+        self.seeds[0].wrapping_mul(1_000_003) ^ self.seeds[1]
+    }
+
+    /// Checks the request and starts its run: in noise mode A and B (sampled as `ddpm sample`
+    /// samples them), then the frames from them; in slerp mode the frames alone.
+    pub fn start(&self, model: &Model, bounds: &Bounds) -> Result<Run, FieldError> {
+        let max = bounds.max_frames;
+        if !(2..=max).contains(&self.frames) {
+            return Err(FieldError::new("frames", format!("frames must be 2..={max}, got {}", self.frames)));
+        }
+        if self.mode == InterpolationMode::Noise {
+            model.check_t(self.t)?;
+        }
+        let config = model.sampler(&self.sampler)?;
+        let w = model.guidance(self.guidance)?;
+        let [ends, frames] = self.guidance(w, model.num_classes)?;
+        let frames = Frames { request: self.clone(), config, guidance: frames };
+        match self.mode {
+            InterpolationMode::Noise => {
+                let sampler = Sampler::new(model.diffusion, &config, model.image, &self.seeds, model.device);
+                Ok(Run { phase: Phase::Ends, sampler, guidance: ends, cols: 2, then: Some(frames) })
+            }
+            InterpolationMode::Slerp => {
+                let config = config.deterministic()?;
+                let lambdas = self.lambdas();
+                let sampler = Sampler::slerp(model.diffusion, &config, model.image, self.seeds, &lambdas, model.device);
+                Ok(Run::single(Phase::Frames, sampler, frames.guidance, self.frames))
+            }
+        }
     }
 
     /// The guidance with strength `w` of A and B (sampled as one batch: A's class, B's class)
     /// and of the frames (frame i's class embedding mixed at λ_i: a class morph); an end with
     /// no class is its seed's [`prior_class`], as in [`Guidance::from_noise`], so A and B are
     /// the images `ddpm sample` draws from their seeds. None for an unconditional model.
-    pub fn guidance(&self, w: f64, num_classes: Option<usize>) -> Result<[Option<Guidance>; 2], String> {
+    fn guidance(&self, w: f64, num_classes: Option<usize>) -> Result<[Option<Guidance>; 2], FieldError> {
         if num_classes.is_none() && self.classes == [None, None] {
             return Ok([None, None]);
         }
         let classes = [0, 1].map(|i| self.classes[i].or_else(|| num_classes.map(|n| prior_class(self.seeds[i], n))));
-        let ends = Guidance::morph(classes, &[0.0, 1.0], w, num_classes)?;
-        let frames = Guidance::morph(classes, &self.lambdas(), w, num_classes)?;
+        let error = |e: String| match class_error(e) {
+            FieldError { field: "class", message } => FieldError::new("classes", message),
+            other => other,
+        };
+        let ends = Guidance::morph(classes, &[0.0, 1.0], w, num_classes).map_err(error)?;
+        let frames = Guidance::morph(classes, &self.lambdas(), w, num_classes).map_err(error)?;
         Ok([Some(ends), Some(frames)])
-    }
-
-    /// The noise that takes A and B to step t, derived from both seeds.
-    pub fn noise_seed(&self) -> u64 {
-        self.seeds[0].wrapping_mul(1_000_003) ^ self.seeds[1]
-    }
-
-    /// Checks the frame count and t (errors name them as the CLI's flags and the page's fields
-    /// are named); the sampler's steps and η are checked by [`Method::from_steps`].
-    pub fn check(&self, diffusion: &Diffusion, max_frames: usize) -> Result<(), String> {
-        if !(2..=max_frames).contains(&self.frames) {
-            return Err(format!("frames must be 2..={max_frames}, got {}", self.frames));
-        }
-        if self.mode == InterpolationMode::Noise && self.t >= diffusion.steps() {
-            return Err(format!("t must be below T = {}, got {}", diffusion.steps(), self.t));
-        }
-        Ok(())
-    }
-
-    /// The sampler of the frames, after checking the request. Noise mode needs `ends`, the
-    /// [1 + 1, C, H, W] samples of [`Self::ends`]; slerp mode starts from the seeds' noise.
-    pub fn sampler(
-        &self,
-        diffusion: &Diffusion,
-        image: [usize; 3],
-        ends: Option<Tensor<4>>,
-        max_frames: usize,
-        device: &Device,
-    ) -> Result<Sampler, String> {
-        self.check(diffusion, max_frames)?;
-        let lambdas = self.lambdas();
-        match self.mode {
-            InterpolationMode::Noise => {
-                let method = self.ends().method(diffusion, 2)?;
-                let ends = ends.filter(|x| x.dims()[0] == 2).ok_or("sample A and B first")?;
-                let (a, b) = (ends.clone().narrow(0, 0, 1), ends.narrow(0, 1, 1));
-                Ok(Sampler::interpolate(diffusion, method, a, b, self.t, &lambdas, self.noise_seed()))
-            }
-            InterpolationMode::Slerp => {
-                // η = 0: the map from x_T to x₀ must be deterministic for the mix to be smooth.
-                Method::from_steps(self.steps, diffusion.steps(), 0.0)?;
-                let method = Method::Ddim { steps: self.steps, eta: 0.0 };
-                Ok(Sampler::slerp(diffusion, method, image, self.seeds, &lambdas, device))
-            }
-        }
     }
 }
 
-/// SDEdit: a drawing (already at the model's size) noised to step `t` with seed `seed`'s ε and
-/// denoised by the sampler `steps` / `eta`, as `ddpm edit` and the page's drawing panel run it.
-#[derive(Clone, Debug, PartialEq)]
+/// SDEdit: a drawing noised to step `t` with seed `seed`'s ε and denoised, as `ddpm edit` and the
+/// page's drawing panel run it; guided to `class`, or with none unguided (∅: the drawing tells
+/// the class).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EditRequest {
+    /// The drawing's RGBA bytes at the model's size, row-major, as a canvas gives them.
+    pub rgba: Vec<u8>,
     pub seed: u64,
     pub t: usize,
-    pub steps: usize,
-    pub eta: f64,
+    #[serde(default)]
+    pub class: Option<usize>,
+    #[serde(default)]
+    pub guidance: Option<f64>,
+    #[serde(default)]
+    pub sampler: SamplerChoice,
 }
 
 impl EditRequest {
-    /// The sampler from the drawing `x0` ([1, C, H, W] in [−1, 1]), after checking t and the
-    /// sampler against the model's T.
-    pub fn sampler(&self, diffusion: &Diffusion, x0: Tensor<4>) -> Result<Sampler, String> {
-        if self.t >= diffusion.steps() {
-            return Err(format!("t must be below T = {}, got {}", diffusion.steps(), self.t));
+    pub fn start(&self, model: &Model) -> Result<Run, FieldError> {
+        let [c, size, _] = model.image;
+        let pixels = drawing_pixels(&self.rgba, c, size).map_err(|e| FieldError::new("rgba", e))?;
+        let x0 = Tensor::from_data(TensorData::new(pixels, [1, c, size, size]), model.device);
+        model.check_t(self.t)?;
+        let config = model.sampler(&self.sampler)?;
+        let w = model.guidance(self.guidance)?;
+        let guidance = self.class.map(|c| Guidance::class(c, w, model.num_classes)).transpose().map_err(class_error)?;
+        let sampler = Sampler::edit(model.diffusion, &config, x0, self.t, &[self.seed]);
+        Ok(Run::single(Phase::Edit, sampler, guidance, 1))
+    }
+}
+
+impl Request {
+    pub fn start(&self, model: &Model, bounds: &Bounds) -> Result<Run, FieldError> {
+        match self {
+            Request::Sample(r) => r.start(model, bounds),
+            Request::Interpolate(r) => r.start(model, bounds),
+            Request::Edit(r) => r.start(model),
         }
-        let method = Method::from_steps(self.steps, diffusion.steps(), self.eta)?;
-        Ok(Sampler::edit(diffusion, method, x0, self.t, &[self.seed]))
+    }
+}
+
+/// Guidance's errors are about the class or the strength.
+fn class_error(message: String) -> FieldError {
+    let field = if message.starts_with("guidance") { "guidance" } else { "class" };
+    FieldError::new(field, message)
+}
+
+/// Which part of a request a step belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Sample,
+    Edit,
+    /// An interpolation's A and B.
+    Ends,
+    /// An interpolation's frames.
+    Frames,
+}
+
+/// What a noise-mode interpolation runs once its ends are drawn.
+struct Frames {
+    request: InterpolationRequest,
+    config: SamplerConfig,
+    guidance: Option<Guidance>,
+}
+
+/// A request in progress: one sampler at a time, the next phase (an interpolation's frames)
+/// built from the last one's images when it ends.
+pub struct Run {
+    phase: Phase,
+    sampler: Sampler,
+    guidance: Option<Guidance>,
+    cols: usize,
+    then: Option<Frames>,
+}
+
+/// One step of a run.
+pub struct RunStep {
+    pub phase: Phase,
+    pub step: Step,
+    /// x after the step, and the columns to draw its batch in.
+    pub x: Tensor<4>,
+    pub cols: usize,
+    /// Whether this step ended its phase, and whether it ended the run.
+    pub phase_done: bool,
+    pub done: bool,
+}
+
+impl Run {
+    fn single(phase: Phase, sampler: Sampler, guidance: Option<Guidance>, cols: usize) -> Self {
+        Self { phase, sampler, guidance, cols, then: None }
+    }
+
+    /// Runs one step with the ε_θ that `eps_theta` makes for this phase's guidance; None once
+    /// the run has ended.
+    pub fn step<E: EpsTheta>(&mut self, eps_theta: impl FnOnce(Option<&Guidance>) -> E) -> Option<RunStep> {
+        let step = self.sampler.step(&eps_theta(self.guidance.as_ref()))?;
+        let x = self.sampler.x().clone();
+        let phase_done = self.sampler.is_done();
+        let phase = self.phase;
+        let cols = self.cols;
+        if phase_done && let Some(frames) = self.then.take() {
+            let r = &frames.request;
+            let diffusion = self.sampler.diffusion().clone();
+            let (a, b) = (x.clone().narrow(0, 0, 1), x.clone().narrow(0, 1, 1));
+            let lambdas = r.lambdas();
+            self.sampler = Sampler::interpolate(&diffusion, &frames.config, a, b, r.t, &lambdas, r.noise_seed());
+            (self.phase, self.guidance, self.cols) = (Phase::Frames, frames.guidance, r.frames);
+        }
+        let done = phase_done && phase == self.phase;
+        Some(RunStep { phase, step, x, cols, phase_done, done })
+    }
+
+    /// Runs to the end and returns the last phase's images.
+    pub fn finish<E: EpsTheta>(mut self, eps_theta: impl Fn(Option<&Guidance>) -> E) -> Tensor<4> {
+        loop {
+            let Some(step) = self.step(&eps_theta) else { return self.sampler.x().clone() };
+            if step.done {
+                return step.x;
+            }
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The current phase's sampler.
+    pub fn sampler(&self) -> &Sampler {
+        &self.sampler
     }
 }
 

@@ -13,10 +13,14 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::diffusion::ScheduleConfig;
 use crate::limits;
+use crate::solvers::SamplerConfig;
 use crate::unet::{UNet, UNetConfig};
 
 pub const FORMAT: &str = "ddpm-web";
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added `sampler`, the model's own default sampler. Version 1 files (no such field)
+/// are still read; a later version is refused, as is any field a config does not know.
+pub const FORMAT_VERSION: u32 = 2;
+const READABLE_VERSIONS: [u32; 2] = [1, 2];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -26,7 +30,9 @@ pub enum WeightsError {
     NotSafetensors(String),
     #[error("not a ddpm-web weights file: {0}")]
     Format(String),
-    #[error("weights format version {found} is not supported (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "weights format version {found} is not supported (this build reads versions 1 to {FORMAT_VERSION}; a newer ddpm may read it)"
+    )]
     Version { found: String },
     #[error("bad model config in the weights file: {0}")]
     Config(String),
@@ -54,8 +60,18 @@ pub enum Precision {
 pub struct Header {
     pub unet: UNetConfig,
     pub schedule: ScheduleConfig,
+    /// The sampler the model is meant to be drawn with (None: the library's default).
+    pub sampler: Option<SamplerConfig>,
     /// The rest of the metadata (training step, data set, ...), for display.
     pub info: BTreeMap<String, String>,
+}
+
+impl Header {
+    /// A class-conditional model's class names, as training stored them (an image folder's
+    /// subfolders, the emoji's categories); empty when the file has none (the digits: 0..9).
+    pub fn class_names(&self) -> Vec<String> {
+        self.info.get("class_names").and_then(|names| serde_json::from_str(names).ok()).unwrap_or_default()
+    }
 }
 
 /// Serialises `model` with its config in the metadata (`header.info` adds free-form entries).
@@ -65,6 +81,9 @@ pub fn to_safetensors(model: &UNet, header: &Header, precision: Precision) -> Re
     metadata.insert("format_version".into(), FORMAT_VERSION.to_string());
     metadata.insert("unet".into(), serde_json::to_string(&header.unet).expect("config serialises"));
     metadata.insert("schedule".into(), serde_json::to_string(&header.schedule).expect("config serialises"));
+    if let Some(sampler) = &header.sampler {
+        metadata.insert("sampler".into(), serde_json::to_string(sampler).expect("config serialises"));
+    }
     module_to_safetensors(model, metadata, precision)
 }
 
@@ -104,7 +123,8 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, WeightsError> {
         return Err(WeightsError::Format(format!("metadata `format` is {format:?}, expected {FORMAT:?}")));
     }
     let version = info.remove("format_version").unwrap_or_default();
-    if version != FORMAT_VERSION.to_string() {
+    let readable = READABLE_VERSIONS.iter().find(|v| v.to_string() == version);
+    if readable.is_none() {
         return Err(WeightsError::Version { found: version });
     }
     let mut parse =
@@ -113,9 +133,19 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, WeightsError> {
         serde_json::from_str(&parse("unet")?).map_err(|e| WeightsError::Config(format!("unet: {e}")))?;
     let schedule: ScheduleConfig =
         serde_json::from_str(&parse("schedule")?).map_err(|e| WeightsError::Config(format!("schedule: {e}")))?;
+    let sampler: Option<SamplerConfig> = match info.remove("sampler") {
+        Some(_) if readable == Some(&1) => {
+            return Err(WeightsError::Config("metadata `sampler` is not part of format version 1".into()));
+        }
+        Some(text) => Some(serde_json::from_str(&text).map_err(|e| WeightsError::Config(format!("sampler: {e}")))?),
+        None => None,
+    };
     unet.validate().map_err(WeightsError::Config)?;
     schedule.validate().map_err(WeightsError::Config)?;
-    Ok(Header { unet, schedule, info })
+    if let Some(sampler) = &sampler {
+        sampler.check(schedule.steps).map_err(|e| WeightsError::Config(format!("sampler: {e}")))?;
+    }
+    Ok(Header { unet, schedule, sampler, info })
 }
 
 /// Refuses a file (or a download) above [`limits::MAX_WEIGHTS_BYTES`] before it is read.

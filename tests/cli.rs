@@ -150,7 +150,8 @@ fn train_export_sample_interpolate_animate() {
     let other = root.join("other.safetensors");
     let mut unet = common::tiny();
     unet.image_channels = 3;
-    let header = Header { unet: unet.clone(), schedule: ScheduleConfig::default(), info: Default::default() };
+    let header =
+        Header { unet: unet.clone(), schedule: ScheduleConfig::default(), sampler: None, info: Default::default() };
     let bytes = weights::to_safetensors(&unet.init(&Device::flex()), &header, Precision::F32).unwrap();
     std::fs::write(&other, bytes).unwrap();
     fails(&["average", a, other.to_str().unwrap(), "--out", m], "different model");
@@ -168,8 +169,21 @@ fn train_export_sample_interpolate_animate() {
     // Image i is seed 7 + i in any batch: sampling seed 8 alone reproduces image 1.
     ok(&["sample", "--weights", w, "--count", "1", "--seed", "8", "--steps", "10", "--out", s2.to_str().unwrap()]);
     assert_eq!(std::fs::read(s1.join("000001.png")).unwrap(), std::fs::read(s2.join("000000.png")).unwrap());
-    // Full DDPM (steps = T).
-    ok(&["sample", "--weights", w, "--count", "2", "--steps", "50", "--out", s2.to_str().unwrap()]);
+    // The paper's sampler (all T = 50 steps), and DPM-Solver++(2M).
+    ok(&["sample", "--weights", w, "--count", "2", "--sampler", "ddpm", "--out", s2.to_str().unwrap()]);
+    ok(&[
+        "sample",
+        "--weights",
+        w,
+        "--count",
+        "2",
+        "--sampler",
+        "dpm++2m",
+        "--steps",
+        "5",
+        "--out",
+        s2.to_str().unwrap(),
+    ]);
 
     let strip = root.join("interp.png");
     let strip_s = strip.to_str().unwrap();
@@ -233,7 +247,24 @@ fn bad_input_gets_a_clear_error() {
     fails(&["sample", "--weights", t, "--count", "1000000000000", "--out", o], "--count must be 1..=");
     fails(&["sample", "--weights", t, "--batch", "100000000", "--out", o], "--batch 1..=");
     fails(&["sample", "--weights", t, "--count", "5000", "--grid", "g.png", "--out", o], "--grid holds");
-    fails(&["interpolate", "--weights", t, "--frames", "1000000000", "--out", o], "--frames must be 2..=");
+    fails(&["interpolate", "--weights", t, "--frames", "1000000000", "--out", o], "--frames: frames must be 2..=");
+    fails(
+        &["sample", "--weights", t, "--sampler", "dpm++2m", "--eta", "1", "--out", o],
+        "--eta: DPM-Solver++(2M) is deterministic",
+    );
+    fails(
+        &["sample", "--weights", t, "--sampler", "ddpm", "--steps", "3", "--out", o],
+        "--steps: the paper's sampler runs all",
+    );
+    fails(&["sample", "--weights", t, "--steps", "0", "--out", o], "--steps: sampling steps must be in 1..=");
+    fails(
+        &["sample", "--weights", t, "--sampler", "plms", "--out", o],
+        "unknown sampler \"plms\" (ddpm, ddim or dpm++2m)",
+    );
+    fails(
+        &["interpolate", "--weights", t, "--mode", "slerp", "--sampler", "ddpm", "--out", o],
+        "--sampler: a slerp interpolation needs a deterministic sampler",
+    );
     fails(&["animate", "--weights", t, "--scale", "100000", "--out", o], "--scale must be 1..=");
     // Guidance needs a class-conditional model, and conditional training labelled images.
     fails(&["sample", "--weights", t, "--class", "3", "--out", o], "--class 3: this model is unconditional");

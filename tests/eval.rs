@@ -93,6 +93,13 @@ fn real_digits_score_near_the_floor_noise_near_the_ceiling() {
     assert!(f(&r, "classifier_held_out_accuracy") > 0.95, "{r}");
     // Held-out digits against (a superset of) themselves sit at the floor's scale; noise far above.
     assert!(f(&r, "mnist_fd") < 2.0 * f(&r, "mnist_fd_floor_real_train"), "{r}");
+    // The floor is the mean over disjoint sets of training digits, each reported: a single set
+    // (or the same set five times) fails here.
+    let sets: Vec<f64> =
+        r["mnist_fd_floor_real_train_sets"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(sets.len(), eval::FLOOR_SETS, "{r}");
+    assert!((sets.iter().sum::<f64>() / sets.len() as f64 - f(&r, "mnist_fd_floor_real_train")).abs() < 1e-9, "{r}");
+    assert!(sets.windows(2).all(|w| w[0] != w[1]), "disjoint sets score differently: {sets:?}");
     assert!(f(&n, "mnist_fd") > 0.5 * f(&n, "mnist_fd_ceiling_noise"), "{n}");
     assert!(f(&n, "mnist_fd") > 20.0 * f(&r, "mnist_fd"), "noise {n} vs real {r}");
     assert!(f(&r, "class_entropy_bits") > 3.25 && f(&r, "confident_share") > 0.85, "{r}");

@@ -80,7 +80,7 @@ fn guidance_is_eq_6_on_one_stacked_pass() {
     assert!(max_diff(&cond, &uncond) > 1e-4, "training moved the class rows apart");
     for w in [0.0, 1.0, 2.5] {
         let g = Guidance::class(1, w, Some(3)).unwrap();
-        let guided = values(Guided { model: &model, guidance: Some(&g) }.eps(x.clone(), t.clone()));
+        let guided = values(Guided { model: &model, guidance: Some(g.clone()) }.eps(x.clone(), t.clone()));
         let by_hand: Vec<f32> = cond.iter().zip(&uncond).map(|(c, u)| u + w as f32 * (c - u)).collect();
         assert!(max_diff(&guided, &by_hand) < 1e-5, "w = {w}");
         // At w = 0 and w = 1 eq. 6 is a single prediction: the batch is run once, not stacked.
@@ -113,10 +113,10 @@ fn a_class_morph_mixes_the_two_embeddings_and_ends_on_each_class() {
     let (x, t) = inputs(3, &device);
     let w = 2.0;
     let morph = Guidance::morph([Some(0), Some(2)], &[0.0, 0.5, 1.0], w, Some(3)).unwrap();
-    let got = values(Guided { model: &model, guidance: Some(&morph) }.eps(x.clone(), t.clone()));
+    let got = values(Guided { model: &model, guidance: Some(morph.clone()) }.eps(x.clone(), t.clone()));
     let plain = |c| {
         let g = Guidance::class(c, w, Some(3)).unwrap();
-        values(Guided { model: &model, guidance: Some(&g) }.eps(x.clone(), t.clone()))
+        values(Guided { model: &model, guidance: Some(g.clone()) }.eps(x.clone(), t.clone()))
     };
     let (a, b) = (plain(0), plain(2));
     let item = |v: &[f32], i: usize| v[i * 64..(i + 1) * 64].to_vec();
@@ -138,7 +138,7 @@ fn a_class_morph_mixes_the_two_embeddings_and_ends_on_each_class() {
 fn halfway_row(model: &UNet) -> UNet {
     use safetensors::tensor::TensorView;
     let unet = UNetConfig { num_classes: Some(3), dropout: 0.0, ..tiny() };
-    let header = Header { unet, schedule: ScheduleConfig::default(), info: Default::default() };
+    let header = Header { unet, schedule: ScheduleConfig::default(), sampler: None, info: Default::default() };
     let bytes = weights::to_safetensors(model, &header, Precision::F32).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let emb = file.tensor("class_emb.weight").unwrap();
@@ -178,11 +178,11 @@ fn any_class_from_noise_draws_each_image_as_its_seeds_class() {
     assert!(leads.iter().all(|&l| l >= 70), "each class leads a third of the runs (±3.5 σ): {leads:?}");
     for w in [1.0, 2.5] {
         let any = Guidance::from_noise(None, &seeds, w, Some(3)).unwrap().expect("a conditional model is guided");
-        let got = values(Guided { model: &model, guidance: Some(&any) }.eps(x.clone(), t.clone()));
+        let got = values(Guided { model: &model, guidance: Some(any.clone()) }.eps(x.clone(), t.clone()));
         // Image i by hand: eq. 6 with its own class.
         for (i, &c) in classes.iter().enumerate() {
             let one = Guidance::class(c, w, Some(3)).unwrap();
-            let want = values(Guided { model: &model, guidance: Some(&one) }.eps(x.clone(), t.clone()));
+            let want = values(Guided { model: &model, guidance: Some(one.clone()) }.eps(x.clone(), t.clone()));
             let n = want.len() / 3;
             assert!(max_diff(&got[i * n..(i + 1) * n], &want[i * n..(i + 1) * n]) < 1e-5, "image {i}, w = {w}");
         }
@@ -216,7 +216,8 @@ fn conditional_files_round_trip_and_unconditional_ones_are_unchanged() {
     let device = Device::flex();
     let model = trained(0.2);
     let unet = UNetConfig { num_classes: Some(3), dropout: 0.0, ..tiny() };
-    let header = Header { unet: unet.clone(), schedule: ScheduleConfig::default(), info: Default::default() };
+    let header =
+        Header { unet: unet.clone(), schedule: ScheduleConfig::default(), sampler: None, info: Default::default() };
     let bytes = weights::to_safetensors(&model, &header, Precision::F32).unwrap();
     let (back, read) = weights::load(&bytes, &device).unwrap();
     assert_eq!(read.unet.num_classes, Some(3));

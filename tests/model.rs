@@ -18,7 +18,7 @@ fn reference() -> UNetConfig {
 }
 
 fn header(unet: &UNetConfig) -> Header {
-    Header { unet: unet.clone(), schedule: ScheduleConfig::default(), info: Default::default() }
+    Header { unet: unet.clone(), schedule: ScheduleConfig::default(), sampler: None, info: Default::default() }
 }
 
 fn values(x: Tensor<4>) -> Vec<f32> {

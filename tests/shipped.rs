@@ -1,6 +1,6 @@
 //! The shipped models load and draw what they were trained on: a loose version of the quality
-//! bars on 16-sample batches from the page's default sampler (DDIM, 150 steps, η = 1: what the
-//! page draws first), judged by the shipped classifiers, so a broken export or a wrong sampler
+//! bars on 16-sample batches from the default sampler (the library's, or the file's own: what
+//! the page draws first), judged by the shipped classifiers, so a broken export or a wrong sampler
 //! cannot land. `ddpm eval` on 1,000 samples is the real measure (docs/mnist-model.md,
 //! docs/emoji-model.md). Two models are shipped: the class-conditional digits (the page's
 //! default, drawn as "any" and guided to a chosen digit) and the unconditional colour emoji,
@@ -13,7 +13,8 @@ use ddpm::eval::{
     Classifier, class_counts, class_entropy, confident_share, load_classifier, nearest_distances, predict,
 };
 use ddpm::guidance::{DEFAULT_GUIDANCE, Guidance, Guided, prior_class};
-use ddpm::sampler::{Method, Sampler};
+use ddpm::sampler::Sampler;
+use ddpm::solvers::SamplerChoice;
 use ddpm::weights;
 
 const DIGITS: &str = "weights/mnist.safetensors";
@@ -32,8 +33,9 @@ fn sample(file: &str, shape: [usize; 3], class: Option<usize>, want_classes: Opt
     let seeds: Vec<u64> = (0..16).collect();
     let guidance =
         Guidance::from_noise(class, &seeds, DEFAULT_GUIDANCE, model.num_classes()).expect("a class of the model");
-    let eps_theta = Guided { model: &model, guidance: guidance.as_ref() };
-    let x = Sampler::new(&diffusion, Method::Ddim { steps: 150, eta: 1.0 }, shape, &seeds, &device).run(&eps_theta);
+    let eps_theta = Guided { model: &model, guidance: guidance.clone() };
+    let config = SamplerChoice::default().resolve(header.sampler.as_ref(), diffusion.steps()).expect("the default");
+    let x = Sampler::new(&diffusion, &config, shape, &seeds, &device).run(&eps_theta);
     Dataset { shape, pixels: x.into_data().try_to_vec::<f32>().unwrap(), labels: None }
 }
 

@@ -1,7 +1,9 @@
 // The main thread's handle on the model worker (model-worker.js): loads the weights into it,
 // runs requests step by step (a new run replaces the old at once; stop cancels within one
 // step), and recovers from a lost GPU: a fresh worker with a fresh device, at most
-// `GPU_RETRIES` times, then the CPU, and the interrupted run starts again there.
+// `GPU_RETRIES` times, then the CPU, and the interrupted request runs again there from its
+// start (a request is a value, src/request.rs: an interpolation draws its ends again too).
+// The run id lives here alone: a step of a replaced run never reaches its caller.
 const GPU_RETRIES = 2;
 
 export class ModelClient {
@@ -10,7 +12,7 @@ export class ModelClient {
   constructor({ onNotice, wantGpu, threads = null }) {
     this.onNotice = onNotice; // (text) => void: what the page should tell the visitor
     this.runId = 0;
-    this.active = null; // {id, kind, args, onStep, resolve, reject}
+    this.active = null; // {id, request, onStep, resolve, reject}
     this.losses = 0;
     this.wantGpu = wantGpu;
     this.threads = threads;
@@ -55,7 +57,7 @@ export class ModelClient {
         if (active && data.id === active.id) { this.active = null; active.resolve(true); }
         break;
       case 'error': {
-        const error = new Error(data.message);
+        const error = Object.assign(new Error(data.message), { field: data.field });
         if (data.id === null) this.fail(error);
         else if (active && data.id === active.id) { this.active = null; active.reject(error); }
         break;
@@ -85,23 +87,23 @@ export class ModelClient {
   // each), calling onWarming(done, total) as it goes; resolves when all are compiled.
   warm(batches) {
     this.warmBatches = batches;
-    if (!this.info?.onGpu || batches.length === 0) return Promise.resolve();
+    if (!this.info?.model.on_gpu || batches.length === 0) return Promise.resolve();
     const done = new Promise((resolve) => { this.pending.warm = resolve; });
     this.worker.postMessage({ type: 'warm', batches });
     return done;
   }
 
-  // Runs a request ('sample', 'ends' or 'frames' with the wasm API's arguments), calling
+  // Runs a request ({kind: 'sample' | 'interpolate' | 'edit', ...}: src/request.rs), calling
   // onStep(step, ms) for each step; resolves true when it finished, false when a newer run or
-  // stop replaced it.
-  run(kind, args, onStep) {
+  // stop replaced it; rejects with the module's error (its `field` names the request's field).
+  run(request, onStep) {
     this.cancel();
     const id = ++this.runId;
     return new Promise((resolve, reject) => {
-      this.active = { id, kind, args, onStep, resolve, reject };
+      this.active = { id, request, onStep, resolve, reject };
       // After a lost GPU the fresh worker may still be building the model.
       Promise.resolve(this.loading).then(() => {
-        if (this.active?.id === id) this.worker.postMessage({ type: 'run', id, kind, args });
+        if (this.active?.id === id) this.worker.postMessage({ type: 'run', id, request });
       }, () => {});
     });
   }
@@ -147,7 +149,7 @@ export class ModelClient {
     // Unless the visitor started another run meanwhile.
     if (interrupted && !this.active) {
       this.active = interrupted;
-      this.worker.postMessage({ type: 'run', id: interrupted.id, kind: interrupted.kind, args: interrupted.args });
+      this.worker.postMessage({ type: 'run', id: interrupted.id, request: interrupted.request });
     }
   }
 }

@@ -8,15 +8,17 @@
 // (shared memory allowed) and more than one thread is asked for, the threaded module
 // (pkg-threads/: flex on a pool of web workers), else the main module's one-thread fallback.
 //
-// Messages in:  {type: 'load', bytes, wantGpu} | {type: 'warm', batches} | {type: 'run', id, kind, args}
-//               | {type: 'cancel'}
+// Messages in:  {type: 'load', bytes, wantGpu} | {type: 'warm', batches}
+//               | {type: 'run', id, request} (a request as src/request.rs types it) | {type: 'cancel'}
 //               | {type: 'memory'} | {type: 'destroy-device'} (a test hook: loses the GPU)
-// Messages out: {type: 'hello', maxWeightsBytes, limits, kernels} | {type: 'loaded', ...}
+// Messages out: {type: 'hello', limits} (the module's bounds and defaults, src/web.rs page_limits)
+//               | {type: 'loaded', model, kernels, threads} (model: Ddpm.describe())
 //               | {type: 'warming', done, total}
-//               | {type: 'step', id, step, ms} | {type: 'done', id} | {type: 'error', id, message}
+//               | {type: 'step', id, step, ms} | {type: 'done', id} | {type: 'error', id, message, field}
 //               | {type: 'lost', reason} | {type: 'memory', wasm}
 let pkg = null; // the module's exports: Ddpm, Interpolation, kernel_path, …
 let model = null;
+let description = null; // model.describe()
 let wasm = null;
 let current = null; // the id of the run this worker is stepping; null: none
 let lost = false;
@@ -49,39 +51,16 @@ const waiting = [];
 channel.port1.onmessage = () => waiting.shift()?.();
 const yieldToMessages = () => new Promise((resolve) => { waiting.push(resolve); channel.port2.postMessage(0); });
 
-// `sample`: [seed, count, steps, eta, class (-1: any), guidance]; `edit`: [RGBA pixels, seed, t,
-// steps, eta, class, guidance]; `ends` and `frames`: the Interpolation's arguments (mode, seeds,
-// t, frames, steps, eta, class A, class B, guidance).
-function start(kind, args) {
-  switch (kind) {
-    case 'sample': {
-      const [seed, count, steps, eta, cls = -1, w = 0] = args;
-      return model.start(seed, count, steps, eta, cls, w);
-    }
-    case 'edit': {
-      const [rgba, seed, t, steps, eta, cls = -1, w = 0] = args;
-      return model.start_edit(rgba, seed, t, steps, eta, cls, w);
-    }
-    case 'ends':
-    case 'frames': {
-      const [mode, seedA, seedB, t, frames, steps, eta, classA = -1, classB = -1, w = 0] = args;
-      const request = new pkg.Interpolation(mode, seedA, seedB, t, frames, steps, eta, classA, classB, w);
-      try {
-        return kind === 'ends' ? model.start_interpolation_ends(request) : model.start_interpolation(request);
-      } finally {
-        request.free();
-      }
-    }
-    default: throw new Error(`unknown run kind ${kind}`);
-  }
+function errorMessage(id, e) {
+  return { type: 'error', id, message: e.message ?? String(e), field: e.field ?? null };
 }
 
-async function run(id, kind, args) {
+async function run(id, request) {
   current = id;
   try {
-    start(kind, args);
+    model.start(request);
   } catch (e) {
-    postMessage({ type: 'error', id, message: e.message ?? String(e) });
+    postMessage(errorMessage(id, e));
     return;
   }
   for (;;) {
@@ -94,7 +73,7 @@ async function run(id, kind, args) {
     } catch (e) {
       // On the GPU a failing step is a lost or poisoned device: the page starts a fresh worker.
       if (model.on_gpu) loseDevice(e.message ?? String(e));
-      else postMessage({ type: 'error', id, message: e.message ?? String(e) });
+      else postMessage(errorMessage(id, e));
       return;
     }
     if (current !== id) return;
@@ -110,7 +89,9 @@ async function run(id, kind, args) {
 async function warm(batches) {
   for (const [i, batch] of batches.entries()) {
     try {
-      model.start(0, batch, 1, 0, -1, 0);
+      // One DDIM step of `batch` images; a conditional model's w = 0 runs the batch once (∅).
+      const guidance = description.num_classes ? { guidance: 0 } : {};
+      model.start({ kind: 'sample', seed: 0, count: batch, ...guidance, sampler: { solver: 'ddim', steps: 1 } });
       await model.step();
     } catch (e) {
       if (model.on_gpu) loseDevice(e.message ?? String(e));
@@ -125,20 +106,21 @@ onmessage = async ({ data }) => {
     case 'load':
       try {
         model = await pkg.Ddpm.create(data.bytes, data.wantGpu && !pkg.threaded);
+        description = model.describe();
+        description.backend += pkg.why;
         postMessage({
-          type: 'loaded', backend: model.backend + pkg.why, onGpu: model.on_gpu, describe: model.describe(),
-          diffusionSteps: model.diffusion_steps, imageSize: model.image_size, numClasses: model.num_classes,
+          type: 'loaded', model: description,
           kernels: model.on_gpu ? 'webgpu' : pkg.kernel_path(), threads: model.on_gpu ? 0 : pkg.cpu_threads(),
         });
       } catch (e) {
-        postMessage({ type: 'error', id: null, message: e.message ?? String(e) });
+        postMessage(errorMessage(null, e));
       }
       break;
     case 'warm':
       warm(data.batches);
       break;
     case 'run':
-      run(data.id, data.kind, data.args);
+      run(data.id, data.request);
       break;
     case 'cancel':
       current = null;
@@ -170,5 +152,5 @@ async function startModule() {
 }
 
 startModule().then(() => {
-  postMessage({ type: 'hello', maxWeightsBytes: pkg.max_weights_bytes(), limits: JSON.parse(pkg.page_limits()) });
+  postMessage({ type: 'hello', limits: pkg.page_limits() });
 }, (e) => postMessage({ type: 'error', id: null, message: `could not start the module: ${e.message ?? e}` }));

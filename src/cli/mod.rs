@@ -16,6 +16,8 @@ use clap::{Args, ValueEnum};
 
 use ddpm::diffusion::{Diffusion, ScheduleConfig};
 use ddpm::guidance::{DEFAULT_GUIDANCE, Guidance};
+use ddpm::request::{CLI_BOUNDS, Model, Request};
+use ddpm::solvers::{FieldError, SamplerChoice, SamplerConfig, SolverKind, Spacing};
 use ddpm::threads::Sharded;
 use ddpm::train::atomic_write;
 use ddpm::unet::{UNet, UNetConfig};
@@ -117,12 +119,23 @@ pub struct SamplerArgs {
     /// Weights file from `ddpm export`.
     #[arg(long)]
     pub weights: PathBuf,
-    /// Sampling steps: T (1000) runs full DDPM, fewer run DDIM.
-    #[arg(long, default_value_t = 1000)]
-    pub steps: usize,
-    /// DDIM's η (0: deterministic); ignored for full DDPM.
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f64,
+    /// The update rule: `ddpm` (the paper's Algorithm 2, all T steps), `ddim` (with --eta) or
+    /// `dpm++2m` (DPM-Solver++(2M)) [default: the weights file's own, else the library's:
+    /// docs/samplers.md].
+    #[arg(long)]
+    pub sampler: Option<SolverKind>,
+    /// Network evaluations of a run from pure noise (SDEdit and labml's interpolation, which start
+    /// lower, take proportionally fewer) [default: the sampler's].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// DDIM's η in [0, 1] (0: deterministic, 1: fresh noise every step, DDPM-like); refused for
+    /// the other samplers, which have none [default: 0].
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// Where the steps fall: `trailing` (even in t, ending on x₀) or `logsnr` (even in log-SNR,
+    /// ending at t = 0) [default: the sampler's].
+    #[arg(long)]
+    pub spacing: Option<Spacing>,
     /// Draw this class (a class-conditional model only; `any` or left out: from noise, each
     /// image as its seed's class, dealt so that each run of seeds from a multiple of the class
     /// count holds every class once; for `edit`, no class (∅); `all`, for `sample`: --count
@@ -144,23 +157,37 @@ pub struct Loaded {
     pub device: Device,
     /// --class (None: any), checked against the model.
     pub class: Option<usize>,
-    /// --guidance.
-    pub w: f64,
+    /// --sampler, --steps, --eta, --spacing as given.
+    pub sampler: SamplerChoice,
+    /// The sampler they resolve to, for messages.
+    pub config: SamplerConfig,
+    /// --guidance as given (None: the default, for a conditional model).
+    pub guidance: Option<f64>,
+    /// Threads a batch is split over.
+    pub shards: usize,
 }
 
 impl Loaded {
-    /// ε_θ on `shards` threads for images drawn from x_T with `seeds` as `class` (None: any),
-    /// guided as [`Guidance::from_noise`] says.
-    pub fn eps_from_noise(&self, shards: usize, class: Option<usize>, seeds: &[u64]) -> Result<Sharded<'_>> {
-        let guidance = Guidance::from_noise(class, seeds, self.w, self.model.num_classes());
-        Ok(Sharded::new(&self.model, shards).guided(guidance.map_err(anyhow::Error::msg)?))
+    /// What a request needs of the model.
+    pub fn model(&self) -> Model<'_> {
+        Model {
+            diffusion: &self.diffusion,
+            image: self.image(),
+            num_classes: self.model.num_classes(),
+            default_sampler: self.header.sampler.as_ref(),
+            device: &self.device,
+        }
     }
 
-    /// ε_θ on `shards` threads for an edit: guided to --class, or with none, ∅ (the drawing
-    /// tells the class: [`ddpm::guidance::prior_class`]).
-    pub fn eps_for_edit(&self, shards: usize) -> Result<Sharded<'_>> {
-        let guidance = self.class.map(|c| Guidance::class(c, self.w, self.model.num_classes())).transpose();
-        Ok(Sharded::new(&self.model, shards).guided(guidance.map_err(anyhow::Error::msg)?))
+    /// ε_θ on the threads, guided as a request's phase asks.
+    pub fn eps_theta(&self, guidance: Option<&Guidance>) -> Sharded<'_> {
+        Sharded::new(&self.model, self.shards).guided(guidance.cloned())
+    }
+
+    /// Runs a request to its end (the CLI's bounds) and returns its images.
+    pub fn run(&self, request: &Request) -> Result<Tensor<4>> {
+        let run = request.start(&self.model(), &CLI_BOUNDS).map_err(flag_error)?;
+        Ok(run.finish(|g| self.eps_theta(g)))
     }
 
     /// [C, H, W] of the model's images.
@@ -170,21 +197,37 @@ impl Loaded {
     }
 }
 
+/// A request's error, named by the flag that set the field.
+pub fn flag_error(e: FieldError) -> anyhow::Error {
+    let flag = match e.field {
+        "solver" => "sampler",
+        "count" | "frames" | "t" | "steps" | "eta" | "guidance" | "class" | "spacing" => e.field,
+        "rgba" => "input",
+        "classes" => "class/--to-class",
+        other => other,
+    };
+    anyhow::anyhow!("--{flag}: {}", e.message)
+}
+
 impl SamplerArgs {
     pub fn load(&self) -> Result<Loaded> {
         let device = self.backend.device()?;
         let (model, header) = load_weights(&self.weights, &device)?;
         let diffusion = Diffusion::new(header.schedule.clone());
-        let (class, w) = (self.class()?, self.guidance.unwrap_or(DEFAULT_GUIDANCE));
+        let sampler = SamplerChoice { solver: self.sampler, steps: self.steps, eta: self.eta, spacing: self.spacing };
+        let config = sampler.resolve(header.sampler.as_ref(), diffusion.steps()).map_err(flag_error)?;
+        let class = self.class()?;
+        let w = self.guidance.unwrap_or(DEFAULT_GUIDANCE);
         Guidance::from_noise(class, &[], w, model.num_classes()).map_err(|e| match class {
             Some(class) => anyhow::anyhow!("--class {class}: {e}"),
-            None => anyhow::anyhow!("--{e}"),
+            None => anyhow::anyhow!("--guidance: {e}"),
         })?;
         ensure!(
             self.guidance.is_none() || model.num_classes().is_some(),
             "--guidance: this model is unconditional: it has no classes to guide towards"
         );
-        Ok(Loaded { model, header, diffusion, device, class, w })
+        let shards = self.backend.shards();
+        Ok(Loaded { model, header, diffusion, device, class, sampler, config, guidance: self.guidance, shards })
     }
 
     /// The one class asked for (None: any); `all` is refused but by `sample`.

@@ -5,14 +5,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, ensure};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use clap::Args;
 
-use super::{ClassArg, SamplerArgs, to_vec};
+use super::{ClassArg, Loaded, SamplerArgs, flag_error, to_vec};
 use ddpm::images::{Grid, save_gif, save_png};
 use ddpm::limits;
-use ddpm::request::{EditRequest, InterpolationRequest, SampleRequest, drawing_pixels, grid_cols};
-use ddpm::threads::Sharded;
+use ddpm::request::{CLI_BOUNDS, EditRequest, InterpolationRequest, Request, SampleRequest, drawing_pixels, grid_cols};
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -49,7 +48,8 @@ pub struct InterpolateArgs {
     #[arg(long, default_value_t = 9)]
     frames: usize,
     /// `noise`: labml's method (noise A and B to step t, mix, denoise); `slerp`: DDIM's spherical
-    /// mix of the two seeds' initial noise, denoised deterministically (ignores --t and --eta).
+    /// mix of the two seeds' initial noise, denoised deterministically (ignores --t; DDIM runs
+    /// with η = 0, and the paper's sampler is refused).
     #[arg(long, default_value = "noise", value_parser = ["noise", "slerp"])]
     mode: String,
     /// B's class (a conditional model; `any`: the class B's seed is dealt, as in `sample`): the
@@ -107,49 +107,50 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     );
     let per_class = a.sampler.class == Some(ClassArg::All);
     let m = if per_class { SamplerArgs { class: None, ..a.sampler.clone() } } else { a.sampler.clone() }.load()?;
-    let shards = a.sampler.backend.shards();
-    // Each class's images in its own folder, or all of them in --out.
-    let runs: Vec<(PathBuf, SampleRequest, Option<usize>)> = match m.model.num_classes() {
+    // Each class's images in its own folder, or all of them in --out: (folder, first seed, class).
+    let runs: Vec<(PathBuf, u64, Option<usize>)> = match m.model.num_classes() {
         None if per_class => anyhow::bail!("--class all: this model is unconditional: it has no classes"),
         Some(classes) if per_class => {
-            let n = a.count;
             ensure!(
-                n <= limits::MAX_SAMPLES / classes,
+                a.count <= limits::MAX_SAMPLES / classes,
                 "--count must be 1..={} with --class all ({classes} classes)",
                 limits::MAX_SAMPLES / classes
             );
-            let request = |k: usize| {
-                SampleRequest::consecutive(a.seed.wrapping_add((k * n) as u64), n, a.sampler.steps, a.sampler.eta)
-            };
-            (0..classes).map(|k| (a.out.join(k.to_string()), request(k), Some(k))).collect()
+            (0..classes)
+                .map(|k| (a.out.join(k.to_string()), a.seed.wrapping_add((k * a.count) as u64), Some(k)))
+                .collect()
         }
-        _ => {
-            vec![(a.out.clone(), SampleRequest::consecutive(a.seed, a.count, a.sampler.steps, a.sampler.eta), m.class)]
-        }
+        _ => vec![(a.out.clone(), a.seed, m.class)],
     };
-    let total: usize = runs.iter().map(|(_, r, _)| r.seeds.len()).sum();
+    let total = runs.len() * a.count;
     ensure!(
         a.grid.is_none() || total <= limits::MAX_SAMPLE_BATCH,
         "--grid holds at most {} images",
         limits::MAX_SAMPLE_BATCH
     );
+    eprintln!("sampler: {}", m.config.describe());
     let image = m.image();
     let (mut all, mut done) = (Vec::new(), 0);
-    for (out, request, class) in &runs {
-        request.method(&m.diffusion, limits::MAX_SAMPLES).map_err(anyhow::Error::msg)?;
+    for (out, seed, class) in &runs {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        for (k, seeds) in request.seeds.chunks(a.batch).enumerate() {
-            let batch = SampleRequest { seeds: seeds.to_vec(), ..request.clone() };
-            let sampler =
-                batch.sampler(&m.diffusion, image, limits::MAX_SAMPLE_BATCH, &m.device).map_err(anyhow::Error::msg)?;
-            let values = to_vec(sampler.run(&m.eps_from_noise(shards, *class, seeds)?));
+        // Batches of consecutive seeds: image i is seed S + i whatever the batch.
+        for first in (0..a.count).step_by(a.batch) {
+            let count = a.batch.min(a.count - first);
+            let request = SampleRequest {
+                seed: seed.wrapping_add(first as u64),
+                count,
+                class: *class,
+                guidance: m.guidance,
+                sampler: m.sampler,
+            };
+            let values = to_vec(m.run(&Request::Sample(request))?);
             for (i, pixels) in values.chunks_exact(image.iter().product()).enumerate() {
-                save_png(&out.join(format!("{:06}.png", k * a.batch + i)), pixels, image)?;
+                save_png(&out.join(format!("{:06}.png", first + i)), pixels, image)?;
             }
             if a.grid.is_some() {
                 all.extend(values);
             }
-            done += seeds.len();
+            done += count;
             eprintln!("{done}/{total} images");
         }
     }
@@ -172,46 +173,32 @@ pub fn interpolate(a: InterpolateArgs) -> Result<()> {
         classes: [class_a, to_class.unwrap_or(class_a)],
         t: a.t,
         frames: a.frames,
-        steps: a.sampler.steps,
-        eta: a.sampler.eta,
+        guidance: m.guidance,
+        sampler: m.sampler,
     };
-    request.check(&m.diffusion, limits::MAX_SAMPLE_BATCH).map_err(|e| anyhow::anyhow!("--{e}"))?;
-    let [guide_ends, guide_frames] =
-        request.guidance(m.w, m.model.num_classes()).map_err(|e| anyhow::anyhow!("--to-class: {e}"))?;
-    let shards = a.sampler.backend.shards();
-    let ends = match request.mode {
-        ddpm::request::InterpolationMode::Noise => {
-            let ends = request.ends().sampler(&m.diffusion, image, 2, &m.device).map_err(anyhow::Error::msg)?;
-            Some(ends.run(&Sharded::new(&m.model, shards).guided(guide_ends)))
-        }
-        ddpm::request::InterpolationMode::Slerp => None,
-    };
-    let frames = request
-        .sampler(&m.diffusion, image, ends, limits::MAX_SAMPLE_BATCH, &m.device)
-        .map_err(anyhow::Error::msg)?
-        .run(&Sharded::new(&m.model, shards).guided(guide_frames));
+    let frames = m.run(&Request::Interpolate(request))?;
     Grid::new(&to_vec(frames), [a.frames, image[0], image[1], image[2]], a.frames, 2).save_png(&a.out, a.scale)
 }
 
 pub fn animate(a: AnimateArgs) -> Result<()> {
     ensure!((2..=limits::MAX_FRAMES).contains(&a.frames), "--frames must be 2..={}", limits::MAX_FRAMES);
     ensure!((1..=limits::MAX_SCALE).contains(&a.scale), "--scale must be 1..={}", limits::MAX_SCALE);
-    let m = a.sampler.load()?;
+    let m = Loaded { shards: 1, ..a.sampler.load()? };
     let image = m.image();
-    let request = SampleRequest::consecutive(a.seed, 1, a.sampler.steps, a.sampler.eta);
-    let mut sampler = request.sampler(&m.diffusion, image, 1, &m.device).map_err(anyhow::Error::msg)?;
-    let total = sampler.total();
+    let request = SampleRequest { seed: a.seed, count: 1, class: m.class, guidance: m.guidance, sampler: m.sampler };
+    let mut run = Request::Sample(request).start(&m.model(), &CLI_BOUNDS).map_err(flag_error)?;
+    let total = run.sampler().total();
     let mut frames = Vec::new();
     let frame = |x: Tensor<4>, x0: Tensor<4>| {
         let pair = to_vec(Tensor::cat(vec![x, x0], 0));
         Grid::new(&pair, [2, image[0], image[1], image[2]], 2, 2).scaled(a.scale)
     };
-    frames.push(frame(sampler.x().clone(), sampler.x().clone()));
-    let eps_theta = m.eps_from_noise(1, m.class, &request.seeds)?;
-    while let Some(step) = sampler.step(&eps_theta) {
+    frames.push(frame(run.sampler().x().clone(), run.sampler().x().clone()));
+    while let Some(s) = run.step(|g| m.eps_theta(g)) {
+        let index = s.step.index;
         // Evenly spaced frames, always including the last step.
-        if step.index * (a.frames - 1) / total != (step.index - 1) * (a.frames - 1) / total || step.index == total {
-            frames.push(frame(sampler.x().clone(), step.x0_hat));
+        if index * (a.frames - 1) / total != (index - 1) * (a.frames - 1) / total || index == total {
+            frames.push(frame(s.x, s.step.x0_hat));
         }
     }
     let last = frames.last().cloned().expect("at least one frame");
@@ -231,18 +218,23 @@ pub fn edit(a: EditArgs) -> Result<()> {
         img.resize_exact(size as u32, size as u32, image::imageops::FilterType::Triangle)
     };
     ensure!(a.t.len() <= limits::MAX_FRAMES, "--t takes at most {} values", limits::MAX_FRAMES);
-    let pixels = drawing_pixels(&img.to_rgba8().into_raw(), c, size).map_err(anyhow::Error::msg)?;
-    let x0 = Tensor::from_data(TensorData::new(pixels.clone(), [1, c, size, size]), &m.device);
-    let eps_theta = m.eps_for_edit(a.sampler.backend.shards())?;
+    let rgba = img.to_rgba8().into_raw();
     let mut images = Vec::new();
     for &t in &a.t {
-        let request = EditRequest { seed: a.seed, t, steps: a.sampler.steps, eta: a.sampler.eta };
-        let sampler = request.sampler(&m.diffusion, x0.clone()).map_err(|e| anyhow::anyhow!("--{e}"))?;
-        images.extend(to_vec(sampler.run(&eps_theta)));
+        let request = EditRequest {
+            rgba: rgba.clone(),
+            seed: a.seed,
+            t,
+            class: m.class,
+            guidance: m.guidance,
+            sampler: m.sampler,
+        };
+        images.extend(to_vec(m.run(&Request::Edit(request))?));
     }
     if a.t.len() == 1 {
         return Grid::new(&images, [1, c, size, size], 1, 0).save_png(&a.out, a.scale);
     }
+    let pixels = drawing_pixels(&rgba, c, size).map_err(anyhow::Error::msg)?;
     let strip = [pixels, images].concat();
     let n = a.t.len() + 1;
     Grid::new(&strip, [n, c, size, size], n, 2).save_png(&a.out, a.scale)

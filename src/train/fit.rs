@@ -13,7 +13,7 @@ use super::{StepStats, Trainer, atomic_write};
 use crate::data::Dataset;
 use crate::diffusion::Diffusion;
 use crate::images::Grid;
-use crate::sampler::Method;
+use crate::solvers::SamplerConfig;
 use crate::threads::Sharded;
 use crate::unet::UNetConfig;
 
@@ -133,10 +133,10 @@ fn sample_grid(
     device: &Device,
     path: &Path,
 ) -> Result<()> {
-    let method = Method::Ddim { steps: 50.min(diffusion.steps()), eta: 0.0 };
+    let ddim = SamplerConfig::ddim(50.min(diffusion.steps()), 0.0);
     let shape = [cfg.image_channels, cfg.image_size, cfg.image_size];
     let seeds: Vec<u64> = (0..16).collect();
-    let x = crate::sampler::Sampler::new(diffusion, method, shape, &seeds, device).run(eps_theta);
+    let x = crate::sampler::Sampler::new(diffusion, &ddim, shape, &seeds, device).run(eps_theta);
     let values = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
     Grid::new(&values, [16, shape[0], shape[1], shape[2]], 4, 2).save_png(path, 2)
 }

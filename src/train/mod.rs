@@ -261,7 +261,7 @@ impl Trainer {
         let names = (!self.train.class_names.is_empty())
             .then(|| ("class_names".to_string(), serde_json::to_string(&self.train.class_names).expect("serialises")));
         let info = info.into_iter().chain(names);
-        Header { unet: self.unet.clone(), schedule: self.schedule.clone(), info: info.collect() }
+        Header { unet: self.unet.clone(), schedule: self.schedule.clone(), sampler: None, info: info.collect() }
     }
 }
 

@@ -25,6 +25,7 @@ use crate::noise::Noise;
 
 /// Everything needed to build a UNet; stored in the weights file so a reader can rebuild the model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UNetConfig {
     /// Channels of the images (1 for MNIST, 3 for RGB).
     pub image_channels: usize,

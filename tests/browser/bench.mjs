@@ -1,7 +1,8 @@
 // `cargo xtask bench-web`: the page's speed, as JSON lines (a benchmark, not a test):
 // ms per sampling step on WebGPU and on the CPU fallback (threaded and one-thread) at batch 1, 4
-// and 16, the time from navigation to the first drawn step, and the gzipped size of what the
-// page downloads.
+// and 16, the time from navigation to the first drawn step and (CPU) to the first finished image,
+// the default sampler's image and interpolation against the old default's, and the gzipped size
+// of what the page downloads.
 import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { gzipSync } from 'node:zlib';
@@ -67,12 +68,41 @@ for (const { webgpu, backend, query } of configs) {
       await page.waitForFunction(() => !window.ddpmState.running, null, { timeout: 600_000 });
     }
   }
+  if (!webgpu) {
+    // The old default (DDIM, 150 steps, η = 1, before docs/samplers.md) against the new one, in
+    // this run: a first image from a loaded page (add the return visit's load to compare with
+    // first_image_done), and the interpolation panel's default request (noise mode, t = 500,
+    // 9 frames; the old page ran its DDIM steps with η = 0).
+    const defaults = await page.evaluate(() => window.ddpmState.limits.default_sampler);
+    const samplers = [
+      { name: 'default', solver: defaults.solver, steps: defaults.steps, eta: defaults.eta },
+      { name: 'old_default', solver: 'ddim', steps: 150, eta: 1, interpolationEta: 0 },
+    ];
+    for (const s of samplers) {
+      await page.selectOption('#count', '1');
+      await page.selectOption('#sampler', s.solver);
+      await page.fill('#steps', String(s.steps));
+      if (s.solver === 'ddim') await page.fill('#eta', String(s.eta));
+      let t0 = await page.evaluate(() => performance.now());
+      await page.click('#start');
+      await page.waitForFunction(() => !window.ddpmState.running, null, { timeout: 600_000, polling: 20 });
+      const image = await page.evaluate((t0) => performance.now() - t0, t0);
+      if (s.solver === 'ddim') await page.fill('#eta', String(s.interpolationEta ?? s.eta));
+      t0 = await page.evaluate(() => performance.now());
+      await page.click('#interp');
+      await page.waitForFunction(() => window.ddpmState.interpolationReady, null, { timeout: 1_800_000, polling: 20 });
+      const interpolation = await page.evaluate((t0) => performance.now() - t0, t0);
+      emit({ backend, what: 'sampler_latency', sampler: s.name, solver: s.solver, steps: s.steps, eta: s.eta,
+        image_ms: Math.round(image), interpolation_ms: Math.round(interpolation), frames: 9, t: 500 });
+    }
+  }
   const { kernels, threads } = await page.evaluate(() => window.ddpmState);
   // Every step's ms of one run.
   const steps = async (batch, n) => {
     await page.selectOption('#count', String(batch));
     await page.selectOption('#sampler', 'ddim');
-    await page.fill('#ddim-steps', String(n));
+    await page.fill('#steps', String(n));
+    await page.fill('#eta', '1');
     const before = await page.evaluate(() => window.ddpmState.msPerStep.length);
     await page.click('#start');
     await page.waitForFunction((k) => window.ddpmState.msPerStep.length >= k && !window.ddpmState.running, before + n, { timeout: 1_800_000 });

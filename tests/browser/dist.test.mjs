@@ -41,7 +41,7 @@ test('the static folder runs from python3 -m http.server at / and at /some/sub/p
     // A plain static server sends no COOP/COEP: no shared memory, so the one-thread module.
     assert.deepEqual(await page.evaluate(() => [crossOriginIsolated, window.ddpmState.threads]), [false, 1], path);
     await page.selectOption('#count', '1');
-    await page.fill('#ddim-steps', '2');
+    await page.fill('#steps', '2');
     await page.click('#start');
     await page.waitForFunction(() => !window.ddpmState.running && window.ddpmState.lastStep?.index === 2, null, { timeout: 120_000 });
   }

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pngPixels, rgbPng } from './harness.mjs';
 import {
-  BIN, ETA, WEIGHTS, openPage, nativeSamples, nativeInterpolation, canvasTiles, canvasPixels, compare, same, ready, sample,
+  BIN, ETA, DPM, WEIGHTS, openPage, setSampler, samplerFlags, nativeSamples, nativeInterpolation, canvasTiles, canvasPixels, compare, same, ready, sample,
   waitDone, backends, rgbModel,
 } from './page-kit.mjs';
 
@@ -124,7 +124,7 @@ test('CPU fallback: a conditional model draws the chosen class with guidance as 
   await page.selectOption('#mode', 'noise');
   await page.fill('#t', String(tMix));
   await page.fill('#frames', String(frames));
-  await page.fill('#ddim-steps', String(steps));
+  await setSampler(page, steps, DPM);
   await page.evaluate(() => { document.getElementById('guidance').value = '8'; });
   await page.click('#interp');
   await page.waitForFunction(() => window.ddpmState.interpolationReady, null, { timeout: 600_000, polling: 100 });
@@ -138,7 +138,7 @@ test('CPU fallback: a conditional model draws the chosen class with guidance as 
   }
   // A and B beside the slider are the guided samples of their classes.
   const thumb = async (id) => (await canvasPixels(page, id)).filter((_, k) => k % 4 === 0);
-  const classSample = (seed, cls) => nativeSamples(seed, 1, steps, 0, file, 0, ['--class', cls, '--guidance', '8'])[0];
+  const classSample = (seed, cls) => nativeSamples(seed, 1, steps, DPM, file, 0, ['--class', cls, '--guidance', '8'])[0];
   assert.ok(same(compare(await thumb('morph-a'), classSample(seedA, '3'))), 'A is a guided 3');
   assert.ok(same(compare(await thumb('morph-b'), classSample(seedB, '8'))), 'B is a guided 8');
   const plainMorph = nativeInterpolation('noise', seedA, seedB, tMix, frames, steps, 28, file);
@@ -163,9 +163,7 @@ test('CPU fallback: a drawing denoised in the page equals `ddpm edit` on the sam
   await stroke([[0.3, 0.25], [0.65, 0.25], [0.45, 0.8]]); // a 7
   const [seed, t, steps] = [9, 400, 6];
   await page.fill('#seed', String(seed));
-  await page.selectOption('#sampler', 'ddim');
-  await page.fill('#ddim-steps', String(steps));
-  await page.fill('#eta', String(ETA));
+  await setSampler(page, steps, ETA);
   await page.evaluate((t) => { const e = document.getElementById('edit-t'); e.value = String(t); e.dispatchEvent(new Event('input')); }, t);
   await page.click('#edit');
   await waitDone(page);
@@ -176,7 +174,7 @@ test('CPU fallback: a drawing denoised in the page equals `ddpm edit` on the sam
   const dir = mkdtempSync(join(tmpdir(), 'ddpm-edit-'));
   writeFileSync(join(dir, 'drawing.png'), rgbPng(28, (x, y) => drawing.slice((y * 28 + x) * 4, (y * 28 + x) * 4 + 3)));
   execFileSync(BIN, ['edit', '--weights', WEIGHTS, '--input', join(dir, 'drawing.png'), '--t', String(t), '--seed', String(seed),
-    '--steps', String(steps), '--eta', String(ETA), '--out', join(dir, 'edited.png')], { stdio: 'pipe' });
+    ...samplerFlags(steps, ETA), '--out', join(dir, 'edited.png')], { stdio: 'pipe' });
   const native = pngPixels(readFileSync(join(dir, 'edited.png')));
   const [drawn] = await canvasTiles(page, 'xt', 1, 28);
   assert.ok(same(compare(drawn, native)), `mean ${compare(drawn, native).mean.toFixed(3)}`);
@@ -210,8 +208,36 @@ test('WebGPU: a lost device gets a fresh worker, then the CPU, and the run still
     assert.ok(same(compare(drawn, nativeSamples(seed, 1, steps, ETA)[0])), 'the restarted run equals `ddpm sample`');
     return s;
   };
-  for (const seed of [21, 22]) {
-    const s = await loseMidRun(seed);
+  // A loss while a noise-mode interpolation denoises its frames. Its frames once came from the
+  // worker's last batch, which a fresh worker lacks ("sample A and B first"); the request is now
+  // a value the client sends again whole: A and B, then the frames, equal to `ddpm interpolate`.
+  const loseMidInterpolation = async () => {
+    const [seedA, seedB, tMix, frames, evaluations] = [3, 4, 500, 3, 8];
+    await page.fill('#seed-a', String(seedA));
+    await page.fill('#seed-b', String(seedB));
+    await page.selectOption('#mode', 'noise');
+    await page.fill('#t', String(tMix));
+    await page.fill('#frames', String(frames));
+    await setSampler(page, evaluations, DPM);
+    const notices = await page.evaluate(() => window.ddpmState.notices.length);
+    await page.click('#interp');
+    await page.waitForFunction(() => window.ddpmState.lastPhase === 'frames', null, { timeout: 300_000, polling: 10 });
+    await page.evaluate(() => window.ddpmLoseDevice());
+    await page.waitForFunction((n) => window.ddpmState.notices.length > n, notices, { timeout: 60_000, polling: 10 });
+    await page.waitForFunction(() => window.ddpmState.interpolationReady || window.ddpmState.error, null, { timeout: 600_000, polling: 100 });
+    const s = await page.evaluate(() => ({ backend: window.ddpmState.backend, notice: window.ddpmState.notices.at(-1), error: window.ddpmState.error }));
+    assert.equal(s.error, null);
+    const size = await page.evaluate(() => window.ddpmState.imageSize);
+    const native = nativeInterpolation('noise', seedA, seedB, tMix, frames, evaluations, size);
+    for (let i = 0; i < frames; i++) {
+      await page.fill('#lambda', String(i));
+      await page.dispatchEvent('#lambda', 'input');
+      const drawnFrame = (await canvasPixels(page, 'morph')).filter((_, k) => k % 4 === 0);
+      assert.ok(same(compare(drawnFrame, native[i])), `frame ${i} after the loss equals \`ddpm interpolate\``);
+    }
+    return s;
+  };
+  for (const s of [await loseMidRun(21), await loseMidInterpolation()]) {
     assert.match(s.notice, /GPU device was lost .*fresh device/);
     assert.equal(s.backend, 'WebGPU');
   }

@@ -13,8 +13,23 @@ export const BIN = process.env.DDPM_BIN;
 export const WEIGHTS = process.env.DDPM_WEIGHTS ?? 'weights/mnist.safetensors';
 assert.ok(URL_ && BIN, 'run through `cargo xtask test` (needs DDPM_URL and DDPM_BIN)');
 
-export const STEPS = 10; // DDIM steps: SwiftShader runs WebGPU on the CPU, so keep runs short
+export const STEPS = 10; // network evaluations: SwiftShader runs WebGPU on the CPU, so keep runs short
 export const ETA = 1; // stochastic DDIM: the fresh noise of every step must come from the same seeds as natively
+// The sampler argument of the helpers below: a number is DDIM with that η; DPM is DPM-Solver++(2M).
+export const DPM = 'dpm++2m';
+
+// `ddpm`'s flags for `steps` evaluations of the sampler `eta` (DDIM's η, or DPM).
+export function samplerFlags(steps, eta) {
+  const sampler = eta === DPM ? ['--sampler', DPM] : ['--sampler', 'ddim', '--eta', String(eta)];
+  return [...sampler, '--steps', String(steps)];
+}
+
+// Sets the page's sampler controls to `steps` evaluations of `eta` (DDIM's η, or DPM).
+export async function setSampler(page, steps, eta) {
+  await page.selectOption('#sampler', eta === DPM ? DPM : 'ddim');
+  await page.fill('#steps', String(steps));
+  if (eta !== DPM) await page.fill('#eta', String(eta));
+}
 export const SEED = 11;
 export const COUNT = 4;
 
@@ -30,35 +45,42 @@ export function weightsInfo() {
 export function nativeSamples(seed, count, steps, eta, weights = WEIGHTS, channel = 0, extra = []) {
   const dir = mkdtempSync(join(tmpdir(), 'ddpm-native-'));
   execFileSync(BIN, ['sample', '--weights', weights, '--count', String(count), '--seed', String(seed),
-    '--steps', String(steps), '--eta', String(eta), '--out', dir, ...extra], { stdio: 'pipe' });
+    ...samplerFlags(steps, eta), '--out', dir, ...extra], { stdio: 'pipe' });
   const images = Array.from({ length: count }, (_, i) => pngPixels(readFileSync(join(dir, `${String(i).padStart(6, '0')}.png`)), channel));
   rmSync(dir, { recursive: true, force: true });
   return images;
 }
 
-// The frames of `ddpm interpolate` for the same seeds, t, frame count and steps, gray 0..255.
-export function nativeInterpolation(mode, seedA, seedB, t, frames, steps, size, weights = WEIGHTS, extra = []) {
+// The frames of `ddpm interpolate` for the same seeds, t, frame count and sampler, gray 0..255.
+export function nativeInterpolation(mode, seedA, seedB, t, frames, steps, size, weights = WEIGHTS, extra = [], eta = DPM) {
   const dir = mkdtempSync(join(tmpdir(), 'ddpm-native-'));
   const strip = join(dir, 'strip.png');
   execFileSync(BIN, ['interpolate', '--weights', weights, ...extra, '--mode', mode, '--seed-a', String(seedA), '--seed-b', String(seedB),
-    '--t', String(t), '--frames', String(frames), '--steps', String(steps), '--scale', '1', '--out', strip], { stdio: 'pipe' });
+    '--t', String(t), '--frames', String(frames), ...samplerFlags(steps, eta), '--scale', '1', '--out', strip], { stdio: 'pipe' });
   const tiles = pngTiles(readFileSync(strip), frames, size, 2);
   rmSync(dir, { recursive: true, force: true });
   return tiles;
 }
 
-// The weights file with its `unet` or `schedule` config edited: the tensors stay, the header lies.
-export function lyingWeights(entry, edit) {
+// The weights file with its header's metadata edited by `edit(metadata)`: the tensors stay.
+export function editedWeights(edit) {
   const bytes = readFileSync(WEIGHTS);
   const n = Number(bytes.readBigUInt64LE(0));
   const header = JSON.parse(bytes.subarray(8, 8 + n).toString());
-  const config = JSON.parse(header.__metadata__[entry]);
-  edit(config);
-  header.__metadata__[entry] = JSON.stringify(config);
+  edit(header.__metadata__);
   const text = Buffer.from(JSON.stringify(header));
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(text.length));
   return Buffer.concat([len, text, bytes.subarray(8 + n)]);
+}
+
+// The weights file with its `unet` or `schedule` config edited: the tensors stay, the header lies.
+export function lyingWeights(entry, edit) {
+  return editedWeights((meta) => {
+    const config = JSON.parse(meta[entry]);
+    edit(config);
+    meta[entry] = JSON.stringify(config);
+  });
 }
 
 // Image `i` of a canvas grid (1-pixel borders, `cols` per row) as values of one channel (the R
@@ -104,9 +126,7 @@ export async function ready(page, query = '') {
 export async function sample(page, seed, count, steps, eta) {
   await page.fill('#seed', String(seed));
   await page.selectOption('#count', String(count));
-  await page.selectOption('#sampler', 'ddim');
-  await page.fill('#ddim-steps', String(steps));
-  await page.fill('#eta', String(eta));
+  await setSampler(page, steps, eta);
   const before = await page.evaluate(() => window.ddpmState.stepsDrawn);
   await page.click('#start');
   return before;

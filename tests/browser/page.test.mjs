@@ -5,7 +5,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { launch } from './harness.mjs';
 import {
-  STEPS, ETA, SEED, COUNT, weightsInfo, nativeSamples, nativeInterpolation, canvasTiles, canvasPixels, compare, same, ready, sample, waitDone, backends, watchMainThread, longTasksAfterLoad,
+  STEPS, ETA, DPM, SEED, COUNT, setSampler, weightsInfo, nativeSamples, nativeInterpolation, canvasTiles, canvasPixels, compare, same, ready, sample, waitDone, backends, watchMainThread, longTasksAfterLoad,
 } from './page-kit.mjs';
 
 const browsers = [];
@@ -29,9 +29,10 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
     else assert.equal(loaded.warm, undefined);
     // The CPU fallback starts with one image, so that it is finished within seconds.
     assert.equal(await page.inputValue('#count'), gpu ? '16' : '1');
-    // The default sampler is the one the model card (docs/mnist-model.md) is measured with (DDIM, 150 steps, η = 1).
-    assert.deepEqual([await page.inputValue('#sampler'), await page.inputValue('#ddim-steps'), await page.inputValue('#eta')],
-      ['ddim', '150', '1']);
+    // The controls start at the library's default sampler (docs/samplers.md), handed over by the module.
+    const limits = await page.evaluate(() => window.ddpmState.limits);
+    assert.deepEqual([await page.inputValue('#sampler'), await page.inputValue('#steps')],
+      [limits.default_sampler.solver, String(limits.default_sampler.steps)]);
     // The model line names how the shipped file was trained, averaged snapshots included.
     const meta = weightsInfo();
     const steps = (list) => list.split(',').map((s) => Number(s).toLocaleString('en-US')).join(', ');
@@ -70,7 +71,7 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
         await page.fill('#t', String(tMix)); // t only applies to (and is only shown for) the noise mode
         await page.selectOption('#mode', mode);
         await page.fill('#frames', String(frames));
-        await page.fill('#ddim-steps', String(STEPS));
+        await setSampler(page, STEPS, DPM);
         await page.click('#interp');
         await page.waitForFunction(() => window.ddpmState.interpolationReady, null, { timeout: 600_000, polling: 100 });
         const size = await page.evaluate(() => window.ddpmState.imageSize);
@@ -100,7 +101,7 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
         assert.ok(compare(native[2], native[0]).mean > 2 && compare(native[2], native[frames - 1]).mean > 2,
           'the middle frame differs from both ends');
         // A and B themselves, drawn beside the slider, are `ddpm sample`'s images for the seeds.
-        const [na, nb] = [nativeSamples(seedA, 1, STEPS, 0)[0], nativeSamples(seedB, 1, STEPS, 0)[0]];
+        const [na, nb] = [nativeSamples(seedA, 1, STEPS, DPM)[0], nativeSamples(seedB, 1, STEPS, DPM)[0]];
         const thumb = async (id) => (await canvasPixels(page, id)).filter((_, i) => i % 4 === 0);
         assert.ok(same(compare(await thumb('morph-a'), na)), 'sample A beside the slider');
         assert.ok(same(compare(await thumb('morph-b'), nb)), 'sample B beside the slider');

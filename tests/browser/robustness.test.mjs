@@ -4,7 +4,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { launch } from './harness.mjs';
 import {
-  URL_, lyingWeights, ready, sample, waitDone,
+  URL_, editedWeights, lyingWeights, ready, sample, waitDone,
 } from './page-kit.mjs';
 
 const browsers = [];
@@ -18,7 +18,7 @@ test('CPU fallback: 50 rapid events, then runs that draw every step, in bounded 
   const page = await browser.page();
   await ready(page, '&backend=cpu');
   await page.selectOption('#count', '1');
-  await page.fill('#ddim-steps', '4');
+  await page.fill('#steps', '4');
   await page.fill('#frames', '3');
   let seed = 1;
   const rnd = (() => { let x = 12345; return () => { x = (x * 1103515245 + 12345) % 2147483648; return x / 2147483648; }; })();
@@ -42,12 +42,12 @@ test('CPU fallback: 50 rapid events, then runs that draw every step, in bounded 
   const runs = async (n) => {
     for (let i = 0; i < n; i++) {
       await page.fill('#seed', String(100 + i));
-      await page.fill('#ddim-steps', '100'); // long enough to be mid-run at the next click
+      await page.fill('#steps', '100'); // long enough to be mid-run at the next click
       await click('start');
       await page.waitForFunction(() => window.ddpmState.runIndices.length >= 2, null, { timeout: 60_000, polling: 5 });
       await page.evaluate((seed) => {
         document.getElementById('seed').value = seed;
-        document.getElementById('ddim-steps').value = '4';
+        document.getElementById('steps').value = '4';
         document.getElementById('start').click();
       }, String(200 + i));
       await waitDone(page);
@@ -121,24 +121,59 @@ test('the inputs take their bounds from the module and the model, not from the H
   await ready(page, '&backend=cpu&weights=weights/short.safetensors');
   const bounds = await page.evaluate(() => ({
     t: document.getElementById('t').max,
-    steps: document.getElementById('ddim-steps').max,
+    steps: document.getElementById('steps').max,
     frames: document.getElementById('frames').max,
     ddpm: document.querySelector('#sampler option[value="ddpm"]').textContent,
     counts: [...document.getElementById('count').options].map((o) => Number(o.value)),
     limits: window.ddpmState.limits,
   }));
-  assert.deepEqual(bounds.limits, { max_images: 64, max_frames: 32, max_guidance: 20, default_guidance: 1.15, diffusion_steps: 200 });
+  const { default_sampler: _, max_weights_bytes: __, ...limits } = bounds.limits;
+  assert.deepEqual(limits, { max_images: 64, max_frames: 32, max_guidance: 20, default_guidance: 1.15, diffusion_steps: 200,
+    samplers: ['ddpm', 'ddim', 'dpm++2m'], spacings: ['trailing', 'logsnr'] });
   assert.deepEqual([bounds.t, bounds.steps, bounds.frames], ['199', '200', '32']);
   assert.equal(bounds.ddpm, 'DDPM, all 200 steps (the paper)');
   assert.ok(bounds.counts.every((n) => n <= 64));
-  // The module refuses what the bounds exclude, whatever the inputs say.
+  // The module refuses what the bounds exclude, whatever the inputs say, naming the field.
   const refused = await page.evaluate(async () => [
-    await window.ddpmTry('sample', [0, 65, 10, 0]), await window.ddpmTry('sample', [0, 1, 201, 0]),
-    await window.ddpmTry('ends', ['noise', 0, 1, 200, 9, 10, 0]), await window.ddpmTry('ends', ['noise', 0, 1, 100, 33, 10, 0]),
-    await window.ddpmTry('sample', [0, 2, 10, 0]),
+    await window.ddpmTry({ kind: 'sample', seed: 0, count: 65 }),
+    await window.ddpmTry({ kind: 'sample', seed: 0, count: 1, sampler: { solver: 'ddim', steps: 201 } }),
+    await window.ddpmTry({ kind: 'interpolate', mode: 'noise', seeds: [0, 1], t: 200, frames: 9 }),
+    await window.ddpmTry({ kind: 'interpolate', mode: 'noise', seeds: [0, 1], t: 100, frames: 33 }),
+    await window.ddpmTry({ kind: 'sample', seed: 0, count: 1, sampler: { solver: 'dpm++2m', eta: 1 } }),
+    await window.ddpmTry({ kind: 'sample', seed: 0, count: 1, colour: 'red' }),
+    await window.ddpmTry({ kind: 'sample', seed: 0, count: 2, sampler: { steps: 10 } }),
   ]);
-  assert.deepEqual(refused, ['number of images must be 1..=64, got 65', 'sampling steps must be in 1..=200, got 201',
-    't must be below T = 200, got 200', 'frames must be 2..=32, got 33', 'accepted']);
+  assert.deepEqual(refused.slice(0, 5), ['count: number of images must be 1..=64, got 65', 'steps: sampling steps must be in 1..=200, got 201',
+    't: t must be below T = 200, got 200', 'frames: frames must be 2..=32, got 33',
+    'eta: DPM-Solver++(2M) is deterministic and has no η; η is DDIM\'s']);
+  assert.match(refused[5], /^request: not a request the page can make: .*unknown field `colour`/);
+  assert.equal(refused[6], 'accepted');
+  assert.deepEqual(browser.errors, []);
+});
+
+test('the sampler controls start at the default the module gives: the library\'s, or the weights file\'s own', { timeout: 300_000 }, async () => {
+  const browser = await launch({ webgpu: false });
+  browsers.push(browser);
+  const page = await browser.page();
+  await ready(page, '&backend=cpu');
+  const controls = () => page.evaluate(() => ['sampler', 'steps', 'eta'].map((id) => document.getElementById(id).value)
+    .concat(['steps-label', 'eta-label'].map((id) => !document.getElementById(id).hidden)));
+  const library = await page.evaluate(() => window.ddpmState.limits.default_sampler);
+  assert.deepEqual(await controls(), [library.solver, String(library.steps), String(library.eta), library.solver !== 'ddpm', library.solver === 'ddim']);
+  // A file that names its own default (format version 2, as a distilled model will): DDIM, 7 steps, η = 0.5.
+  const own = editedWeights((meta) => {
+    meta.format_version = '2';
+    meta.sampler = JSON.stringify({ solver: 'ddim', steps: 7, eta: 0.5, spacing: 'trailing' });
+  });
+  await page.route('**/weights/own.safetensors', (route) => route.fulfill({ body: own }));
+  await ready(page, '&backend=cpu&weights=weights/own.safetensors');
+  assert.deepEqual(await controls(), ['ddim', '7', '0.5', true, true]);
+  // A version this build does not know is refused with a message that says so.
+  const future = editedWeights((meta) => { meta.format_version = '3'; });
+  await page.route('**/weights/future.safetensors', (route) => route.fulfill({ body: future }));
+  await page.goto(`${URL_}?autostart=0&backend=cpu&weights=weights/future.safetensors`);
+  await page.waitForFunction(() => window.ddpmState?.error, null, { timeout: 60_000 });
+  assert.match(await page.textContent('#error'), /weights format version 3 is not supported \(this build reads versions 1 to 2/);
   assert.deepEqual(browser.errors, []);
 });
 
