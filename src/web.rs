@@ -55,12 +55,15 @@ struct PageLimits {
     /// The sampler when neither the visitor nor the weights file names one.
     default_sampler: SamplerConfig,
     samplers: Vec<&'static str>,
+    /// Each sampler's evaluations when picked without a step count (null: all T).
+    default_steps: std::collections::BTreeMap<&'static str, Option<usize>>,
     spacings: Vec<&'static str>,
     max_weights_bytes: f64,
 }
 
 /// The page's bounds and defaults: `{max_images, max_frames, max_guidance, default_guidance,
-/// default_sampler: {solver, steps, eta, spacing}, samplers, spacings, max_weights_bytes}` (a
+/// default_sampler: {solver, steps, eta, spacing}, samplers, default_steps, spacings,
+/// max_weights_bytes}` (a
 /// model's own T and default sampler are in [`Ddpm::describe`]).
 #[wasm_bindgen]
 pub fn page_limits() -> Result<JsValue, JsError> {
@@ -70,6 +73,7 @@ pub fn page_limits() -> Result<JsValue, JsError> {
         default_guidance: DEFAULT_GUIDANCE,
         default_sampler: DEFAULT_SAMPLER,
         samplers: SolverKind::ALL.iter().map(|k| k.name()).collect(),
+        default_steps: SolverKind::ALL.iter().map(|k| (k.name(), k.default_steps())).collect(),
         spacings: Spacing::ALL.iter().map(|s| s.name()).collect(),
         max_weights_bytes: crate::limits::MAX_WEIGHTS_BYTES as f64,
     })

@@ -236,9 +236,41 @@ fn bad_weights_files_are_errors_not_panics() {
 
     // A future format version (same length, so the file stays well-formed).
     let mut future = good.clone();
-    let at = future.windows(19).position(|w| w == b"\"format_version\":\"1").expect("version in header");
+    let at = future.windows(19).position(|w| w == b"\"format_version\":\"2").expect("version in header");
     future[at + 18] = b'9';
     assert!(matches!(err(&future), WeightsError::Version { .. }), "{}", err(&future));
+    assert!(err(&future).to_string().contains("this build reads versions 1 to 2"), "{}", err(&future));
+}
+
+#[test]
+fn a_file_names_its_default_sampler_from_format_version_2() {
+    use ddpm::solvers::{SamplerConfig, SolverKind, Spacing};
+    let device = Device::flex();
+    let cfg = tiny();
+    let model = cfg.init(&device);
+    let own = SamplerConfig { solver: SolverKind::DpmSolver2M, steps: 4, eta: 0.0, spacing: Spacing::Trailing };
+    let with = |sampler: Option<SamplerConfig>| Header { sampler, ..header(&cfg) };
+    let bytes = weights::to_safetensors(&model, &with(Some(own)), Precision::F16).unwrap();
+    assert_eq!(weights::load(&bytes, &device).unwrap().1.sampler, Some(own));
+    let plain = weights::to_safetensors(&model, &with(None), Precision::F16).unwrap();
+    assert_eq!(weights::read_header(&plain).unwrap().sampler, None);
+    // Refused: a sampler the model cannot run (steps > T), a field no version knows, and a
+    // version-1 file (written before the field existed) that carries one.
+    let edit = common::set_metadata;
+    let config = |e: WeightsError| match e {
+        WeightsError::Config(m) => m,
+        other => panic!("{other}"),
+    };
+    let long = r#"{"solver":"ddim","steps":1001,"eta":0.0,"spacing":"trailing"}"#;
+    assert!(config(weights::read_header(&edit(&bytes, "sampler", long)).unwrap_err()).contains("1..=1000"));
+    let unknown = r#"{"solver":"ddim","steps":10,"eta":0.0,"spacing":"trailing","order":3}"#;
+    assert!(
+        config(weights::read_header(&edit(&bytes, "sampler", unknown)).unwrap_err()).contains("unknown field `order`")
+    );
+    let old = edit(&bytes, "format_version", "1");
+    assert!(config(weights::read_header(&old).unwrap_err()).contains("not part of format version 1"));
+    // A version-1 file without it (every file shipped before) still loads.
+    assert_eq!(weights::read_header(&edit(&plain, "format_version", "1")).unwrap().sampler, None);
 }
 
 #[test]

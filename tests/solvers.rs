@@ -230,13 +230,16 @@ fn a_choice_is_filled_from_the_models_default_then_the_librarys() {
     // Another rule starts from its own defaults; the paper's runs all T steps.
     let ddpm = SamplerChoice { solver: Some(SolverKind::Ddpm), ..Default::default() };
     assert_eq!(ddpm.resolve(None, t), Ok(SamplerConfig::ddpm(t)));
+    let dpm = SamplerChoice { solver: Some(SolverKind::DpmSolver2M), ..Default::default() };
+    let steps = SolverKind::DpmSolver2M.default_steps().unwrap();
+    let want = SamplerConfig { solver: SolverKind::DpmSolver2M, steps, eta: 0.0, spacing: Spacing::Trailing };
+    assert_eq!(dpm.resolve(Some(&file), t), Ok(want));
     let ddim = SamplerChoice { solver: Some(SolverKind::Ddim), steps: Some(1000), eta: Some(0.0), spacing: None };
     // All T steps of DDIM with η = 0 stay DDIM (they once turned into the stochastic sampler).
     assert_eq!(ddim.resolve(None, t), Ok(SamplerConfig::ddim(1000, 0.0)));
     // η is DDIM's alone; steps are bounded by T; the paper's sampler takes every step.
     let refused = |choice: SamplerChoice| choice.resolve(None, t).unwrap_err();
-    let dpm = SamplerChoice { solver: Some(SolverKind::DpmSolver2M), eta: Some(0.0), ..Default::default() };
-    assert_eq!(refused(dpm).field, "eta");
+    assert_eq!(refused(SamplerChoice { eta: Some(0.0), ..dpm }).field, "eta");
     assert_eq!(refused(SamplerChoice { eta: Some(1.0), ..ddpm }).field, "eta");
     assert_eq!(refused(SamplerChoice { steps: Some(10), ..ddpm }).field, "steps");
     assert_eq!(

@@ -265,7 +265,11 @@ function applyLimits() {
     $('steps-label').hidden = $('sampler').value === 'ddpm';
     $('eta-label').hidden = $('sampler').value !== 'ddim';
   };
-  $('sampler').addEventListener('change', syncSampler);
+  // Another sampler starts at its own step count (the library's), as `ddpm --sampler` does.
+  $('sampler').addEventListener('change', () => {
+    $('steps').value = String(limits.default_steps[$('sampler').value] ?? T);
+    syncSampler();
+  });
   syncSampler();
 }
 

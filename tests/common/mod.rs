@@ -91,11 +91,17 @@ impl Drop for TempDir {
 /// loader sees a header that lies about them.
 pub fn edit_config(bytes: &[u8], entry: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let meta = header["__metadata__"].as_object_mut().unwrap();
-    let mut config: serde_json::Value = serde_json::from_str(meta[entry].as_str().unwrap()).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(header["__metadata__"][entry].as_str().unwrap()).unwrap();
     edit(&mut config);
-    meta.insert(entry.into(), config.to_string().into());
+    set_metadata(bytes, entry, &config.to_string())
+}
+
+/// `bytes` (a safetensors file) with its metadata entry `key` set to the string `value`.
+pub fn set_metadata(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"].as_object_mut().unwrap().insert(key.into(), value.into());
     let text = header.to_string();
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
     out.extend(text.as_bytes());

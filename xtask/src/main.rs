@@ -26,9 +26,13 @@ fn main() -> Result<()> {
     let root = manifest.parent().expect("xtask lives in the workspace").to_path_buf();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     match args.first().map(String::as_str) {
-        Some("build-web") => build_web(&root),
+        Some("build-web") => {
+            npm_install(&root)?;
+            build_web(&root)
+        }
         Some("serve") => {
             if !args.iter().any(|a| a == "--no-build") {
+                npm_install(&root)?;
                 build_web(&root)?;
             }
             let port: u16 = flag("--port").unwrap_or_else(|| "8080".into()).parse().context("--port takes a number")?;
@@ -39,10 +43,12 @@ fn main() -> Result<()> {
         Some("manifest") => manifest::update(&root),
         Some("dist") => {
             let out = args.get(1).filter(|a| !a.starts_with('-')).context("usage: cargo xtask dist DIR")?;
+            npm_install(&root)?;
             build_web(&root)?;
             dist(&root, Path::new(out))
         }
         Some("test") => {
+            test_prerequisites()?;
             npm_install(&root)?;
             cargo(&root, &["fmt", "--all", "--check"])?;
             cargo(&root, &["test", "--release", "-p", "ddpm-web"])?;
@@ -109,6 +115,36 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
 
 fn cargo_with(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     run_with(root, std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()), args, env, "running cargo")
+}
+
+/// What the tests run beyond cargo and npm: Debian's Chromium (the page tests, driven by
+/// playwright-core) and strace (the checkpoint write-order test). Checked before anything is
+/// built; installed with apt when this runs as root (as CI does), else named.
+fn test_prerequisites() -> Result<()> {
+    const CHROMIUM: &str = "/usr/bin/chromium";
+    let has = |program: &str| Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success());
+    let missing: Vec<&str> = [("chromium", Path::new(CHROMIUM).exists()), ("strace", has("strace"))]
+        .into_iter()
+        .filter(|(_, present)| !present)
+        .map(|(package, _)| package)
+        .collect();
+    ensure!(
+        has("node") && has("npm"),
+        "the tests need Node.js and npm (https://nodejs.org, or apt-get install nodejs npm)"
+    );
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    ensure!(
+        root && has("apt-get"),
+        "the tests need {0}: install them first (sudo apt-get install {0})",
+        missing.join(" ")
+    );
+    eprintln!("installing {} with apt-get (the tests need them)", missing.join(" "));
+    run(Path::new("/"), "apt-get", &["update", "-qq"], "running apt-get")?;
+    let install = [&["install", "-y", "-qq"][..], &missing].concat();
+    run_with(Path::new("/"), "apt-get", &install, &[("DEBIAN_FRONTEND", "noninteractive")], "running apt-get")
 }
 
 /// The npm packages the tests use (playwright-core, pngjs) and binaryen's wasm-opt.

@@ -1,0 +1,151 @@
+//! The typed request (src/request.rs) as the page sends it (its serde form) and as it runs: one
+//! value, checked once, an interpolation's ends and frames in one run.
+
+mod common;
+
+use burn::tensor::{Device, Tensor};
+use common::tiny;
+use ddpm::diffusion::{Diffusion, ScheduleConfig};
+use ddpm::guidance::Guided;
+use ddpm::request::{
+    Bounds, InterpolationMode, InterpolationRequest, Model, PAGE_BOUNDS, Phase, Request, SampleRequest,
+};
+use ddpm::sampler::Sampler;
+use ddpm::solvers::{SamplerChoice, SamplerConfig, SolverKind};
+use ddpm::unet::{UNet, UNetConfig};
+
+fn values(x: Tensor<4>) -> Vec<f32> {
+    x.into_data().try_into_vec::<f32>().unwrap()
+}
+
+struct Setup {
+    model: UNet,
+    diffusion: Diffusion,
+    device: Device,
+}
+
+impl Setup {
+    fn new(num_classes: Option<usize>) -> Self {
+        let device = Device::flex();
+        let unet = UNetConfig { dropout: 0.0, num_classes, ..tiny() };
+        let diffusion = Diffusion::new(ScheduleConfig { steps: 40, ..Default::default() });
+        Self { model: unet.init(&device), diffusion, device }
+    }
+
+    fn model(&self) -> Model<'_> {
+        Model {
+            diffusion: &self.diffusion,
+            image: [1, 8, 8],
+            num_classes: self.model.num_classes(),
+            default_sampler: None,
+            device: &self.device,
+        }
+    }
+
+    fn eps<'s>(&'s self) -> impl Fn(Option<&ddpm::guidance::Guidance>) -> Guided<'s> + 's {
+        |g| Guided { model: &self.model, guidance: g.cloned() }
+    }
+}
+
+#[test]
+fn the_pages_json_is_the_request() {
+    let page = r#"{"kind": "interpolate", "mode": "noise", "seeds": [3, 4], "classes": [1, null], "t": 20,
+        "frames": 5, "guidance": 2, "sampler": {"solver": "dpm++2m", "steps": 6}}"#;
+    let request: Request = serde_json::from_str(page).unwrap();
+    let want = InterpolationRequest {
+        mode: InterpolationMode::Noise,
+        seeds: [3, 4],
+        classes: [Some(1), None],
+        t: 20,
+        frames: 5,
+        guidance: Some(2.0),
+        sampler: SamplerChoice { solver: Some(SolverKind::DpmSolver2M), steps: Some(6), ..Default::default() },
+    };
+    assert_eq!(request, Request::Interpolate(want));
+    // Left out: the defaults; misspelt or unknown: refused (a page and a library out of step).
+    let short: Request = serde_json::from_str(r#"{"kind": "sample", "seed": 1, "count": 2}"#).unwrap();
+    assert_eq!(
+        short,
+        Request::Sample(SampleRequest { seed: 1, count: 2, class: None, guidance: None, sampler: Default::default() })
+    );
+    for bad in [
+        r#"{"kind": "sample", "seed": 1, "count": 2, "colour": 3}"#,
+        r#"{"kind": "sample", "seed": 1, "count": 2, "sampler": {"stepz": 3}}"#,
+        r#"{"kind": "draw", "seed": 1}"#,
+    ] {
+        assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn requests_are_checked_once_naming_the_field() {
+    let s = Setup::new(Some(3));
+    let model = s.model();
+    let field = |json: &str| {
+        let request: Request = serde_json::from_str(json).unwrap();
+        request.start(&model, &PAGE_BOUNDS).err().map(|e| e.field)
+    };
+    assert_eq!(field(r#"{"kind": "sample", "seed": 0, "count": 65}"#), Some("count"));
+    assert_eq!(field(r#"{"kind": "sample", "seed": 0, "count": 1, "sampler": {"steps": 41}}"#), Some("steps"));
+    assert_eq!(field(r#"{"kind": "sample", "seed": 0, "count": 1, "class": 3}"#), Some("class"));
+    assert_eq!(field(r#"{"kind": "sample", "seed": 0, "count": 1, "guidance": 21}"#), Some("guidance"));
+    let interpolation = |mode: &str, t: usize, frames: usize, solver: &str| {
+        format!(
+            r#"{{"kind": "interpolate", "mode": "{mode}", "seeds": [0, 1], "t": {t}, "frames": {frames},
+            "sampler": {{"solver": "{solver}"}}}}"#
+        )
+    };
+    assert_eq!(field(&interpolation("noise", 40, 3, "ddim")), Some("t"));
+    assert_eq!(field(&interpolation("noise", 39, 33, "ddim")), Some("frames"));
+    assert_eq!(field(&interpolation("noise", 39, 1, "ddim")), Some("frames"));
+    assert_eq!(field(&interpolation("slerp", 0, 3, "ddpm")), Some("solver"));
+    assert_eq!(field(&interpolation("noise", 0, 2, "ddpm")), None, "t = 0 and 2 frames are the library's minimums");
+    let edit =
+        |t: usize, bytes: usize| format!(r#"{{"kind": "edit", "rgba": {:?}, "seed": 1, "t": {t}}}"#, vec![0u8; bytes]);
+    assert_eq!(field(&edit(40, 256)), Some("t"));
+    assert_eq!(field(&edit(10, 255)), Some("rgba"));
+    assert_eq!(field(&edit(0, 256)), None);
+    // An unconditional model takes no guidance.
+    let plain = Setup::new(None);
+    let request: Request = serde_json::from_str(r#"{"kind": "sample", "seed": 0, "count": 1, "guidance": 2}"#).unwrap();
+    assert_eq!(request.start(&plain.model(), &PAGE_BOUNDS).err().map(|e| e.field), Some("guidance"));
+}
+
+#[test]
+fn an_interpolation_runs_whole_its_ends_then_its_frames() {
+    let s = Setup::new(None);
+    let config = SamplerConfig::ddim(8, 0.0);
+    let request = InterpolationRequest {
+        mode: InterpolationMode::Noise,
+        seeds: [5, 9],
+        classes: [None, None],
+        t: 20,
+        frames: 4,
+        guidance: None,
+        sampler: SamplerChoice { solver: Some(SolverKind::Ddim), steps: Some(8), eta: Some(0.0), spacing: None },
+    };
+    let bounds = Bounds { max_images: 8, max_frames: 8 };
+    // Step by step: 8 steps of A and B (2 images), then 4 of the frames (K scaled by 21/40).
+    let mut run = request.start(&s.model(), &bounds).unwrap();
+    let mut seen = Vec::new();
+    let mut last = None;
+    while let Some(step) = run.step(s.eps()) {
+        seen.push((step.phase, step.x.dims()[0], step.phase_done, step.done));
+        last = Some(step.x);
+    }
+    let ends = seen.iter().filter(|p| p.0 == Phase::Ends).count();
+    assert_eq!(ends, 8);
+    assert_eq!(seen[7], (Phase::Ends, 2, true, false), "the ends' last step ends the phase, not the run");
+    assert_eq!(seen.len(), 8 + 4);
+    assert_eq!(*seen.last().unwrap(), (Phase::Frames, 4, true, true));
+    // The same frames as the two phases run by hand: A and B, then labml's mix of them at t.
+    let eps = s.eps();
+    let ab = Sampler::new(&s.diffusion, &config, [1, 8, 8], &[5, 9], &s.device).run(&eps(None));
+    let (a, b) = (ab.clone().narrow(0, 0, 1), ab.narrow(0, 1, 1));
+    let lambdas = [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0];
+    let frames = Sampler::interpolate(&s.diffusion, &config, a, b, 20, &lambdas, request.noise_seed()).run(&eps(None));
+    assert_eq!(values(last.unwrap()), values(frames.clone()));
+    // And `finish`, as the CLI runs it.
+    let finished = request.start(&s.model(), &bounds).unwrap().finish(s.eps());
+    assert_eq!(values(finished), values(frames));
+}
