@@ -7,6 +7,7 @@ use burn::tensor::Device;
 use clap::Args;
 
 use super::{load_weights, write_weights};
+use ddpm::solvers::{SamplerChoice, SolverKind};
 use ddpm::train::{Trainer, checkpoint_path};
 
 #[derive(Args)]
@@ -20,6 +21,16 @@ pub struct ExportArgs {
     /// Store half-precision weights (half the size; what the page loads).
     #[arg(long)]
     f16: bool,
+    /// The sampler `ddpm sample` and the page use for this model when none is asked for (the
+    /// file's own default: `ddpm`, `ddim` or `dpm++2m`) [default: none, the library's].
+    #[arg(long)]
+    default_sampler: Option<SolverKind>,
+    /// The evaluations of --default-sampler [default: the sampler's own].
+    #[arg(long, requires = "default_sampler")]
+    default_steps: Option<usize>,
+    /// DDIM's η of --default-sampler.
+    #[arg(long, requires = "default_sampler")]
+    default_eta: Option<f64>,
 }
 
 #[derive(Args)]
@@ -37,7 +48,16 @@ pub struct AverageArgs {
 
 pub fn export(a: ExportArgs) -> Result<()> {
     let trainer = Trainer::load(&checkpoint_path(&a.run), &Device::flex())?;
-    let size = write_weights(&a.out, &trainer.ema, &trainer.header(), a.f16)?;
+    let mut header = trainer.header();
+    if let Some(solver) = a.default_sampler {
+        let choice = SamplerChoice { solver: Some(solver), steps: a.default_steps, eta: a.default_eta, spacing: None };
+        let sampler = choice.resolve(None, header.schedule.steps).map_err(|e| {
+            let field = if e.field == "solver" { "sampler" } else { e.field };
+            anyhow::anyhow!("--default-{field}: {}", e.message)
+        })?;
+        header.sampler = Some(sampler);
+    }
+    let size = write_weights(&a.out, &trainer.ema, &header, a.f16)?;
     eprintln!("wrote {} ({size} bytes, EMA weights at step {})", a.out.display(), trainer.step);
     Ok(())
 }
