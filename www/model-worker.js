@@ -16,7 +16,7 @@
 //               | {type: 'warming', done, total}
 //               | {type: 'step', id, step, ms} | {type: 'done', id} | {type: 'error', id, message, field}
 //               | {type: 'lost', reason} | {type: 'memory', wasm}
-let pkg = null; // the module's exports: Ddpm, Interpolation, kernel_path, …
+let pkg = null; // the module's exports: Ddpm, page_limits, kernel_path, …
 let model = null;
 let description = null; // model.describe()
 let wasm = null;

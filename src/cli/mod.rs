@@ -133,7 +133,7 @@ pub struct SamplerArgs {
     #[arg(long)]
     pub eta: Option<f64>,
     /// Where the steps fall: `trailing` (even in t, ending on x₀) or `logsnr` (even in log-SNR,
-    /// ending at t = 0) [default: the sampler's].
+    /// ending at t = 0) [default: the weights file's, else trailing].
     #[arg(long)]
     pub spacing: Option<Spacing>,
     /// Draw this class (a class-conditional model only; `any` or left out: from noise, each
