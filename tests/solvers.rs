@@ -223,8 +223,11 @@ fn grids() {
 #[test]
 fn a_choice_is_filled_from_the_models_default_then_the_librarys() {
     let t = 1000;
-    // Nothing asked: the library's default, or the file's own.
+    // Nothing asked: the library's default, or the file's own; a model with fewer steps than the
+    // default's runs all of its own.
     assert_eq!(SamplerChoice::default().resolve(None, t), Ok(DEFAULT_SAMPLER));
+    let short = SamplerChoice::default().resolve(None, 4).unwrap();
+    assert_eq!((short.solver, short.steps), (DEFAULT_SAMPLER.solver, 4.min(DEFAULT_SAMPLER.steps)));
     let file = SamplerConfig::ddim(4, 0.0);
     assert_eq!(SamplerChoice::default().resolve(Some(&file), t), Ok(file));
     // Another rule starts from its own defaults; the paper's runs all T steps.

@@ -175,9 +175,8 @@ impl SamplerChoice {
             },
             _ => base,
         };
-        if let Some(steps) = self.steps {
-            config.steps = steps;
-        }
+        // A default never asks for more steps than the model has (a model of T = 8 runs all 8).
+        config.steps = self.steps.unwrap_or(config.steps.min(diffusion_steps));
         if let Some(spacing) = self.spacing {
             config.spacing = spacing;
         }
