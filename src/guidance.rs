@@ -7,6 +7,7 @@
 
 use burn::tensor::Tensor;
 
+use crate::field_error::FieldError;
 use crate::noise::Noise;
 use crate::sampler::EpsTheta;
 use crate::unet::{ClassMix, UNet};
@@ -61,7 +62,7 @@ impl Guidance {
         seeds: &[u64],
         w: f64,
         num_classes: Option<usize>,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Option<Self>, FieldError> {
         match (class, num_classes) {
             (Some(c), _) => Self::class(c, w, num_classes).map(Some),
             (None, Some(n)) => {
@@ -73,7 +74,7 @@ impl Guidance {
     }
 
     /// Every image drawn as `class`, checked against the model's classes (None: unconditional).
-    pub fn class(class: usize, w: f64, num_classes: Option<usize>) -> Result<Self, String> {
+    pub fn class(class: usize, w: f64, num_classes: Option<usize>) -> Result<Self, FieldError> {
         Self::morph([Some(class), Some(class)], &[0.0], w, num_classes)
     }
 
@@ -84,13 +85,15 @@ impl Guidance {
         lambdas: &[f64],
         w: f64,
         num_classes: Option<usize>,
-    ) -> Result<Self, String> {
-        let n = num_classes.ok_or("this model is unconditional: it has no classes to guide towards")?;
+    ) -> Result<Self, FieldError> {
+        let n = num_classes.ok_or_else(|| {
+            FieldError::new("class", "this model is unconditional: it has no classes to guide towards")
+        })?;
         if let Some(c) = ends.into_iter().flatten().find(|&c| c >= n) {
-            return Err(format!("class {c} is outside 0..{n} of this model"));
+            return Err(FieldError::new("class", format!("class {c} is outside 0..{n} of this model")));
         }
         if !(0.0..=MAX_GUIDANCE).contains(&w) {
-            return Err(format!("guidance {w} must be in [0, {MAX_GUIDANCE}]"));
+            return Err(FieldError::new("guidance", format!("guidance {w} must be in [0, {MAX_GUIDANCE}]")));
         }
         let [a, b] = ends.map(|c| c.unwrap_or(n));
         // The ends are exactly A's and B's rows, so a morph's ends are `ddpm sample --class`'s images.

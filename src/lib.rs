@@ -4,6 +4,7 @@
 //! and run on any burn device: flex or wgpu natively, WebGPU or flex in the browser.
 
 pub mod diffusion;
+pub mod field_error;
 pub mod guidance;
 pub mod images;
 pub mod kernels;

@@ -10,10 +10,12 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::Diffusion;
+use crate::field_error::FieldError;
 use crate::guidance::{DEFAULT_GUIDANCE, Guidance, prior_class};
 use crate::limits;
 use crate::sampler::{EpsTheta, Sampler, Step};
-use crate::solvers::{FieldError, SamplerChoice, SamplerConfig};
+use crate::solvers::{SamplerChoice, SamplerConfig};
+use crate::weights::Header;
 
 /// The most images and interpolation frames one run may draw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -42,7 +44,20 @@ pub struct Model<'a> {
     pub device: &'a Device,
 }
 
-impl Model<'_> {
+impl<'a> Model<'a> {
+    /// The model of a loaded weights file: its image shape, classes and default sampler, from its
+    /// header.
+    pub fn of(header: &'a Header, diffusion: &'a Diffusion, device: &'a Device) -> Self {
+        let u = &header.unet;
+        Model {
+            diffusion,
+            image: [u.image_channels, u.image_size, u.image_size],
+            num_classes: u.num_classes,
+            default_sampler: header.sampler.as_ref(),
+            device,
+        }
+    }
+
     /// The sampler asked for, its gaps filled from the model's default or the library's.
     pub fn sampler(&self, choice: &SamplerChoice) -> Result<SamplerConfig, FieldError> {
         choice.resolve(self.default_sampler, self.diffusion.steps())
@@ -107,7 +122,7 @@ impl SampleRequest {
         let config = model.sampler(&self.sampler)?;
         let w = model.guidance(self.guidance)?;
         let seeds = self.seeds();
-        let guidance = Guidance::from_noise(self.class, &seeds, w, model.num_classes).map_err(class_error)?;
+        let guidance = Guidance::from_noise(self.class, &seeds, w, model.num_classes)?;
         let sampler = Sampler::new(model.diffusion, &config, model.image, &seeds, model.device);
         Ok(Run::single(Phase::Sample, sampler, guidance, grid_cols(self.count)))
     }
@@ -203,7 +218,8 @@ impl InterpolationRequest {
             return Ok([None, None]);
         }
         let classes = [0, 1].map(|i| self.classes[i].or_else(|| num_classes.map(|n| prior_class(self.seeds[i], n))));
-        let error = |e: String| match class_error(e) {
+        // An interpolation's classes are a pair.
+        let error = |e: FieldError| match e {
             FieldError { field: "class", message } => FieldError::new("classes", message),
             other => other,
         };
@@ -239,7 +255,7 @@ impl EditRequest {
         model.check_t(self.t)?;
         let config = model.sampler(&self.sampler)?;
         let w = model.guidance(self.guidance)?;
-        let guidance = self.class.map(|c| Guidance::class(c, w, model.num_classes)).transpose().map_err(class_error)?;
+        let guidance = self.class.map(|c| Guidance::class(c, w, model.num_classes)).transpose()?;
         let sampler = Sampler::edit(model.diffusion, &config, x0, self.t, &[self.seed]);
         Ok(Run::single(Phase::Edit, sampler, guidance, 1))
     }
@@ -253,12 +269,6 @@ impl Request {
             Request::Edit(r) => r.start(model),
         }
     }
-}
-
-/// Guidance's errors are about the class or the strength.
-fn class_error(message: String) -> FieldError {
-    let field = if message.starts_with("guidance") { "guidance" } else { "class" };
-    FieldError::new(field, message)
 }
 
 /// Which part of a request a step belongs to.
@@ -335,10 +345,6 @@ impl Run {
                 return step.x;
             }
         }
-    }
-
-    pub fn phase(&self) -> Phase {
-        self.phase
     }
 
     /// The current phase's sampler.

@@ -13,12 +13,13 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::diffusion::Diffusion;
+use crate::field_error::FieldError;
 #[cfg(not(feature = "threads"))]
 use crate::guidance::Guided;
 use crate::guidance::{DEFAULT_GUIDANCE, MAX_GUIDANCE};
 use crate::images::Grid;
 use crate::request::{Bounds, Model, PAGE_BOUNDS, Request, Run};
-use crate::solvers::{DEFAULT_SAMPLER, FieldError, SamplerChoice, SamplerConfig, SolverKind, Spacing};
+use crate::solvers::{DEFAULT_SAMPLER, SamplerChoice, SamplerConfig, SolverKind, Spacing};
 use crate::unet::UNet;
 use crate::weights::{self, Header};
 
@@ -195,13 +196,7 @@ impl Ddpm {
     pub fn start(&mut self, request: JsValue) -> Result<(), JsValue> {
         let request: Request = serde_wasm_bindgen::from_value(request)
             .map_err(|e| field_err(FieldError::new("request", format!("not a request the page can make: {e}"))))?;
-        let model = Model {
-            diffusion: &self.diffusion,
-            image: [self.header.unet.image_channels, self.header.unet.image_size, self.header.unet.image_size],
-            num_classes: self.model.num_classes(),
-            default_sampler: self.header.sampler.as_ref(),
-            device: &self.device,
-        };
+        let model = Model::of(&self.header, &self.diffusion, &self.device);
         self.run = Some(request.start(&model, &PAGE_BOUNDS).map_err(field_err)?);
         Ok(())
     }

@@ -97,10 +97,10 @@ fn guidance_is_eq_6_on_one_stacked_pass() {
     // Without guidance the model is asked with ∅.
     assert_eq!(values(Guided { model: &model, guidance: None }.eps(x.clone(), t.clone())), uncond);
     // The request is checked against the model.
-    assert!(Guidance::class(3, 1.0, Some(3)).unwrap_err().contains("outside 0..3"));
-    assert!(Guidance::class(0, 1.0, None).unwrap_err().contains("unconditional"));
+    assert!(Guidance::class(3, 1.0, Some(3)).unwrap_err().message.contains("outside 0..3"));
+    assert!(Guidance::class(0, 1.0, None).unwrap_err().message.contains("unconditional"));
     assert!(Guidance::class(0, 99.0, Some(3)).is_err());
-    assert!(Guidance::morph([Some(0), Some(3)], &[0.5], 1.0, Some(3)).unwrap_err().contains("class 3"));
+    assert!(Guidance::morph([Some(0), Some(3)], &[0.5], 1.0, Some(3)).unwrap_err().message.contains("class 3"));
 }
 
 #[test]
@@ -190,7 +190,8 @@ fn any_class_from_noise_draws_each_image_as_its_seeds_class() {
     // A named class wins; an unconditional model has nothing to draw from; w is checked.
     assert_eq!(Guidance::from_noise(Some(2), &seeds, 1.0, Some(3)).unwrap(), Guidance::class(2, 1.0, Some(3)).ok());
     assert_eq!(Guidance::from_noise(None, &seeds, 1.0, None).unwrap(), None);
-    assert!(Guidance::from_noise(None, &seeds, 99.0, Some(3)).unwrap_err().contains("guidance 99"));
+    let e = Guidance::from_noise(None, &seeds, 99.0, Some(3)).unwrap_err();
+    assert!(e.message.contains("guidance 99") && e.field == "guidance", "{e}");
 }
 
 #[test]

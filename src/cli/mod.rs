@@ -15,9 +15,10 @@ use burn::tensor::{Device, Tensor};
 use clap::{Args, ValueEnum};
 
 use ddpm::diffusion::{Diffusion, ScheduleConfig};
+use ddpm::field_error::FieldError;
 use ddpm::guidance::{DEFAULT_GUIDANCE, Guidance};
 use ddpm::request::{CLI_BOUNDS, Model, Request};
-use ddpm::solvers::{FieldError, SamplerChoice, SamplerConfig, SolverKind, Spacing};
+use ddpm::solvers::{SamplerChoice, SamplerConfig, SolverKind, Spacing};
 use ddpm::threads::Sharded;
 use ddpm::train::atomic_write;
 use ddpm::unet::{UNet, UNetConfig};
@@ -170,13 +171,7 @@ pub struct Loaded {
 impl Loaded {
     /// What a request needs of the model.
     pub fn model(&self) -> Model<'_> {
-        Model {
-            diffusion: &self.diffusion,
-            image: self.image(),
-            num_classes: self.model.num_classes(),
-            default_sampler: self.header.sampler.as_ref(),
-            device: &self.device,
-        }
+        Model::of(&self.header, &self.diffusion, &self.device)
     }
 
     /// ε_θ on the threads, guided as a request's phase asks.
@@ -192,8 +187,7 @@ impl Loaded {
 
     /// [C, H, W] of the model's images.
     pub fn image(&self) -> [usize; 3] {
-        let u = &self.header.unet;
-        [u.image_channels, u.image_size, u.image_size]
+        self.model().image
     }
 }
 
@@ -218,9 +212,9 @@ impl SamplerArgs {
         let config = sampler.resolve(header.sampler.as_ref(), diffusion.steps()).map_err(flag_error)?;
         let class = self.class()?;
         let w = self.guidance.unwrap_or(DEFAULT_GUIDANCE);
-        Guidance::from_noise(class, &[], w, model.num_classes()).map_err(|e| match class {
-            Some(class) => anyhow::anyhow!("--class {class}: {e}"),
-            None => anyhow::anyhow!("--guidance: {e}"),
+        Guidance::from_noise(class, &[], w, model.num_classes()).map_err(|e| match (e.field, class) {
+            ("class", Some(class)) => anyhow::anyhow!("--class {class}: {}", e.message),
+            _ => flag_error(e),
         })?;
         ensure!(
             self.guidance.is_none() || model.num_classes().is_some(),

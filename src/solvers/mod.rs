@@ -16,6 +16,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::Diffusion;
+use crate::field_error::FieldError;
 pub use spacing::{Grid, Spacing};
 
 /// One update x_t → x_{t_prev}, and what it computed, for a reader to see it.
@@ -128,21 +129,6 @@ pub struct SamplerConfig {
 /// (docs/samplers.md has the table).
 pub const DEFAULT_SAMPLER: SamplerConfig =
     SamplerConfig { solver: SolverKind::Ddim, steps: 10, eta: 0.0, spacing: Spacing::Trailing };
-
-/// An error in one field of a request, named as the CLI's flag (`--field`) and the page's
-/// control are named.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct FieldError {
-    pub field: &'static str,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self { field, message: message.into() }
-    }
-}
 
 /// What a user asked of the sampler; what is left out comes from the model's default or the
 /// library's ([`SamplerChoice::resolve`]), so the CLI and the page fill gaps by one rule.
