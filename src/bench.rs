@@ -126,17 +126,10 @@ pub fn run(
         let train = TrainConfig {
             steps: usize::MAX,
             batch_size: b,
-            lr: 2e-4,
             warmup: 1,
-            lr_decay: 0,
-            grad_clip: 1.0,
-            ema_decay: 0.999,
-            seed: 0,
             shards: opts.shards.min(b),
             data: "bench".into(),
-            flip: false,
-            label_dropout: 0.0,
-            class_names: Vec::new(),
+            ..TrainConfig::default()
         };
         let mut trainer = Trainer::new(unet.clone(), schedule.clone(), train, device)?;
         // A step reads its loss and gradient norm back, so it is complete when it returns.

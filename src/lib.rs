@@ -17,6 +17,8 @@ pub mod unet;
 pub mod weights;
 
 #[cfg(not(target_arch = "wasm32"))]
+pub mod atomic_write;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod data;

@@ -14,13 +14,13 @@ use anyhow::{Context, Result, ensure};
 use burn::tensor::{Device, Tensor};
 use clap::{Args, ValueEnum};
 
+use ddpm::atomic_write::atomic_write;
 use ddpm::diffusion::{Diffusion, ScheduleConfig};
 use ddpm::field_error::FieldError;
 use ddpm::guidance::{DEFAULT_GUIDANCE, Guidance};
 use ddpm::request::{CLI_BOUNDS, Model, Request};
 use ddpm::solvers::{SamplerChoice, SamplerConfig, SolverKind, Spacing};
 use ddpm::threads::Sharded;
-use ddpm::train::atomic_write;
 use ddpm::unet::{UNet, UNetConfig};
 use ddpm::weights::{self as file, Header, Precision};
 

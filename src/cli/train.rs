@@ -14,11 +14,6 @@ use super::{Backend, ModelArgs};
 use ddpm::data;
 use ddpm::train::{FitOptions, Observer, Outcome, StepStats, TrainConfig, Trainer, checkpoint_path, fit};
 
-/// `--batch-size`, `--lr` and `--steps` when a new run is given none.
-const DEFAULT_BATCH_SIZE: usize = 64;
-const DEFAULT_LR: f64 = 2e-4;
-const DEFAULT_STEPS: usize = 20_000;
-
 #[derive(Args)]
 pub struct TrainArgs {
     /// `mnist` (10,000 real digits), `emoji` (3,400 Noto emoji at 32×32 RGB; fetched once with
@@ -40,16 +35,16 @@ pub struct TrainArgs {
     #[arg(long)]
     lr: Option<f64>,
     /// Learning-rate warm-up steps.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = TrainConfig::default().warmup)]
     warmup: usize,
     /// Let the learning rate fall linearly to 0 over the run's last N steps (default: no decay;
     /// with --resume, given only to change the resumed run's decay).
     #[arg(long)]
     lr_decay: Option<usize>,
     /// EMA decay of the exported weights.
-    #[arg(long, default_value_t = 0.999)]
+    #[arg(long, default_value_t = TrainConfig::default().ema_decay)]
     ema_decay: f64,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
     /// Mirror each training image left-right with probability ½ (for data whose mirror image is
     /// as likely as itself, e.g. faces; not digits).
@@ -110,7 +105,7 @@ pub fn run(a: TrainArgs, given: &ArgMatches) -> Result<()> {
     let device = a.backend.device()?;
     let ckpt = checkpoint_path(&a.out);
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    if ddpm::train::sweep_temp(&ckpt)? {
+    if ddpm::atomic_write::sweep_temp(&ckpt)? {
         eprintln!("removed a partial checkpoint write left by a killed run; {} is intact", ckpt.display());
     }
     let mut trainer = if a.resume { resumed(&a, given, &ckpt, &device)? } else { fresh(&a, &ckpt, &device)? };
@@ -169,14 +164,14 @@ fn fresh(a: &TrainArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<Tr
     } else {
         Vec::new()
     };
-    let batch_size = a.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+    let defaults = TrainConfig::default();
+    let batch_size = a.batch_size.unwrap_or(defaults.batch_size);
     let train = TrainConfig {
-        steps: a.steps.unwrap_or(DEFAULT_STEPS),
+        steps: a.steps.unwrap_or(defaults.steps),
         batch_size,
-        lr: a.lr.unwrap_or(DEFAULT_LR),
+        lr: a.lr.unwrap_or(defaults.lr),
         warmup: a.warmup,
-        lr_decay: a.lr_decay.unwrap_or(0),
-        grad_clip: 1.0,
+        lr_decay: a.lr_decay.unwrap_or(defaults.lr_decay),
         ema_decay: a.ema_decay,
         seed: a.seed,
         shards: a.shards.unwrap_or_else(|| a.backend.shards().min(batch_size)),
@@ -184,6 +179,7 @@ fn fresh(a: &TrainArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<Tr
         flip: a.flip,
         label_dropout: if a.conditional { a.label_dropout } else { 0.0 },
         class_names,
+        ..defaults
     };
     let mut trainer = Trainer::new(unet, schedule, train, device)?;
     if let Some(path) = &a.init {

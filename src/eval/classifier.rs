@@ -130,6 +130,6 @@ pub fn classifier(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    crate::train::atomic_write(path, &bytes)?;
+    crate::atomic_write::atomic_write(path, &bytes)?;
     Ok((model, accuracy))
 }

@@ -7,8 +7,8 @@
 //! to bf16; lo: the rest, rounded), and a·b is summed in f32 as hi_a·hi_b + hi_a·lo_b +
 //! lo_a·hi_b: the dropped lo_a·lo_b and the δs leave each term within about 2⁻¹⁶|a·b|
 //! ("bf16x3", as oneDNN's `fpmath_mode::bf16x3`), against f32's 2⁻²⁴ per rounding. Three tile
-//! products per f32 product still run about twice as fast as the AVX-512 f32 kernels on the
-//! same core.
+//! products per f32 product still run faster than the AVX-512 f32 kernels on the same core
+//! (docs/speed.md).
 //!
 //! The operands are packed into tiles by [`super::amx_pack`]; each call of the micro-kernel here
 //! computes a 32×32 block of C in four accumulator tiles. Linux x86-64 only: a process has to
@@ -233,7 +233,7 @@ unsafe fn kernel(
 #[cfg(test)]
 mod tests {
     use super::super::amx_pack::{Split, Taps};
-    use super::super::im2col::Geometry;
+    use super::super::geometry::Geometry;
     use super::*;
 
     /// Σ_k a[i,k]·b[k,j] in f64, and Σ_k |a[i,k]·b[k,j]| (the scale of its rounding error).

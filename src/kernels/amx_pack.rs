@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::im2col::Geometry;
+use super::geometry::Geometry;
 
 /// Rows and columns (f32) of a C block, and the k of one tile step.
 pub(super) const BLOCK: usize = 32;
@@ -334,7 +334,7 @@ fn pack_pairs(k: usize, b: &impl Load, j0: usize, out: &mut [u16]) {
 
 thread_local! {
     /// Tile buffers kept for the next product on this thread: a fresh one would cost a zeroing
-    /// pass and freshly faulted pages per image (about 5 % of a training step).
+    /// pass and freshly faulted pages per image (its share of a step: docs/speed.md).
     static SPARE: std::cell::RefCell<Vec<Vec<u16>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

@@ -5,8 +5,9 @@
 use std::cell::RefCell;
 
 #[cfg(amx)]
-use super::im2col::same;
-use super::im2col::{Geometry, im2col, pointwise};
+use super::geometry::same;
+use super::geometry::{Geometry, pointwise};
+use super::im2col::im2col;
 
 /// The left operand `a` of products dst = a·b (row-major [m, k], or its transpose stored
 /// [k, m]), prepared once for every right operand it meets: a convolution's weight for each
@@ -171,7 +172,7 @@ impl Unfold {
         Self {
             g: *g,
             #[cfg(amx)]
-            taps: (super::amx::available() && same(g)).then(|| super::amx_pack::Taps::new(g)),
+            taps: reads_image(g).then(|| super::amx_pack::Taps::new(g)),
         }
     }
 
@@ -181,11 +182,24 @@ impl Unfold {
         if pointwise(&self.g) || self.reads_image() { 0 } else { self.g.col().0 * self.g.col().1 }
     }
 
-    /// Whether the products read the im2col matrix from the image itself (nothing written out).
+    /// Whether the products read the im2col matrix from the image itself (nothing written out):
+    /// [`reads_image`] of this convolution.
     pub fn reads_image(&self) -> bool {
         #[cfg(amx)]
         return self.taps.is_some();
         #[cfg(not(amx))]
+        false
+    }
+}
+
+/// Whether the products of the convolution `g` read its im2col matrix from the image itself, on
+/// AMX tiles ("same" stride-1 convolutions on CPUs with AMX), rather than from a written-out one.
+pub(super) fn reads_image(g: &Geometry) -> bool {
+    #[cfg(amx)]
+    return super::amx::available() && same(g);
+    #[cfg(not(amx))]
+    {
+        let _ = g;
         false
     }
 }

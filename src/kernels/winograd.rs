@@ -11,15 +11,19 @@
 //! over all tiles at once: M_ξ [C_out, tiles] = U_ξ [C_out, C_in] · V_ξ [C_in, tiles], with
 //! U = G g Gᵀ (the kernel transform), V = Bᵀ d B (the input transform), and Y read back by the
 //! output transform: 4× fewer flops than im2col's product, and no im2col matrix. The matrices
-//! (interpolation at 0, ±1, ±2 and ∞) are those of the paper, [`bt`], [`g`], [`at`].
+//! (interpolation at 0, ±1, ±2 and ∞) are those of the paper, [`times_bt`], [`times_g`], [`times_at`].
 //!
 //! The backward pass runs the same algorithm: ∂x is the convolution of ∂out with the kernel
 //! turned, and ∂W comes from ∂U_ξ = Σ_tiles ∂M_ξ V_ξᵀ, each transform's adjoint taking it back.
 
 #[cfg(not(target_arch = "wasm32"))]
 use super::gemm::sum_in_order;
+use std::ops::Range;
+
 use super::gemm::{Rows, Strided, product, split_batch, transpose, transpose_strided, with_held, with_scratch};
-use super::im2col::{Geometry, same};
+#[cfg(not(target_arch = "wasm32"))]
+use super::geometry::adjoint_kernel;
+use super::geometry::{Geometry, same};
 use super::kernel_cache::{self, Owner};
 
 /// Output tile m and input tile α = m + 2 of F(m×m, 3×3).
@@ -55,8 +59,7 @@ pub(super) fn applies(g: &Geometry) -> bool {
 /// weights live, when their transform may be kept for later calls ([`kernel_cache`]).
 pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>, owner: Option<Owner>) -> Vec<f32> {
     debug_assert!(applies(g));
-    let (hw, (th, tw), per_chunk) = (g.h * g.w, tiles(g.h, g.w), images_per_chunk(g));
-    let out_len = g.c_out * hw;
+    let (out_len, per_chunk) = (g.c_out * g.h * g.w, images_per_chunk(g));
     let no_bias = vec![0.0f32; g.c_out];
     let bias = bias.unwrap_or(&no_bias);
     // Every value is written by the last transpose.
@@ -66,48 +69,63 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
             let parallel = !matches!(parallelism, gemm::Parallelism::None);
             let images: Vec<usize> = images.collect();
             for (chunk, out) in images.chunks(per_chunk).zip(out.chunks_mut(per_chunk * out_len)) {
-                let (rows, n) = (chunk.len() * th, chunk.len() * th * tw);
-                let pixels = chunk.len() * hw * (g.c_in + g.c_out);
-                with_scratch([pixels, n * XI * g.c_in, n * XI * g.c_out], |[xy, v, m]| {
-                    // x pixel-major ([image][H·W][C_in]), and Y the same way ([image][H·W][C_out]).
-                    let (xt, y) = xy.split_at_mut(chunk.len() * hw * g.c_in);
-                    pixel_major(g.c_in, hw, x, chunk, xt);
-                    let xt = &*xt;
-                    // Each band of tile rows from its pixels to its output pixels (one join when
-                    // split): V; M_ξᵀ [tiles, C_out] = V_ξᵀ [tiles, C_in] · U_ξᵀ [C_in, C_out],
-                    // V and M laid out [tile][ξ][C]; Y.
-                    let pixel_row = |r: usize| (r / th * hw + (M * (r % th)).min(g.h) * g.w) * g.c_out;
-                    let cut = |r: usize| [r * tw * XI * g.c_in, r * tw * XI * g.c_out, pixel_row(r)];
-                    on_bands(rows, parallel, [v, m, y], cut, |band, [v, m, y]| {
-                        input_tiles(g, xt, band.clone(), v);
-                        for xi in 0..XI {
-                            let a = Strided { data: &v[xi * g.c_in..], cs: 1, rs: XI * g.c_in };
-                            let b = Strided { data: &u[xi * g.c_in * g.c_out..], cs: 1, rs: g.c_out };
-                            let dst = Rows(&mut m[xi * g.c_out..], XI * g.c_out);
-                            product(band.len() * tw, g.c_out, g.c_in, dst, false, a, b, gemm::Parallelism::None);
-                        }
-                        let mut s = vec![0.0f32; M * ALPHA * g.c_out];
-                        let mut junk = vec![0.0f32; M * g.c_out];
-                        let first = pixel_row(band.start);
-                        for r in band.clone() {
-                            let (ty, base) = (r % th, pixel_row(r) - first);
-                            for tx in 0..tw {
-                                let m = &m[((r - band.start) * tw + tx) * XI * g.c_out..][..XI * g.c_out];
-                                let (rows, cols) = (g.h - M * ty, g.w - M * tx);
-                                let y = &mut y[base + M * tx * g.c_out..];
-                                tile_output(m, bias, rows, cols, g.w, y, &mut s, &mut junk);
-                            }
-                        }
-                    });
-                    let y = &*y;
-                    for (i, out) in out.chunks_mut(out_len).enumerate() {
-                        transpose(hw, g.c_out, &y[i * hw * g.c_out..][..hw * g.c_out], out);
-                    }
-                });
+                forward_chunk(g, x, u, bias, chunk, out, parallel);
             }
         });
     });
     out
+}
+
+/// The images `chunk` of the batch, together: their pixels made pixel-major ([image][H·W][C_in]),
+/// each band of tile rows taken from those pixels to its output pixels ([`forward_band`], two
+/// bands at once when `parallel`), and the output, pixel-major too, turned back into `out`.
+fn forward_chunk(g: &Geometry, x: &[f32], u: &[f32], bias: &[f32], chunk: &[usize], out: &mut [f32], parallel: bool) {
+    let (hw, (th, tw)) = (g.h * g.w, tiles(g.h, g.w));
+    let n = chunk.len() * th * tw;
+    let pixels = chunk.len() * hw * (g.c_in + g.c_out);
+    with_scratch([pixels, n * XI * g.c_in, n * XI * g.c_out], |[xy, v, m]| {
+        let (xt, y) = xy.split_at_mut(chunk.len() * hw * g.c_in);
+        pixel_major(g.c_in, hw, x, chunk, xt);
+        let xt = &*xt;
+        let cut = |r: usize| [r * tw * XI * g.c_in, r * tw * XI * g.c_out, output_row(g, r)];
+        on_bands(chunk.len() * th, parallel, [v, m, y], cut, |band, [v, m, y]| {
+            forward_band(g, xt, u, bias, band, [v, m, y])
+        });
+        for (i, out) in out.chunks_mut(g.c_out * hw).enumerate() {
+            transpose(hw, g.c_out, &y[i * hw * g.c_out..][..hw * g.c_out], out);
+        }
+    });
+}
+
+/// Where tile row r (of a chunk's images, image by image) starts in the pixel-major output.
+fn output_row(g: &Geometry, r: usize) -> usize {
+    let th = tiles(g.h, g.w).0;
+    (r / th * g.h * g.w + (M * (r % th)).min(g.h) * g.w) * g.c_out
+}
+
+/// The tile rows `band`: V (the input transform), M_ξᵀ [tiles, C_out] = V_ξᵀ [tiles, C_in] ·
+/// U_ξᵀ [C_in, C_out] (V and M laid out [tile][ξ][C]), and Y (the output transform, into the
+/// band's output pixels `y`).
+fn forward_band(g: &Geometry, xt: &[f32], u: &[f32], bias: &[f32], band: Range<usize>, [v, m, y]: [&mut [f32]; 3]) {
+    let tw = tiles(g.h, g.w).1;
+    input_tiles(g, xt, band.clone(), v);
+    for xi in 0..XI {
+        let a = Strided { data: &v[xi * g.c_in..], cs: 1, rs: XI * g.c_in };
+        let b = Strided { data: &u[xi * g.c_in * g.c_out..], cs: 1, rs: g.c_out };
+        let dst = Rows(&mut m[xi * g.c_out..], XI * g.c_out);
+        product(band.len() * tw, g.c_out, g.c_in, dst, false, a, b, gemm::Parallelism::None);
+    }
+    let th = tiles(g.h, g.w).0;
+    let (mut s, mut junk) = (vec![0.0f32; M * ALPHA * g.c_out], vec![0.0f32; M * g.c_out]);
+    let first = output_row(g, band.start);
+    for r in band.clone() {
+        let (ty, base) = (r % th, output_row(g, r) - first);
+        for tx in 0..tw {
+            let m = &m[((r - band.start) * tw + tx) * XI * g.c_out..][..XI * g.c_out];
+            let (rows, cols) = (g.h - M * ty, g.w - M * tx);
+            tile_output(m, bias, rows, cols, g.w, &mut y[base + M * tx * g.c_out..], &mut s, &mut junk);
+        }
+    }
 }
 
 /// Runs f(U_ξᵀ [ξ][C_in][C_out]): the transform kept for `owner`'s weights, or one made now
@@ -144,7 +162,7 @@ fn on_bands<const K: usize>(
     parallel: bool,
     buffers: [&mut [f32]; K],
     cut: impl Fn(usize) -> [usize; K],
-    f: impl Fn(std::ops::Range<usize>, [&mut [f32]; K]) + Sync,
+    f: impl Fn(Range<usize>, [&mut [f32]; K]) + Sync,
 ) {
     #[cfg(pool)]
     if parallel && rows >= 2 {
@@ -163,61 +181,70 @@ fn on_bands<const K: usize>(
     f(0..rows, buffers)
 }
 
-/// (∂x, ∂W, ∂b) from ∂out. ∂x is the convolution of ∂out with the kernel turned half a turn
-/// and its channel axes swapped, so [`forward`] again. ∂W by the same algorithm run backwards:
+/// (∂x, ∂W, ∂b) from ∂out. ∂x is the convolution of ∂out by the adjoint kernel
+/// ([`adjoint_kernel`]), so [`forward`] again. ∂W by the same algorithm run backwards:
 /// ∂M = A ∂Y Aᵀ per tile (the adjoint of the output transform), ∂U_ξ = Σ_tiles ∂M_ξ V_ξᵀ (one
 /// product per ξ, 4× fewer flops than im2col's), ∂g = Gᵀ ∂U G.
 #[cfg(not(target_arch = "wasm32"))]
 pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -> [Vec<f32>; 3] {
     let g_t = Geometry { c_in: g.c_out, c_out: g.c_in, ..*g };
-    let mut dx = forward(&g_t, d_out, &super::conv2d_gemm::turned(g, weight), None, None);
-    let (hw, (th, tw), per_chunk) = (g.h * g.w, tiles(g.h, g.w), images_per_chunk(g));
-    let out_len = g.c_out * hw;
+    let mut dx = forward(&g_t, d_out, &adjoint_kernel(g, weight), None, None);
+    let per_chunk = images_per_chunk(g);
     // Each slice of the batch sums its own ∂Uᵀ and ∂b; the sums are added in batch order, so
     // that a run repeats bit for bit.
-    let partials = split_batch(g, &mut dx, g.c_in * hw, |images, _, parallelism| {
-        let parallel = !matches!(parallelism, gemm::Parallelism::None);
+    let partials = split_batch(g, &mut dx, g.c_in * g.h * g.w, |images, _, parallelism| {
         let (mut du_t, mut db) = (vec![0.0f32; XI * g.c_in * g.c_out], vec![0.0f32; g.c_out]);
-        let (zeros, mut p) = (vec![0.0f32; g.c_out], vec![0.0f32; M * ALPHA * g.c_out]);
         let images: Vec<usize> = images.collect();
         for chunk in images.chunks(per_chunk) {
-            let n = chunk.len() * th * tw;
-            let pixels = chunk.len() * hw * g.c_in.max(g.c_out);
-            with_scratch([pixels, n * XI * g.c_in, n * XI * g.c_out], |[xy, v, dm]| {
-                pixel_major(g.c_in, hw, x, chunk, xy);
-                let xt = &xy[..chunk.len() * hw * g.c_in];
-                let v = &mut v[..n * XI * g.c_in];
-                on_bands(
-                    chunk.len() * th,
-                    parallel,
-                    [v],
-                    |r| [r * tw * XI * g.c_in],
-                    |band, [v]| input_tiles(g, xt, band, v),
-                );
-                for (i, &b) in chunk.iter().enumerate() {
-                    let d_out = &d_out[b * out_len..][..out_len];
-                    for (d, plane) in db.iter_mut().zip(d_out.chunks_exact(hw)) {
-                        *d += plane.iter().sum::<f32>();
-                    }
-                    // ∂out pixel-major ([H·W, C_out]), so that the transform runs along the channels.
-                    let d_out_t = &mut xy[..out_len];
-                    transpose(g.c_out, hw, d_out, d_out_t);
-                    let dm = &mut dm[i * th * tw * XI * g.c_out..];
-                    output_adjoint(d_out_t, g.h, g.w, &zeros, dm, &mut p);
-                }
-                // ∂U_ξᵀ [C_in, C_out] += V_ξ [C_in, tiles] · ∂M_ξᵀ [tiles, C_out].
-                for xi in 0..XI {
-                    let du_t = &mut du_t[xi * g.c_in * g.c_out..][..g.c_in * g.c_out];
-                    let a = Strided { data: &v[xi * g.c_in..], cs: XI * g.c_in, rs: 1 };
-                    let b = Strided { data: &dm[xi * g.c_out..], cs: 1, rs: XI * g.c_out };
-                    product(g.c_in, g.c_out, n, Rows(du_t, g.c_out), true, a, b, parallelism);
-                }
-            });
+            backward_chunk(g, x, d_out, chunk, parallelism, &mut du_t, &mut db);
         }
         (du_t, db)
     });
     let (du_t, db) = sum_in_order(partials);
     [dx, kernel_adjoint(g, &du_t), db]
+}
+
+/// Adds the images `chunk`'s share of ∂Uᵀ [ξ][C_in][C_out] and ∂b: V of their tiles (as
+/// [`forward`] makes it), ∂M of each image's tiles, then ∂U_ξᵀ [C_in, C_out] += V_ξ [C_in, tiles] ·
+/// ∂M_ξᵀ [tiles, C_out].
+#[cfg(not(target_arch = "wasm32"))]
+fn backward_chunk(
+    g: &Geometry,
+    x: &[f32],
+    d_out: &[f32],
+    chunk: &[usize],
+    parallelism: gemm::Parallelism,
+    du_t: &mut [f32],
+    db: &mut [f32],
+) {
+    let (hw, (th, tw)) = (g.h * g.w, tiles(g.h, g.w));
+    let (n, out_len) = (chunk.len() * th * tw, g.c_out * hw);
+    let parallel = !matches!(parallelism, gemm::Parallelism::None);
+    let (zeros, mut p) = (vec![0.0f32; g.c_out], vec![0.0f32; M * ALPHA * g.c_out]);
+    let pixels = chunk.len() * hw * g.c_in.max(g.c_out);
+    with_scratch([pixels, n * XI * g.c_in, n * XI * g.c_out], |[xy, v, dm]| {
+        pixel_major(g.c_in, hw, x, chunk, xy);
+        let xt = &xy[..chunk.len() * hw * g.c_in];
+        let v = &mut v[..n * XI * g.c_in];
+        let cut = |r: usize| [r * tw * XI * g.c_in];
+        on_bands(chunk.len() * th, parallel, [v], cut, |band, [v]| input_tiles(g, xt, band, v));
+        for (i, &b) in chunk.iter().enumerate() {
+            let d_out = &d_out[b * out_len..][..out_len];
+            for (d, plane) in db.iter_mut().zip(d_out.chunks_exact(hw)) {
+                *d += plane.iter().sum::<f32>();
+            }
+            // ∂out pixel-major ([H·W, C_out]), so that the transform runs along the channels.
+            let d_out_t = &mut xy[..out_len];
+            transpose(g.c_out, hw, d_out, d_out_t);
+            output_adjoint(d_out_t, g.h, g.w, &zeros, &mut dm[i * th * tw * XI * g.c_out..], &mut p);
+        }
+        for xi in 0..XI {
+            let du_t = &mut du_t[xi * g.c_in * g.c_out..][..g.c_in * g.c_out];
+            let a = Strided { data: &v[xi * g.c_in..], cs: XI * g.c_in, rs: 1 };
+            let b = Strided { data: &dm[xi * g.c_out..], cs: 1, rs: XI * g.c_out };
+            product(g.c_in, g.c_out, n, Rows(du_t, g.c_out), true, a, b, parallelism);
+        }
+    });
 }
 
 /// How many images' tiles go through the products together: one product per position ξ over
@@ -236,7 +263,7 @@ fn pixel_major(c: usize, hw: usize, x: &[f32], chunk: &[usize], xt: &mut [f32]) 
 
 /// V [tile][ξ][C_in] of the tile rows `band` (rows of a chunk's images, image by image) from the
 /// images' pixel-major copies `xt`.
-fn input_tiles(g: &Geometry, xt: &[f32], band: std::ops::Range<usize>, v: &mut [f32]) {
+fn input_tiles(g: &Geometry, xt: &[f32], band: Range<usize>, v: &mut [f32]) {
     let (hw, (th, tw), c) = (g.h * g.w, tiles(g.h, g.w), g.c_in);
     let (zeros, mut r) = (vec![0.0f32; c], vec![0.0f32; XI * c]);
     for row in band.clone() {
@@ -277,8 +304,8 @@ with_simd! {
         let src: [&[f32]; XI] = std::array::from_fn(|xi| &du_t[xi * pair + ci * c_out..][..c_out]);
         map(src, every::<9>(dw_t, c_out, 0, 1), |du| {
             // Gᵀ ∂U: each column a of ∂U taken back, then each row of the result.
-            let cols: [[f32; 3]; ALPHA] = std::array::from_fn(|a| gt(std::array::from_fn(|b| du[b * ALPHA + a])));
-            let rows: [[f32; 3]; 3] = std::array::from_fn(|i| gt(std::array::from_fn(|a| cols[a][i])));
+            let cols: [[f32; 3]; ALPHA] = std::array::from_fn(|a| times_gt(std::array::from_fn(|b| du[b * ALPHA + a])));
+            let rows: [[f32; 3]; 3] = std::array::from_fn(|i| times_gt(std::array::from_fn(|a| cols[a][i])));
             std::array::from_fn(|t| rows[t / 3][t % 3])
         });
     }
@@ -287,7 +314,7 @@ with_simd! {
 /// Bᵀ·d for an α-vector d, Bᵀ = [[4, 0, −5, 0, 1, 0], [0, −4, −4, 1, 1, 0], [0, 4, −4, −1, 1, 0],
 /// [0, −2, −1, 2, 1, 0], [0, 2, −1, −2, 1, 0], [0, 4, 0, −5, 0, 1]], its rows sharing their sums.
 #[inline(always)]
-fn bt([d0, d1, d2, d3, d4, d5]: [f32; ALPHA]) -> [f32; ALPHA] {
+fn times_bt([d0, d1, d2, d3, d4, d5]: [f32; ALPHA]) -> [f32; ALPHA] {
     let (s12, d12, s34, d13, d42) = (d1 + d2, d1 - d2, d3 + d4, d1 - d3, d4 - d2);
     [
         4.0 * d0 - 5.0 * d2 + d4,
@@ -302,15 +329,15 @@ fn bt([d0, d1, d2, d3, d4, d5]: [f32; ALPHA]) -> [f32; ALPHA] {
 /// Aᵀ·m for an α-vector m, Aᵀ = [[1, 1, 1, 1, 1, 0], [0, 1, −1, 2, −2, 0], [0, 1, 1, 4, 4, 0],
 /// [0, 1, −1, 8, −8, 1]].
 #[inline(always)]
-fn at([m0, m1, m2, m3, m4, m5]: [f32; ALPHA]) -> [f32; M] {
+fn times_at([m0, m1, m2, m3, m4, m5]: [f32; ALPHA]) -> [f32; M] {
     let (p, q, r, s) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
     [m0 + p + r, q + 2.0 * s, p + 4.0 * r, q + 8.0 * s + m5]
 }
 
-/// A·y for an m-vector y (the adjoint of [`at`]).
+/// A·y for an m-vector y (the adjoint of [`times_at`]).
 #[cfg(not(target_arch = "wasm32"))]
 #[inline(always)]
-fn a([y0, y1, y2, y3]: [f32; M]) -> [f32; ALPHA] {
+fn times_a([y0, y1, y2, y3]: [f32; M]) -> [f32; ALPHA] {
     let (e, o, e4, o2) = (y0 + y2, y1 + y3, y0 + 4.0 * y2, 2.0 * y1 + 8.0 * y3);
     [y0, e + o, e - o, e4 + o2, e4 - o2, y3]
 }
@@ -318,15 +345,15 @@ fn a([y0, y1, y2, y3]: [f32; M]) -> [f32; ALPHA] {
 /// G·v for a 3-vector v, G = [[¼, 0, 0], [−⅙, −⅙, −⅙], [−⅙, ⅙, −⅙], [1/24, 1/12, ⅙],
 /// [1/24, −1/12, ⅙], [0, 0, 1]].
 #[inline(always)]
-fn g([v0, v1, v2]: [f32; 3]) -> [f32; ALPHA] {
+fn times_g([v0, v1, v2]: [f32; 3]) -> [f32; ALPHA] {
     let (s, e) = (v0 + v2, v0 / 24.0 + v2 / 6.0);
     [v0 / 4.0, -(s + v1) / 6.0, -(s - v1) / 6.0, e + v1 / 12.0, e - v1 / 12.0, v2]
 }
 
-/// Gᵀ·u for an α-vector u (the adjoint of [`g`]).
+/// Gᵀ·u for an α-vector u (the adjoint of [`times_g`]).
 #[cfg(not(target_arch = "wasm32"))]
 #[inline(always)]
-fn gt([u0, u1, u2, u3, u4, u5]: [f32; ALPHA]) -> [f32; 3] {
+fn times_gt([u0, u1, u2, u3, u4, u5]: [f32; ALPHA]) -> [f32; 3] {
     let (s, d, s34, d34) = (u1 + u2, u2 - u1, u3 + u4, u3 - u4);
     [u0 / 4.0 - s / 6.0 + s34 / 24.0, d / 6.0 + d34 / 12.0, -s / 6.0 + s34 / 6.0 + u5]
 }
@@ -345,8 +372,8 @@ fn every<const K: usize>(buf: &mut [f32], c: usize, first: usize, step: usize) -
 }
 
 /// [f(0), …, f(N − 1)], written in place: `std::array::from_fn` and `<[T; N]>::map`, which the
-/// compiler left as calls in the transforms' loops (each building a few slices), took a few
-/// per cent of a step.
+/// compiler left as calls in the transforms' loops (each building a few slices), cost a
+/// measurable share of a step (docs/speed.md).
 #[inline(always)]
 fn array<T: Copy, const N: usize>(fill: T, f: impl Fn(usize) -> T) -> [T; N] {
     let mut out = [fill; N];
@@ -408,11 +435,11 @@ with_simd! {
                 // Tap (r, c) of kernel l: each lane reads its own kernel, 9 values apart.
                 let tap = |r: usize, c: usize| taps[l * 9 + r * 3 + c];
                 // G g: each column of g transformed; then (G g Gᵀ)[b, ·] = G · (G g)[b, ·].
-                let c0 = g([tap(0, 0), tap(1, 0), tap(2, 0)]);
-                let c1 = g([tap(0, 1), tap(1, 1), tap(2, 1)]);
-                let c2 = g([tap(0, 2), tap(1, 2), tap(2, 2)]);
+                let c0 = times_g([tap(0, 0), tap(1, 0), tap(2, 0)]);
+                let c1 = times_g([tap(0, 1), tap(1, 1), tap(2, 1)]);
+                let c2 = times_g([tap(0, 2), tap(1, 2), tap(2, 2)]);
                 for b in 0..ALPHA {
-                    let row = g([c0[b], c1[b], c2[b]]);
+                    let row = times_g([c0[b], c1[b], c2[b]]);
                     for a in 0..ALPHA {
                         out[b * ALPHA + a][l] = row[a];
                     }
@@ -437,13 +464,13 @@ with_simd! {
         let c = v.len() / XI;
         // Along x, R[k, ·] = Bᵀ d[k, ·] for each row k of the patch.
         for (k, r) in r.chunks_exact_mut(ALPHA * c).enumerate() {
-            map(array(&[], |j| patch[k * ALPHA + j]), every(r, c, 0, 1), bt);
+            map(array(&[], |j| patch[k * ALPHA + j]), every(r, c, 0, 1), times_bt);
         }
         // Then along y, V[·, a] = Bᵀ R[·, a].
         let r = &*r;
         for a in 0..ALPHA {
             let src: [&[f32]; ALPHA] = array(&[], |k| &r[(k * ALPHA + a) * c..][..c]);
-            map(src, every(v, c, a, ALPHA), bt);
+            map(src, every(v, c, a, ALPHA), times_bt);
         }
     }
 }
@@ -457,7 +484,7 @@ with_simd! {
         // S = Aᵀ M along y: S[·, a] = Aᵀ M[·, a].
         for a in 0..ALPHA {
             let src: [&[f32]; ALPHA] = array(&[], |b| &m[(b * ALPHA + a) * c..][..c]);
-            map(src, every(s, c, a, ALPHA), at);
+            map(src, every(s, c, a, ALPHA), times_at);
         }
         // Y = S A along x, plus the bias (a fifth term of the same pass).
         let s = &*s;
@@ -466,7 +493,7 @@ with_simd! {
             let row = &mut y[i * width * c..];
             let (mut pixels, mut spare) = (row[..cols.min(M) * c].chunks_exact_mut(c), junk.chunks_exact_mut(c));
             let dst: [&mut [f32]; M] = std::array::from_fn(|_| pixels.next().or_else(|| spare.next()).expect("4 pixels"));
-            map(src, dst, |[m0, m1, m2, m3, m4, m5, bias]| at([m0, m1, m2, m3, m4, m5]).map(|y| y + bias));
+            map(src, dst, |[m0, m1, m2, m3, m4, m5, bias]| times_at([m0, m1, m2, m3, m4, m5]).map(|y| y + bias));
         }
     }
 }
@@ -486,12 +513,12 @@ with_simd! {
                 };
                 // P = ∂Y Aᵀ along x (row i of P: α vectors), then ∂M = A P along y.
                 for i in 0..M {
-                    map(array(&[], |j| pixel(i, j)), every(p, c, i * ALPHA, 1), a);
+                    map(array(&[], |j| pixel(i, j)), every(p, c, i * ALPHA, 1), times_a);
                 }
                 let dm = &mut dm[(ty * tw + tx) * XI * c..][..XI * c];
                 for col in 0..ALPHA {
                     let src: [&[f32]; M] = array(&[], |i| &p[(i * ALPHA + col) * c..][..c]);
-                    map(src, every(dm, c, col, ALPHA), a);
+                    map(src, every(dm, c, col, ALPHA), times_a);
                 }
             }
         }

@@ -9,7 +9,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::tensor::Device;
 
-use super::{StepStats, Trainer, atomic_write};
+use super::trainer::{StepStats, Trainer};
+use crate::atomic_write::atomic_write;
 use crate::data::Dataset;
 use crate::diffusion::Diffusion;
 use crate::images::Grid;

@@ -10,14 +10,16 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
-use burn::nn::{Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, Initializer};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::nn::{GroupNorm, GroupNormConfig};
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 mod blocks;
+mod class_embedding;
 
 pub use blocks::{AttentionBlock, ResBlock, Resample, ResidualBlock, TimeEmbedding, sinusoidal_embedding};
 use blocks::{conv_flops, conv3x3};
+pub use class_embedding::{CLASS_EMB_GAIN, ClassEmbedding, ClassMix};
 
 use crate::kernels::{conv_transpose2d, conv2d, group_norm_swish};
 use crate::limits;
@@ -212,7 +214,7 @@ impl UNetConfig {
         UNet {
             image_proj,
             time_emb,
-            class_emb: self.num_classes.map(|n| class_embedding(n, tch, device)),
+            class_emb: self.num_classes.map(|n| ClassEmbedding::zeros(n, tch, device)),
             down,
             middle,
             up,
@@ -220,13 +222,6 @@ impl UNetConfig {
             final_: conv3x3(base, self.image_channels, device),
         }
     }
-}
-
-/// The class embedding, all zeros: a fresh conditional model starts as its unconditional self
-/// (and a warm start from an unconditional file, [`UNet::with_classes`], as that file's model).
-/// Its rows are used times [`CLASS_EMB_GAIN`].
-fn class_embedding(num_classes: usize, dim: usize, device: &Device) -> Embedding {
-    EmbeddingConfig::new(num_classes + 1, dim).with_initializer(Initializer::Zeros).init(device)
 }
 
 /// One entry of `down`: a block or a Downsample (their index is the labml key: `down.3.conv`).
@@ -251,37 +246,13 @@ pub struct MiddleBlock {
     res2: ResidualBlock,
 }
 
-/// The factor on the class embedding's rows where they join the time embedding. Adam moves each
-/// parameter by about the learning rate per step whatever its scale, so zero-initialised rows
-/// grow too slowly to steer a warm-started model (docs/mnist-model.md: a 4,000-step warm start
-/// without the gain drew the asked digit no more often than chance). The gain gives this one
-/// table ten times the network's learning rate (per-layer rates, as for embeddings in μP) and
-/// keeps the zero start.
-pub const CLASS_EMB_GAIN: f32 = 10.0;
-
-/// One item's class condition: the class embedding (1 − λ)·emb(a) + λ·emb(b), classes in
-/// 0..=num_classes (the last is ∅). A plain class c is `ClassMix::from(c)`; the frames of a
-/// morph from class a to class b walk λ from 0 to 1.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ClassMix {
-    pub a: usize,
-    pub b: usize,
-    pub lambda: f32,
-}
-
-impl From<usize> for ClassMix {
-    fn from(class: usize) -> Self {
-        Self { a: class, b: class, lambda: 0.0 }
-    }
-}
-
 /// ε_θ(x_t, t).
 #[derive(Module, Debug)]
 pub struct UNet {
     image_proj: Conv2d,
     time_emb: TimeEmbedding,
-    /// Conditional models only: row c is class c's vector, the last row ∅'s.
-    class_emb: Option<Embedding>,
+    /// Conditional models only.
+    class_emb: Option<ClassEmbedding>,
     down: Vec<Down>,
     middle: MiddleBlock,
     up: Vec<Up>,
@@ -311,7 +282,7 @@ impl UNet {
 
     /// The number of classes of a conditional model (its ∅ is this index).
     pub fn num_classes(&self) -> Option<usize> {
-        self.class_emb.as_ref().map(|e| e.weight.dims()[0] - 1)
+        self.class_emb.as_ref().map(ClassEmbedding::num_classes)
     }
 
     /// This model made class-conditional with `num_classes` classes whose embedding starts at
@@ -319,7 +290,7 @@ impl UNet {
     pub fn with_classes(self, num_classes: usize) -> Self {
         let dim = self.time_emb.dim();
         let device = self.image_proj.weight.device();
-        Self { class_emb: Some(class_embedding(num_classes, dim, &device)), ..self }
+        Self { class_emb: Some(ClassEmbedding::zeros(num_classes, dim, &device)), ..self }
     }
 
     /// The same in training mode: dropout after each residual block's second Swish (Appendix B),
@@ -378,26 +349,10 @@ impl UNet {
         mut dropout: Option<&mut Noise>,
     ) -> Tensor<4> {
         let mut t = self.time_emb.forward(t);
-        // Classifier-free guidance's conditioning: emb(c) added to the time embedding; items
-        // without a class get ∅'s row.
+        // Classifier-free guidance's conditioning: emb(c) added to the time embedding.
         if let Some(emb) = &self.class_emb {
-            let [b, dim] = t.dims();
-            let null = emb.weight.dims()[0] - 1;
-            let mix = |i: usize| classes.map_or(ClassMix::from(null), |c| c[i]);
-            let rows = |pick: fn(&ClassMix) -> usize| {
-                let ids: Vec<i64> = (0..b).map(|i| pick(&mix(i)).min(null) as i64).collect();
-                emb.forward(Tensor::<2, Int>::from_data(TensorData::new(ids, [b, 1]), &t.device())).reshape([b, dim])
-            };
-            let mut c = rows(|m| m.a);
-            if (0..b).any(|i| mix(i).lambda != 0.0) {
-                // A morph's frame: (1 − λ)·emb(a) + λ·emb(b), λ per item.
-                let lambda = Tensor::<2>::from_data(
-                    TensorData::new((0..b).map(|i| mix(i).lambda).collect::<Vec<f32>>(), [b, 1]),
-                    &t.device(),
-                );
-                c = c.clone() + (rows(|m| m.b) - c) * lambda;
-            }
-            t = t + c.mul_scalar(CLASS_EMB_GAIN);
+            let batch = t.dims()[0];
+            t = t + emb.forward(classes, batch);
         }
         let mut x = conv2d(&self.image_proj, x);
         let mut skips = vec![x.clone()];

@@ -6,26 +6,23 @@
 //! * forward: y = col2im(Wᵀ · x) + b;
 //! * backward: col = im2col(∂y), ∂x = W · col, ∂Wᵀ += col · xᵀ, ∂b += Σ ∂y;
 //!
-//! except for the 3×3 "same" convolutions, which run by Winograd's F(4×4, 3×3), forward and
-//! backward ([`super::winograd`], where the products are f32 and the call is large enough), and
-//! read the image directly where they run on AMX tiles.
+//! The 3×3 "same" convolutions read the image directly where the products run on AMX tiles
+//! ([`super::gemm::Unfold`]). Whether a convolution runs here or by Winograd is decided a layer
+//! up, by the operation ([`super::conv2d`]).
 
 use super::gemm::{Lhs, Unfold, split_batch, with_scratch};
 #[cfg(not(target_arch = "wasm32"))]
 use super::gemm::{sum_in_order, transpose};
-use super::im2col::{Geometry, col2im};
+use super::geometry::Geometry;
 #[cfg(not(target_arch = "wasm32"))]
-use super::im2col::{im2col, pointwise};
-use super::kernel_cache::Owner;
-use super::winograd;
+use super::geometry::{adjoint_kernel, pointwise};
+use super::im2col::col2im;
+#[cfg(not(target_arch = "wasm32"))]
+use super::im2col::im2col;
 
-/// out[b] = W · im2col(x[b]) + bias; `owner`: where the weights live, when what is prepared
-/// from them may be kept for later calls.
-pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32], owner: Option<Owner>) -> Vec<f32> {
+/// out[b] = W · im2col(x[b]) + bias.
+pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     let unfold = Unfold::new(g);
-    if !unfold.reads_image() && winograd::applies(g) {
-        return winograd::forward(g, x, weight, Some(bias), owner);
-    }
     let (rows, n) = g.col();
     let (x_len, out_len) = (g.c_in * g.h * g.w, g.c_out * n);
     let mut out = biased(g.batch, bias, n);
@@ -75,12 +72,7 @@ pub(super) fn transposed(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) 
 /// (∂x, ∂W, ∂b) of [`transposed`] from ∂y: ∂x[b] = W · im2col(∂y[b]) (the convolution `g`
 /// itself), ∂Wᵀ [C_in·k·k, C_out] += im2col(∂y[b]) · x[b]ᵀ, ∂b = Σ ∂y.
 #[cfg(not(target_arch = "wasm32"))]
-pub(super) fn transposed_backward(
-    g: &Geometry,
-    x: &[f32],
-    weight: &[f32],
-    d_y: &[f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+pub(super) fn transposed_backward(g: &Geometry, x: &[f32], weight: &[f32], d_y: &[f32]) -> [Vec<f32>; 3] {
     let (rows, n) = g.col();
     let (x_len, y_len) = (g.c_out * n, g.c_in * g.h * g.w);
     let weight = Lhs::new(g.c_out, rows, weight, false);
@@ -105,35 +97,28 @@ pub(super) fn transposed_backward(
     let (dw_t, db) = sum_in_order(partials);
     let mut dw = vec![0.0f32; g.c_out * rows];
     transpose(rows, g.c_out, &dw_t, &mut dw);
-    (dx, dw, db)
+    [dx, dw, db]
 }
 
 /// (∂x, ∂W, ∂b) from ∂out.
 #[cfg(not(target_arch = "wasm32"))]
-pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -> [Vec<f32>; 3] {
     let (rows, n) = g.col();
     let (x_len, out_len) = (g.c_in * g.h * g.w, g.c_out * n);
     // Each slice of the batch sums its own ∂Wᵀ and ∂b; the sums are added in batch order, so
     // that a run repeats bit for bit.
     let unfold = Unfold::new(g);
     // Where the AMX tiles read im2col matrices from the image itself, a "same" convolution's
-    // ∂x is one more such convolution, of ∂out with the kernel turned half a turn and its
-    // channel axes swapped (the adjoint of a stride-1 correlation): no ∂col is written and
-    // scattered back by col2im. Elsewhere ∂x stays GEMM + col2im, but for the convolutions that
-    // [`winograd`] computes with f32 products, forward and backward.
-    let g_t = Geometry { c_in: g.c_out, c_out: g.c_in, ..*g };
-    let unfold_t = Unfold::new(&g_t);
-    if !unfold_t.reads_image() && winograd::applies(g) {
-        let [dx, dw, db] = winograd::backward(g, x, weight, d_out);
-        return (dx, dw, db);
-    }
+    // ∂x is one more such convolution, of ∂out by the adjoint kernel: no ∂col is written and
+    // scattered back by col2im. Elsewhere ∂x is GEMM + col2im.
+    let unfold_t = Unfold::new(&Geometry { c_in: g.c_out, c_out: g.c_in, ..*g });
     let by_adjoint = unfold_t.reads_image() && !pointwise(g);
-    let turned = by_adjoint.then(|| turned(g, weight));
+    let adjoint = by_adjoint.then(|| adjoint_kernel(g, weight));
     let mut dx = vec![0.0f32; g.batch * x_len];
-    // The left operand of ∂x's product, packed once and only the one that is used: the turned
+    // The left operand of ∂x's product, packed once and only the one that is used: the adjoint
     // kernel, or Wᵀ for ∂col.
-    let dx_lhs = match &turned {
-        Some(turned) => Lhs::new(g.c_in, g.c_out * g.k * g.k, turned, false),
+    let dx_lhs = match &adjoint {
+        Some(adjoint) => Lhs::new(g.c_in, g.c_out * g.k * g.k, adjoint, false),
         None => Lhs::new(rows, g.c_out, weight, true),
     };
     let partials = split_batch(g, &mut dx, x_len, |images, dx, parallelism| {
@@ -146,7 +131,7 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
                 // ∂Wᵀ [rows, C_out] += col [rows, n] · ∂outᵀ [n, C_out]. gemm copies the
                 // operand that shares the output's contiguous axis into panels, element by
                 // element when that axis is strided: ∂W = ∂out·colᵀ would copy col that way
-                // (a fifth of a training step), this form copies ∂outᵀ, transposed here once.
+                // (the larger matrix), this form copies ∂outᵀ, transposed here once.
                 transpose(g.c_out, n, d_out, d_out_t);
                 Lhs::im2col(&unfold, x, col).times(g.c_out, &mut dw_t, i > 0, d_out_t, parallelism);
                 for (d, row) in db.iter_mut().zip(d_out.chunks(n)) {
@@ -168,21 +153,5 @@ pub(super) fn backward(g: &Geometry, x: &[f32], weight: &[f32], d_out: &[f32]) -
     let (dw_t, db) = sum_in_order(partials);
     let mut dw = vec![0.0f32; g.c_out * rows];
     transpose(rows, g.c_out, &dw_t, &mut dw);
-    (dx, dw, db)
-}
-
-/// W̃ [C_in, C_out, k, k] with W̃[ci, co, kh, kw] = W[co, ci, k − 1 − kh, k − 1 − kw]: the kernel of
-/// the convolution that maps ∂out to ∂x.
-#[cfg(not(target_arch = "wasm32"))]
-pub(super) fn turned(g: &Geometry, weight: &[f32]) -> Vec<f32> {
-    let taps = g.k * g.k;
-    let mut turned = vec![0.0f32; weight.len()];
-    for (co, per_out) in weight.chunks_exact(g.c_in * taps).enumerate() {
-        for (ci, kernel) in per_out.chunks_exact(taps).enumerate() {
-            for (t, &w) in kernel.iter().enumerate() {
-                turned[(ci * g.c_out + co) * taps + taps - 1 - t] = w;
-            }
-        }
-    }
-    turned
+    [dx, dw, db]
 }

@@ -1,0 +1,196 @@
+//! One training run in progress: Algorithm 1's step (x₀, t and ε drawn for the batch, the loss
+//! ‖ε − ε_θ(√ᾱ_t x₀ + √(1 − ᾱ_t) ε, t)‖² on its shards, Adam with warm-up and global-norm
+//! clipping) and the moving average of the weights.
+
+use anyhow::{Result, bail};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::averaging::ema_update;
+use super::config::TrainConfig;
+use super::shards::{Replica, Shard, summed_gradients};
+use crate::data::Dataset;
+use crate::diffusion::{Diffusion, ScheduleConfig};
+use crate::noise::{Noise, NoiseState};
+use crate::threads::{run_all, shard_ranges};
+use crate::unet::{UNet, UNetConfig};
+use crate::weights::Header;
+
+/// Everything a checkpoint holds besides tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct State {
+    pub step: usize,
+    pub unet: UNetConfig,
+    pub schedule: ScheduleConfig,
+    pub train: TrainConfig,
+    pub noise: NoiseState,
+}
+
+/// A training run in progress.
+pub struct Trainer {
+    pub unet: UNetConfig,
+    pub schedule: ScheduleConfig,
+    pub train: TrainConfig,
+    pub step: usize,
+    pub diffusion: Diffusion,
+    /// The trained model (on the autodiff device) and its moving average (plain device).
+    pub model: UNet,
+    pub ema: UNet,
+    pub(super) optim: ModuleOptimizer,
+    pub(super) noise: Noise,
+    device: Device,
+}
+
+/// What one step reports.
+pub struct StepStats {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+impl Trainer {
+    /// A fresh run; `device` is a plain device (autodiff is added here).
+    pub fn new(unet: UNetConfig, schedule: ScheduleConfig, train: TrainConfig, device: &Device) -> Result<Self> {
+        unet.validate().map_err(anyhow::Error::msg)?;
+        schedule.validate().map_err(anyhow::Error::msg)?;
+        train.validate().map_err(anyhow::Error::msg)?;
+        device.seed(train.seed);
+        let ad = device.clone().autodiff();
+        let model = unet.init(&ad);
+        let ema = model.valid();
+        let noise = Noise::new(train.seed);
+        Ok(Self {
+            diffusion: Diffusion::new(schedule.clone()),
+            unet,
+            schedule,
+            optim: AdamConfig::new().with_epsilon(1e-8).init(),
+            train,
+            step: 0,
+            model,
+            ema,
+            noise,
+            device: device.clone(),
+        })
+    }
+
+    /// One optimiser step on a random batch of `data` (Algorithm 1, lines 2-5).
+    pub fn step(&mut self, data: &Dataset) -> Result<StepStats> {
+        let ad = self.device.clone().autodiff();
+        // x₀ ~ q(x₀), t ~ U{0..T−1}, ε ~ N(0, I): drawn here, on the CPU, for the whole batch.
+        let b = self.train.batch_size;
+        let (x0, items) = data.random_batch(b, self.train.flip, &mut self.noise, &ad);
+        let t: Vec<usize> = (0..b).map(|_| self.noise.below(self.diffusion.steps())).collect();
+        let eps = self.noise.gaussian(x0.dims(), &ad);
+        let classes = match self.unet.num_classes {
+            Some(null) => Some(self.draw_classes(data, &items, null)?),
+            None => None,
+        };
+
+        // Shard k takes a slice of n_k items and weighs its mean loss by n_k / B, so the shards'
+        // losses and gradients add up to those of the whole batch.
+        let dropout = self.noise.split(self.train.shards);
+        let diffusion = &self.diffusion;
+        let jobs: Vec<_> = (shard_ranges(b, self.train.shards).into_iter().zip(dropout))
+            .map(|(items, dropout)| {
+                let shard = Shard {
+                    replica: self.model.clone().map(&mut Replica),
+                    x0: x0.clone().narrow(0, items.start, items.len()),
+                    t: t[items.clone()].to_vec(),
+                    classes: classes.as_ref().map(|c| c[items.clone()].to_vec()),
+                    eps: eps.clone().narrow(0, items.start, items.len()),
+                    dropout,
+                    weight: items.len() as f64 / b as f64,
+                };
+                move || shard.run(diffusion)
+            })
+            .collect();
+        let results = run_all(jobs);
+
+        let loss_value: f64 = results.iter().map(|(loss, _)| loss).sum();
+        if !loss_value.is_finite() {
+            bail!("loss is {loss_value} at step {}; stopping (the last checkpoint is kept as it was)", self.step + 1);
+        }
+        let mut grads = summed_gradients(&self.model, results.into_iter().map(|(_, grads)| grads));
+        let grad_norm = clip_global_norm(&self.model, &mut grads, self.train.grad_clip);
+        let lr = self.train.lr_at(self.step);
+        self.model = self.optim.step(lr, self.model.clone(), grads);
+        self.ema = ema_update(self.ema.clone(), &self.model.valid(), self.train.ema_at(self.step));
+        self.step += 1;
+        Ok(StepStats { loss: loss_value, grad_norm, lr })
+    }
+
+    /// The classes of the drawn `items`, each replaced by ∅ (`null`) with probability
+    /// `label_dropout`.
+    fn draw_classes(&mut self, data: &Dataset, items: &[usize], null: usize) -> Result<Vec<usize>> {
+        let labels = data.labels.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "a class-conditional model trains on labelled images: --data mnist, emoji, MNIST's IDX files \
+                 with their labels, or a folder of class subfolders"
+            )
+        })?;
+        const ONE: usize = 1 << 24;
+        let p = (self.train.label_dropout * ONE as f64) as usize;
+        Ok(items
+            .iter()
+            .map(|&i| if self.noise.below(ONE) < p { null } else { (labels[i] as usize).min(null) })
+            .collect())
+    }
+
+    /// Starts from `model`'s weights (a warm start from another run's file, on this trainer's
+    /// autodiff device) instead of fresh ones; the EMA starts there too.
+    pub fn start_from(&mut self, model: UNet) {
+        self.model = model;
+        self.ema = self.model.valid();
+    }
+
+    /// The device the EMA lives on (the model is on its autodiff twin).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The metadata of an export of this run.
+    pub fn header(&self) -> Header {
+        let info = [
+            ("train_steps".to_string(), self.step.to_string()),
+            ("train".to_string(), serde_json::to_string(&self.train).expect("serialises")),
+        ];
+        let names = (!self.train.class_names.is_empty())
+            .then(|| ("class_names".to_string(), serde_json::to_string(&self.train.class_names).expect("serialises")));
+        let info = info.into_iter().chain(names);
+        Header { unet: self.unet.clone(), schedule: self.schedule.clone(), sampler: None, info: info.collect() }
+    }
+}
+
+/// Scales all gradients by min(1, clip / ‖g‖) with ‖g‖ the norm over every parameter
+/// (TensorFlow's clip_by_global_norm, as the paper's code uses). Returns ‖g‖.
+fn clip_global_norm(model: &UNet, grads: &mut GradientsParams, clip: f64) -> f64 {
+    struct SumSq<'a>(&'a GradientsParams, Option<Tensor<1>>);
+    impl ModuleVisitor for SumSq<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.get::<D>(param.id) {
+                let s = g.square().sum();
+                self.1 = Some(match self.1.take() {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    struct Scale<'a>(&'a mut GradientsParams, f64);
+    impl ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.remove::<D>(param.id) {
+                self.0.register(param.id, g.mul_scalar(self.1));
+            }
+        }
+    }
+    let mut sum = SumSq(grads, None);
+    model.visit(&mut sum);
+    let norm = sum.1.map_or(0.0, |s| s.into_scalar::<f64>().sqrt());
+    if norm > clip {
+        model.visit(&mut Scale(grads, clip / norm));
+    }
+    norm
+}
