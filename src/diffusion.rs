@@ -9,7 +9,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits;
 use crate::noise::Noise;
-use crate::unet::UNet;
+use crate::unet::{ClassMix, UNet};
+
+/// What ε_θ is trained to predict at x_t.
+pub enum Target {
+    /// The noise ε that made x_t (eq. 14): training.
+    Noise,
+    /// A guided teacher's ε̃ at the same x_t for each item's w ([`Diffusion::guided_teacher`],
+    /// x_t from the same x₀, t and ε):
+    /// Meng et al.'s first stage of distillation, in ε-space.
+    Teacher { eps_tilde: Tensor<4>, w: Vec<f32> },
+}
 
 /// The noise schedule: β_t linear from `beta_start` to `beta_end` over `steps` = T steps (§4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,7 +101,9 @@ impl Diffusion {
     /// Eq. 14 (L_simple): ‖ε − ε_θ(√ᾱ_t x₀ + √(1 − ᾱ_t) ε, t, c)‖², averaged over pixels and
     /// batch, for the caller's draws of t ~ U{0..T−1} (one per item) and ε ~ N(0, I), and for a
     /// conditional model each item's class (∅ where dropped); the network runs in training
-    /// mode, its dropout masks drawn from `dropout`.
+    /// mode, its dropout masks drawn from `dropout`. A distilled student regresses onto its
+    /// teacher's guided prediction at the same x_t instead of ε ([`Target::Teacher`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn loss(
         &self,
         eps_theta: &UNet,
@@ -99,12 +111,39 @@ impl Diffusion {
         t: &[usize],
         classes: Option<&[usize]>,
         eps: Tensor<4>,
+        target: Target,
         dropout: &mut Noise,
     ) -> Tensor<1> {
         let device = x0.device();
         let x_t = self.q_sample(x0, t, eps.clone());
-        let pred = eps_theta.forward_train(x_t, self.t_tensor_items(t, &device), classes, dropout);
-        (eps - pred).square().mean()
+        let (target, w) = match target {
+            Target::Noise => (eps, None),
+            Target::Teacher { eps_tilde, w } => (eps_tilde, Some(w)),
+        };
+        let pred = eps_theta.forward_train(x_t, self.t_tensor_items(t, &device), classes, w.as_deref(), dropout);
+        (target - pred).square().mean()
+    }
+
+    /// The guided teacher's prediction at each item's x_t: ε̃ = ε(x_t, ∅) + w·(ε(x_t, c) − ε(x_t, ∅))
+    /// (eq. 6 of Ho & Salimans, w per item, c = ∅ where the class was dropped), from one stacked
+    /// pass of the teacher run by `forward`.
+    pub fn guided_teacher(
+        &self,
+        x_t: Tensor<4>,
+        t: &[usize],
+        classes: &[usize],
+        null: usize,
+        w: &[f32],
+        forward: impl FnOnce(Tensor<4>, Tensor<1>, Vec<ClassMix>) -> Tensor<4>,
+    ) -> Tensor<4> {
+        let device = x_t.device();
+        let b = t.len();
+        let t = self.t_tensor_items(t, &device);
+        let stacked: Vec<ClassMix> =
+            classes.iter().map(|&c| c.into()).chain(std::iter::repeat_n(null.into(), b)).collect();
+        let both = forward(Tensor::cat(vec![x_t.clone(), x_t], 0), Tensor::cat(vec![t.clone(), t], 0), stacked);
+        let (cond, uncond) = (both.clone().narrow(0, 0, b), both.narrow(0, b, b));
+        uncond.clone() + (cond - uncond) * Self::per_item(w.to_vec(), &device)
     }
 
     /// The step numbers as the float tensor the time embedding reads.

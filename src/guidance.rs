@@ -131,25 +131,29 @@ impl Guidance {
         uncond.clone() + (cond - uncond).mul_scalar(self.w)
     }
 
-    /// ε̃ for the batch: the model's stacked pass run by `forward` (one pass, or shards of it).
-    /// At the ends of eq. 6 one prediction is all of it, at half the cost: w = 0 gives ε(∅),
-    /// w = 1 gives ε(c).
+    /// ε̃ for the batch: the model's stacked pass run by `forward(x, t, classes, w)` (one
+    /// pass, or shards of it). At the ends of eq. 6 one prediction is all of it, at half the
+    /// cost: w = 0 gives ε(∅), w = 1 gives ε(c). A distilled student (a model with a guidance
+    /// input) gives ε̃ itself in one pass, from w.
     pub fn eps(
         guidance: Option<&Guidance>,
         model: &UNet,
         x_t: Tensor<4>,
         t: Tensor<1>,
-        forward: impl FnOnce(Tensor<4>, Tensor<1>, Option<Vec<ClassMix>>) -> Tensor<4>,
+        forward: impl FnOnce(Tensor<4>, Tensor<1>, Option<Vec<ClassMix>>, Option<Vec<f32>>) -> Tensor<4>,
     ) -> Tensor<4> {
         let b = x_t.dims()[0];
         match (guidance, model.num_classes()) {
-            (Some(g), Some(null)) if g.w == 0.0 => forward(x_t, t, Some(vec![null.into(); b])),
-            (Some(g), Some(_)) if g.w == 1.0 => forward(x_t, t, Some(g.per_image(b))),
+            (Some(g), Some(_)) if model.takes_guidance() => {
+                forward(x_t, t, Some(g.per_image(b)), Some(vec![g.w as f32; b]))
+            }
+            (Some(g), Some(null)) if g.w == 0.0 => forward(x_t, t, Some(vec![null.into(); b]), None),
+            (Some(g), Some(_)) if g.w == 1.0 => forward(x_t, t, Some(g.per_image(b)), None),
             (Some(g), Some(null)) => {
                 let (x, t, classes) = g.stack(x_t, t, null);
-                g.combine(forward(x, t, Some(classes)))
+                g.combine(forward(x, t, Some(classes), None))
             }
-            _ => forward(x_t, t, None),
+            _ => forward(x_t, t, None, None),
         }
     }
 }
@@ -163,9 +167,8 @@ pub struct Guided<'a> {
 
 impl EpsTheta for Guided<'_> {
     fn eps(&self, x_t: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
-        Guidance::eps(self.guidance.as_ref(), self.model, x_t, t, |x, t, classes| match classes {
-            Some(c) => self.model.forward_mix(x, t, &c),
-            None => self.model.forward(x, t),
+        Guidance::eps(self.guidance.as_ref(), self.model, x_t, t, |x, t, classes, w| {
+            self.model.forward_condition(x, t, classes.as_deref(), w.as_deref())
         })
     }
 }

@@ -7,6 +7,7 @@ mod cli;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use cli::bench::BenchArgs;
+use cli::distil::DistilArgs;
 use cli::eval::EvalArgs;
 use cli::sample::{AnimateArgs, EditArgs, InterpolateArgs, SampleArgs};
 use cli::train::TrainArgs;
@@ -41,6 +42,9 @@ struct Cli {
 enum Command {
     /// Train a model on MNIST, the emoji or a folder of images, with checkpoints and resume.
     Train(TrainArgs),
+    /// Distil a class-conditional model into a student that gives the guided prediction in one
+    /// pass, with w as an input (Meng et al. 2023, stage 1).
+    Distil(DistilArgs),
     /// Write a run's EMA weights as a safetensors file the page and `sample` load.
     Export(ExportArgs),
     /// Average weights files of one model (SWA: snapshots from the ends of learning-rate cycles).
@@ -92,6 +96,10 @@ fn main() {
         Command::Train(a) => {
             let given = matches.subcommand_matches("train").expect("the train subcommand").clone();
             cli::train::run(a, &given)
+        }
+        Command::Distil(a) => {
+            let given = matches.subcommand_matches("distil").expect("the distil subcommand").clone();
+            cli::distil::run(a, &given)
         }
         Command::Export(a) => cli::weights::export(a),
         Command::Average(a) => cli::weights::average(a),

@@ -57,18 +57,16 @@ impl<'a> Sharded<'a> {
 
 impl EpsTheta for Sharded<'_> {
     fn eps(&self, x_t: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
-        Guidance::eps(self.guidance.as_ref(), self.model, x_t, t, |x_t, t, classes| {
+        Guidance::eps(self.guidance.as_ref(), self.model, x_t, t, |x_t, t, classes, w| {
             let batch = x_t.dims()[0];
             let jobs: Vec<_> = shard_ranges(batch, self.shards.min(batch))
                 .into_iter()
                 .map(|items| {
                     let x = x_t.clone().narrow(0, items.start, items.len());
                     let t = t.clone().narrow(0, items.start, items.len());
-                    let classes = classes.as_ref().map(|c| c[items].to_vec());
-                    move || match classes {
-                        Some(c) => self.model.forward_mix(x, t, &c),
-                        None => self.model.forward(x, t),
-                    }
+                    let classes = classes.as_ref().map(|c| c[items.clone()].to_vec());
+                    let w = w.as_ref().map(|w| w[items].to_vec());
+                    move || self.model.forward_condition(x, t, classes.as_deref(), w.as_deref())
                 })
                 .collect();
             Tensor::cat(run_all(jobs), 0)

@@ -1,8 +1,10 @@
 //! The browser API (wasm-bindgen). It parses, calls the library and returns pixels: no maths
 //! and no policy of its own. The page sends one typed [`Request`] (a plain JS object, the
 //! library's serde form) and reads typed objects back ([`page_limits`], [`Ddpm::describe`],
-//! each step). Every read from the GPU is asynchronous (synchronous reads panic on WebGPU), and
-//! no borrow of the model outlives a call, so the page may start a new run at any time.
+//! each step). A run is a value the page holds ([`PageRun`]), not state of the model: several
+//! may run on one model at once (a live frame beside a long run), and a page may load several
+//! models. Every read from the GPU is asynchronous (synchronous reads panic on WebGPU), and no
+//! borrow of the model or of a run outlives a call.
 
 #[cfg(feature = "webgpu")]
 use std::cell::RefCell;
@@ -34,7 +36,7 @@ fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// A loaded model plus the request in progress.
+/// A loaded model.
 #[wasm_bindgen]
 pub struct Ddpm {
     model: UNet,
@@ -43,6 +45,12 @@ pub struct Ddpm {
     device: Device,
     on_gpu: bool,
     backend: String,
+}
+
+/// One request in progress on a model ([`Ddpm::start`]); stepped by [`Ddpm::step`], dropped by
+/// the page (`free()`) to stop it.
+#[wasm_bindgen]
+pub struct PageRun {
     run: Option<Run>,
 }
 
@@ -161,7 +169,7 @@ impl Ddpm {
         };
         let (model, _) = weights::load(&bytes, &device).map_err(js_err)?;
         let diffusion = Diffusion::new(header.schedule.clone());
-        Ok(Ddpm { model, header, diffusion, device, on_gpu, backend, run: None })
+        Ok(Ddpm { model, header, diffusion, device, on_gpu, backend })
     }
 
     #[wasm_bindgen(getter)]
@@ -191,22 +199,21 @@ impl Ddpm {
     }
 
     /// Checks a request (`{kind: 'sample' | 'interpolate' | 'edit', ...}`, the serde form of
-    /// [`Request`]) against the model and the page's bounds and makes it the run in progress,
-    /// replacing any other. A refused request throws an Error whose `field` names the field.
-    pub fn start(&mut self, request: JsValue) -> Result<(), JsValue> {
+    /// [`Request`]) against the model and the page's bounds and returns its run. A refused
+    /// request throws an Error whose `field` names the field.
+    pub fn start(&self, request: JsValue) -> Result<PageRun, JsValue> {
         let request: Request = serde_wasm_bindgen::from_value(request)
             .map_err(|e| field_err(FieldError::new("request", format!("not a request the page can make: {e}"))))?;
         let model = Model::of(&self.header, &self.diffusion, &self.device);
-        self.run = Some(request.start(&model, &PAGE_BOUNDS).map_err(field_err)?);
-        Ok(())
+        Ok(PageRun { run: Some(request.start(&model, &PAGE_BOUNDS).map_err(field_err)?) })
     }
 
-    /// Runs one step of the current run and resolves to `{phase, index, total, t, update, width,
-    /// height, x_t, x0, phase_done, done}` (RGBA grids; `update`: the solver's rule and
-    /// coefficients), or null when there is nothing to run. The promise owns its tensors: the
-    /// page may start another run meanwhile.
-    pub fn step(&mut self) -> js_sys::Promise {
-        let Some(run) = self.run.as_mut() else {
+    /// Runs one step of `run` and resolves to `{phase, index, total, t, update, width, height,
+    /// x_t, x0, phase_done, done}` (RGBA grids; `update`: the solver's rule and coefficients),
+    /// or null when it has nothing left to run. The promise owns its tensors: the page may step
+    /// another run, or drop this one, meanwhile.
+    pub fn step(&self, run: &mut PageRun) -> js_sys::Promise {
+        let Some(pending) = run.run.as_mut() else {
             return js_sys::Promise::resolve(&JsValue::NULL);
         };
         #[cfg(not(feature = "threads"))]
@@ -217,11 +224,11 @@ impl Ddpm {
         let eps_theta = |g: Option<&crate::guidance::Guidance>| {
             crate::threads::Sharded::new(&self.model, cpu_threads()).guided(g.cloned())
         };
-        let Some(s) = run.step(eps_theta) else {
+        let Some(s) = pending.step(eps_theta) else {
             return js_sys::Promise::resolve(&JsValue::NULL);
         };
         if s.done {
-            self.run = None;
+            run.run = None;
         }
         wasm_bindgen_futures::future_to_promise(async move {
             let shape = s.x.dims();
@@ -243,11 +250,6 @@ impl Ddpm {
             set("done", s.done.into())?;
             Ok(out.into())
         })
-    }
-
-    /// Drops the run in progress (stop).
-    pub fn cancel(&mut self) {
-        self.run = None;
     }
 }
 

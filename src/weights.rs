@@ -17,10 +17,12 @@ use crate::solvers::SamplerConfig;
 use crate::unet::{UNet, UNetConfig};
 
 pub const FORMAT: &str = "ddpm-web";
-/// Version 2 added `sampler`, the model's own default sampler. Version 1 files (no such field)
-/// are still read; a later version is refused, as is any field a config does not know.
-pub const FORMAT_VERSION: u32 = 2;
-const READABLE_VERSIONS: [u32; 2] = [1, 2];
+/// Version 2 added `sampler`, the model's own default sampler; version 3 `unet.guidance_input`
+/// (a distilled student takes w as an input). Older files (without those fields) are still
+/// read; a later version is refused, as is any field a config does not know or a field newer
+/// than its file's version.
+pub const FORMAT_VERSION: u32 = 3;
+const READABLE_VERSIONS: [u32; 3] = [1, 2, 3];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -140,6 +142,9 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, WeightsError> {
         Some(text) => Some(serde_json::from_str(&text).map_err(|e| WeightsError::Config(format!("sampler: {e}")))?),
         None => None,
     };
+    if unet.guidance_input && readable < Some(&3) {
+        return Err(WeightsError::Config(format!("unet: `guidance_input` is not part of format version {version}")));
+    }
     unet.validate().map_err(WeightsError::Config)?;
     schedule.validate().map_err(WeightsError::Config)?;
     if let Some(sampler) = &sampler {

@@ -85,7 +85,7 @@ fn guidance_is_eq_6_on_one_stacked_pass() {
         assert!(max_diff(&guided, &by_hand) < 1e-5, "w = {w}");
         // At w = 0 and w = 1 eq. 6 is a single prediction: the batch is run once, not stacked.
         let mut batch = 0;
-        Guidance::eps(Some(&g), &model, x.clone(), t.clone(), |x, t, classes| {
+        Guidance::eps(Some(&g), &model, x.clone(), t.clone(), |x, t, classes, _| {
             batch = x.dims()[0];
             model.forward_mix(x, t, &classes.expect("a guided pass names its classes"))
         });

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use ddpm::diffusion::ScheduleConfig;
 use ddpm::noise::Noise;
-use ddpm::unet::UNetConfig;
+use ddpm::unet::{ClassMix, UNet, UNetConfig};
 use ddpm::weights::{self, Header, Precision, WeightsError};
 use safetensors::SafeTensors;
 
@@ -82,12 +82,12 @@ fn dropout_acts_in_training_only_and_follows_its_seed() {
     let x = Noise::new(0).gaussian([2, 1, 8, 8], &device);
     let t = Tensor::<1>::from_floats([5.0, 700.0].as_slice(), &device);
     let eval = values(model.forward(x.clone(), t.clone()));
-    let train = |seed| values(model.forward_train(x.clone(), t.clone(), None, &mut Noise::new(seed)));
+    let train = |seed| values(model.forward_train(x.clone(), t.clone(), None, None, &mut Noise::new(seed)));
     assert_ne!(train(1), eval, "masks change the training output");
     assert_eq!(train(1), train(1), "the same masks from the same seed");
     assert_ne!(train(1), train(2));
     let no_dropout = UNetConfig { dropout: 0.0, ..tiny() }.init(&device).load_record(model.clone().into_record());
-    assert_eq!(values(no_dropout.forward_train(x.clone(), t.clone(), None, &mut Noise::new(1))), eval);
+    assert_eq!(values(no_dropout.forward_train(x.clone(), t.clone(), None, None, &mut Noise::new(1))), eval);
 }
 
 #[test]
@@ -236,10 +236,10 @@ fn bad_weights_files_are_errors_not_panics() {
 
     // A future format version (same length, so the file stays well-formed).
     let mut future = good.clone();
-    let at = future.windows(19).position(|w| w == b"\"format_version\":\"2").expect("version in header");
+    let at = future.windows(19).position(|w| w == b"\"format_version\":\"3").expect("version in header");
     future[at + 18] = b'9';
     assert!(matches!(err(&future), WeightsError::Version { .. }), "{}", err(&future));
-    assert!(err(&future).to_string().contains("this build reads versions 1 to 2"), "{}", err(&future));
+    assert!(err(&future).to_string().contains("this build reads versions 1 to 3"), "{}", err(&future));
 }
 
 #[test]
@@ -271,6 +271,31 @@ fn a_file_names_its_default_sampler_from_format_version_2() {
     assert!(config(weights::read_header(&old).unwrap_err()).contains("not part of format version 1"));
     // A version-1 file without it (every file shipped before) still loads.
     assert_eq!(weights::read_header(&edit(&plain, "format_version", "1")).unwrap().sampler, None);
+}
+
+/// Format version 3: a distilled student's guidance input. Its file loads with the input and
+/// computes what the model computed; the same config in a version-2 file (written before the
+/// field existed) is refused, naming the field, and a conditional model's version-2 file loads.
+#[test]
+fn a_student_with_a_guidance_input_needs_format_version_3() {
+    let device = Device::flex();
+    let cfg = UNetConfig { num_classes: Some(3), dropout: 0.0, ..tiny() };
+    let student = cfg.init(&device).with_guidance_input();
+    let student_cfg = UNetConfig { guidance_input: true, ..cfg.clone() };
+    let bytes = weights::to_safetensors(&student, &header(&student_cfg), Precision::F32).unwrap();
+    let (loaded, _) = weights::load(&bytes, &device).unwrap();
+    assert!(loaded.takes_guidance());
+    let (x, t) = (Tensor::<4>::ones([1, 1, 8, 8], &device).mul_scalar(0.3), Tensor::<1>::from_floats([500.0], &device));
+    let mixes = [ClassMix::from(1)];
+    let eps = |m: &UNet, w: f32| m.forward_condition(x.clone(), t.clone(), Some(&mixes), Some(&[w])).into_data();
+    eps(&loaded, 2.5).assert_approx_eq::<f32>(&eps(&student, 2.5), burn::tensor::Tolerance::absolute(1e-6));
+    let old = common::set_metadata(&bytes, "format_version", "2");
+    let e = weights::read_header(&old).unwrap_err().to_string();
+    assert!(e.contains("`guidance_input` is not part of format version 2"), "{e}");
+    let plain = weights::to_safetensors(&cfg.init(&device), &header(&cfg), Precision::F32).unwrap();
+    assert!(weights::read_header(&common::set_metadata(&plain, "format_version", "2")).is_ok());
+    // A guidance input needs classes.
+    assert!(UNetConfig { guidance_input: true, ..tiny() }.validate().unwrap_err().contains("guidance_input"));
 }
 
 #[test]

@@ -31,6 +31,13 @@ window.ddpmTry = (request) => new Promise((resolve) => {
     .then(() => resolve('accepted'), (e) => resolve(e.field ? `${e.field}: ${e.message}` : e.message));
 });
 window.ddpmLoseDevice = () => client.destroyDevice();
+// Test hook: runs `requests` at once, each beside the others, and resolves to each one's last
+// x_t (as numbers) and when it finished.
+window.ddpmRunTogether = (requests) => Promise.all(requests.map((request) => {
+  let last = null;
+  return client.run(request, (step) => { last = step; }, { beside: true })
+    .then(() => ({ x_t: Array.from(last.x_t), at: performance.now() }));
+}));
 
 // A request's field → the control that sets it (the control is marked when the module refuses it).
 const FIELD_CONTROLS = { count: 'count', steps: 'steps', eta: 'eta', guidance: 'guidance', class: 'class', solver: 'sampler', frames: 'frames' };

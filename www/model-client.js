@@ -1,9 +1,9 @@
 // The main thread's handle on the model worker (model-worker.js): loads the weights into it,
-// runs requests step by step (a new run replaces the old at once; stop cancels within one
-// step), and recovers from a lost GPU: a fresh worker with a fresh device, at most
-// `GPU_RETRIES` times, then the CPU, and the interrupted request runs again there from its
-// start (a request is a value, src/request.rs: an interpolation draws its ends again too).
-// The run id lives here alone: a step of a replaced run never reaches its caller.
+// runs requests step by step (a new run replaces the old at once unless it runs `beside` them;
+// stop cancels within one step), and recovers from a lost GPU: a fresh worker with a fresh
+// device, at most `GPU_RETRIES` times, then the CPU, and the interrupted requests run again
+// there from their start (a request is a value, src/request.rs: an interpolation draws its ends
+// again too). Run ids live here alone: a step of a replaced run never reaches its caller.
 const GPU_RETRIES = 2;
 
 export class ModelClient {
@@ -12,7 +12,7 @@ export class ModelClient {
   constructor({ onNotice, wantGpu, threads = null }) {
     this.onNotice = onNotice; // (text) => void: what the page should tell the visitor
     this.runId = 0;
-    this.active = null; // {id, request, onStep, resolve, reject}
+    this.runs = new Map(); // id → {request, onStep, resolve, reject}: the runs in progress
     this.losses = 0;
     this.wantGpu = wantGpu;
     this.threads = threads;
@@ -37,11 +37,12 @@ export class ModelClient {
   fail(error) {
     this.pending.fail?.(error);
     this.pending.loaded?.reject(error);
-    if (this.active) { this.active.reject(error); this.active = null; }
+    for (const run of this.runs.values()) run.reject(error);
+    this.runs.clear();
   }
 
   receive(data) {
-    const active = this.active;
+    const run = this.runs.get(data.id);
     switch (data.type) {
       case 'hello': this.pending.hello(data); break;
       case 'loaded': this.pending.loaded?.resolve(data); break;
@@ -51,15 +52,15 @@ export class ModelClient {
         if (data.done === data.total) this.pending.warm?.();
         break;
       case 'step':
-        if (active && data.id === active.id) active.onStep(data.step, data.ms);
+        run?.onStep(data.step, data.ms);
         break;
       case 'done':
-        if (active && data.id === active.id) { this.active = null; active.resolve(true); }
+        if (run) { this.runs.delete(data.id); run.resolve(true); }
         break;
       case 'error': {
         const error = Object.assign(new Error(data.message), { field: data.field });
         if (data.id === null) this.fail(error);
-        else if (active && data.id === active.id) { this.active = null; active.reject(error); }
+        else if (run) { this.runs.delete(data.id); run.reject(error); }
         break;
       }
       case 'lost': this.recover(data.reason); break;
@@ -96,20 +97,24 @@ export class ModelClient {
   // Runs a request ({kind: 'sample' | 'interpolate' | 'edit', ...}: src/request.rs), calling
   // onStep(step, ms) for each step; resolves true when it finished, false when a newer run or
   // stop replaced it; rejects with the module's error (its `field` names the request's field).
-  run(request, onStep) {
-    this.cancel();
+  // A new run replaces those in progress; with `beside` it runs alongside them (a live frame
+  // while a long run continues).
+  run(request, onStep, { beside = false } = {}) {
+    if (!beside) this.cancel();
     const id = ++this.runId;
     return new Promise((resolve, reject) => {
-      this.active = { id, request, onStep, resolve, reject };
+      this.runs.set(id, { request, onStep, resolve, reject });
       // After a lost GPU the fresh worker may still be building the model.
       Promise.resolve(this.loading).then(() => {
-        if (this.active?.id === id) this.worker.postMessage({ type: 'run', id, request });
+        if (this.runs.has(id)) this.worker.postMessage({ type: 'run', id, request, beside: true });
       }, () => {});
     });
   }
 
+  // Stops every run in progress (each resolves false).
   cancel() {
-    if (this.active) { this.active.resolve(false); this.active = null; }
+    for (const run of this.runs.values()) run.resolve(false);
+    this.runs.clear();
     this.worker.postMessage({ type: 'cancel' });
   }
 
@@ -125,8 +130,8 @@ export class ModelClient {
   }
 
   // The GPU device is gone: the worker's wasm instance may be wedged on it, so it is replaced
-  // by a fresh one with a fresh device, or after GPU_RETRIES losses by one on the CPU; the run
-  // that was interrupted starts again from its first step.
+  // by a fresh one with a fresh device, or after GPU_RETRIES losses by one on the CPU; the runs
+  // that were interrupted start again from their first step.
   async recover(message) {
     this.worker.terminate();
     const reason = String(message).split('\n')[0]; // the first line of burn's error chain
@@ -135,21 +140,19 @@ export class ModelClient {
     this.onNotice(onGpu
       ? `The GPU device was lost (${reason}); starting again on a fresh device.`
       : `The GPU device was lost ${this.losses} times (${reason}); continuing on the CPU.`);
-    const interrupted = this.active;
-    this.active = null;
+    const interrupted = new Map(this.runs);
     this.spawn(this.wantGpu && onGpu);
     try {
       await this.load(this.bytes, this.wantGpu && onGpu);
     } catch (e) {
-      interrupted?.reject(e);
+      this.fail(e);
       return;
     }
     this.onRecovered?.(this.info);
     if (this.warmBatches) await this.warm(this.warmBatches);
-    // Unless the visitor started another run meanwhile.
-    if (interrupted && !this.active) {
-      this.active = interrupted;
-      this.worker.postMessage({ type: 'run', id: interrupted.id, request: interrupted.request });
+    // Those the visitor did not replace or stop meanwhile.
+    for (const [id, run] of interrupted) {
+      if (this.runs.get(id) === run) this.worker.postMessage({ type: 'run', id, request: run.request, beside: true });
     }
   }
 }

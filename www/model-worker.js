@@ -9,7 +9,9 @@
 // (pkg-threads/: flex on a pool of web workers), else the main module's one-thread fallback.
 //
 // Messages in:  {type: 'load', bytes, wantGpu} | {type: 'warm', batches}
-//               | {type: 'run', id, request} (a request as src/request.rs types it) | {type: 'cancel'}
+//               | {type: 'run', id, request, beside} (a request as src/request.rs types it; it
+//                 replaces the runs in progress unless `beside`, which runs it alongside them)
+//               | {type: 'cancel', id} (that run; without an id, every run)
 //               | {type: 'memory'} | {type: 'destroy-device'} (a test hook: loses the GPU)
 // Messages out: {type: 'hello', limits} (the module's bounds and defaults, src/web.rs page_limits)
 //               | {type: 'loaded', model, kernels, threads} (model: Ddpm.describe())
@@ -20,7 +22,7 @@ let pkg = null; // the module's exports: Ddpm, page_limits, kernel_path, …
 let model = null;
 let description = null; // model.describe()
 let wasm = null;
-let current = null; // the id of the run this worker is stepping; null: none
+const runs = new Map(); // id → the module's run (a PageRun) for each run in progress
 let lost = false;
 const devices = [];
 
@@ -55,32 +57,40 @@ function errorMessage(id, e) {
   return { type: 'error', id, message: e.message ?? String(e), field: e.field ?? null };
 }
 
-async function run(id, request) {
-  current = id;
+// Stops run `id` (every run without an id): its PageRun is freed; a step already under way
+// resolves into nothing.
+function cancel(id = null) {
+  for (const [key, handle] of runs) {
+    if (id === null || key === id) { runs.delete(key); handle.free(); }
+  }
+}
+
+async function run(id, request, beside) {
+  if (!beside) cancel();
+  let handle;
   try {
-    model.start(request);
+    handle = model.start(request);
   } catch (e) {
     postMessage(errorMessage(id, e));
     return;
   }
+  runs.set(id, handle);
   for (;;) {
     await yieldToMessages();
-    if (current !== id || lost) return;
+    if (runs.get(id) !== handle || lost) return;
     const t0 = performance.now();
     let step;
     try {
-      step = await model.step();
+      step = await model.step(handle);
     } catch (e) {
       // On the GPU a failing step is a lost or poisoned device: the page starts a fresh worker.
       if (model.on_gpu) loseDevice(e.message ?? String(e));
-      else postMessage(errorMessage(id, e));
+      else { cancel(id); postMessage(errorMessage(id, e)); }
       return;
     }
-    if (current !== id) return;
-    if (!step) { postMessage({ type: 'done', id }); return; }
-    const ms = performance.now() - t0;
-    postMessage({ type: 'step', id, step, ms }, [step.x_t.buffer, step.x0.buffer]);
-    if (step.done) { current = null; postMessage({ type: 'done', id }); return; }
+    if (runs.get(id) !== handle) return;
+    if (step) postMessage({ type: 'step', id, step, ms: performance.now() - t0 }, [step.x_t.buffer, step.x0.buffer]);
+    if (!step || step.done) { cancel(id); postMessage({ type: 'done', id }); return; }
   }
 }
 
@@ -91,8 +101,9 @@ async function warm(batches) {
     try {
       // One DDIM step of `batch` images; a conditional model's w = 0 runs the batch once (∅).
       const guidance = description.num_classes ? { guidance: 0 } : {};
-      model.start({ kind: 'sample', seed: 0, count: batch, ...guidance, sampler: { solver: 'ddim', steps: 1 } });
-      await model.step();
+      const handle = model.start({ kind: 'sample', seed: 0, count: batch, ...guidance, sampler: { solver: 'ddim', steps: 1 } });
+      await model.step(handle);
+      handle.free();
     } catch (e) {
       if (model.on_gpu) loseDevice(e.message ?? String(e));
       return;
@@ -120,11 +131,10 @@ onmessage = async ({ data }) => {
       warm(data.batches);
       break;
     case 'run':
-      run(data.id, data.request);
+      run(data.id, data.request, data.beside === true);
       break;
     case 'cancel':
-      current = null;
-      model?.cancel();
+      cancel(data.id ?? null);
       break;
     case 'memory':
       self.gc?.();

@@ -3,6 +3,7 @@
 //! the sampler flags and reading and writing weights files.
 
 pub mod bench;
+pub mod distil;
 pub mod eval;
 pub mod sample;
 pub mod train;
@@ -106,6 +107,7 @@ impl ModelArgs {
             groups: self.groups,
             dropout: self.dropout,
             num_classes: None,
+            guidance_input: false,
         };
         let schedule = ScheduleConfig { steps: self.diffusion_steps, ..ScheduleConfig::default() };
         unet.validate().map_err(anyhow::Error::msg)?;

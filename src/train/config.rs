@@ -44,6 +44,25 @@ pub struct TrainConfig {
     /// A conditional model's class names in label order (exported for display).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub class_names: Vec<String>,
+    /// A distillation run's teacher (`ddpm distil`); none for training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distil: Option<DistilConfig>,
+}
+
+/// Meng et al.'s first stage of distillation: the student (the teacher's architecture with a
+/// guidance input, [`crate::unet::UNet::with_guidance_input`]) learns the guided teacher's
+/// prediction ε̃ = ε(∅) + w·(ε(c) − ε(∅)) at the same x_t, for w drawn uniformly per item.
+/// Our w is the paper's w + 1 (w = 1 is the class's own prediction).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistilConfig {
+    /// The teacher's weights file, and the SHA-256 of its bytes: a resumed run refuses a
+    /// teacher that changed.
+    pub teacher: String,
+    pub teacher_sha256: String,
+    /// The range w is drawn from: the student's guidance range, which the page's slider keeps to.
+    pub w_min: f64,
+    pub w_max: f64,
 }
 
 fn one() -> usize {
@@ -69,6 +88,7 @@ impl Default for TrainConfig {
             flip: false,
             label_dropout: 0.0,
             class_names: Vec::new(),
+            distil: None,
         }
     }
 }
@@ -92,6 +112,16 @@ impl TrainConfig {
         }
         if !(self.grad_clip > 0.0) {
             return Err(format!("gradient clip must be positive, got {}", self.grad_clip));
+        }
+        if let Some(d) = &self.distil
+            && !(0.0 <= d.w_min && d.w_min <= d.w_max && d.w_max <= crate::guidance::MAX_GUIDANCE)
+        {
+            return Err(format!(
+                "the guidance range must satisfy 0 ≤ w-min ≤ w-max ≤ {}, got {}..{}",
+                crate::guidance::MAX_GUIDANCE,
+                d.w_min,
+                d.w_max
+            ));
         }
         Ok(())
     }

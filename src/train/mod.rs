@@ -11,6 +11,6 @@ mod shards;
 mod trainer;
 
 pub use averaging::average;
-pub use config::TrainConfig;
+pub use config::{DistilConfig, TrainConfig};
 pub use fit::{FitOptions, Observer, Outcome, checkpoint_path, fit};
 pub use trainer::{StepStats, Trainer};

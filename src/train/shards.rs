@@ -7,7 +7,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
-use crate::diffusion::Diffusion;
+use crate::diffusion::{Diffusion, Target};
 use crate::noise::Noise;
 use crate::unet::UNet;
 
@@ -18,6 +18,8 @@ pub(super) struct Shard {
     pub t: Vec<usize>,
     pub classes: Option<Vec<usize>>,
     pub eps: Tensor<4>,
+    /// A distillation step's targets for the shard's items: ε̃ and each item's w.
+    pub teacher: Option<(Tensor<4>, Vec<f32>)>,
     /// The shard's own stream for dropout.
     pub dropout: Noise,
     /// n_k / B: the shard's share of the batch, which its mean loss is weighed by.
@@ -28,8 +30,12 @@ impl Shard {
     /// The shard's weighted loss and its gradients, flattened in the parameters' visiting order.
     pub fn run(mut self, diffusion: &Diffusion) -> (f64, Vec<Tensor<1>>) {
         let classes = self.classes.as_deref();
+        let target = match self.teacher {
+            Some((eps_tilde, w)) => Target::Teacher { eps_tilde, w },
+            None => Target::Noise,
+        };
         let loss = diffusion
-            .loss(&self.replica, self.x0, &self.t, classes, self.eps, &mut self.dropout)
+            .loss(&self.replica, self.x0, &self.t, classes, self.eps, target, &mut self.dropout)
             .mul_scalar(self.weight);
         let value = loss.clone().into_scalar::<f64>();
         let grads = GradientsParams::from_grads(loss.backward(), &self.replica);

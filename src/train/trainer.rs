@@ -2,14 +2,14 @@
 //! ‖ε − ε_θ(√ᾱ_t x₀ + √(1 − ᾱ_t) ε, t)‖² on its shards, Adam with warm-up and global-norm
 //! clipping) and the moving average of the weights.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::averaging::ema_update;
-use super::config::TrainConfig;
+use super::config::{DistilConfig, TrainConfig};
 use super::shards::{Replica, Shard, summed_gradients};
 use crate::data::Dataset;
 use crate::diffusion::{Diffusion, ScheduleConfig};
@@ -41,6 +41,8 @@ pub struct Trainer {
     pub(super) optim: ModuleOptimizer,
     pub(super) noise: Noise,
     device: Device,
+    /// A distillation run's teacher, on the plain device.
+    teacher: Option<UNet>,
 }
 
 /// What one step reports.
@@ -61,6 +63,10 @@ impl Trainer {
         let model = unet.init(&ad);
         let ema = model.valid();
         let noise = Noise::new(train.seed);
+        let teacher = match &train.distil {
+            Some(d) => Some(load_teacher(d, &unet, &schedule, device)?),
+            None => None,
+        };
         Ok(Self {
             diffusion: Diffusion::new(schedule.clone()),
             unet,
@@ -72,6 +78,7 @@ impl Trainer {
             ema,
             noise,
             device: device.clone(),
+            teacher,
         })
     }
 
@@ -87,6 +94,7 @@ impl Trainer {
             Some(null) => Some(self.draw_classes(data, &items, null)?),
             None => None,
         };
+        let teacher = self.teacher_targets(&x0, &t, classes.as_deref(), &eps);
 
         // Shard k takes a slice of n_k items and weighs its mean loss by n_k / B, so the shards'
         // losses and gradients add up to those of the whole batch.
@@ -100,6 +108,9 @@ impl Trainer {
                     t: t[items.clone()].to_vec(),
                     classes: classes.as_ref().map(|c| c[items.clone()].to_vec()),
                     eps: eps.clone().narrow(0, items.start, items.len()),
+                    teacher: teacher.as_ref().map(|(eps_tilde, w)| {
+                        (eps_tilde.clone().narrow(0, items.start, items.len()), w[items.clone()].to_vec())
+                    }),
                     dropout,
                     weight: items.len() as f64 / b as f64,
                 };
@@ -119,6 +130,42 @@ impl Trainer {
         self.ema = ema_update(self.ema.clone(), &self.model.valid(), self.train.ema_at(self.step));
         self.step += 1;
         Ok(StepStats { loss: loss_value, grad_norm, lr })
+    }
+
+    /// A distillation step's targets: each item's w, drawn uniformly from the run's range, and
+    /// the guided teacher's ε̃ at the item's x_t, computed on the plain device over the batch's
+    /// shards at once and brought to the autodiff device. None when training.
+    fn teacher_targets(
+        &mut self,
+        x0: &Tensor<4>,
+        t: &[usize],
+        classes: Option<&[usize]>,
+        eps: &Tensor<4>,
+    ) -> Option<(Tensor<4>, Vec<f32>)> {
+        let (teacher, d) = (self.teacher.as_ref()?, self.train.distil.as_ref()?);
+        const ONE: usize = 1 << 24;
+        let w: Vec<f32> = (0..t.len())
+            .map(|_| (d.w_min + (d.w_max - d.w_min) * self.noise.below(ONE) as f64 / ONE as f64) as f32)
+            .collect();
+        let plain = |x: &Tensor<4>| Tensor::<4>::from_data(x.clone().into_data(), &self.device);
+        let null = self.unet.num_classes.expect("a student is class-conditional");
+        let classes = classes.expect("a student is class-conditional");
+        let shards = self.train.shards;
+        let x_t = self.diffusion.q_sample(plain(x0), t, plain(eps));
+        let eps_tilde = self.diffusion.guided_teacher(x_t, t, classes, null, &w, |x, t, c| {
+            let batch = x.dims()[0];
+            let jobs: Vec<_> = shard_ranges(batch, shards.min(batch))
+                .into_iter()
+                .map(|items| {
+                    let (x, t) =
+                        (x.clone().narrow(0, items.start, items.len()), t.clone().narrow(0, items.start, items.len()));
+                    let c = c[items].to_vec();
+                    move || teacher.forward_condition(x, t, Some(&c), None)
+                })
+                .collect();
+            Tensor::cat(run_all(jobs), 0)
+        });
+        Some((Tensor::from_data(eps_tilde.into_data(), &x0.device()), w))
     }
 
     /// The classes of the drawn `items`, each replaced by ∅ (`null`) with probability
@@ -161,6 +208,30 @@ impl Trainer {
         let info = info.into_iter().chain(names);
         Header { unet: self.unet.clone(), schedule: self.schedule.clone(), sampler: None, info: info.collect() }
     }
+}
+
+/// The teacher of a distillation run: its weights file, checked against the run's record of
+/// it (its bytes' SHA-256, its schedule, and the student's architecture less the guidance
+/// input), on the plain device.
+fn load_teacher(d: &DistilConfig, student: &UNetConfig, schedule: &ScheduleConfig, device: &Device) -> Result<UNet> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(&d.teacher).with_context(|| format!("reading the teacher {}", d.teacher))?;
+    let sha = format!("{:x}", Sha256::digest(&bytes));
+    ensure!(
+        sha == d.teacher_sha256,
+        "the teacher {} changed since the run started (SHA-256 {sha}, the run's {}): distil from the file it started with",
+        d.teacher,
+        d.teacher_sha256
+    );
+    let (teacher, header) =
+        crate::weights::load(&bytes, device).with_context(|| format!("the teacher {}", d.teacher))?;
+    ensure!(
+        header.unet == UNetConfig { guidance_input: false, ..student.clone() } && &header.schedule == schedule,
+        "the teacher {} is not the student's architecture and schedule",
+        d.teacher
+    );
+    ensure!(teacher.num_classes().is_some(), "the teacher {} is not class-conditional: nothing to distil", d.teacher);
+    Ok(teacher)
 }
 
 /// Scales all gradients by min(1, clip / ‖g‖) with ‖g‖ the norm over every parameter

@@ -16,10 +16,12 @@ use serde::{Deserialize, Serialize};
 
 mod blocks;
 mod class_embedding;
+mod guidance_embedding;
 
 pub use blocks::{AttentionBlock, ResBlock, Resample, ResidualBlock, TimeEmbedding, sinusoidal_embedding};
 use blocks::{conv_flops, conv3x3};
 pub use class_embedding::{CLASS_EMB_GAIN, ClassEmbedding, ClassMix};
+pub use guidance_embedding::{GuidanceEmbedding, W_EMB_GAIN, W_SCALE};
 
 use crate::kernels::{conv_transpose2d, conv2d, group_norm_swish};
 use crate::limits;
@@ -50,6 +52,10 @@ pub struct UNetConfig {
     /// unconditional, as every file written before it (and such files are written as before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_classes: Option<usize>,
+    /// A distilled student's input for the guidance strength w ([`GuidanceEmbedding`]): one
+    /// pass gives the guided prediction. Needs classes. Absent (false) in every other file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guidance_input: bool,
 }
 
 impl Default for UNetConfig {
@@ -65,6 +71,7 @@ impl Default for UNetConfig {
             groups: 32,
             dropout: 0.1,
             num_classes: None,
+            guidance_input: false,
         }
     }
 }
@@ -161,6 +168,9 @@ impl UNetConfig {
         if let Some(n) = self.num_classes {
             within("num_classes", n, 1, limits::MAX_CLASSES)?;
         }
+        if self.guidance_input && self.num_classes.is_none() {
+            return Err("guidance_input: a guidance input needs a class-conditional model".into());
+        }
         let params = self.init(&Device::flex()).num_params();
         if params > limits::MAX_PARAMS {
             return Err(format!("{params} parameters is above the largest supported model, {}", limits::MAX_PARAMS));
@@ -215,6 +225,7 @@ impl UNetConfig {
             image_proj,
             time_emb,
             class_emb: self.num_classes.map(|n| ClassEmbedding::zeros(n, tch, device)),
+            w_emb: self.guidance_input.then(|| GuidanceEmbedding::new(tch, device)),
             down,
             middle,
             up,
@@ -253,6 +264,8 @@ pub struct UNet {
     time_emb: TimeEmbedding,
     /// Conditional models only.
     class_emb: Option<ClassEmbedding>,
+    /// Distilled students only: w's embedding.
+    w_emb: Option<GuidanceEmbedding>,
     down: Vec<Down>,
     middle: MiddleBlock,
     up: Vec<Up>,
@@ -264,20 +277,45 @@ pub struct UNet {
 impl UNet {
     /// Predicts the noise in `x` ([B, C, H, W], data in [−1, 1] scaled by √ᾱ) at steps `t` ([B]).
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
-        self.forward_with(x, t, None, None)
+        self.forward_with(x, t, None, None, None)
     }
 
     /// ε_θ(x_t, t, c) with one class per item (`num_classes` is ∅); an unconditional model
     /// ignores the classes.
     pub fn forward_class(&self, x: Tensor<4>, t: Tensor<1>, classes: &[usize]) -> Tensor<4> {
         let mixes: Vec<ClassMix> = classes.iter().map(|&c| c.into()).collect();
-        self.forward_with(x, t, Some(&mixes), None)
+        self.forward_with(x, t, Some(&mixes), None, None)
     }
 
     /// ε_θ(x_t, t, c) with each item's class embedding a mix of two classes' ([`ClassMix`]):
     /// the frames of a class morph.
     pub fn forward_mix(&self, x: Tensor<4>, t: Tensor<1>, mixes: &[ClassMix]) -> Tensor<4> {
-        self.forward_with(x, t, Some(mixes), None)
+        self.forward_with(x, t, Some(mixes), None, None)
+    }
+
+    /// ε_θ(x_t, t, c, w): each item's class (mix) and, for a model with a guidance input, its
+    /// guidance strength (a model without one ignores `w`; a student given none takes w = 1).
+    pub fn forward_condition(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        classes: Option<&[ClassMix]>,
+        w: Option<&[f32]>,
+    ) -> Tensor<4> {
+        self.forward_with(x, t, classes, w, None)
+    }
+
+    /// Whether this model takes the guidance strength as an input (a distilled student).
+    pub fn takes_guidance(&self) -> bool {
+        self.w_emb.is_some()
+    }
+
+    /// This conditional model with a guidance input whose embedding starts at zero, so that it
+    /// computes exactly what it computed before, whatever w: a distilled student's start.
+    pub fn with_guidance_input(self) -> Self {
+        let dim = self.time_emb.dim();
+        let device = self.image_proj.weight.device();
+        Self { w_emb: Some(GuidanceEmbedding::new(dim, &device)), ..self }
     }
 
     /// The number of classes of a conditional model (its ∅ is this index).
@@ -302,10 +340,11 @@ impl UNet {
         x: Tensor<4>,
         t: Tensor<1>,
         classes: Option<&[usize]>,
+        w: Option<&[f32]>,
         dropout: &mut Noise,
     ) -> Tensor<4> {
         let mixes: Option<Vec<ClassMix>> = classes.map(|c| c.iter().map(|&c| c.into()).collect());
-        self.forward_with(x, t, mixes.as_deref(), Some(dropout))
+        self.forward_with(x, t, mixes.as_deref(), w, Some(dropout))
     }
 
     /// Floating-point operations of one forward pass over `batch` images of `image_size`² pixels (2 per multiply-add,
@@ -315,7 +354,7 @@ impl UNet {
     pub fn flops(&self, batch: usize, image_size: usize) -> f64 {
         let mut r = image_size;
         let (proj, r0) = conv_flops(&self.image_proj, r);
-        let mut total = self.time_emb.flops() + proj;
+        let mut total = self.time_emb.flops() + self.w_emb.as_ref().map_or(0.0, GuidanceEmbedding::flops) + proj;
         r = r0;
         for layer in &self.down {
             total += match layer {
@@ -346,13 +385,20 @@ impl UNet {
         x: Tensor<4>,
         t: Tensor<1>,
         classes: Option<&[ClassMix]>,
+        w: Option<&[f32]>,
         mut dropout: Option<&mut Noise>,
     ) -> Tensor<4> {
         let mut t = self.time_emb.forward(t);
-        // Classifier-free guidance's conditioning: emb(c) added to the time embedding.
+        let batch = t.dims()[0];
+        // Classifier-free guidance's conditioning: emb(c) added to the time embedding, and a
+        // student's emb(w) beside it.
         if let Some(emb) = &self.class_emb {
-            let batch = t.dims()[0];
             t = t + emb.forward(classes, batch);
+        }
+        if let Some(emb) = &self.w_emb {
+            let w = w.map_or_else(|| vec![1.0; batch], <[f32]>::to_vec);
+            let device = t.device();
+            t = t + emb.forward(&w, &device);
         }
         let mut x = conv2d(&self.image_proj, x);
         let mut skips = vec![x.clone()];

@@ -151,6 +151,23 @@ test('the inputs take their bounds from the module and the model, not from the H
   assert.deepEqual(browser.errors, []);
 });
 
+test('runs are values: a short request runs beside a long one, and each draws what it draws alone', { timeout: 300_000 }, async () => {
+  const browser = await launch({ webgpu: false });
+  browsers.push(browser);
+  const page = await browser.page();
+  await ready(page, '&backend=cpu');
+  const long = { kind: 'sample', seed: 3, count: 2, sampler: { solver: 'ddim', steps: 12 } };
+  const short = { kind: 'sample', seed: 5, count: 1, class: 4, sampler: { solver: 'ddim', steps: 2 } };
+  const { alone, together } = await page.evaluate(async ([long, short]) => ({
+    alone: [...await window.ddpmRunTogether([long]), ...await window.ddpmRunTogether([short])],
+    together: await window.ddpmRunTogether([long, short]),
+  }), [long, short]);
+  assert.deepEqual(together[0].x_t, alone[0].x_t, 'the long run is not disturbed by the one beside it');
+  assert.deepEqual(together[1].x_t, alone[1].x_t, 'the short run draws what it draws alone');
+  assert.ok(together[1].at < together[0].at, 'the short run finished while the long one was still running');
+  assert.deepEqual(browser.errors, []);
+});
+
 test('the sampler controls start at the default the module gives: the library\'s, or the weights file\'s own', { timeout: 300_000 }, async () => {
   const browser = await launch({ webgpu: false });
   browsers.push(browser);

@@ -24,6 +24,7 @@ pub fn tiny() -> UNetConfig {
         groups: 4,
         dropout: 0.1,
         num_classes: None,
+        guidance_input: false,
     }
 }
 
@@ -42,6 +43,7 @@ pub fn recipe(steps: usize, batch_size: usize, lr: f64) -> TrainConfig {
         flip: false,
         label_dropout: 0.0,
         class_names: Vec::new(),
+        distil: None,
     }
 }
 

@@ -1,0 +1,113 @@
+//! `ddpm distil`: a student that gives the guided prediction in one pass (Meng et al. 2023,
+//! stage 1), trained like `ddpm train` (progress, EMA, atomic checkpoints, exact resume,
+//! Ctrl-C, `--backend wgpu`) from a class-conditional weights file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use clap::{ArgMatches, Args};
+use sha2::{Digest, Sha256};
+
+use super::train::{RunArgs, drive, refuse_changes};
+use ddpm::data;
+use ddpm::train::{DistilConfig, TrainConfig, Trainer};
+
+/// The learning rate of a new distillation run when none is given: the student starts from the
+/// teacher's weights and needs only to learn w, so half the training rate.
+const DEFAULT_LR: f64 = 1e-4;
+/// Steps of a new distillation run when none are given.
+const DEFAULT_STEPS: usize = 4_000;
+
+#[derive(Args)]
+pub struct DistilArgs {
+    /// The class-conditional weights file to distil (the teacher), e.g. weights/mnist.safetensors.
+    #[arg(long, required_unless_present = "resume")]
+    teacher: Option<PathBuf>,
+    /// The images x₀ is drawn from [default: the data the teacher was trained on, from its file].
+    #[arg(long)]
+    data: Option<String>,
+    /// The smallest guidance strength the student learns (w = 0: the unconditional prediction).
+    #[arg(long, default_value_t = 0.0)]
+    w_min: f64,
+    /// The largest guidance strength the student learns; the page's slider keeps to the range.
+    #[arg(long, default_value_t = 4.0)]
+    w_max: f64,
+    /// The share of items drawn as "no class" (∅), for which the student learns ε(∅).
+    #[arg(long, default_value_t = 0.1)]
+    label_dropout: f64,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+pub fn run(a: DistilArgs, given: &ArgMatches) -> Result<()> {
+    let (device, ckpt) = a.run.open()?;
+    let mut trainer = if a.run.resume { resumed(&a, given, &ckpt, &device)? } else { fresh(&a, &ckpt, &device)? };
+    let dataset = data::load(&trainer.train.data, trainer.unet.image_channels, trainer.unet.image_size)?;
+    let d = trainer.train.distil.as_ref().expect("a distillation run has a teacher");
+    eprintln!(
+        "distilling {} (w in {}..{}) on {} images, steps {}..{}",
+        d.teacher,
+        d.w_min,
+        d.w_max,
+        dataset.len(),
+        trainer.step,
+        trainer.train.steps
+    );
+    drive(&mut trainer, &dataset, &a.run)
+}
+
+fn fresh(a: &DistilArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<Trainer> {
+    a.run.ensure_new(ckpt)?;
+    let path = a.teacher.as_ref().expect("clap requires --teacher without --resume");
+    let bytes = std::fs::read(path).with_context(|| format!("reading the teacher {}", path.display()))?;
+    let (teacher, header) = super::load_weights(path, &device.clone().autodiff())?;
+    ensure!(
+        teacher.num_classes().is_some() && !teacher.takes_guidance(),
+        "--teacher {}: distillation needs a class-conditional model without a guidance input",
+        path.display()
+    );
+    let trained_on = || -> Option<String> {
+        let train: TrainConfig = serde_json::from_str(header.info.get("train")?).ok()?;
+        Some(train.data)
+    };
+    let data =
+        a.data.clone().or_else(trained_on).with_context(|| {
+            format!("--data: the teacher {} does not name the data it was trained on", path.display())
+        })?;
+    let train = TrainConfig {
+        data,
+        label_dropout: a.label_dropout,
+        class_names: header.class_names(),
+        distil: Some(DistilConfig {
+            teacher: path.to_string_lossy().into_owned(),
+            teacher_sha256: format!("{:x}", Sha256::digest(&bytes)),
+            w_min: a.w_min,
+            w_max: a.w_max,
+        }),
+        ..a.run.recipe(DEFAULT_STEPS, DEFAULT_LR)
+    };
+    let student = ddpm::unet::UNetConfig { guidance_input: true, ..header.unet.clone() };
+    let mut trainer = Trainer::new(student, header.schedule.clone(), train, device)?;
+    trainer.start_from(teacher.with_guidance_input());
+    Ok(trainer)
+}
+
+/// A resumed run keeps its teacher, data, w range and ∅ share besides what every run keeps.
+fn resumed(a: &DistilArgs, given: &ArgMatches, ckpt: &Path, device: &burn::tensor::Device) -> Result<Trainer> {
+    let mut t = Trainer::load(ckpt, device)?;
+    let d = t.train.distil.clone().with_context(|| {
+        format!("{} is a training run, not a distillation: continue it with `ddpm train --resume`", ckpt.display())
+    })?;
+    let teacher = a.teacher.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let r = &t.train;
+    let fixed = [
+        ("teacher", teacher, d.teacher.clone()),
+        ("data", a.data.clone().unwrap_or_default(), r.data.clone()),
+        ("w_min", a.w_min.to_string(), d.w_min.to_string()),
+        ("w_max", a.w_max.to_string(), d.w_max.to_string()),
+        ("label_dropout", a.label_dropout.to_string(), r.label_dropout.to_string()),
+    ];
+    refuse_changes(given, ckpt, fixed.into_iter().chain(a.run.fixed(r)))?;
+    a.run.resume_changes(&mut t.train)?;
+    Ok(t)
+}

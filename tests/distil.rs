@@ -1,0 +1,211 @@
+//! Distillation, stage 1 (Meng et al. 2023): the student made from a teacher starts as the
+//! teacher's conditional prediction whatever w; its target is eq. 6 computed item by item; one
+//! pass of the student is what sampling uses for guidance; training moves the student towards
+//! the guided teacher; a run resumes exactly and refuses a teacher that changed.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use ddpm::data::Dataset;
+use ddpm::diffusion::{Diffusion, ScheduleConfig};
+use ddpm::guidance::{Guidance, Guided};
+use ddpm::noise::Noise;
+use ddpm::sampler::EpsTheta;
+use ddpm::train::{DistilConfig, TrainConfig, Trainer};
+use ddpm::unet::{ClassMix, UNet, UNetConfig};
+use ddpm::weights::{self, Header, Precision};
+use sha2::{Digest, Sha256};
+
+mod common;
+use common::{TempDir, bars, recipe, tiny};
+
+fn values(x: Tensor<4>) -> Vec<f32> {
+    x.into_data().try_into_vec::<f32>().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn labelled() -> Dataset {
+    let mut data = bars(12);
+    data.labels = Some((0..12).map(|i| (i % 3) as u8).collect());
+    data
+}
+
+fn teacher_config() -> UNetConfig {
+    UNetConfig { num_classes: Some(3), dropout: 0.0, ..tiny() }
+}
+
+/// A conditional tiny teacher after a few steps (so that its classes mean something), and its
+/// weights file.
+fn teacher(dir: &TempDir) -> (UNet, std::path::PathBuf) {
+    let device = Device::flex();
+    let mut trainer = Trainer::new(
+        teacher_config(),
+        ScheduleConfig::default(),
+        TrainConfig { label_dropout: 0.3, ..recipe(8, 6, 1e-2) },
+        &device,
+    )
+    .unwrap();
+    for _ in 0..8 {
+        trainer.step(&labelled()).unwrap();
+    }
+    let model = trainer.model.valid();
+    let header =
+        Header { unet: teacher_config(), schedule: ScheduleConfig::default(), sampler: None, info: Default::default() };
+    let path = dir.join("teacher.safetensors");
+    std::fs::write(&path, weights::to_safetensors(&model, &header, Precision::F32).unwrap()).unwrap();
+    (model, path)
+}
+
+fn distil_recipe(path: &std::path::Path, steps: usize, lr: f64) -> TrainConfig {
+    let bytes = std::fs::read(path).unwrap();
+    TrainConfig {
+        label_dropout: 0.1,
+        distil: Some(DistilConfig {
+            teacher: path.to_string_lossy().into_owned(),
+            teacher_sha256: format!("{:x}", Sha256::digest(&bytes)),
+            w_min: 0.0,
+            w_max: 4.0,
+        }),
+        ..recipe(steps, 6, lr)
+    }
+}
+
+/// The student's start as `ddpm distil` makes it: the teacher's weights with a guidance input,
+/// written once, so that every run of a test starts from the same weights (w's first layer is
+/// drawn from burn's global generator, which the tests running beside this one share).
+fn student_start(teacher: &std::path::Path) -> Vec<u8> {
+    let device = Device::flex();
+    let (model, _) = weights::load(&std::fs::read(teacher).unwrap(), &device).unwrap();
+    let config = UNetConfig { guidance_input: true, ..teacher_config() };
+    let header = Header { unet: config, schedule: ScheduleConfig::default(), sampler: None, info: Default::default() };
+    weights::to_safetensors(&model.with_guidance_input(), &header, Precision::F32).unwrap()
+}
+
+/// A distillation run of the teacher at `path` from the student `start`.
+fn student_trainer(path: &std::path::Path, start: &[u8], steps: usize, lr: f64) -> Trainer {
+    let device = Device::flex();
+    let student = UNetConfig { guidance_input: true, ..teacher_config() };
+    let mut trainer =
+        Trainer::new(student, ScheduleConfig::default(), distil_recipe(path, steps, lr), &device).unwrap();
+    trainer.start_from(weights::load(start, &device.clone().autodiff()).unwrap().0);
+    trainer
+}
+
+#[test]
+fn a_fresh_student_is_its_teachers_conditional_prediction_whatever_w() {
+    let dir = TempDir::new("distil-start");
+    let (teacher, _) = teacher(&dir);
+    let device = Device::flex();
+    let student = teacher.clone().with_guidance_input();
+    let x = Noise::new(5).gaussian([3, 1, 8, 8], &device);
+    let t = Tensor::<1>::from_floats([20.0, 400.0, 900.0], &device);
+    let classes = [ClassMix::from(0), ClassMix::from(2), ClassMix::from(3)];
+    let want = values(teacher.forward_condition(x.clone(), t.clone(), Some(&classes), None));
+    for w in [0.0, 1.0, 3.5] {
+        let got = values(student.forward_condition(x.clone(), t.clone(), Some(&classes), Some(&[w; 3])));
+        assert_eq!(got, want, "w = {w}");
+    }
+}
+
+#[test]
+fn the_target_is_eq_6_item_by_item_and_sampling_takes_one_student_pass() {
+    let dir = TempDir::new("distil-target");
+    let (teacher, _) = teacher(&dir);
+    let device = Device::flex();
+    let diffusion = Diffusion::new(ScheduleConfig::default());
+    let x0 = Noise::new(1).gaussian([3, 1, 8, 8], &device);
+    let eps = Noise::new(2).gaussian([3, 1, 8, 8], &device);
+    let (t, classes, w) = ([30, 500, 950], [1, 3, 0], [0.0f32, 2.0, 3.5]);
+    let x_t = diffusion.q_sample(x0, &t, eps);
+    let got =
+        values(diffusion.guided_teacher(x_t.clone(), &t, &classes, 3, &w, |x, t, c| {
+            teacher.forward_condition(x, t, Some(&c), None)
+        }));
+    // By hand, one item at a time: ε(∅) + w(ε(c) − ε(∅)).
+    for i in 0..3 {
+        let x = x_t.clone().narrow(0, i, 1);
+        let ti = Tensor::<1>::from_floats([t[i] as f32], &device);
+        let cond = values(teacher.forward_class(x.clone(), ti.clone(), &[classes[i]]));
+        let uncond = values(teacher.forward_class(x, ti, &[3]));
+        let want: Vec<f32> = cond.iter().zip(&uncond).map(|(c, u)| u + w[i] * (c - u)).collect();
+        assert!(max_diff(&got[i * 64..(i + 1) * 64], &want) < 1e-5, "item {i}");
+    }
+    // A student samples with one pass given w, not eq. 6's two.
+    let student = teacher.with_guidance_input();
+    let guidance = Guidance::class(2, 2.5, Some(3)).unwrap();
+    let x = Noise::new(4).gaussian([2, 1, 8, 8], &device);
+    let t = Tensor::<1>::from_floats([100.0, 700.0], &device);
+    let guided = values(Guided { model: &student, guidance: Some(guidance) }.eps(x.clone(), t.clone()));
+    let one_pass = values(student.forward_condition(x, t, Some(&[ClassMix::from(2); 2]), Some(&[2.5; 2])));
+    assert_eq!(guided, one_pass);
+}
+
+#[test]
+fn distillation_moves_the_student_towards_the_guided_teacher() {
+    let dir = TempDir::new("distil-learns");
+    let (teacher, path) = teacher(&dir);
+    let device = Device::flex();
+    let diffusion = Diffusion::new(ScheduleConfig::default());
+    // A fixed probe at two strengths. The fresh student predicts ε(c) (w = 1) for every w; one
+    // that ignored w could at best predict one w̄ for all, and moving from w = 1 towards w = 3
+    // takes it away from w = 0: only a student that reads w gets closer at both.
+    let x0 = Noise::new(11).gaussian([6, 1, 8, 8], &device).clamp(-1.0, 1.0);
+    let eps = Noise::new(12).gaussian([6, 1, 8, 8], &device);
+    let (t, classes) = ([50, 200, 400, 600, 800, 950], [0, 1, 2, 0, 1, 2]);
+    let x_t = diffusion.q_sample(x0.clone(), &t, eps.clone());
+    let t_tensor = diffusion.t_tensor_items(&t, &device);
+    let mixes: Vec<ClassMix> = classes.iter().map(|&c| c.into()).collect();
+    let error = |student: &UNet, w: f32| {
+        let w = [w; 6];
+        let target = values(diffusion.guided_teacher(x_t.clone(), &t, &classes, 3, &w, |x, t, c| {
+            teacher.forward_condition(x, t, Some(&c), None)
+        }));
+        let got = values(student.forward_condition(x_t.clone(), t_tensor.clone(), Some(&mixes), Some(&w)));
+        got.iter().zip(&target).map(|(a, b)| (a - b).powi(2)).sum::<f32>() / got.len() as f32
+    };
+    let mut trainer = student_trainer(&path, &student_start(&path), 400, 3e-3);
+    let before = [0.0, 3.0].map(|w| error(&trainer.model.valid(), w));
+    for _ in 0..400 {
+        trainer.step(&labelled()).unwrap();
+    }
+    let after = [0.0, 3.0].map(|w| error(&trainer.model.valid(), w));
+    for i in 0..2 {
+        assert!(before[i] > 0.0, "the probe must tell guided from conditional");
+        let w = [0, 3][i];
+        assert!(
+            after[i] < 0.75 * before[i],
+            "w = {w}: the student's error went from {} to only {}",
+            before[i],
+            after[i]
+        );
+    }
+}
+
+#[test]
+fn a_distillation_run_resumes_exactly_and_refuses_a_changed_teacher() {
+    let dir = TempDir::new("distil-resume");
+    let (_, path) = teacher(&dir);
+    let device = Device::flex();
+    let data = labelled();
+    let start = student_start(&path);
+    let mut straight = student_trainer(&path, &start, 8, 1e-3);
+    let all: Vec<f64> = (0..8).map(|_| straight.step(&data).unwrap().loss).collect();
+    let mut first = student_trainer(&path, &start, 8, 1e-3);
+    let head: Vec<f64> = (0..4).map(|_| first.step(&data).unwrap().loss).collect();
+    let ckpt = dir.join("checkpoint.ddpm");
+    first.save(&ckpt).unwrap();
+    drop(first);
+    let mut resumed = Trainer::load(&ckpt, &device).unwrap();
+    let tail: Vec<f64> = (0..4).map(|_| resumed.step(&data).unwrap().loss).collect();
+    assert_eq!(head, all[..4]);
+    assert_eq!(tail, all[4..], "the resumed half repeats the straight run's losses exactly");
+    // The teacher's file rewritten (one byte of its weights): the run is not resumed.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let e = Trainer::load(&ckpt, &device).err().expect("a changed teacher is refused").to_string();
+    assert!(e.contains("changed since the run started"), "{e}");
+}
