@@ -8,6 +8,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use cli::bench::BenchArgs;
 use cli::distil::DistilArgs;
+use cli::eps::EpsArgs;
 use cli::eval::EvalArgs;
 use cli::sample::{AnimateArgs, EditArgs, InterpolateArgs, SampleArgs};
 use cli::train::TrainArgs;
@@ -57,6 +58,9 @@ enum Command {
     Animate(AnimateArgs),
     /// SDEdit: noise an image (a drawing) to step t and denoise it, optionally towards a class.
     Edit(EditArgs),
+    /// The network on given inputs: ε_θ(x_t, t[, c]) for a .npy of x_t, written as .npy (for parity
+    /// checks with another framework).
+    Eps(EpsArgs),
     /// Time the UNet and one training and sampling step; prints JSON lines.
     Bench(BenchArgs),
     /// Score a folder of generated images: MNIST-FD or emoji-FD (Fréchet distance on classifier features),
@@ -107,6 +111,7 @@ fn main() {
         Command::Interpolate(a) => cli::sample::interpolate(a),
         Command::Animate(a) => cli::sample::animate(a),
         Command::Edit(a) => cli::sample::edit(a),
+        Command::Eps(a) => cli::eps::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Eval(a) => cli::eval::run(a),
     };

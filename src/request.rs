@@ -115,6 +115,12 @@ impl SampleRequest {
 
     /// Checks the request and starts its run.
     pub fn start(&self, model: &Model, bounds: &Bounds) -> Result<Run, FieldError> {
+        self.start_from(model, bounds, None)
+    }
+
+    /// The same from a given x_T ([B = count, C, H, W]) instead of the seeds' own
+    /// ([`Sampler::from_x_big_t`]).
+    pub fn start_from(&self, model: &Model, bounds: &Bounds, x_big_t: Option<Tensor<4>>) -> Result<Run, FieldError> {
         if !(1..=bounds.max_images).contains(&self.count) {
             let max = bounds.max_images;
             return Err(FieldError::new("count", format!("number of images must be 1..={max}, got {}", self.count)));
@@ -123,7 +129,19 @@ impl SampleRequest {
         let w = model.guidance(self.guidance)?;
         let seeds = self.seeds();
         let guidance = Guidance::from_noise(self.class, &seeds, w, model.num_classes)?;
-        let sampler = Sampler::new(model.diffusion, &config, model.image, &seeds, model.device);
+        let sampler = match x_big_t {
+            Some(x) if x.dims()[1..] == model.image[..] && x.dims()[0] == self.count => {
+                Sampler::from_x_big_t(model.diffusion, &config, x, &seeds)
+            }
+            Some(x) => {
+                let [c, h, w] = model.image;
+                return Err(FieldError::new(
+                    "x_t",
+                    format!("x_T has shape {:?}; the model's is [{}, {c}, {h}, {w}]", x.dims(), self.count),
+                ));
+            }
+            None => Sampler::new(model.diffusion, &config, model.image, &seeds, model.device),
+        };
         Ok(Run::single(Phase::Sample, sampler, guidance, grid_cols(self.count)))
     }
 }

@@ -57,6 +57,16 @@ impl Sampler {
         Self::from_x_t(diffusion, config, x, diffusion.steps() - 1, noises)
     }
 
+    /// Starts from a given x_T (`ddpm sample --x-t`: another framework's noise, for a parity
+    /// check) with image i's later noise from seed `seeds[i]`, its stream advanced past the x_T
+    /// it would have drawn: a seed's own x_T given here runs exactly as [`Sampler::new`].
+    pub fn from_x_big_t(diffusion: &Diffusion, config: &SamplerConfig, x_big_t: Tensor<4>, seeds: &[u64]) -> Self {
+        let [_, c, h, w] = x_big_t.dims();
+        let mut noises: Vec<Noise> = seeds.iter().map(|&s| Noise::new(s)).collect();
+        draw(&mut noises, [c, h, w], &x_big_t.device());
+        Self::from_x_t(diffusion, config, x_big_t, diffusion.steps() - 1, noises)
+    }
+
     /// Starts from a given x_t at step `t_start` (interpolation); `noises` feed the later steps.
     pub fn from_x_t(
         diffusion: &Diffusion,

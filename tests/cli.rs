@@ -462,3 +462,81 @@ fn eval_stdout_is_only_its_report_also_when_it_first_fetches_mnist() {
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout:?}"));
     assert_eq!(report["images"], 20, "{report}");
 }
+
+fn write_npy(path: &Path, shape: &[u64], values: &[f32]) {
+    use npyz::WriterBuilder;
+    let mut bytes = Vec::new();
+    let mut writer = npyz::WriteOptions::new().default_dtype().shape(shape).writer(&mut bytes).begin_nd().unwrap();
+    writer.extend(values.iter().copied()).unwrap();
+    writer.finish().unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn read_npy(path: &Path) -> (Vec<u64>, Vec<f32>) {
+    let npy = npyz::NpyFile::new(std::fs::File::open(path).unwrap()).unwrap();
+    (npy.shape().to_vec(), npy.into_vec().unwrap())
+}
+
+/// The parity entry points: `ddpm eps` computes the library's ε on a .npy of x_t, and `ddpm
+/// sample --x-t` given the seeds' own x_T draws what `ddpm sample --seed` draws (with a sampler
+/// that adds fresh noise, so the seeds' later noise must follow too); bad arrays are named.
+#[test]
+fn eps_and_sample_from_x_t_speak_npy() {
+    use ddpm::noise::Noise;
+    use npyz::WriterBuilder;
+    let dir = TempDir::new("cli-npy");
+    let (weights, bytes) = (dir.join("w.safetensors"), common::tiny_weights());
+    std::fs::write(&weights, &bytes).unwrap();
+    let w = weights.to_str().unwrap();
+    let x: Vec<f32> = [7u64, 8].iter().flat_map(|&s| Noise::new(s).gaussian_vec(64)).collect();
+    let x_path = dir.join("x.npy");
+    write_npy(&x_path, &[2, 1, 8, 8], &x);
+    let (xp, ep) = (x_path.to_str().unwrap(), dir.join("eps.npy"));
+    ok(&["eps", "--weights", w, "--x-t", xp, "--t", "13", "--out", ep.to_str().unwrap()]);
+    let (shape, eps) = read_npy(&ep);
+    assert_eq!(shape, [2, 1, 8, 8]);
+    let device = Device::flex();
+    let (model, _) = weights::load(&bytes, &device).unwrap();
+    let input = burn::tensor::Tensor::<4>::from_data(burn::tensor::TensorData::new(x.clone(), [2, 1, 8, 8]), &device);
+    let want: Vec<f32> = model
+        .forward(input, burn::tensor::Tensor::<1>::from_floats([13.0, 13.0], &device))
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    let diff = eps.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-6, "ddpm eps against the library: {diff}");
+
+    let sampler = ["--sampler", "ddim", "--eta", "1", "--steps", "5", "--seed", "7"];
+    let from = dir.join("from");
+    ok(&[&["sample", "--weights", w, "--x-t", xp, "--out", from.to_str().unwrap()][..], &sampler].concat());
+    let seeded = dir.join("seeded");
+    ok(&[&["sample", "--weights", w, "--count", "2", "--out", seeded.to_str().unwrap()][..], &sampler].concat());
+    for i in 0..2 {
+        let name = format!("{i:06}.png");
+        assert_eq!(std::fs::read(from.join(&name)).unwrap(), std::fs::read(seeded.join(&name)).unwrap(), "{name}");
+    }
+    let (shape, x0) = read_npy(&from.join("x0.npy"));
+    assert_eq!(shape, [2, 1, 8, 8]);
+    assert!(x0.iter().all(|v| (-1.0..=1.0).contains(v)));
+
+    // Arrays the model cannot take.
+    let bad = dir.join("bad.npy");
+    write_npy(&bad, &[2, 1, 8, 9], &[0.0; 144]);
+    let (b, e) = (bad.to_str().unwrap(), ep.to_str().unwrap());
+    fails(&["eps", "--weights", w, "--x-t", b, "--t", "1", "--out", e], "the model takes [B, 1, 8, 8]");
+    let mut nan = x.clone();
+    nan[5] = f32::NAN;
+    write_npy(&bad, &[2, 1, 8, 8], &nan);
+    fails(&["eps", "--weights", w, "--x-t", b, "--t", "1", "--out", e], "value 5 is NaN");
+    let mut f64s = Vec::new();
+    let mut writer =
+        npyz::WriteOptions::new().default_dtype().shape(&[1, 1, 8, 8]).writer(&mut f64s).begin_nd().unwrap();
+    writer.extend([0.5f64; 64]).unwrap();
+    writer.finish().unwrap();
+    std::fs::write(&bad, f64s).unwrap();
+    fails(&["eps", "--weights", w, "--x-t", b, "--t", "1", "--out", e], "dtype is <f8");
+    std::fs::write(&bad, b"not an array").unwrap();
+    fails(&["sample", "--weights", w, "--x-t", b, "--out", e], "not a .npy file");
+    fails(&["eps", "--weights", w, "--x-t", xp, "--t", "20", "--out", e], "below T = 20");
+    fails(&["eps", "--weights", w, "--x-t", xp, "--t", "1", "--class", "0", "--out", e], "unconditional");
+}

@@ -4,7 +4,9 @@
 
 pub mod bench;
 pub mod distil;
+pub mod eps;
 pub mod eval;
+pub mod npy;
 pub mod sample;
 pub mod train;
 pub mod weights;
@@ -19,7 +21,7 @@ use ddpm::atomic_write::atomic_write;
 use ddpm::diffusion::{Diffusion, ScheduleConfig};
 use ddpm::field_error::FieldError;
 use ddpm::guidance::{DEFAULT_GUIDANCE, Guidance};
-use ddpm::request::{CLI_BOUNDS, Model, Request};
+use ddpm::request::{CLI_BOUNDS, Model, Request, SampleRequest};
 use ddpm::solvers::{SamplerChoice, SamplerConfig, SolverKind, Spacing};
 use ddpm::threads::Sharded;
 use ddpm::unet::{UNet, UNetConfig};
@@ -187,6 +189,12 @@ impl Loaded {
         Ok(run.finish(|g| self.eps_theta(g)))
     }
 
+    /// A sample request run to its end from a given x_T.
+    pub fn run_from(&self, request: &SampleRequest, x_big_t: Tensor<4>) -> Result<Tensor<4>> {
+        let run = request.start_from(&self.model(), &CLI_BOUNDS, Some(x_big_t)).map_err(flag_error)?;
+        Ok(run.finish(|g| self.eps_theta(g)))
+    }
+
     /// [C, H, W] of the model's images.
     pub fn image(&self) -> [usize; 3] {
         self.model().image
@@ -199,6 +207,7 @@ pub fn flag_error(e: FieldError) -> anyhow::Error {
         "solver" => "sampler",
         "count" | "frames" | "t" | "steps" | "eta" | "guidance" | "class" | "spacing" => e.field,
         "rgba" => "input",
+        "x_t" => "x-t",
         "classes" => "class/--to-class",
         other => other,
     };

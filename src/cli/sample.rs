@@ -32,6 +32,11 @@ pub struct SampleArgs {
     /// Also save all images as one grid PNG.
     #[arg(long)]
     grid: Option<PathBuf>,
+    /// Start from this x_T (a float32 .npy of [B, C, H, W]: another framework's noise, for a
+    /// parity check) instead of the seeds' own; --count is its B, image i's later noise comes
+    /// from seed S + i, and the final images are also written as OUT/x0.npy (values in [−1, 1]).
+    #[arg(long, conflicts_with = "count")]
+    x_t: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -106,6 +111,10 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         limits::MAX_SAMPLE_BATCH
     );
     let per_class = a.sampler.class == Some(ClassArg::All);
+    if let Some(path) = &a.x_t {
+        ensure!(!per_class, "--x-t: one class at a time (not --class all)");
+        return sample_from(&a, path);
+    }
     let m = if per_class { SamplerArgs { class: None, ..a.sampler.clone() } } else { a.sampler.clone() }.load()?;
     // Each class's images in its own folder, or all of them in --out: (folder, first seed, class).
     let runs: Vec<(PathBuf, u64, Option<usize>)> = match m.model.num_classes() {
@@ -158,6 +167,28 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         let cols = if per_class { a.count } else { grid_cols(total) };
         Grid::new(&all, [total, image[0], image[1], image[2]], cols, 2).save_png(grid, 2)?;
     }
+    Ok(())
+}
+
+/// `sample --x-t`: one run from the file's x_T, its images as PNGs and as x0.npy.
+fn sample_from(a: &SampleArgs, path: &std::path::Path) -> Result<()> {
+    let m = a.sampler.load()?;
+    let image = m.image();
+    let x_big_t = super::npy::read_images(path, image, &m.device)?;
+    let count = x_big_t.dims()[0];
+    eprintln!("sampler: {}, from the x_T of {}", m.config.describe(), path.display());
+    let request = SampleRequest { seed: a.seed, count, class: m.class, guidance: m.guidance, sampler: m.sampler };
+    let x0 = m.run_from(&request, x_big_t)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    super::npy::write(&a.out.join("x0.npy"), x0.clone())?;
+    let values = to_vec(x0);
+    for (i, pixels) in values.chunks_exact(image.iter().product()).enumerate() {
+        save_png(&a.out.join(format!("{i:06}.png")), pixels, image)?;
+    }
+    if let Some(grid) = &a.grid {
+        Grid::new(&values, [count, image[0], image[1], image[2]], grid_cols(count), 2).save_png(grid, 2)?;
+    }
+    eprintln!("{count}/{count} images");
     Ok(())
 }
 
