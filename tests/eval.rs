@@ -149,3 +149,21 @@ fn real_emoji_score_near_the_floor_copies_are_caught() {
     assert_eq!(f(&r, "closer_than_closest_held_out"), 0.0, "{r}");
     assert_eq!(f(&z, "closer_than_closest_held_out"), 0.0, "{z}");
 }
+
+/// The floor's sets: disjoint, n images each, and each spread to the end of the training set,
+/// also where n does not divide its size (3,388 emoji, 1,000 samples: a stride of 3 would stop
+/// at image 3,000 and leave the last categories out of every set).
+#[test]
+fn floor_sets_are_disjoint_and_span_the_whole_training_set() {
+    for (len, n) in [(3388, 1000), (9000, 1000), (10_000, 1000), (3388, 300), (500, 1000)] {
+        let n = n.min(len);
+        let sets = ddpm::eval::floor_sets(len, n);
+        assert!(!sets.is_empty() && sets.len() <= ddpm::eval::FLOOR_SETS);
+        let mut seen = std::collections::HashSet::new();
+        for set in &sets {
+            assert_eq!(set.len(), n, "{len}/{n}");
+            assert!(set.iter().all(|&i| i < len && seen.insert(i)), "{len}/{n}: disjoint, inside the set");
+            assert!(*set.iter().max().unwrap() >= len - len.div_ceil(n), "{len}/{n}: reaches the end of the set");
+        }
+    }
+}

@@ -156,6 +156,16 @@ fn read_pngs(dir: &Path, [c, h, w]: [usize; 3]) -> Result<Vec<f32>> {
 /// Disjoint sets of real training images the floor is averaged over.
 pub const FLOOR_SETS: usize = 5;
 
+/// The indices of the floor's sets of `n` images out of `len` training images: up to
+/// [`FLOOR_SETS`] disjoint sets, each spread over the whole set. Set k takes image ⌊i·len/n⌋ + k
+/// for i < n: the bases are at least ⌊len/n⌋ apart and reach the end of the set whatever len/n
+/// (a whole stride of ⌊len/n⌋ would leave the last len mod n images, the last classes of a
+/// class-ordered set, out of every set), and k < ⌊len/n⌋ keeps the sets disjoint.
+pub fn floor_sets(len: usize, n: usize) -> Vec<Vec<usize>> {
+    let sets = (len / n.max(1)).clamp(1, FLOOR_SETS);
+    (0..sets).map(|k| (0..n).map(|i| i * len / n + k).collect()).collect()
+}
+
 pub fn run(
     reference: &Reference,
     samples: &Path,
@@ -178,10 +188,7 @@ pub fn run(
     // class-balanced; one set can be favourable (disjoint sets of 1,000 real digits score over a
     // point apart), so the floor is the mean over up to FLOOR_SETS disjoint sets, range reported.
     let floor_n = generated.len().min(train.len());
-    let sets = (train.len() / floor_n).clamp(1, FLOOR_SETS);
-    let stride = train.len() / floor_n;
-    let floor_sets: Vec<Dataset> =
-        (0..sets).map(|k| train.select(&(0..floor_n).map(|i| i * stride + k).collect::<Vec<_>>())).collect();
+    let floor_sets: Vec<Dataset> = floor_sets(train.len(), floor_n).iter().map(|set| train.select(set)).collect();
     let n: usize = train.shape.iter().product();
     let noise = Dataset {
         shape: train.shape,
