@@ -1,6 +1,7 @@
 //! One training run in progress: Algorithm 1's step (x₀, t and ε drawn for the batch, the loss
 //! ‖ε − ε_θ(√ᾱ_t x₀ + √(1 − ᾱ_t) ε, t)‖² on its shards, Adam with warm-up and global-norm
-//! clipping) and the moving average of the weights.
+//! clipping) and the moving average of the weights; in a distillation run (`ddpm distil`) the
+//! target is the guided teacher's prediction at the same x_t instead of ε.
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::{Module, ModuleVisitor, Param};
