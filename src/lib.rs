@@ -5,6 +5,7 @@
 
 pub mod diffusion;
 pub mod field_error;
+pub mod forward;
 pub mod guidance;
 pub mod images;
 pub mod kernels;

@@ -1,0 +1,108 @@
+//! The forward process at one t, and what the network makes of it: the paper's first picture for
+//! a reader. For an example x₀ and a fixed ε,
+//!
+//!   x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε  (eq. 4),  ε̂ = ε_θ(x_t, t),
+//!   x̂₀ = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t  (eq. 15 rearranged),  L = ‖ε − ε̂‖² (eq. 14, the mean),
+//!
+//! and the schedule those t walk through. Our t is the paper's t − 1: our t = 0 is its t = 1.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::diffusion::Diffusion;
+use crate::field_error::FieldError;
+use crate::noise::Noise;
+use crate::unet::UNet;
+
+/// One look at the forward process: the example (RGBA pixels, as the page's canvases hold them,
+/// mapped to the data range as a drawing is), the step t, the seed of ε, and for a
+/// class-conditional model the example's own class (None: ∅). Unguided: the panel shows what
+/// the network was trained to predict.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardRequest {
+    pub rgba: Vec<u8>,
+    pub t: usize,
+    pub seed: u64,
+    #[serde(default)]
+    pub class: Option<usize>,
+}
+
+/// What the panel draws and prints.
+pub struct ForwardView {
+    pub x0: Tensor<4>,
+    pub eps: Tensor<4>,
+    pub x_t: Tensor<4>,
+    pub eps_hat: Tensor<4>,
+    pub x0_hat: Tensor<4>,
+    /// ‖ε − ε̂‖² averaged over the pixels, as a tensor: the page reads it asynchronously (a
+    /// synchronous read panics on WebGPU).
+    pub loss: Tensor<1>,
+    pub alpha_bar: f64,
+}
+
+impl ForwardRequest {
+    /// The view of `model` for this request: one network evaluation. `image` is the model's
+    /// [C, H, W].
+    pub fn view(
+        &self,
+        model: &UNet,
+        diffusion: &Diffusion,
+        image: [usize; 3],
+        device: &Device,
+    ) -> Result<ForwardView, FieldError> {
+        let [c, size, _] = image;
+        let pixels = crate::request::drawing_pixels(&self.rgba, c, size).map_err(|e| FieldError::new("rgba", e))?;
+        if self.t >= diffusion.steps() {
+            return Err(FieldError::new("t", format!("t must be below T = {}, got {}", diffusion.steps(), self.t)));
+        }
+        let classes = match (self.class, model.num_classes()) {
+            (Some(k), Some(n)) if k < n => Some(vec![k]),
+            (Some(k), Some(n)) => {
+                return Err(FieldError::new("class", format!("class {k} is outside 0..{n} of this model")));
+            }
+            (Some(_), None) => return Err(FieldError::new("class", "this model is unconditional: it has no classes")),
+            (None, _) => None,
+        };
+        let x0 = Tensor::<4>::from_data(TensorData::new(pixels, [1, c, size, size]), device);
+        let eps = Noise::new(self.seed).gaussian([1, c, size, size], device);
+        let x_t = diffusion.q_sample(x0.clone(), &[self.t], eps.clone());
+        let t = diffusion.t_tensor(self.t, 1, device);
+        let eps_hat = match classes {
+            Some(k) => model.forward_class(x_t.clone(), t, &k),
+            None => model.forward(x_t.clone(), t),
+        };
+        let x0_hat = diffusion.predict_x0(x_t.clone(), self.t, eps_hat.clone());
+        let loss = (eps.clone() - eps_hat.clone()).square().mean();
+        Ok(ForwardView { x0, eps, x_t, eps_hat, x0_hat, loss, alpha_bar: diffusion.alpha_bar[self.t] })
+    }
+}
+
+/// The schedule as the panel draws it, one value per t: β_t, √ᾱ_t (the signal's factor),
+/// √(1 − ᾱ_t) (the noise's) and the signal-to-noise ratio ᾱ_t / (1 − ᾱ_t).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScheduleCurves {
+    pub beta: Vec<f64>,
+    pub sqrt_alpha_bar: Vec<f64>,
+    pub sqrt_one_minus_alpha_bar: Vec<f64>,
+    pub snr: Vec<f64>,
+}
+
+impl ScheduleCurves {
+    pub fn of(diffusion: &Diffusion) -> Self {
+        let ab = &diffusion.alpha_bar;
+        Self {
+            beta: diffusion.beta.clone(),
+            sqrt_alpha_bar: ab.iter().map(|a| a.sqrt()).collect(),
+            sqrt_one_minus_alpha_bar: ab.iter().map(|a| (1.0 - a).sqrt()).collect(),
+            snr: ab.iter().map(|a| a / (1.0 - a)).collect(),
+        }
+    }
+}
+
+/// The t of the loss-versus-t curve: `points` values spread evenly over 0..T−1, both ends in.
+pub fn loss_curve_steps(diffusion: &Diffusion, points: usize) -> Vec<usize> {
+    let last = diffusion.steps() - 1;
+    let points = points.max(2);
+    (0..points).map(|i| (i * last + (points - 1) / 2) / (points - 1)).collect()
+}
