@@ -6,12 +6,14 @@
 //!
 //! and the schedule those t walk through. Our t is the paper's t − 1: our t = 0 is its t = 1.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::Diffusion;
 use crate::field_error::FieldError;
+use crate::guidance::Guidance;
 use crate::noise::Noise;
+use crate::request::{Model, drawing_pixels};
 use crate::unet::UNet;
 
 /// One look at the forward process: the example (RGBA pixels, as the page's canvases hold them,
@@ -42,35 +44,22 @@ pub struct ForwardView {
 }
 
 impl ForwardRequest {
-    /// The view of `model` for this request: one network evaluation. `image` is the model's
-    /// [C, H, W].
-    pub fn view(
-        &self,
-        model: &UNet,
-        diffusion: &Diffusion,
-        image: [usize; 3],
-        device: &Device,
-    ) -> Result<ForwardView, FieldError> {
-        let [c, size, _] = image;
-        let pixels = crate::request::drawing_pixels(&self.rgba, c, size).map_err(|e| FieldError::new("rgba", e))?;
-        if self.t >= diffusion.steps() {
-            return Err(FieldError::new("t", format!("t must be below T = {}, got {}", diffusion.steps(), self.t)));
+    /// The view of `unet` (described by `model`) for this request: one network evaluation. The
+    /// request is checked as every request is (`Model::check_t`, `Guidance::class`).
+    pub fn view(&self, unet: &UNet, model: &Model) -> Result<ForwardView, FieldError> {
+        let ([c, size, _], diffusion, device) = (model.image, model.diffusion, model.device);
+        let pixels = drawing_pixels(&self.rgba, c, size).map_err(|e| FieldError::new("rgba", e))?;
+        model.check_t(self.t)?;
+        if let Some(k) = self.class {
+            Guidance::class(k, 1.0, model.num_classes)?;
         }
-        let classes = match (self.class, model.num_classes()) {
-            (Some(k), Some(n)) if k < n => Some(vec![k]),
-            (Some(k), Some(n)) => {
-                return Err(FieldError::new("class", format!("class {k} is outside 0..{n} of this model")));
-            }
-            (Some(_), None) => return Err(FieldError::new("class", "this model is unconditional: it has no classes")),
-            (None, _) => None,
-        };
         let x0 = Tensor::<4>::from_data(TensorData::new(pixels, [1, c, size, size]), device);
         let eps = Noise::new(self.seed).gaussian([1, c, size, size], device);
         let x_t = diffusion.q_sample(x0.clone(), &[self.t], eps.clone());
         let t = diffusion.t_tensor(self.t, 1, device);
-        let eps_hat = match classes {
-            Some(k) => model.forward_class(x_t.clone(), t, &k),
-            None => model.forward(x_t.clone(), t),
+        let eps_hat = match self.class {
+            Some(k) => unet.forward_class(x_t.clone(), t, &[k]),
+            None => unet.forward(x_t.clone(), t),
         };
         let x0_hat = diffusion.predict_x0(x_t.clone(), self.t, eps_hat.clone());
         let loss = (eps.clone() - eps_hat.clone()).square().mean();

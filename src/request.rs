@@ -73,7 +73,7 @@ impl<'a> Model<'a> {
         }
     }
 
-    fn check_t(&self, t: usize) -> Result<(), FieldError> {
+    pub fn check_t(&self, t: usize) -> Result<(), FieldError> {
         let steps = self.diffusion.steps();
         if t >= steps {
             return Err(FieldError::new("t", format!("t must be below T = {steps}, got {t}")));

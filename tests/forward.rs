@@ -5,6 +5,7 @@
 use burn::tensor::{Device, Tensor};
 use ddpm::diffusion::{Diffusion, ScheduleConfig};
 use ddpm::forward::{ForwardRequest, ScheduleCurves, loss_curve_steps};
+use ddpm::request::Model;
 use ddpm::unet::UNetConfig;
 
 mod common;
@@ -46,7 +47,9 @@ fn the_view_is_eq_4_the_network_and_eq_15() {
     let rgba: Vec<u8> =
         (0..64).flat_map(|p| if p % 9 == 0 || p / 8 == 3 { [0, 0, 0, 255] } else { [255; 4] }).collect();
     let request = ForwardRequest { rgba: rgba.clone(), t: 300, seed: 4, class: Some(1) };
-    let view = request.view(&model, &diffusion, [1, 8, 8], &device).unwrap();
+    let described =
+        Model { diffusion: &diffusion, image: [1, 8, 8], num_classes: Some(3), default_sampler: None, device: &device };
+    let view = request.view(&model, &described).unwrap();
     let view_loss = view.loss.into_scalar::<f64>();
     let (x0, eps, x_t, eps_hat, x0_hat) =
         (values(view.x0), values(view.eps), values(view.x_t.clone()), values(view.eps_hat), values(view.x0_hat));
@@ -65,7 +68,7 @@ fn the_view_is_eq_4_the_network_and_eq_15() {
     let t = Tensor::<1>::from_floats([300.0], &device);
     assert_eq!(eps_hat, values(model.forward_class(view.x_t, t, &[1])));
     // Bad requests name their field.
-    let field = |r: ForwardRequest| r.view(&model, &diffusion, [1, 8, 8], &device).err().unwrap().field;
+    let field = |r: ForwardRequest| r.view(&model, &described).err().unwrap().field;
     assert_eq!(field(ForwardRequest { t: 1000, ..request.clone() }), "t");
     assert_eq!(field(ForwardRequest { class: Some(3), ..request.clone() }), "class");
     assert_eq!(field(ForwardRequest { rgba: vec![0; 10], ..request }), "rgba");

@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, ensure};
 use burn::tensor::Tensor;
 use clap::Args;
+use ddpm::guidance::Guidance;
 
 use super::Backend;
 
@@ -40,11 +41,12 @@ pub fn run(a: EpsArgs) -> Result<()> {
     let x_t = super::npy::read_images(&a.x_t, [u.image_channels, u.image_size, u.image_size], &device)?;
     let batch = x_t.dims()[0];
     let t = Tensor::<1>::from_floats(vec![a.t as f32; batch].as_slice(), &device);
-    let eps = match (a.class, model.num_classes()) {
-        (None, _) => model.forward(x_t, t),
-        (Some(c), Some(n)) if c < n => model.forward_class(x_t, t, &vec![c; batch]),
-        (Some(c), Some(n)) => bail!("--class: class {c} is outside 0..{n} of this model"),
-        (Some(_), None) => bail!("--class: this model is unconditional: it has no classes"),
+    let eps = match a.class {
+        Some(c) => {
+            Guidance::class(c, 1.0, model.num_classes()).map_err(super::flag_error)?;
+            model.forward_class(x_t, t, &vec![c; batch])
+        }
+        None => model.forward(x_t, t),
     };
     super::npy::write(&a.out, eps)?;
     eprintln!("wrote ε of {batch} images at t = {} to {}", a.t, a.out.display());
