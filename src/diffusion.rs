@@ -7,6 +7,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::images::DataRange;
 use crate::limits;
 use crate::noise::Noise;
 use crate::unet::{ClassMix, UNet};
@@ -28,11 +29,15 @@ pub struct ScheduleConfig {
     pub steps: usize,
     pub beta_start: f64,
     pub beta_end: f64,
+    /// The interval of the data x₀ (weights format 4): the paper's [−1, 1] unless a model was
+    /// trained on another (an imported labml model: [0, 1]).
+    #[serde(default, skip_serializing_if = "DataRange::is_paper")]
+    pub data_range: DataRange,
 }
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self { steps: 1000, beta_start: 1e-4, beta_end: 0.02 }
+        Self { steps: 1000, beta_start: 1e-4, beta_end: 0.02, data_range: DataRange::PAPER }
     }
 }
 
@@ -163,11 +168,17 @@ impl Diffusion {
         (x_t - eps.mul_scalar((1.0 - ab).sqrt())).mul_scalar(1.0 / ab.sqrt())
     }
 
-    /// x̂₀ clipped to the data range [−1, 1], as the paper's own code does before forming a mean
-    /// (every solver in [`crate::solvers`] updates from it): at high t, x̂₀ = (x_t − …)/√ᾱ_t
-    /// amplifies a slightly wrong ε ~150× past any image.
+    /// x̂₀ clipped to the data range ([−1, 1] for the paper), as the paper's own code does before
+    /// forming a mean (every solver in [`crate::solvers`] updates from it): at high t,
+    /// x̂₀ = (x_t − …)/√ᾱ_t amplifies a slightly wrong ε ~150× past any image.
     pub fn clipped_x0(&self, x_t: Tensor<4>, t: usize, eps: Tensor<4>) -> Tensor<4> {
-        self.predict_x0(x_t, t, eps).clamp(-1.0, 1.0)
+        let range = self.config.data_range;
+        self.predict_x0(x_t, t, eps).clamp(range.lo, range.hi)
+    }
+
+    /// Where this model's x₀ lives, for the pictures in and out.
+    pub fn data_range(&self) -> DataRange {
+        self.config.data_range
     }
 }
 

@@ -48,7 +48,8 @@ impl ForwardRequest {
     /// request is checked as every request is (`Model::check_t`, `Guidance::class`).
     pub fn view(&self, unet: &UNet, model: &Model) -> Result<ForwardView, FieldError> {
         let ([c, size, _], diffusion, device) = (model.image, model.diffusion, model.device);
-        let pixels = drawing_pixels(&self.rgba, c, size).map_err(|e| FieldError::new("rgba", e))?;
+        let pixels =
+            drawing_pixels(&self.rgba, c, size, diffusion.data_range()).map_err(|e| FieldError::new("rgba", e))?;
         model.check_t(self.t)?;
         if let Some(k) = self.class {
             Guidance::class(k, 1.0, model.num_classes)?;

@@ -1,13 +1,64 @@
-//! Tensors in [−1, 1] (the paper's data range) to 8-bit pixels, for PNGs, GIFs and canvases.
+//! Tensors in a model's data range (the paper's [−1, 1] unless its file says otherwise) to 8-bit
+//! pixels, for PNGs, GIFs and canvases, and back.
 
-/// [−1, 1] → 0..=255, rounding to nearest: the map the paper's code uses to save images.
-pub fn to_u8(v: f32) -> u8 {
-    (((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round()) as u8
+use serde::{Deserialize, Serialize};
+
+/// The interval x₀ lives in, which 0..=255 maps onto linearly: [−1, 1] for the paper and every
+/// model trained here; [0, 1] for labml's experiment (`ToTensor` without normalisation). x̂₀ is
+/// clipped to it, drawings enter through it and pictures leave through it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "[f32; 2]", into = "[f32; 2]")]
+pub struct DataRange {
+    pub lo: f32,
+    pub hi: f32,
 }
 
-/// 0..=255 → [−1, 1], the inverse of [`to_u8`] on the pixel grid.
+impl DataRange {
+    /// The paper's [−1, 1].
+    pub const PAPER: Self = Self { lo: -1.0, hi: 1.0 };
+
+    pub fn is_paper(&self) -> bool {
+        *self == Self::PAPER
+    }
+
+    /// [lo, hi] → 0..=255, rounding to nearest (for [−1, 1] the map the paper's code saves
+    /// images with, bit for bit: (v + 1)·127.5).
+    pub fn to_u8(self, v: f32) -> u8 {
+        ((v.clamp(self.lo, self.hi) - self.lo) * (255.0 / (self.hi - self.lo))).round() as u8
+    }
+
+    /// 0..=255 → [lo, hi], the inverse of [`Self::to_u8`] on the pixel grid.
+    pub fn from_u8(self, p: u8) -> f32 {
+        p as f32 / (255.0 / (self.hi - self.lo)) + self.lo
+    }
+}
+
+impl Default for DataRange {
+    fn default() -> Self {
+        Self::PAPER
+    }
+}
+
+impl TryFrom<[f32; 2]> for DataRange {
+    type Error = String;
+    fn try_from([lo, hi]: [f32; 2]) -> Result<Self, String> {
+        if lo.is_finite() && hi.is_finite() && lo < hi && hi - lo <= 1e3 {
+            Ok(Self { lo, hi })
+        } else {
+            Err(format!("data range [{lo}, {hi}] must be finite with lo < hi"))
+        }
+    }
+}
+
+impl From<DataRange> for [f32; 2] {
+    fn from(r: DataRange) -> Self {
+        [r.lo, r.hi]
+    }
+}
+
+/// 0..=255 → [−1, 1]: how every data set is read for training here.
 pub fn from_u8(p: u8) -> f32 {
-    p as f32 / 127.5 - 1.0
+    DataRange::PAPER.from_u8(p)
 }
 
 /// A batch laid out as a grid of RGBA pixels (grayscale repeated into R, G and B), `cols`
@@ -19,8 +70,8 @@ pub struct Grid {
 }
 
 impl Grid {
-    /// `values` is a [B, C, H, W] batch flattened row-major, C = 1 or 3.
-    pub fn new(values: &[f32], [b, c, h, w]: [usize; 4], cols: usize, pad: usize) -> Self {
+    /// `values` is a [B, C, H, W] batch flattened row-major, C = 1 or 3, in `range`.
+    pub fn new(values: &[f32], [b, c, h, w]: [usize; 4], cols: usize, pad: usize, range: DataRange) -> Self {
         assert!(c == 1 || c == 3, "images have 1 or 3 channels");
         assert_eq!(values.len(), b * c * h * w, "values match the shape");
         let cols = cols.clamp(1, b.max(1));
@@ -34,7 +85,7 @@ impl Grid {
                 for x in 0..w {
                     let at = 4 * ((y0 + y) * width + x0 + x);
                     for ch in 0..3 {
-                        rgba[at + ch] = to_u8(image[(ch % c) * h * w + y * w + x]);
+                        rgba[at + ch] = range.to_u8(image[(ch % c) * h * w + y * w + x]);
                     }
                 }
             }
@@ -44,15 +95,15 @@ impl Grid {
 }
 
 /// One image of a [C, H, W] block as interleaved 8-bit pixels (L for C = 1, RGB for C = 3).
-pub fn interleaved(image: &[f32], [c, h, w]: [usize; 3]) -> Vec<u8> {
-    (0..h * w).flat_map(|p| (0..c).map(move |ch| to_u8(image[ch * h * w + p]))).collect()
+pub fn interleaved(image: &[f32], [c, h, w]: [usize; 3], range: DataRange) -> Vec<u8> {
+    (0..h * w).flat_map(|p| (0..c).map(move |ch| range.to_u8(image[ch * h * w + p]))).collect()
 }
 
 /// Saves one [C, H, W] image as an 8-bit gray or RGB PNG.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn save_png(path: &std::path::Path, image: &[f32], [c, h, w]: [usize; 3]) -> anyhow::Result<()> {
+pub fn save_png(path: &std::path::Path, image: &[f32], [c, h, w]: [usize; 3], range: DataRange) -> anyhow::Result<()> {
     let color = if c == 1 { image::ExtendedColorType::L8 } else { image::ExtendedColorType::Rgb8 };
-    image::save_buffer(path, &interleaved(image, [c, h, w]), w as u32, h as u32, color)
+    image::save_buffer(path, &interleaved(image, [c, h, w], range), w as u32, h as u32, color)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
 }
 

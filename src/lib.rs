@@ -9,6 +9,7 @@ pub mod forward;
 pub mod guidance;
 pub mod images;
 pub mod kernels;
+pub mod labml;
 pub mod limits;
 pub mod noise;
 pub mod request;
@@ -25,6 +26,8 @@ pub mod bench;
 pub mod data;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod eval;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod import;
 #[cfg(pool)]
 pub mod threads;
 #[cfg(not(target_arch = "wasm32"))]

@@ -10,6 +10,7 @@ use cli::bench::BenchArgs;
 use cli::distil::DistilArgs;
 use cli::eps::EpsArgs;
 use cli::eval::EvalArgs;
+use cli::import::ImportArgs;
 use cli::sample::{AnimateArgs, EditArgs, InterpolateArgs, SampleArgs};
 use cli::train::TrainArgs;
 use cli::weights::{AverageArgs, ExportArgs};
@@ -46,8 +47,11 @@ enum Command {
     /// Distil a class-conditional model into a student that gives the guided prediction in one
     /// pass, with w as an input (Meng et al. 2023, stage 1).
     Distil(DistilArgs),
-    /// Write a run's EMA weights as a safetensors file the page and `sample` load.
+    /// Write a run's EMA weights (or a weights file) as a safetensors file the page and `sample`
+    /// load, or shaped for labml's PyTorch UNet (`--labml`).
     Export(ExportArgs),
+    /// Read a PyTorch checkpoint of labml's UNet (`torch.save(state_dict)`) into a weights file.
+    Import(ImportArgs),
     /// Average weights files of one model (SWA: snapshots from the ends of learning-rate cycles).
     Average(AverageArgs),
     /// Generate images to PNG files.
@@ -106,6 +110,7 @@ fn main() {
             cli::distil::run(a, &given)
         }
         Command::Export(a) => cli::weights::export(a),
+        Command::Import(a) => cli::import::run(a),
         Command::Average(a) => cli::weights::average(a),
         Command::Sample(a) => cli::sample::sample(a),
         Command::Interpolate(a) => cli::sample::interpolate(a),

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::diffusion::Diffusion;
 use crate::field_error::FieldError;
 use crate::guidance::{DEFAULT_GUIDANCE, Guidance, prior_class};
+use crate::images::DataRange;
 use crate::limits;
 use crate::sampler::{EpsTheta, Sampler, Step};
 use crate::solvers::{SamplerChoice, SamplerConfig};
@@ -268,7 +269,8 @@ pub struct EditRequest {
 impl EditRequest {
     pub fn start(&self, model: &Model) -> Result<Run, FieldError> {
         let [c, size, _] = model.image;
-        let pixels = drawing_pixels(&self.rgba, c, size).map_err(|e| FieldError::new("rgba", e))?;
+        let pixels = drawing_pixels(&self.rgba, c, size, model.diffusion.data_range())
+            .map_err(|e| FieldError::new("rgba", e))?;
         let x0 = Tensor::from_data(TensorData::new(pixels, [1, c, size, size]), model.device);
         model.check_t(self.t)?;
         let config = model.sampler(&self.sampler)?;
@@ -372,14 +374,15 @@ impl Run {
 }
 
 /// A drawing's RGBA bytes (`size`×`size`, row-major, as a canvas gives them) as the model's
-/// [1, C, size, size] input in [−1, 1]: gray models read the luminance (ITU-R 601), RGB models the
-/// three channels; alpha is ignored.
-pub fn drawing_pixels(rgba: &[u8], channels: usize, size: usize) -> Result<Vec<f32>, String> {
+/// [1, C, size, size] input in the model's data `range`: gray models read the luminance (ITU-R 601),
+/// RGB models the three channels; alpha is ignored.
+pub fn drawing_pixels(rgba: &[u8], channels: usize, size: usize, range: DataRange) -> Result<Vec<f32>, String> {
     if rgba.len() != 4 * size * size {
         return Err(format!("a drawing of {size}×{size} has {} RGBA bytes, got {}", 4 * size * size, rgba.len()));
     }
     let px = |p: usize, ch: usize| rgba[4 * p + ch] as f32;
-    let level = |v: f32| v / 127.5 - 1.0;
+    // The luminance is fractional: map it as `from_u8` maps a whole level.
+    let level = |v: f32| v / (255.0 / (range.hi - range.lo)) + range.lo;
     Ok((0..channels)
         .flat_map(|ch| {
             (0..size * size).map(move |p| {

@@ -84,7 +84,7 @@ pub fn page_limits() -> Result<JsValue, JsError> {
         samplers: SolverKind::ALL.iter().map(|k| k.name()).collect(),
         default_steps: SolverKind::ALL.iter().map(|k| (k.name(), k.default_steps())).collect(),
         spacings: Spacing::ALL.iter().map(|s| s.name()).collect(),
-        max_weights_bytes: crate::limits::MAX_WEIGHTS_BYTES as f64,
+        max_weights_bytes: crate::limits::PAGE_MAX_WEIGHTS_BYTES as f64,
     })
 }
 
@@ -155,6 +155,13 @@ impl Ddpm {
     /// `use_gpu` it runs on WebGPU when an adapter is available, else on the CPU (flex).
     pub async fn create(bytes: Vec<u8>, use_gpu: bool) -> Result<Ddpm, JsError> {
         let header = weights::read_header(&bytes).map_err(js_err)?;
+        let params = header.unet.num_params();
+        if params > crate::limits::PAGE_MAX_PARAMS {
+            return Err(JsError::new(&format!(
+                "the model has {params} parameters, above the largest this page holds ({}): draw it with the ddpm CLI",
+                crate::limits::PAGE_MAX_PARAMS
+            )));
+        }
         let cpu = match cpu_threads() {
             1 => "CPU (flex, wasm)".to_string(),
             n => format!("CPU (flex, wasm, {n} threads)"),
@@ -227,6 +234,7 @@ impl Ddpm {
         let Some(s) = pending.step(eps_theta) else {
             return js_sys::Promise::resolve(&JsValue::NULL);
         };
+        let range = self.diffusion.data_range();
         if s.done {
             run.run = None;
         }
@@ -234,7 +242,7 @@ impl Ddpm {
             let shape = s.x.dims();
             let x_t = read(s.x).await?;
             let x0 = read(s.step.x0_hat).await?;
-            let (gx, g0) = (Grid::new(&x_t, shape, s.cols, 1), Grid::new(&x0, shape, s.cols, 1));
+            let (gx, g0) = (Grid::new(&x_t, shape, s.cols, 1, range), Grid::new(&x0, shape, s.cols, 1, range));
             let out = Object::new();
             let set = |k: &str, v: JsValue| Reflect::set(&out, &k.into(), &v).map(drop);
             set("phase", to_js(&s.phase)?)?;

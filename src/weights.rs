@@ -18,11 +18,12 @@ use crate::unet::{UNet, UNetConfig};
 
 pub const FORMAT: &str = "ddpm-web";
 /// Version 2 added `sampler`, the model's own default sampler; version 3 `unet.guidance_input`
-/// (a distilled student takes w as an input). Older files (without those fields) are still
-/// read; a later version is refused, as is any field a config does not know or a field newer
-/// than its file's version.
-pub const FORMAT_VERSION: u32 = 3;
-const READABLE_VERSIONS: [u32; 3] = [1, 2, 3];
+/// (a distilled student takes w as an input); version 4 what an imported labml model needs:
+/// `unet.attn_norm`, `unet.attn_softmax` and `schedule.data_range`. Older files (without those
+/// fields) are still read; a later version is refused, as is any field a config does not know
+/// or a field newer than its file's version.
+pub const FORMAT_VERSION: u32 = 4;
+const READABLE_VERSIONS: [u32; 4] = [1, 2, 3, 4];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -142,8 +143,14 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, WeightsError> {
         Some(text) => Some(serde_json::from_str(&text).map_err(|e| WeightsError::Config(format!("sampler: {e}")))?),
         None => None,
     };
-    if unet.guidance_input && readable < Some(&3) {
-        return Err(WeightsError::Config(format!("unet: `guidance_input` is not part of format version {version}")));
+    let newer = [
+        ("unet: `guidance_input`", 3, unet.guidance_input),
+        ("unet: `attn_norm`", 4, !unet.attn_norm),
+        ("unet: `attn_softmax`", 4, !unet.attn_softmax.is_keys()),
+        ("schedule: `data_range`", 4, !schedule.data_range.is_paper()),
+    ];
+    if let Some((field, _, _)) = newer.iter().find(|(_, since, set)| *set && readable < Some(since)) {
+        return Err(WeightsError::Config(format!("{field} is not part of format version {version}")));
     }
     unet.validate().map_err(WeightsError::Config)?;
     schedule.validate().map_err(WeightsError::Config)?;

@@ -540,3 +540,89 @@ fn eps_and_sample_from_x_t_speak_npy() {
     fails(&["eps", "--weights", w, "--x-t", xp, "--t", "20", "--out", e], "below T = 20");
     fails(&["eps", "--weights", w, "--x-t", xp, "--t", "1", "--class", "0", "--out", e], "unconditional");
 }
+
+/// `ddpm import` on a labml UNet's `state_dict` saved by `torch.save` (tests/data/labml, made by
+/// `scripts/labml_interop.py fixture`: every parameter random, labml-nn 0.5.1): the imported
+/// model computes the ε labml computed, with the softmax over the keys and, for old labml-nn,
+/// over the queries (each file against the other's ε too, so the flag must matter); the
+/// `state_dict` under a key; the way back to labml's shapes; and lying files named.
+#[test]
+fn import_reads_labml_checkpoints_and_computes_their_eps() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/labml");
+    let dir = TempDir::new("cli-import");
+    let x = data.join("x_t.npy");
+    let (_, want_keys) = read_npy(&data.join("eps_t500.npy"));
+    let (_, want_queries) = read_npy(&data.join("eps_t500_queries.npy"));
+    let largest = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+    let eps = |weights: &Path| {
+        let out = dir.join("eps.npy");
+        ok(&[
+            "eps",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--x-t",
+            x.to_str().unwrap(),
+            "--t",
+            "500",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        read_npy(&out).1
+    };
+    let (pth, key_pth) = (data.join("eps_model.pth"), data.join("checkpoint.pth"));
+    let import = |from: &Path, out: &Path, extra: &[&str]| {
+        ok(&[&["import", from.to_str().unwrap(), "--out", out.to_str().unwrap(), "--image-size", "8"][..], extra]
+            .concat())
+    };
+    let keys = dir.join("keys.safetensors");
+    let said = import(&pth, &keys, &[]);
+    assert!(said.contains("--groups 32") && said.contains("--data-range 0,1"), "the assumed flags are printed: {said}");
+    let got = eps(&keys);
+    assert!(largest(&got, &want_keys) < 1e-4, "ε over the keys: {}", largest(&got, &want_keys));
+    assert!(largest(&got, &want_queries) > 1e-2, "the two softmax axes must differ for this test to mean anything");
+    let queries = dir.join("queries.safetensors");
+    import(&key_pth, &queries, &["--key", "state_dict", "--softmax", "queries"]);
+    let got = eps(&queries);
+    assert!(largest(&got, &want_queries) < 1e-4, "ε over the queries: {}", largest(&got, &want_queries));
+    let (_, header) = weights::load(&std::fs::read(&keys).unwrap(), &Device::flex()).unwrap();
+    assert_eq!((header.unet.channel_mults.clone(), header.unet.attn_norm), (vec![1, 1], false));
+    assert_eq!([header.schedule.data_range.lo, header.schedule.data_range.hi], [0.0, 1.0]);
+
+    // Back to labml: its keys and shapes (the same tensors) and its constructor's arguments.
+    let back = dir.join("labml.safetensors");
+    ok(&["export", "--weights", keys.to_str().unwrap(), "--labml", back.to_str().unwrap()]);
+    let back_bytes = std::fs::read(&back).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&back_bytes).unwrap();
+    let args: serde_json::Value = serde_json::from_str(&meta.metadata().as_ref().unwrap()["labml_unet"]).unwrap();
+    assert_eq!(
+        args,
+        serde_json::json!({"image_channels": 1, "n_channels": 32, "ch_mults": [1, 1], "is_attn": [false, true], "n_blocks": 1})
+    );
+    let ours = std::fs::read(&keys).unwrap();
+    let (ours, theirs) = (SafeTensors::deserialize(&ours).unwrap(), SafeTensors::deserialize(&back_bytes).unwrap());
+    let mut names = theirs.names();
+    names.sort();
+    let mut expected = ours.names();
+    expected.sort();
+    assert_eq!(names, expected);
+    // A model trained here normalises its attention, which labml's UNet cannot: refused.
+    let trained = dir.join("trained.safetensors");
+    std::fs::write(&trained, common::tiny_weights()).unwrap();
+    fails(
+        &["export", "--weights", trained.to_str().unwrap(), "--labml", back.to_str().unwrap()],
+        "labml's UNet cannot compute this model",
+    );
+
+    // Lying and foreign files, each named.
+    let out = dir.join("no.safetensors");
+    let o = out.to_str().unwrap();
+    fails(
+        &["import", key_pth.to_str().unwrap(), "--out", o, "--key", "lying", "--image-size", "8"],
+        "down.0.res.conv2.weight",
+    );
+    fails(&["import", data.join("integer.pth").to_str().unwrap(), "--out", o], "`image_proj.weight` is I64");
+    fails(&["import", key_pth.to_str().unwrap(), "--out", o, "--image-size", "8"], "needs named (--key)");
+    fails(&["import", data.join("x_t.npy").to_str().unwrap(), "--out", o], "not a PyTorch checkpoint");
+    fails(&["import", pth.to_str().unwrap(), "--out", o, "--image-size", "7"], "image_size 7");
+    assert!(!out.exists(), "nothing is written for a refused file");
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ddpm::data::{self, Dataset};
 use ddpm::eval::{self, Reference, frechet_distance, symmetric_eigen};
-use ddpm::images::save_png;
+use ddpm::images::{DataRange, save_png};
 use ddpm::noise::Noise;
 
 mod common;
@@ -46,7 +46,7 @@ fn frechet_distance_closed_forms() {
 fn write(dir: &Path, data: &Dataset, indices: impl Iterator<Item = usize>) {
     std::fs::create_dir_all(dir).unwrap();
     for (n, i) in indices.enumerate() {
-        save_png(&dir.join(format!("{n:06}.png")), data.image(i), data.shape).unwrap();
+        save_png(&dir.join(format!("{n:06}.png")), data.image(i), data.shape, DataRange::PAPER).unwrap();
     }
 }
 

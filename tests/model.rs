@@ -236,10 +236,10 @@ fn bad_weights_files_are_errors_not_panics() {
 
     // A future format version (same length, so the file stays well-formed).
     let mut future = good.clone();
-    let at = future.windows(19).position(|w| w == b"\"format_version\":\"3").expect("version in header");
+    let at = future.windows(19).position(|w| w == b"\"format_version\":\"4").expect("version in header");
     future[at + 18] = b'9';
     assert!(matches!(err(&future), WeightsError::Version { .. }), "{}", err(&future));
-    assert!(err(&future).to_string().contains("this build reads versions 1 to 3"), "{}", err(&future));
+    assert!(err(&future).to_string().contains("this build reads versions 1 to 4"), "{}", err(&future));
 }
 
 #[test]
@@ -317,4 +317,111 @@ fn missing_and_unexpected_tensors_are_named() {
     // Tensors of a 1-block model labelled as 2-block.
     let bytes = weights::to_safetensors(&small.init(&device), &header(&big), Precision::F32).unwrap();
     named(weights::load(&bytes, &device).err().unwrap());
+}
+
+/// labml's structure from shapes alone (`ddpm import`): our own model's keys and shapes give
+/// back its config, with labml's compounding multipliers multiplied out (labml's `[1, 2, 2, 4]`
+/// is widths ×1, ×2, ×4, ×16) and its attention unnormalised; and the way back
+/// (`labml_unet_args`) divides them again, refusing what labml's UNet cannot compute.
+#[test]
+fn labml_configs_come_from_shapes_and_go_back() {
+    use ddpm::labml::{LabmlFlags, config_from_shapes, labml_unet_args};
+    use std::collections::BTreeMap;
+    let cfg = UNetConfig {
+        image_channels: 3,
+        image_size: 16,
+        base_channels: 32,
+        channel_mults: vec![1, 2, 4, 16],
+        attn: vec![false, false, true, true],
+        blocks: 2,
+        attn_norm: false,
+        ..UNetConfig::default()
+    };
+    let bytes = weights::to_safetensors(&cfg.init(&Device::flex()), &header(&cfg), Precision::F16).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let shapes: BTreeMap<String, Vec<usize>> =
+        file.tensors().into_iter().map(|(k, v)| (k, v.shape().to_vec())).collect();
+    let flags = LabmlFlags { image_size: 16, ..LabmlFlags::default() };
+    let (unet, schedule) = config_from_shapes(&shapes, &flags).unwrap();
+    assert_eq!(unet, UNetConfig { dropout: unet.dropout, ..cfg.clone() });
+    assert_eq!([schedule.data_range.lo, schedule.data_range.hi], [0.0, 1.0], "labml's experiment's range");
+    let args = labml_unet_args(&unet).unwrap();
+    assert_eq!((args.n_channels, args.ch_mults.clone(), args.n_blocks), (32, vec![1, 2, 2, 4], 2));
+
+    // Shapes that do not make a labml UNet, each said.
+    let without = |key: &str| {
+        let mut s = shapes.clone();
+        s.retain(|k, _| !k.starts_with(key));
+        config_from_shapes(&s, &flags).unwrap_err()
+    };
+    assert!(without("image_proj").contains("`image_proj.weight` is missing"));
+    assert!(without("up.14.").contains("has 15 entries"), "{}", without("up.14."));
+    assert!(
+        without("down.4.").contains("is past a gap in the down path (`down.4` is missing)"),
+        "{}",
+        without("down.4.")
+    );
+    let mut one_block = shapes.clone();
+    one_block.retain(|k, _| !k.starts_with("down.4."));
+    let renamed: BTreeMap<String, Vec<usize>> = one_block
+        .into_iter()
+        .map(|(k, v)| match k.strip_prefix("down.") {
+            Some(rest) if rest.split('.').next().unwrap().parse::<usize>().unwrap() > 4 => {
+                let (i, tail) = rest.split_once('.').unwrap();
+                (format!("down.{}.{tail}", i.parse::<usize>().unwrap() - 1), v)
+            }
+            _ => (k, v),
+        })
+        .collect();
+    let e = config_from_shapes(&renamed, &flags).unwrap_err();
+    assert!(e.contains("level 1 has 1 residual blocks and level 0 has 2"), "{e}");
+    let odd = LabmlFlags { image_size: 12, ..flags.clone() };
+    assert!(config_from_shapes(&shapes, &odd).unwrap_err().contains("image_size 12"));
+
+    // Back to labml: refused where labml's UNet would compute something else.
+    let refused = |u: UNetConfig| labml_unet_args(&u).unwrap_err();
+    assert!(refused(UNetConfig { attn_norm: true, ..cfg.clone() }).contains("GroupNorm"));
+    assert!(refused(UNetConfig { channel_mults: vec![1, 2, 3, 16], ..cfg.clone() }).contains("whole multiple"));
+    assert!(refused(UNetConfig { num_classes: Some(10), ..cfg.clone() }).contains("class"));
+    assert!(refused(UNetConfig { groups: 16, ..cfg.clone() }).contains("32"));
+}
+
+/// Format version 4: labml's attention (unnormalised, softmax over the queries) and data range
+/// round-trip through a file and change what the model computes; the same fields in a
+/// version-3 file are refused by name, and a [0, 1] model's pictures map 0 and 1 to black and white.
+#[test]
+fn labml_fields_need_format_version_4() {
+    use ddpm::images::DataRange;
+    use ddpm::unet::SoftmaxAxis;
+    let device = Device::flex();
+    let plain = tiny();
+    let model = plain.init(&device);
+    let x =
+        Tensor::<4>::from_data(burn::tensor::TensorData::new(Noise::new(3).gaussian_vec(64), [1, 1, 8, 8]), &device);
+    let t = Tensor::<1>::from_floats([400.0], &device);
+    let eps = |m: &UNet| values(m.forward(x.clone(), t.clone()));
+    let base = eps(&model);
+    let labml = [
+        UNetConfig { attn_norm: false, ..plain.clone() },
+        UNetConfig { attn_softmax: SoftmaxAxis::Queries, ..plain.clone() },
+    ];
+    for cfg in labml {
+        let schedule = ScheduleConfig { data_range: DataRange { lo: 0.0, hi: 1.0 }, ..ScheduleConfig::default() };
+        let h = Header { schedule, ..header(&cfg) };
+        let bytes = weights::to_safetensors(&model, &h, Precision::F32).unwrap();
+        let (loaded, read) = weights::load(&bytes, &device).unwrap();
+        assert_eq!(read, h);
+        let other = eps(&loaded);
+        let moved = base.iter().zip(&other).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(moved > 1e-3, "{cfg:?} computes what the paper's attention computes");
+        let old = weights::read_header(&common::set_metadata(&bytes, "format_version", "3")).unwrap_err().to_string();
+        assert!(old.contains("is not part of format version 3"), "{old}");
+    }
+    let unit = DataRange { lo: 0.0, hi: 1.0 };
+    assert_eq!([unit.to_u8(0.0), unit.to_u8(0.5), unit.to_u8(1.0), unit.to_u8(-3.0)], [0, 128, 255, 0]);
+    assert_eq!(unit.from_u8(255), 1.0);
+    for p in 0..=255u8 {
+        assert_eq!(DataRange::PAPER.to_u8(DataRange::PAPER.from_u8(p)), p);
+        assert_eq!(unit.to_u8(unit.from_u8(p)), p);
+    }
 }

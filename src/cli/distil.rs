@@ -66,6 +66,13 @@ fn fresh(a: &DistilArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<T
         "--teacher {}: distillation needs a class-conditional model without a guidance input",
         path.display()
     );
+    ensure!(
+        header.schedule.data_range.is_paper(),
+        "--teacher {}: its data lives in [{}, {}]; distillation draws x₀ from our data sets, in [−1, 1]",
+        path.display(),
+        header.schedule.data_range.lo,
+        header.schedule.data_range.hi
+    );
     let trained_on = || -> Option<String> {
         let train: TrainConfig = serde_json::from_str(header.info.get("train")?).ok()?;
         Some(train.data)

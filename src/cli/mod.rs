@@ -6,6 +6,7 @@ pub mod bench;
 pub mod distil;
 pub mod eps;
 pub mod eval;
+pub mod import;
 pub mod npy;
 pub mod sample;
 pub mod train;
@@ -21,6 +22,7 @@ use ddpm::atomic_write::atomic_write;
 use ddpm::diffusion::{Diffusion, ScheduleConfig};
 use ddpm::field_error::FieldError;
 use ddpm::guidance::{DEFAULT_GUIDANCE, Guidance};
+use ddpm::images::DataRange;
 use ddpm::request::{CLI_BOUNDS, Model, Request, SampleRequest};
 use ddpm::solvers::{SamplerChoice, SamplerConfig, SolverKind, Spacing};
 use ddpm::threads::Sharded;
@@ -94,6 +96,10 @@ pub struct ModelArgs {
     /// Diffusion steps T.
     #[arg(long, default_value_t = 1000)]
     pub diffusion_steps: usize,
+    /// Whether attention normalises its input (the paper's code does); `false` trains labml's
+    /// variant, which `ddpm export --labml` can hand to labml's UNet exactly.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub attn_norm: bool,
 }
 
 impl ModelArgs {
@@ -110,6 +116,8 @@ impl ModelArgs {
             dropout: self.dropout,
             num_classes: None,
             guidance_input: false,
+            attn_norm: self.attn_norm,
+            ..UNetConfig::default()
         };
         let schedule = ScheduleConfig { steps: self.diffusion_steps, ..ScheduleConfig::default() };
         unet.validate().map_err(anyhow::Error::msg)?;
@@ -198,6 +206,11 @@ impl Loaded {
     /// [C, H, W] of the model's images.
     pub fn image(&self) -> [usize; 3] {
         self.model().image
+    }
+
+    /// Where the model's x₀ lives, for the pictures it writes.
+    pub fn range(&self) -> DataRange {
+        self.diffusion.data_range()
     }
 }
 

@@ -154,7 +154,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             };
             let values = to_vec(m.run(&Request::Sample(request))?);
             for (i, pixels) in values.chunks_exact(image.iter().product()).enumerate() {
-                save_png(&out.join(format!("{:06}.png", first + i)), pixels, image)?;
+                save_png(&out.join(format!("{:06}.png", first + i)), pixels, image, m.range())?;
             }
             if a.grid.is_some() {
                 all.extend(values);
@@ -165,7 +165,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     }
     if let Some(grid) = &a.grid {
         let cols = if per_class { a.count } else { grid_cols(total) };
-        Grid::new(&all, [total, image[0], image[1], image[2]], cols, 2).save_png(grid, 2)?;
+        Grid::new(&all, [total, image[0], image[1], image[2]], cols, 2, m.range()).save_png(grid, 2)?;
     }
     Ok(())
 }
@@ -183,10 +183,10 @@ fn sample_from(a: &SampleArgs, path: &std::path::Path) -> Result<()> {
     super::npy::write(&a.out.join("x0.npy"), x0.clone())?;
     let values = to_vec(x0);
     for (i, pixels) in values.chunks_exact(image.iter().product()).enumerate() {
-        save_png(&a.out.join(format!("{i:06}.png")), pixels, image)?;
+        save_png(&a.out.join(format!("{i:06}.png")), pixels, image, m.range())?;
     }
     if let Some(grid) = &a.grid {
-        Grid::new(&values, [count, image[0], image[1], image[2]], grid_cols(count), 2).save_png(grid, 2)?;
+        Grid::new(&values, [count, image[0], image[1], image[2]], grid_cols(count), 2, m.range()).save_png(grid, 2)?;
     }
     eprintln!("{count}/{count} images");
     Ok(())
@@ -208,7 +208,8 @@ pub fn interpolate(a: InterpolateArgs) -> Result<()> {
         sampler: m.sampler,
     };
     let frames = m.run(&Request::Interpolate(request))?;
-    Grid::new(&to_vec(frames), [a.frames, image[0], image[1], image[2]], a.frames, 2).save_png(&a.out, a.scale)
+    Grid::new(&to_vec(frames), [a.frames, image[0], image[1], image[2]], a.frames, 2, m.range())
+        .save_png(&a.out, a.scale)
 }
 
 pub fn animate(a: AnimateArgs) -> Result<()> {
@@ -222,7 +223,7 @@ pub fn animate(a: AnimateArgs) -> Result<()> {
     let mut frames = Vec::new();
     let frame = |x: Tensor<4>, x0: Tensor<4>| {
         let pair = to_vec(Tensor::cat(vec![x, x0], 0));
-        Grid::new(&pair, [2, image[0], image[1], image[2]], 2, 2).scaled(a.scale)
+        Grid::new(&pair, [2, image[0], image[1], image[2]], 2, 2, m.range()).scaled(a.scale)
     };
     frames.push(frame(run.sampler().x().clone(), run.sampler().x().clone()));
     while let Some(s) = run.step(|g| m.eps_theta(g)) {
@@ -263,10 +264,10 @@ pub fn edit(a: EditArgs) -> Result<()> {
         images.extend(to_vec(m.run(&Request::Edit(request))?));
     }
     if a.t.len() == 1 {
-        return Grid::new(&images, [1, c, size, size], 1, 0).save_png(&a.out, a.scale);
+        return Grid::new(&images, [1, c, size, size], 1, 0, m.range()).save_png(&a.out, a.scale);
     }
-    let pixels = drawing_pixels(&rgba, c, size).map_err(anyhow::Error::msg)?;
+    let pixels = drawing_pixels(&rgba, c, size, m.range()).map_err(anyhow::Error::msg)?;
     let strip = [pixels, images].concat();
     let n = a.t.len() + 1;
-    Grid::new(&strip, [n, c, size, size], n, 2).save_png(&a.out, a.scale)
+    Grid::new(&strip, [n, c, size, size], n, 2, m.range()).save_png(&a.out, a.scale)
 }

@@ -11,13 +11,23 @@ use ddpm::solvers::{SamplerChoice, SolverKind};
 use ddpm::train::{Trainer, checkpoint_path};
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("from").required(true).args(["run", "weights"])))]
+#[command(group(clap::ArgGroup::new("to").required(true).args(["out", "labml"])))]
 pub struct ExportArgs {
-    /// Run folder written by `ddpm train`.
+    /// Run folder written by `ddpm train` (its EMA weights).
     #[arg(long)]
-    run: PathBuf,
+    run: Option<PathBuf>,
+    /// Or a weights file (for --labml).
+    #[arg(long)]
+    weights: Option<PathBuf>,
     /// Output file, e.g. weights/mnist.safetensors.
     #[arg(long)]
-    out: PathBuf,
+    out: Option<PathBuf>,
+    /// Or a labml-shaped file: labml's keys and shapes, loaded in PyTorch by `labml_nn`'s
+    /// `UNet(**args)` with `load_state_dict(safetensors.torch.load_file(FILE), strict=True)`
+    /// (the constructor's arguments are in its metadata, `labml_unet`). Always f32.
+    #[arg(long, conflicts_with_all = ["f16", "default_sampler"])]
+    labml: Option<PathBuf>,
     /// Store half-precision weights (half the size; what the page loads).
     #[arg(long)]
     f16: bool,
@@ -47,8 +57,32 @@ pub struct AverageArgs {
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
-    let trainer = Trainer::load(&checkpoint_path(&a.run), &Device::flex())?;
-    let mut header = trainer.header();
+    let device = Device::flex();
+    let (model, mut header, what) = match (&a.run, &a.weights) {
+        (Some(run), _) => {
+            let trainer = Trainer::load(&checkpoint_path(run), &device)?;
+            let what = format!("EMA weights at step {}", trainer.step);
+            (trainer.ema.clone(), trainer.header(), what)
+        }
+        (None, Some(path)) => {
+            let (model, header) = load_weights(path, &device)?;
+            (model, header, format!("the weights of {}", path.display()))
+        }
+        (None, None) => unreachable!("clap requires --run or --weights"),
+    };
+    if let Some(path) = &a.labml {
+        let args = ddpm::labml::labml_unet_args(&header.unet)
+            .map_err(|e| anyhow::anyhow!("labml's UNet cannot compute this model: {e}"))?;
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("labml_unet".to_string(), serde_json::to_string(&args)?);
+        let range = header.schedule.data_range;
+        metadata.insert("data_range".to_string(), serde_json::to_string(&[range.lo, range.hi])?);
+        let bytes = ddpm::weights::module_to_safetensors(&model, metadata, ddpm::weights::Precision::F32)?;
+        ddpm::atomic_write::atomic_write(path, &bytes)?;
+        eprintln!("wrote {} ({} bytes, {what}): labml_nn's UNet({})", path.display(), bytes.len(), labml_call(&args));
+        return Ok(());
+    }
+    let out = a.out.as_ref().expect("clap requires --out or --labml");
     if let Some(solver) = a.default_sampler {
         let choice = SamplerChoice { solver: Some(solver), steps: a.default_steps, eta: a.default_eta, spacing: None };
         let sampler = choice.resolve(None, header.schedule.steps).map_err(|e| {
@@ -57,9 +91,22 @@ pub fn export(a: ExportArgs) -> Result<()> {
         })?;
         header.sampler = Some(sampler);
     }
-    let size = write_weights(&a.out, &trainer.ema, &header, a.f16)?;
-    eprintln!("wrote {} ({size} bytes, EMA weights at step {})", a.out.display(), trainer.step);
+    let size = write_weights(out, &model, &header, a.f16)?;
+    eprintln!("wrote {} ({size} bytes, {what})", out.display());
     Ok(())
+}
+
+/// labml's constructor call, as a reader would type it in Python.
+fn labml_call(a: &ddpm::labml::LabmlUNetArgs) -> String {
+    let py = |b: &bool| if *b { "True" } else { "False" };
+    format!(
+        "image_channels={}, n_channels={}, ch_mults={:?}, is_attn=[{}], n_blocks={}",
+        a.image_channels,
+        a.n_channels,
+        a.ch_mults,
+        a.is_attn.iter().map(py).collect::<Vec<_>>().join(", "),
+        a.n_blocks
+    )
 }
 
 pub fn average(a: AverageArgs) -> Result<()> {

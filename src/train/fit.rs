@@ -13,7 +13,7 @@ use super::trainer::{StepStats, Trainer};
 use crate::atomic_write::atomic_write;
 use crate::data::Dataset;
 use crate::diffusion::Diffusion;
-use crate::images::Grid;
+use crate::images::{DataRange, Grid};
 use crate::solvers::SamplerConfig;
 use crate::threads::Sharded;
 use crate::unet::UNetConfig;
@@ -139,5 +139,5 @@ fn sample_grid(
     let seeds: Vec<u64> = (0..16).collect();
     let x = crate::sampler::Sampler::new(diffusion, &ddim, shape, &seeds, device).run(eps_theta);
     let values = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
-    Grid::new(&values, [16, shape[0], shape[1], shape[2]], 4, 2).save_png(path, 2)
+    Grid::new(&values, [16, shape[0], shape[1], shape[2]], 4, 2, DataRange::PAPER).save_png(path, 2)
 }

@@ -6,6 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfi
 use burn::nn::{Dropout, DropoutConfig, GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
 use super::UNetConfig;
 use crate::kernels::{conv2d, group_norm_swish};
@@ -131,21 +132,46 @@ impl ResidualBlock {
     }
 }
 
+/// The axis the attention's softmax normalises over (`UNetConfig::attn_softmax`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SoftmaxAxis {
+    /// Each query's weights over the keys sum to one: softmax(q kᵀ/√d)·v, the Transformer's.
+    #[default]
+    Keys,
+    /// Each key's weights over the queries sum to one: labml-nn's attention before late 2022
+    /// (`attn.softmax(dim=1)` over its [b, i, j, h] scores), kept so that its models import.
+    Queries,
+}
+
+impl SoftmaxAxis {
+    pub fn is_keys(&self) -> bool {
+        *self == Self::Keys
+    }
+}
+
 /// Single-head self-attention over the H·W positions with a residual add. The GroupNorm is
-/// applied first, as in the paper's code (labml builds `norm` but skips it).
+/// applied first, as in the paper's code, unless the config says otherwise (labml builds
+/// `norm` but skips it: its weights are loaded and unused).
 #[derive(Module, Debug)]
 pub struct AttentionBlock {
     norm: GroupNorm,
     projection: Linear,
     output: Linear,
+    #[module(skip)]
+    apply_norm: bool,
+    #[module(skip)]
+    softmax: SoftmaxAxis,
 }
 
 impl AttentionBlock {
-    pub(super) fn new(c: usize, groups: usize, device: &Device) -> Self {
+    pub(super) fn new(cfg: &UNetConfig, c: usize, device: &Device) -> Self {
         Self {
-            norm: GroupNormConfig::new(groups, c).init(device),
+            norm: GroupNormConfig::new(cfg.groups, c).init(device),
             projection: LinearConfig::new(c, 3 * c).init(device),
             output: LinearConfig::new(c, c).init(device),
+            apply_norm: cfg.attn_norm,
+            softmax: cfg.attn_softmax,
         }
     }
 
@@ -159,13 +185,16 @@ impl AttentionBlock {
     pub(super) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, hh, ww] = x.dims();
         let n = hh * ww;
-        let h = self.norm.forward(x.clone()).reshape([b, c, n]).swap_dims(1, 2); // [B, N, C]
+        let h = if self.apply_norm { self.norm.forward(x.clone()) } else { x.clone() };
+        let h = h.reshape([b, c, n]).swap_dims(1, 2); // [B, N, C]
         let qkv = self.projection.forward(h); // [B, N, 3C]
         let q = qkv.clone().narrow(2, 0, c);
         let k = qkv.clone().narrow(2, c, c);
         let v = qkv.narrow(2, 2 * c, c);
-        // softmax(q kᵀ / √d_k) over the keys, d_k = C (one head).
-        let attn = softmax(q.matmul(k.swap_dims(1, 2)).mul_scalar((c as f64).powf(-0.5)), 2);
+        // softmax(q kᵀ / √d_k), d_k = C (one head), over the keys (dim 2 of [B, queries, keys])
+        // or, for old labml models, over the queries (dim 1).
+        let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar((c as f64).powf(-0.5));
+        let attn = softmax(scores, if self.softmax.is_keys() { 2 } else { 1 });
         let out = self.output.forward(attn.matmul(v)); // [B, N, C]
         x + out.swap_dims(1, 2).reshape([b, c, hh, ww])
     }
@@ -182,7 +211,7 @@ impl ResBlock {
     pub(super) fn new(cfg: &UNetConfig, c_in: usize, c_out: usize, attn: bool, device: &Device) -> Self {
         Self {
             res: ResidualBlock::new(cfg, c_in, c_out, device),
-            attn: attn.then(|| AttentionBlock::new(c_out, cfg.groups, device)),
+            attn: attn.then(|| AttentionBlock::new(cfg, c_out, device)),
         }
     }
 

@@ -4,9 +4,14 @@
 //!
 //! Module and parameter names match labml's so the two read side by side, and the exported
 //! safetensors keys equal labml's `state_dict()` keys (`down.0.res.conv1.weight`, ...).
-//! Two deliberate departures, both towards the paper:
-//! * channel multipliers mean "level width = base × mult" (labml compounds them);
-//! * the attention block applies its GroupNorm before the projection (labml builds it, never uses it).
+//! Three departures, each a config field so that an imported labml model (`ddpm import`)
+//! computes exactly what labml computes:
+//! * channel multipliers mean "level width = base × mult" (labml compounds them; the importer
+//!   multiplies them out, which is exact);
+//! * the attention block applies its GroupNorm before the projection, as the paper's code does
+//!   (`attn_norm`; labml builds it and never applies it);
+//! * the attention's softmax runs over the keys (`attn_softmax`; labml-nn before late 2022 ran
+//!   it over the queries, its issue #146).
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
@@ -18,7 +23,7 @@ mod blocks;
 mod class_embedding;
 mod guidance_embedding;
 
-pub use blocks::{AttentionBlock, ResBlock, Resample, ResidualBlock, TimeEmbedding, sinusoidal_embedding};
+pub use blocks::{AttentionBlock, ResBlock, Resample, ResidualBlock, SoftmaxAxis, TimeEmbedding, sinusoidal_embedding};
 use blocks::{conv_flops, conv3x3};
 pub use class_embedding::{CLASS_EMB_GAIN, ClassEmbedding, ClassMix};
 pub use guidance_embedding::{GuidanceEmbedding, W_EMB_GAIN, W_SCALE};
@@ -56,6 +61,23 @@ pub struct UNetConfig {
     /// pass gives the guided prediction. Needs classes. Absent (false) in every other file.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub guidance_input: bool,
+    /// Whether the attention block normalises its input (GroupNorm) before the projection:
+    /// true as in the paper's code and every model trained here; false for labml's UNet, which
+    /// builds the GroupNorm (its weights are in the file) and never applies it.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub attn_norm: bool,
+    /// The axis of the attention's softmax: the keys (the Transformer's, labml-nn since late
+    /// 2022, every model trained here) or the queries (labml-nn before).
+    #[serde(default, skip_serializing_if = "SoftmaxAxis::is_keys")]
+    pub attn_softmax: SoftmaxAxis,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 impl Default for UNetConfig {
@@ -72,6 +94,8 @@ impl Default for UNetConfig {
             dropout: 0.1,
             num_classes: None,
             guidance_input: false,
+            attn_norm: true,
+            attn_softmax: SoftmaxAxis::Keys,
         }
     }
 }
@@ -171,11 +195,17 @@ impl UNetConfig {
         if self.guidance_input && self.num_classes.is_none() {
             return Err("guidance_input: a guidance input needs a class-conditional model".into());
         }
-        let params = self.init(&Device::flex()).num_params();
+        let params = self.num_params();
         if params > limits::MAX_PARAMS {
             return Err(format!("{params} parameters is above the largest supported model, {}", limits::MAX_PARAMS));
         }
         Ok(())
+    }
+
+    /// Parameters of the model, counted on a lazily built one (burn allocates no weights until
+    /// they are used).
+    pub fn num_params(&self) -> usize {
+        self.init(&Device::flex()).num_params()
     }
 
     /// Builds the network with fresh weights (PyTorch-style default initialisation).
@@ -201,7 +231,7 @@ impl UNetConfig {
 
         let middle = MiddleBlock {
             res1: ResidualBlock::new(self, width, width, device),
-            attn: AttentionBlock::new(width, self.groups, device),
+            attn: AttentionBlock::new(self, width, device),
             res2: ResidualBlock::new(self, width, width, device),
         };
 

@@ -25,6 +25,7 @@ pub fn tiny() -> UNetConfig {
         dropout: 0.1,
         num_classes: None,
         guidance_input: false,
+        ..UNetConfig::default()
     }
 }
 

