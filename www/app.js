@@ -4,7 +4,7 @@
 // controls and draws.
 import { DrawPad } from './draw-pad.js';
 import { ModelClient } from './model-client.js';
-import { cachedWeights, fetchWeights } from './weights-cache.js';
+import { cachedWeights, fetchWeights, keepLocal, localWeights } from './weights-cache.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -284,6 +284,11 @@ function applyLimits() {
 // first model. The picker lists the manifest's models; choosing one loads the page with it (a
 // fresh worker; the weights come from the browser's cache after the first time).
 function chooseModel(models) {
+  const local = localWeights(params.get('weights'));
+  if (local) {
+    state.model = null;
+    return { weightsUrl: local.url, entry: local.entry };
+  }
   const url = params.get('weights');
   const entry = url
     ? models.find((m) => `weights/${m.file}` === url) ?? null
@@ -330,7 +335,9 @@ async function load() {
   const manifest = await fetch('weights/index.json', { cache: 'no-cache' })
     .then((r) => (r.ok ? r.json() : null)).catch(() => null);
   const { weightsUrl, entry } = chooseModel(manifest?.models ?? []);
-  const download = () => fetchWeights(weightsUrl, module.then((hello) => hello.limits.max_weights_bytes), (p) => { $('progress').value = p; });
+  const download = () => (weightsUrl.startsWith('local/')
+    ? Promise.reject(new Error('this browser no longer holds the file opened from disk: open it again'))
+    : fetchWeights(weightsUrl, module.then((hello) => hello.limits.max_weights_bytes), (p) => { $('progress').value = p; }));
   const [hello, weights] = await Promise.all([
     module,
     cachedWeights(weightsUrl, entry, download, params.get('store'))
@@ -397,7 +404,41 @@ function wireControls() {
   $('mode').addEventListener('change', () => { $('t-label').hidden = $('mode').value === 'slerp'; });
 }
 
+// A weights file from disk (the picker or a drop on the page): refused above the page's bound
+// before it is read, else kept in the browser's weights store and opened by loading the page with
+// it, checked by the same loader as a download (a lying file gets the loader's message).
+async function openLocal(file) {
+  if (!file) return;
+  clearError();
+  const max = (await client.hello).limits.max_weights_bytes;
+  if (file.size > max) {
+    showError(`${file.name} is ${file.size.toLocaleString('en-US')} bytes, above the largest model this page loads ` +
+      `(${max.toLocaleString('en-US')} bytes)`);
+    return;
+  }
+  try {
+    const value = await keepLocal(new Uint8Array(await file.arrayBuffer()), params.get('store'));
+    const next = new URLSearchParams(location.search);
+    next.delete('model');
+    next.set('weights', value);
+    location.search = next.toString();
+  } catch (e) {
+    showError(`Could not open ${file.name}: ${e.message ?? e}`);
+  }
+}
+
+function wireLocalFiles() {
+  $('weights-file').addEventListener('change', (e) => openLocal(e.target.files[0]));
+  document.addEventListener('dragover', (e) => { if (e.dataTransfer?.types.includes('Files')) e.preventDefault(); });
+  document.addEventListener('drop', (e) => {
+    if (!e.dataTransfer?.files.length) return;
+    e.preventDefault();
+    openLocal(e.dataTransfer.files[0]);
+  });
+}
+
 async function main() {
+  wireLocalFiles();
   try {
     model = (await load()).model;
   } catch (e) {

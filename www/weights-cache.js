@@ -128,3 +128,29 @@ export async function fetchWeights(url, limit, onProgress) {
   for (const c of chunks) { bytes.set(c, offset); offset += c.length; }
   return bytes;
 }
+
+// A weights file from the visitor's disk, kept in the first store that takes it under a key made
+// of its SHA-256 (`local/SHA`), so that the page can open it as it opens a download: the
+// manifest-like entry `{ bytes, sha256 }` comes back in the URL (`?weights=local:SHA:BYTES`).
+// Rejects where no store works.
+export async function keepLocal(bytes, prefer) {
+  const tried = stores(prefer);
+  if (tried.length === 0) throw new Error('this browser keeps no files for the page (a private window, or not a secure origin)');
+  const hash = await sha256(bytes);
+  const key = new URL(`local/${hash}`, location.href).href;
+  for (const store of tried) {
+    try {
+      await store.put(key, bytes);
+      return `local:${hash}:${bytes.length}`;
+    } catch {
+      // Over quota or refused: the next store.
+    }
+  }
+  throw new Error('the browser refused to store the file (over its storage quota?)');
+}
+
+// `?weights=local:SHA:BYTES` as the URL and entry `cachedWeights` takes, or null for another value.
+export function localWeights(param) {
+  const m = /^local:([0-9a-f]{64}):([0-9]+)$/.exec(param ?? '');
+  return m ? { url: `local/${m[1]}`, entry: { sha256: m[1], bytes: Number(m[2]) } } : null;
+}

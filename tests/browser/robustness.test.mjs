@@ -225,3 +225,33 @@ test('a bad weights URL and a corrupt file show the error on the page', { timeou
   // The 404 above is logged by Chromium itself; nothing else may be.
   assert.deepEqual(browser.errors.filter((e) => !/404/.test(e)), []);
 });
+
+// A visitor's own file (issue: bring a model to the page): the picker opens a good file through
+// the same loader as a download (the page then describes that file, not the shipped one), and a
+// file dropped on the page that lies about its model is refused with the loader's message.
+test('weights from disk: a picked file opens, a dropped lying file is refused by name', { timeout: 300_000 }, async () => {
+  const browser = await launch({ webgpu: false });
+  browsers.push(browser);
+  const page = await browser.page();
+  await ready(page, '&backend=cpu');
+  const mine = editedWeights((meta) => { meta.train_steps = '4321'; });
+  await page.setInputFiles('#weights-file', { name: 'mine.safetensors', mimeType: 'application/octet-stream', buffer: mine });
+  await page.waitForURL(/weights=local%3A[0-9a-f]{64}%3A[0-9]+/, { timeout: 60_000 });
+  await page.waitForFunction(() => window.ddpmState?.ready || window.ddpmState?.error, null, { timeout: 120_000 });
+  assert.equal(await page.evaluate(() => window.ddpmState.error), null);
+  assert.match(await page.textContent('#model-info'), /trained 4,321 steps/);
+
+  const lying = lyingWeights('unet', (c) => { c.base_channels = 16; });
+  await page.route('**/lying-for-drop', (route) => route.fulfill({ body: lying }));
+  const before = page.url();
+  await page.evaluate(async () => {
+    const blob = await (await fetch('lying-for-drop')).blob();
+    const dt = new DataTransfer();
+    dt.items.add(new File([blob], 'lying.safetensors'));
+    document.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+  });
+  await page.waitForURL((u) => u.href !== before, { timeout: 60_000 });
+  await page.waitForFunction(() => window.ddpmState?.error, null, { timeout: 120_000 });
+  assert.match(await page.textContent('#error'), /tensor `image_proj.weight` has shape/);
+  assert.deepEqual(browser.errors, []);
+});
