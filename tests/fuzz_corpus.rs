@@ -67,3 +67,18 @@ fn write_seed_corpus() {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 }
+
+/// The `.pth` fuzz target's corpus (`fuzz/corpus/import/`: small `torch.save` files of every
+/// container and dtype, and what cargo-fuzz kept) and its regressions through `ddpm import`'s
+/// reader: each is imported or refused, never a panic.
+#[test]
+fn pth_corpus_and_regressions_import_or_are_refused() {
+    let corpus = files("fuzz/corpus/import");
+    assert!(corpus.len() >= 8, "the .pth seed corpus is committed ({} files)", corpus.len());
+    let flags = ddpm::labml::LabmlFlags { image_size: 8, ..Default::default() };
+    for file in corpus.iter().chain(&files("fuzz/regressions/import")) {
+        let outcome =
+            std::panic::catch_unwind(|| ddpm::import::import_pth(file, None, &flags, &Device::flex()).map(drop));
+        assert!(outcome.is_ok(), "{} panicked the importer", file.display());
+    }
+}
