@@ -16,7 +16,7 @@ use ddpm::weights::{self, Header, Precision};
 use sha2::{Digest, Sha256};
 
 mod common;
-use common::{TempDir, bars, recipe, tiny};
+use common::{TempDir, bars, recipe, seeded, tiny};
 
 fn values(x: Tensor<4>) -> Vec<f32> {
     x.into_data().try_into_vec::<f32>().unwrap()
@@ -37,9 +37,14 @@ fn teacher_config() -> UNetConfig {
 }
 
 /// A conditional tiny teacher after a few steps (so that its classes mean something), and its
-/// weights file.
+/// weights file. Its start is drawn from a fixed seed (`seeded`), so that every run trains the
+/// same teacher.
 fn teacher(dir: &TempDir) -> (UNet, std::path::PathBuf) {
     let device = Device::flex();
+    let header =
+        Header { unet: teacher_config(), schedule: ScheduleConfig::default(), sampler: None, info: Default::default() };
+    let start = seeded(teacher_config().init(&device), 7, "");
+    let start = weights::to_safetensors(&start, &header, Precision::F32).unwrap();
     let mut trainer = Trainer::new(
         teacher_config(),
         ScheduleConfig::default(),
@@ -47,12 +52,11 @@ fn teacher(dir: &TempDir) -> (UNet, std::path::PathBuf) {
         &device,
     )
     .unwrap();
+    trainer.start_from(weights::load(&start, &device.clone().autodiff()).unwrap().0);
     for _ in 0..8 {
         trainer.step(&labelled()).unwrap();
     }
     let model = trainer.model.valid();
-    let header =
-        Header { unet: teacher_config(), schedule: ScheduleConfig::default(), sampler: None, info: Default::default() };
     let path = dir.join("teacher.safetensors");
     std::fs::write(&path, weights::to_safetensors(&model, &header, Precision::F32).unwrap()).unwrap();
     (model, path)
@@ -73,14 +77,14 @@ fn distil_recipe(path: &std::path::Path, steps: usize, lr: f64) -> TrainConfig {
 }
 
 /// The student's start as `ddpm distil` makes it: the teacher's weights with a guidance input,
-/// written once, so that every run of a test starts from the same weights (w's first layer is
-/// drawn from burn's global generator, which the tests running beside this one share).
+/// whose first layer (drawn by burn from the global generator that the tests running beside this
+/// one share) is drawn from a fixed seed instead, so that every run starts from the same weights.
 fn student_start(teacher: &std::path::Path) -> Vec<u8> {
     let device = Device::flex();
     let (model, _) = weights::load(&std::fs::read(teacher).unwrap(), &device).unwrap();
     let config = UNetConfig { guidance_input: true, ..teacher_config() };
     let header = Header { unet: config, schedule: ScheduleConfig::default(), sampler: None, info: Default::default() };
-    weights::to_safetensors(&model.with_guidance_input(), &header, Precision::F32).unwrap()
+    weights::to_safetensors(&seeded(model.with_guidance_input(), 8, "w_emb.lin1"), &header, Precision::F32).unwrap()
 }
 
 /// A distillation run of the teacher at `path` from the student `start`.

@@ -126,3 +126,45 @@ pub fn tiny_weights() -> Vec<u8> {
     )
     .unwrap()
 }
+
+/// `model` with the parameters under `under` (a module path prefix such as `w_emb`; "" for all)
+/// drawn from the project's own generator: N(0, 1/fan-in) for weights, 1 + N(0, 0.1²) for
+/// GroupNorm's scale, N(0, 0.1²) for biases and shifts. burn's initialisers draw from one global
+/// generator that the tests running beside each other share, so a model initialised by burn
+/// differs from run to run; a test whose outcome depends on the weights draws them here.
+pub fn seeded(model: ddpm::unet::UNet, seed: u64, under: &str) -> ddpm::unet::UNet {
+    use burn::module::{Module, ModuleMapper, Param};
+    use burn::tensor::{Tensor, TensorData};
+    struct Seeded<'a> {
+        path: Vec<String>,
+        under: &'a str,
+        noise: ddpm::noise::Noise,
+    }
+    impl ModuleMapper for Seeded<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if !self.path.join(".").starts_with(self.under) {
+                return param;
+            }
+            let shape: Vec<usize> = param.lazy_shape().dims::<D>().to_vec();
+            let n: usize = shape.iter().product();
+            let z = self.noise.gaussian_vec(n);
+            let leaf = self.path.last().map_or("", String::as_str);
+            let values: Vec<f32> = match (D, leaf) {
+                (1, "gamma") => z.iter().map(|v| 1.0 + 0.1 * v).collect(),
+                (1, _) => z.iter().map(|v| 0.1 * v).collect(),
+                // burn's Linear is [in, out], a convolution [out, in, k, k].
+                (2, _) => z.iter().map(|v| v / (shape[0] as f32).sqrt()).collect(),
+                _ => z.iter().map(|v| v / ((n / shape[0]) as f32).sqrt()).collect(),
+            };
+            let device = param.lazy_device();
+            Param::initialized(param.id, Tensor::from_data(TensorData::new(values, shape), &device))
+        }
+    }
+    model.map(&mut Seeded { path: Vec::new(), under, noise: ddpm::noise::Noise::new(seed) })
+}
