@@ -16,10 +16,11 @@ use wasm_bindgen::prelude::*;
 
 use crate::diffusion::Diffusion;
 use crate::field_error::FieldError;
+use crate::forward::{ForwardRequest, ScheduleCurves};
 #[cfg(not(feature = "threads"))]
 use crate::guidance::Guided;
 use crate::guidance::{DEFAULT_GUIDANCE, MAX_GUIDANCE};
-use crate::images::Grid;
+use crate::images::{DataRange, Grid};
 use crate::request::{Bounds, Model, PAGE_BOUNDS, Request, Run};
 use crate::solvers::{DEFAULT_SAMPLER, SamplerChoice, SamplerConfig, SolverKind, Spacing};
 use crate::unet::UNet;
@@ -258,6 +259,54 @@ impl Ddpm {
             set("done", s.done.into())?;
             Ok(out.into())
         })
+    }
+}
+
+#[wasm_bindgen]
+impl Ddpm {
+    /// The forward process at one t for the page's first panel ([`ForwardRequest`]: the
+    /// example's RGBA pixels, t, ε's seed, its class): one network evaluation, resolving to
+    /// `{t, alpha_bar, loss, width, height, x0, eps, x_t, eps_hat, x0_hat}` (RGBA of one image
+    /// each: x₀, x_t and x̂₀ in the model's data range, ε and ε̂ over [−3, 3], three standard
+    /// deviations). A refused request throws, `field` naming the field.
+    pub fn forward(&self, request: JsValue) -> Result<js_sys::Promise, JsValue> {
+        let request: ForwardRequest = serde_wasm_bindgen::from_value(request)
+            .map_err(|e| field_err(FieldError::new("request", format!("not a forward request: {e}"))))?;
+        let model = Model::of(&self.header, &self.diffusion, &self.device);
+        let view = request.view(&self.model, &model).map_err(field_err)?;
+        let t = request.t;
+        let range = self.diffusion.data_range();
+        let noise = DataRange { lo: -3.0, hi: 3.0 };
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let shape = view.x0.dims();
+            let out = Object::new();
+            let set = |k: &str, v: JsValue| Reflect::set(&out, &k.into(), &v).map(drop);
+            let images = [
+                ("x0", view.x0, range),
+                ("eps", view.eps, noise),
+                ("x_t", view.x_t, range),
+                ("eps_hat", view.eps_hat, noise),
+                ("x0_hat", view.x0_hat, range),
+            ];
+            for (name, x, r) in images {
+                let grid = Grid::new(&read(x).await?, shape, 1, 0, r);
+                set("width", grid.width.into())?;
+                set("height", grid.height.into())?;
+                set(name, Uint8ClampedArray::from(&grid.rgba[..]).into())?;
+            }
+            let loss = view.loss.into_data_async().await.map_err(|e| JsValue::from_str(&format!("{e:?}")))?;
+            let loss = loss.convert::<f32>().to_vec::<f32>().map_err(|e| JsValue::from_str(&format!("{e:?}")))?;
+            set("loss", loss[0].into())?;
+            set("alpha_bar", view.alpha_bar.into())?;
+            set("t", t.into())?;
+            Ok(out.into())
+        }))
+    }
+
+    /// The schedule the panels draw: `{beta, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, snr}`,
+    /// one value per t.
+    pub fn schedule(&self) -> Result<JsValue, JsError> {
+        to_js(&ScheduleCurves::of(&self.diffusion))
     }
 }
 

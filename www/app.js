@@ -389,6 +389,67 @@ async function warmGpu() {
   state.loaded.warm = performance.now();
 }
 
+// The forward process panel (src/forward.rs through the worker): the example, ε's seed and t
+// go in; x₀, ε, x_t, ε̂, x̂₀ and the loss come back, one network evaluation a position, the
+// latest position winning. Our t is the paper's t − 1.
+const EXAMPLES = { url: 'examples/mnist-digits.png', size: 28, count: 10 };
+let exampleStrip = null;
+
+function forwardExamples() {
+  const digits = model.image_size === EXAMPLES.size && model.image_channels === 1;
+  if (digits) {
+    for (let k = 0; k < EXAMPLES.count; k++) $('forward-example').add(new Option(`MNIST digit ${k}`, String(k)));
+  }
+  $('forward-example').add(new Option('your drawing (below)', 'drawing'));
+  $('forward-t').max = String(model.diffusion_steps - 1);
+  $('forward-section').hidden = false;
+  return digits;
+}
+
+async function exampleRgba() {
+  const choice = $('forward-example').value;
+  const n = model.image_size;
+  if (choice === 'drawing') return pad.pixels();
+  exampleStrip ??= await createImageBitmap(await (await fetch(EXAMPLES.url)).blob());
+  const canvas = new OffscreenCanvas(n, n);
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(exampleStrip, Number(choice) * n, 0, n, n, 0, 0, n, n);
+  return ctx.getImageData(0, 0, n, n).data;
+}
+
+async function showForward() {
+  const t = Number($('forward-t').value);
+  $('forward-t-text').textContent = `t = ${t} (the paper's t = ${t + 1})`;
+  const choice = $('forward-example').value;
+  const request = {
+    rgba: Array.from(await exampleRgba()),
+    t,
+    seed: Number($('forward-seed').value),
+    class: model.num_classes && choice !== 'drawing' ? Number(choice) : null,
+  };
+  let view;
+  try {
+    view = await client.forward(request);
+  } catch (e) {
+    showError(e.message ?? String(e));
+    return;
+  }
+  if (!view) return; // a newer position replaced it
+  for (const [id, key] of [['fw-x0', 'x0'], ['fw-eps', 'eps'], ['fw-xt', 'x_t'], ['fw-eps-hat', 'eps_hat'], ['fw-x0-hat', 'x0_hat']]) {
+    draw($(id), view.width, view.height, view[key]);
+  }
+  const f = (x) => x.toPrecision(4);
+  $('forward-text').textContent = `ᾱ_t = ${f(view.alpha_bar)}: x_t keeps √ᾱ_t = ${f(Math.sqrt(view.alpha_bar))} of the ` +
+    `image and √(1 − ᾱ_t) = ${f(Math.sqrt(1 - view.alpha_bar))} of the noise; the loss ‖ε − ε̂‖² (per pixel) = ${f(view.loss)}`;
+  state.forward = { t: view.t, alpha_bar: view.alpha_bar, loss: view.loss, example: choice };
+}
+
+function wireForward() {
+  forwardExamples();
+  for (const id of ['forward-t', 'forward-example', 'forward-seed']) $(id).addEventListener('input', showForward);
+  showForward();
+}
+
 function wireControls() {
   pad = new DrawPad($('pad'), { size: model.image_size, gray: model.image_channels === 1 });
   const syncT = () => { $('edit-t-text').textContent = `t = ${$('edit-t').value}`; };
@@ -461,6 +522,7 @@ async function main() {
   state.ready = true;
   for (const button of ['start', 'interp', 'edit']) $(button).disabled = false;
   wireControls();
+  wireForward();
   if (params.get('autostart') !== '0') startSampling();
 }
 

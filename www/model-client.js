@@ -13,6 +13,7 @@ export class ModelClient {
     this.onNotice = onNotice; // (text) => void: what the page should tell the visitor
     this.runId = 0;
     this.runs = new Map(); // id → {request, onStep, resolve, reject}: the runs in progress
+    this.view = null; // {id, resolve, reject}: the forward view asked for last
     this.losses = 0;
     this.wantGpu = wantGpu;
     this.threads = threads;
@@ -39,6 +40,8 @@ export class ModelClient {
     this.pending.loaded?.reject(error);
     for (const run of this.runs.values()) run.reject(error);
     this.runs.clear();
+    this.view?.reject(error);
+    this.view = null;
   }
 
   receive(data) {
@@ -54,12 +57,16 @@ export class ModelClient {
       case 'step':
         run?.onStep(data.step, data.ms);
         break;
+      case 'forward':
+        if (this.view?.id === data.id) { this.view.resolve(data.view); this.view = null; }
+        break;
       case 'done':
         if (run) { this.runs.delete(data.id); run.resolve(true); }
         break;
       case 'error': {
         const error = Object.assign(new Error(data.message), { field: data.field });
         if (data.id === null) this.fail(error);
+        else if (this.view?.id === data.id) { this.view.reject(error); this.view = null; }
         else if (run) { this.runs.delete(data.id); run.reject(error); }
         break;
       }
@@ -111,6 +118,19 @@ export class ModelClient {
     });
   }
 
+  // The forward process at one t (src/forward.rs): resolves to the worker's view, or to null
+  // when a newer call replaced it before its answer came (the latest position wins).
+  forward(request) {
+    this.view?.resolve(null);
+    const id = ++this.runId;
+    return new Promise((resolve, reject) => {
+      this.view = { id, request, resolve, reject };
+      Promise.resolve(this.loading).then(() => {
+        if (this.view?.id === id) this.worker.postMessage({ type: 'forward', id, request });
+      }, () => {});
+    });
+  }
+
   // Stops every run in progress (each resolves false).
   cancel() {
     for (const run of this.runs.values()) run.resolve(false);
@@ -154,5 +174,6 @@ export class ModelClient {
     for (const [id, run] of interrupted) {
       if (this.runs.get(id) === run) this.worker.postMessage({ type: 'run', id, request: run.request, beside: true });
     }
+    if (this.view) this.worker.postMessage({ type: 'forward', id: this.view.id, request: this.view.request });
   }
 }

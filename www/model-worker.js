@@ -9,6 +9,7 @@
 // (pkg-threads/: flex on a pool of web workers), else the main module's one-thread fallback.
 //
 // Messages in:  {type: 'load', bytes, wantGpu} | {type: 'warm', batches}
+//               | {type: 'forward', id, request} (the forward process at one t: src/forward.rs)
 //               | {type: 'run', id, request, beside} (a request as src/request.rs types it; it
 //                 replaces the runs in progress unless `beside`, which runs it alongside them)
 //               | {type: 'cancel', id} (that run; without an id, every run)
@@ -17,6 +18,7 @@
 //               | {type: 'loaded', model, kernels, threads} (model: Ddpm.describe())
 //               | {type: 'warming', done, total}
 //               | {type: 'step', id, step, ms} | {type: 'done', id} | {type: 'error', id, message, field}
+//               | {type: 'forward', id, view} | {type: 'schedule', curves}
 //               | {type: 'lost', reason} | {type: 'memory', wasm}
 let pkg = null; // the module's exports: Ddpm, page_limits, kernel_path, …
 let model = null;
@@ -119,6 +121,7 @@ onmessage = async ({ data }) => {
         model = await pkg.Ddpm.create(data.bytes, data.wantGpu && !pkg.threaded);
         description = model.describe();
         description.backend += pkg.why;
+        description.schedule_curves = model.schedule();
         postMessage({
           type: 'loaded', model: description,
           kernels: model.on_gpu ? 'webgpu' : pkg.kernel_path(), threads: model.on_gpu ? 0 : pkg.cpu_threads(),
@@ -132,6 +135,16 @@ onmessage = async ({ data }) => {
       break;
     case 'run':
       run(data.id, data.request, data.beside === true);
+      break;
+    case 'forward':
+      try {
+        const view = await model.forward(data.request);
+        const images = ['x0', 'eps', 'x_t', 'eps_hat', 'x0_hat'].map((k) => view[k].buffer);
+        postMessage({ type: 'forward', id: data.id, view }, images);
+      } catch (e) {
+        if (model.on_gpu && !e.field) loseDevice(e.message ?? String(e));
+        else postMessage(errorMessage(data.id, e));
+      }
       break;
     case 'cancel':
       cancel(data.id ?? null);
