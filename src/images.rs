@@ -29,7 +29,13 @@ impl DataRange {
 
     /// 0..=255 → [lo, hi], the inverse of [`Self::to_u8`] on the pixel grid.
     pub fn from_u8(self, p: u8) -> f32 {
-        p as f32 / (255.0 / (self.hi - self.lo)) + self.lo
+        self.from_level(p as f32)
+    }
+
+    /// A fractional level in [0, 255] (a drawing's luminance) → [lo, hi], as [`Self::from_u8`]
+    /// maps a whole one (for [−1, 1]: v/127.5 − 1, bit for bit).
+    pub fn from_level(self, v: f32) -> f32 {
+        v / (255.0 / (self.hi - self.lo)) + self.lo
     }
 }
 

@@ -381,8 +381,7 @@ pub fn drawing_pixels(rgba: &[u8], channels: usize, size: usize, range: DataRang
         return Err(format!("a drawing of {size}×{size} has {} RGBA bytes, got {}", 4 * size * size, rgba.len()));
     }
     let px = |p: usize, ch: usize| rgba[4 * p + ch] as f32;
-    // The luminance is fractional: map it as `from_u8` maps a whole level.
-    let level = |v: f32| v / (255.0 / (range.hi - range.lo)) + range.lo;
+    let level = |v: f32| range.from_level(v);
     Ok((0..channels)
         .flat_map(|ch| {
             (0..size * size).map(move |p| {

@@ -75,8 +75,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("labml's UNet cannot compute this model: {e}"))?;
         let mut metadata = std::collections::HashMap::new();
         metadata.insert("labml_unet".to_string(), serde_json::to_string(&args)?);
-        let range = header.schedule.data_range;
-        metadata.insert("data_range".to_string(), serde_json::to_string(&[range.lo, range.hi])?);
+        metadata.insert("data_range".to_string(), serde_json::to_string(&header.schedule.data_range)?);
         let bytes = ddpm::weights::module_to_safetensors(&model, metadata, ddpm::weights::Precision::F32)?;
         ddpm::atomic_write::atomic_write(path, &bytes)?;
         eprintln!("wrote {} ({} bytes, {what}): labml_nn's UNet({})", path.display(), bytes.len(), labml_call(&args));
