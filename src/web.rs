@@ -290,12 +290,12 @@ impl Ddpm {
             ];
             for (name, x, r) in images {
                 let grid = Grid::new(&read(x).await?, shape, 1, 0, r);
-                set("width", grid.width.into())?;
-                set("height", grid.height.into())?;
                 set(name, Uint8ClampedArray::from(&grid.rgba[..]).into())?;
             }
+            set("width", shape[3].into())?;
+            set("height", shape[2].into())?;
             let loss = view.loss.into_data_async().await.map_err(|e| JsValue::from_str(&format!("{e:?}")))?;
-            let loss = loss.convert::<f32>().to_vec::<f32>().map_err(|e| JsValue::from_str(&format!("{e:?}")))?;
+            let loss = loss.convert::<f32>().try_to_vec::<f32>().map_err(|e| JsValue::from_str(&format!("{e:?}")))?;
             set("loss", loss[0].into())?;
             set("alpha_bar", view.alpha_bar.into())?;
             set("t", t.into())?;
