@@ -44,28 +44,66 @@ pub struct ForwardView {
 }
 
 impl ForwardRequest {
-    /// The view of `unet` (described by `model`) for this request: one network evaluation. The
-    /// request is checked as every request is (`Model::check_t`, `Guidance::class`).
-    pub fn view(&self, unet: &UNet, model: &Model) -> Result<ForwardView, FieldError> {
-        let ([c, size, _], diffusion, device) = (model.image, model.diffusion, model.device);
-        let pixels =
-            drawing_pixels(&self.rgba, c, size, diffusion.data_range()).map_err(|e| FieldError::new("rgba", e))?;
+    /// x₀ (the example in the model's data range) and ε, after checking the request as every
+    /// request is checked (`Model::check_t`, `Guidance::class`).
+    fn x0_and_eps(&self, model: &Model) -> Result<(Tensor<4>, Tensor<4>), FieldError> {
+        let ([c, size, _], device) = (model.image, model.device);
+        let pixels = drawing_pixels(&self.rgba, c, size, model.diffusion.data_range())
+            .map_err(|e| FieldError::new("rgba", e))?;
         model.check_t(self.t)?;
         if let Some(k) = self.class {
             Guidance::class(k, 1.0, model.num_classes)?;
         }
         let x0 = Tensor::<4>::from_data(TensorData::new(pixels, [1, c, size, size]), device);
         let eps = Noise::new(self.seed).gaussian([1, c, size, size], device);
+        Ok((x0, eps))
+    }
+
+    /// ε_θ(x_t, t) for a batch of x_t at the steps `t`, with the example's class (None: ∅).
+    fn eps_hat(&self, unet: &UNet, model: &Model, x_t: Tensor<4>, t: &[usize]) -> Tensor<4> {
+        let t_tensor = model.diffusion.t_tensor_items(t, model.device);
+        match self.class {
+            Some(k) => unet.forward_class(x_t, t_tensor, &vec![k; t.len()]),
+            None => unet.forward(x_t, t_tensor),
+        }
+    }
+
+    /// The view of `unet` (described by `model`) for this request: one network evaluation.
+    pub fn view(&self, unet: &UNet, model: &Model) -> Result<ForwardView, FieldError> {
+        let diffusion = model.diffusion;
+        let (x0, eps) = self.x0_and_eps(model)?;
         let x_t = diffusion.q_sample(x0.clone(), &[self.t], eps.clone());
-        let t = diffusion.t_tensor(self.t, 1, device);
-        let eps_hat = match self.class {
-            Some(k) => unet.forward_class(x_t.clone(), t, &[k]),
-            None => unet.forward(x_t.clone(), t),
-        };
+        let eps_hat = self.eps_hat(unet, model, x_t.clone(), &[self.t]);
         let x0_hat = diffusion.predict_x0(x_t.clone(), self.t, eps_hat.clone());
         let loss = (eps.clone() - eps_hat.clone()).square().mean();
         Ok(ForwardView { x0, eps, x_t, eps_hat, x0_hat, loss, alpha_bar: diffusion.alpha_bar[self.t] })
     }
+
+    /// The loss-versus-t curve of this example and ε: L_t = ‖ε − ε_θ(x_t, t)‖² (eq. 14, the
+    /// mean over pixels) at the [`LOSS_CURVE_POINTS`] steps of [`loss_curve_steps`], one batch
+    /// of that many evaluations (the request's own t is checked, not used). Where it is high
+    /// the network's task is hard: near t = 0 the noise is a faint residue of x_t, near T the
+    /// image is.
+    pub fn loss_curve(&self, unet: &UNet, model: &Model) -> Result<LossCurve, FieldError> {
+        let (x0, eps) = self.x0_and_eps(model)?;
+        let t = loss_curve_steps(model.diffusion, LOSS_CURVE_POINTS);
+        let n = t.len();
+        let eps = eps.repeat_dim(0, n);
+        let x_t = model.diffusion.q_sample(x0.repeat_dim(0, n), &t, eps.clone());
+        let eps_hat = self.eps_hat(unet, model, x_t, &t);
+        let loss = (eps - eps_hat).square().mean_dims(&[1, 2, 3]).reshape([n]);
+        Ok(LossCurve { t, loss })
+    }
+}
+
+/// How many t the loss-versus-t curve samples (issue 50: 20, one batch).
+pub const LOSS_CURVE_POINTS: usize = 20;
+
+/// [`ForwardRequest::loss_curve`]: the steps and, as a tensor read asynchronously by the page,
+/// the loss at each.
+pub struct LossCurve {
+    pub t: Vec<usize>,
+    pub loss: Tensor<1>,
 }
 
 /// The schedule as the panel draws it, one value per t: β_t, √ᾱ_t (the signal's factor),

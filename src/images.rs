@@ -69,6 +69,7 @@ pub fn from_u8(p: u8) -> f32 {
 
 /// A batch laid out as a grid of RGBA pixels (grayscale repeated into R, G and B), `cols`
 /// images per row with `pad` pixels of dark border: the canvas and PNG form of a batch.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Grid {
     pub width: usize,
     pub height: usize,
@@ -128,16 +129,4 @@ impl Grid {
         let s = scale.max(1) as u32;
         image::imageops::resize(&img, img.width() * s, img.height() * s, image::imageops::FilterType::Nearest)
     }
-}
-
-/// Saves frames (all the same size) as a looping GIF, `delay_ms` per frame.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn save_gif(path: &std::path::Path, frames: Vec<image::RgbaImage>, delay_ms: u32) -> anyhow::Result<()> {
-    use image::codecs::gif::{GifEncoder, Repeat};
-    let file = std::fs::File::create(path).map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
-    let mut encoder = GifEncoder::new_with_speed(std::io::BufWriter::new(file), 10);
-    encoder.set_repeat(Repeat::Infinite)?;
-    let delay = image::Delay::from_numer_denom_ms(delay_ms, 1);
-    encoder.encode_frames(frames.into_iter().map(|f| image::Frame::from_parts(f, 0, 0, delay)))?;
-    Ok(())
 }

@@ -3,6 +3,7 @@
 //! The ε-model ([`unet`]) and the diffusion maths ([`diffusion`], [`solvers`], [`sampler`]) are written once
 //! and run on any burn device: flex or wgpu natively, WebGPU or flex in the browser.
 
+pub mod animation;
 pub mod diffusion;
 pub mod field_error;
 pub mod forward;

@@ -33,11 +33,16 @@ pub const MAX_DIFFUSION_STEPS: usize = 10_000;
 /// Bytes of a weights file: the largest model in f32 plus a header. The CLI refuses larger files
 /// before reading them.
 pub const MAX_WEIGHTS_BYTES: u64 = (MAX_PARAMS as u64) * 4 + (1 << 20);
+/// Bytes of a weights file's JSON header (safetensors' own bound).
+pub const MAX_WEIGHTS_HEADER_BYTES: u64 = 100_000_000;
 /// The page's own bounds: a 32-bit wasm memory (4 GiB at most) holds the downloaded file, the
 /// model in f32 and one tensor's decoding at once while loading, so the page takes a quarter of
 /// the native model (512 MiB in f32) and refuses a larger download before it starts.
 pub const PAGE_MAX_PARAMS: usize = 1 << 27;
 pub const PAGE_MAX_WEIGHTS_BYTES: u64 = (PAGE_MAX_PARAMS as u64) * 4 + (1 << 20);
+/// The pixels of a run the page keeps for its scrubber and animation (x_t and x̂₀ of each kept
+/// step): every step of a one-image run, an even subset of a long run of many.
+pub const PAGE_MAX_RECORDED_BYTES: usize = 64 << 20;
 /// Images of one training batch.
 pub const MAX_BATCH: usize = 4096;
 /// Images of one sampling batch (`ddpm sample --batch`), and frames of one interpolation.

@@ -14,6 +14,7 @@ use js_sys::{Object, Reflect, Uint8ClampedArray};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
+use crate::animation;
 use crate::diffusion::Diffusion;
 use crate::field_error::FieldError;
 use crate::forward::{ForwardRequest, ScheduleCurves};
@@ -69,11 +70,13 @@ struct PageLimits {
     default_steps: std::collections::BTreeMap<&'static str, Option<usize>>,
     spacings: Vec<&'static str>,
     max_weights_bytes: f64,
+    /// The pixels the page keeps of a run for its scrubber and animation, at most.
+    max_recorded_bytes: f64,
 }
 
 /// The page's bounds and defaults: `{max_images, max_frames, max_guidance, default_guidance,
 /// default_sampler: {solver, steps, eta, spacing}, samplers, default_steps, spacings,
-/// max_weights_bytes}` (a
+/// max_weights_bytes, max_recorded_bytes}` (a
 /// model's own T and default sampler are in [`Ddpm::describe`]).
 #[wasm_bindgen]
 pub fn page_limits() -> Result<JsValue, JsError> {
@@ -86,6 +89,7 @@ pub fn page_limits() -> Result<JsValue, JsError> {
         default_steps: SolverKind::ALL.iter().map(|k| (k.name(), k.default_steps())).collect(),
         spacings: Spacing::ALL.iter().map(|s| s.name()).collect(),
         max_weights_bytes: crate::limits::PAGE_MAX_WEIGHTS_BYTES as f64,
+        max_recorded_bytes: crate::limits::PAGE_MAX_RECORDED_BYTES as f64,
     })
 }
 
@@ -156,13 +160,7 @@ impl Ddpm {
     /// `use_gpu` it runs on WebGPU when an adapter is available, else on the CPU (flex).
     pub async fn create(bytes: Vec<u8>, use_gpu: bool) -> Result<Ddpm, JsError> {
         let header = weights::read_header(&bytes).map_err(js_err)?;
-        let params = header.unet.num_params();
-        if params > crate::limits::PAGE_MAX_PARAMS {
-            return Err(JsError::new(&format!(
-                "the model has {params} parameters, above the largest this page holds ({}): draw it with the ddpm CLI",
-                crate::limits::PAGE_MAX_PARAMS
-            )));
-        }
+        page_holds(&header)?;
         let cpu = match cpu_threads() {
             1 => "CPU (flex, wasm)".to_string(),
             n => format!("CPU (flex, wasm, {n} threads)"),
@@ -303,11 +301,81 @@ impl Ddpm {
         }))
     }
 
+    /// The loss-versus-t curve of the forward panel's example and ε ([`ForwardRequest::loss_curve`]:
+    /// one batch of [`crate::forward::LOSS_CURVE_POINTS`] evaluations), resolving to `{t, loss}`.
+    pub fn loss_curve(&self, request: JsValue) -> Result<js_sys::Promise, JsValue> {
+        let request: ForwardRequest = serde_wasm_bindgen::from_value(request)
+            .map_err(|e| field_err(FieldError::new("request", format!("not a forward request: {e}"))))?;
+        let model = Model::of(&self.header, &self.diffusion, &self.device);
+        let curve = request.loss_curve(&self.model, &model).map_err(field_err)?;
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let loss = curve.loss.into_data_async().await.map_err(|e| JsValue::from_str(&format!("{e:?}")))?;
+            let loss = loss.convert::<f32>().try_to_vec::<f32>().map_err(|e| JsValue::from_str(&format!("{e:?}")))?;
+            let out = Object::new();
+            Reflect::set(&out, &"t".into(), &to_js(&curve.t)?)?;
+            Reflect::set(&out, &"loss".into(), &to_js(&loss)?)?;
+            Ok(out.into())
+        }))
+    }
+
     /// The schedule the panels draw: `{beta, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, snr}`,
     /// one value per t.
     pub fn schedule(&self) -> Result<JsValue, JsError> {
         to_js(&ScheduleCurves::of(&self.diffusion))
     }
+}
+
+/// Refuses a model above the page's bound ([`crate::limits::PAGE_MAX_PARAMS`]), from its header.
+fn page_holds(header: &Header) -> Result<(), JsError> {
+    let params = header.unet.num_params();
+    if params > crate::limits::PAGE_MAX_PARAMS {
+        return Err(JsError::new(&format!(
+            "the model has {params} parameters, above the largest this page holds ({}): draw it with the ddpm CLI",
+            crate::limits::PAGE_MAX_PARAMS
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a weights download from its first bytes, before the rest arrives: false while its
+/// header is incomplete, true when the header is valid and the page can hold the model it
+/// describes; throws the reason otherwise (the download is then cancelled).
+#[wasm_bindgen]
+pub fn check_weights_header(prefix: &[u8]) -> Result<bool, JsError> {
+    match weights::read_header_prefix(prefix).map_err(js_err)? {
+        None => Ok(false),
+        Some(header) => page_holds(&header).map(|()| true),
+    }
+}
+
+/// The steps of a `total`-step run that "download as animation" shows (those `ddpm animate`
+/// shows with its defaults: [`animation::steps`]).
+#[wasm_bindgen]
+pub fn animation_steps(total: usize) -> Vec<u32> {
+    animation::steps(total, animation::FRAMES).into_iter().map(|i| i as u32).collect()
+}
+
+/// A run as a GIF, as `ddpm animate` writes it: `x_t` and `x0` hold the chosen steps' grids
+/// (each `width` × `height` RGBA, as the steps gave them), one after another.
+#[wasm_bindgen]
+pub fn animation_gif(width: usize, height: usize, x_t: Vec<u8>, x0: Vec<u8>) -> Result<Vec<u8>, JsError> {
+    let size = width * height * 4;
+    if size == 0 || x_t.len() != x0.len() || x_t.len() % size != 0 || x_t.len() / size > animation::FRAMES {
+        return Err(JsError::new(&format!(
+            "an animation is up to {} pairs of {width}×{height} grids; got {} and {} bytes",
+            animation::FRAMES,
+            x_t.len(),
+            x0.len()
+        )));
+    }
+    let grid = |rgba: &[u8]| Grid { width, height, rgba: rgba.to_vec() };
+    let frames = x_t
+        .chunks_exact(size)
+        .zip(x0.chunks_exact(size))
+        .map(|(a, b)| animation::frame(&grid(a), &grid(b), animation::SCALE))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(js_err)?;
+    animation::gif(frames).map_err(js_err)
 }
 
 /// The page's WebGPU device, initialised on first use.

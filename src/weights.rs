@@ -119,8 +119,33 @@ fn st_err(e: safetensors::SafeTensorError) -> WeightsError {
 pub fn read_header(bytes: &[u8]) -> Result<Header, WeightsError> {
     check_size(bytes.len() as u64)?;
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(st_err)?;
+    header_of(meta.metadata().clone())
+}
+
+/// The header of a file from its first bytes alone (the header's 8-byte length and its JSON), as
+/// a download arrives: enough to refuse a model before the rest comes. `Ok(None)` while the
+/// header is still incomplete; the tensors are checked by [`load`] once the file is whole.
+pub fn read_header_prefix(prefix: &[u8]) -> Result<Option<Header>, WeightsError> {
+    /// The JSON header's metadata; the tensors' entries are skipped.
+    #[derive(serde::Deserialize)]
+    struct Json {
+        #[serde(rename = "__metadata__")]
+        metadata: Option<HashMap<String, String>>,
+    }
+    let Some(len) = prefix.first_chunk::<8>() else { return Ok(None) };
+    let n = u64::from_le_bytes(*len);
+    if n > limits::MAX_WEIGHTS_HEADER_BYTES {
+        return Err(WeightsError::NotSafetensors(format!("a header of {n} bytes")));
+    }
+    let Some(text) = prefix.get(8..8 + n as usize) else { return Ok(None) };
+    let json: Json = serde_json::from_slice(text).map_err(|e| WeightsError::NotSafetensors(format!("header: {e}")))?;
+    header_of(json.metadata).map(Some)
+}
+
+/// The header from the file's metadata, validated: the format and its version, then each config.
+fn header_of(metadata: Option<HashMap<String, String>>) -> Result<Header, WeightsError> {
     let mut info: BTreeMap<String, String> =
-        meta.metadata().clone().ok_or_else(|| WeightsError::Format("no metadata".into()))?.into_iter().collect();
+        metadata.ok_or_else(|| WeightsError::Format("no metadata".into()))?.into_iter().collect();
     let format = info.remove("format").unwrap_or_default();
     if format != FORMAT {
         return Err(WeightsError::Format(format!("metadata `format` is {format:?}, expected {FORMAT:?}")));

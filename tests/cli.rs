@@ -193,9 +193,24 @@ fn train_export_sample_interpolate_animate() {
     ]);
     let img = image::open(&strip).unwrap();
     assert_eq!((img.width(), img.height()), (4 * 10 + 2, 12));
+    // The animation: steps 2, 4, …, 10 of the run, x_t beside x̂₀ at scale 4 (8×8 images with
+    // one-pixel borders: 80 × 40), 80 ms a frame and the last held 16 times as long; its last x_t is
+    // the sample of the same seed and steps (NeuQuant reduces these RGB frames' colours a little).
     let gif = root.join("anim.gif");
-    ok(&["animate", "--weights", w, "--steps", "10", "--frames", "5", "--out", gif.to_str().unwrap()]);
-    assert!(std::fs::read(&gif).unwrap().starts_with(b"GIF89a"));
+    ok(&["animate", "--weights", w, "--seed", "7", "--steps", "10", "--frames", "5", "--out", gif.to_str().unwrap()]);
+    let decoder = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(std::fs::read(&gif).unwrap())).unwrap();
+    let frames = image::AnimationDecoder::into_frames(decoder).collect_frames().unwrap();
+    let delays: Vec<u32> = frames.iter().map(|f| f.delay().numer_denom_ms().0 / f.delay().numer_denom_ms().1).collect();
+    assert_eq!(delays, [80, 80, 80, 80, 1280]);
+    let last = frames.last().unwrap().buffer();
+    assert_eq!(last.dimensions(), (80, 40));
+    let sample = image::open(s1.join("000000.png")).unwrap().to_rgb8();
+    let mut diff = 0.0;
+    for (x, y, p) in sample.enumerate_pixels() {
+        let q = last.get_pixel(4 * (1 + x) + 1, 4 * (1 + y) + 1);
+        diff += (0..3).map(|c| (p[c] as f64 - q[c] as f64).abs()).sum::<f64>() / (64.0 * 3.0);
+    }
+    assert!(diff < 8.0, "the animation's last x_t is off the sample by {diff} levels on average");
 }
 
 #[test]

@@ -81,3 +81,33 @@ fn the_loss_curve_spans_every_t() {
     assert_eq!((steps[0], steps[19]), (0, 999));
     assert!(steps.windows(2).all(|w| w[0] < w[1] && w[1] - w[0] <= 53), "{steps:?}");
 }
+
+#[test]
+fn the_loss_curve_is_the_views_loss_at_each_of_its_t() {
+    let device = Device::flex();
+    let model = UNetConfig { num_classes: Some(3), dropout: 0.0, ..tiny() }.init(&device);
+    let diffusion = Diffusion::new(ScheduleConfig::default());
+    let described =
+        Model { diffusion: &diffusion, image: [1, 8, 8], num_classes: Some(3), default_sampler: None, device: &device };
+    let rgba: Vec<u8> = (0..64).flat_map(|p| if p % 5 == 0 { [0, 0, 0, 255] } else { [255; 4] }).collect();
+    let request = ForwardRequest { rgba, t: 0, seed: 9, class: Some(2) };
+    let curve = request.loss_curve(&model, &described).unwrap();
+    assert_eq!(curve.t, loss_curve_steps(&diffusion, ddpm::forward::LOSS_CURVE_POINTS));
+    let loss = curve.loss.into_data().try_into_vec::<f32>().unwrap();
+    assert_eq!(loss.len(), 20);
+    // One batch of 20 evaluations gives what 20 single views give: each item its own t, the same
+    // x₀, ε and class.
+    for i in [0, 7, 19] {
+        let view = ForwardRequest { t: curve.t[i], ..request.clone() }.view(&model, &described).unwrap();
+        let single = view.loss.into_scalar::<f64>();
+        assert!(
+            (loss[i] as f64 - single).abs() < 1e-4 * single.max(1e-3),
+            "t = {}: {} against {single}",
+            curve.t[i],
+            loss[i]
+        );
+    }
+    assert!(loss.windows(2).any(|w| (w[0] - w[1]).abs() > 1e-3), "the loss depends on t: {loss:?}");
+    let field = |r: ForwardRequest| r.loss_curve(&model, &described).err().unwrap().field;
+    assert_eq!(field(ForwardRequest { class: Some(3), ..request.clone() }), "class");
+}

@@ -4,7 +4,10 @@
 // controls and draws.
 import { DrawPad } from './draw-pad.js';
 import { ModelClient } from './model-client.js';
-import { cachedWeights, fetchWeights, keepLocal, localWeights } from './weights-cache.js';
+import { applyLink, followControls, SHA_CHARS } from './link.js';
+import { drawLossCurve, drawSchedule } from './plots.js';
+import { Recorder } from './recorder.js';
+import { cachedWeights, fetchWeights, keepLocal, localWeights, sha256 } from './weights-cache.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -115,15 +118,51 @@ function setRunning(running) {
   $('interp').disabled = running;
   $('edit').disabled = running;
   $('stop').disabled = !running;
+  // The recorded run (a stopped one too) can be downloaded when nothing runs.
+  $('download-gif').disabled = running || !recorder?.frames.length;
 }
 
+// A step of a sample or edit run: kept by the recorder, drawn unless the visitor is looking at
+// an earlier one with the scrubber.
+let recorder = null;
+let shown = null; // the recorded step in view
 function showStep(step, ms, what) {
-  draw($('xt'), step.width, step.height, step.x_t);
-  draw($('x0'), step.width, step.height, step.x0);
+  const following = Number($('scrub').value) === recorder.frames.length - 1 || recorder.frames.length === 0 || step.index === 1;
+  recorder.add(step);
+  $('scrub').max = String(recorder.frames.length - 1);
+  $('scrub').disabled = false;
+  if (following) {
+    $('scrub').value = $('scrub').max;
+    showRecorded();
+  } else {
+    // The step in view may have moved (the recording thinned): find it, or the next kept.
+    const at = recorder.frames.findIndex((f) => f.index >= shown.index);
+    $('scrub').value = String(at < 0 ? recorder.frames.length - 1 : at);
+    $('scrub-text').textContent = `Step ${shown.index} of ${step.total} in view (${recorder.describe()}): drag to the end to follow the run.`;
+  }
   state.lastStep = { index: step.index, total: step.total, t: step.t, update: step.update };
   const u = step.update;
   $('progress-text').textContent = `${what}step ${step.index} / ${step.total} (t = ${step.t}` +
     `${u.t_prev === null ? ' → x₀' : ` → ${u.t_prev}`}, order ${u.order}) · ${ms.toFixed(0)} ms per step`;
+}
+
+// The recorded step under the scrubber: its pictures and its update written out (t, σ_t, the
+// rule and this step's coefficients), without recomputing anything.
+function showRecorded() {
+  const f = recorder.frames[Number($('scrub').value)];
+  if (!f) return;
+  shown = f;
+  draw($('xt'), f.width, f.height, f.x_t);
+  draw($('x0'), f.width, f.height, f.x0);
+  const u = f.update;
+  const n = (x) => (Math.abs(x) >= 1e-3 || x === 0 ? x.toFixed(4) : x.toExponential(3));
+  const coefficients = u.coefficients.map(([name, value]) => `${name} = ${n(value)}`).join(', ');
+  $('scrub-text').textContent = `Step ${f.index} of ${f.total}: t = ${u.t} → ${u.t_prev === null ? 'x₀' : u.t_prev}` +
+    ` (the paper's t = ${u.t + 1}), σ_t = ${n(u.sigma)}, order ${u.order}. Update: ${u.rule}; ${coefficients}. ` +
+    `${recorder.describe()}.`;
+  state.shownT = u.t;
+  state.scrubbed = { index: f.index, t: u.t, sigma: u.sigma, kept: recorder.frames.length, stride: recorder.stride };
+  redrawPlots();
 }
 
 // Ends a run: the buttons, the download and the status line.
@@ -169,6 +208,31 @@ function stop() {
   setRunning(false);
   $('status').textContent = 'Stopped.';
   $('progress-text').textContent += ' · stopped';
+}
+
+// The run as `ddpm animate` draws it (x_t beside x̂₀ at the steps the library picks, the last
+// held), from the recorded steps: the module encodes the GIF in the worker.
+async function downloadGif() {
+  const steps = await client.animationSteps(recorder.total);
+  const frames = recorder.pick(steps);
+  const { width, height } = frames[0];
+  const join = (key) => {
+    const out = new Uint8Array(frames.length * width * height * 4);
+    frames.forEach((f, i) => out.set(f[key], i * width * height * 4));
+    return out;
+  };
+  let bytes;
+  try {
+    bytes = await client.gif(width, height, join('x_t'), join('x0'));
+  } catch (e) {
+    showError(`Could not make the animation: ${e.message ?? e}`);
+    return;
+  }
+  const a = document.createElement('a');
+  a.download = `ddpm-${state.model ?? 'model'}-seed${$('seed').value}.gif`;
+  a.href = URL.createObjectURL(new Blob([bytes], { type: 'image/gif' }));
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
 }
 
 function download() {
@@ -277,6 +341,7 @@ function applyLimits() {
     $('steps').value = String(limits.default_steps[$('sampler').value] ?? T);
     syncSampler();
   });
+  $('sampler').addEventListener('sync', syncSampler); // set by a link, with its own steps
   syncSampler();
 }
 
@@ -337,13 +402,16 @@ async function load() {
   const { weightsUrl, entry } = chooseModel(manifest?.models ?? []);
   const download = () => (weightsUrl.startsWith('local/')
     ? Promise.reject(new Error('this browser no longer holds the file opened from disk: open it again'))
-    : fetchWeights(weightsUrl, module.then((hello) => hello.limits.max_weights_bytes), (p) => { $('progress').value = p; }));
+    : fetchWeights(weightsUrl, module.then((hello) => hello.limits.max_weights_bytes), (p) => { $('progress').value = p; },
+      (prefix) => client.checkWeightsHeader(prefix)));
   const [hello, weights] = await Promise.all([
     module,
     cachedWeights(weightsUrl, entry, download, params.get('store'))
       .then((w) => { state.loaded.weights = performance.now(); return w; }),
   ]);
   state.weightsSource = weights.source;
+  // The file's SHA-256, which a link keeps: the manifest's (checked on load), else computed.
+  state.weightsSha = entry?.sha256 ?? (await sha256(weights.bytes));
   limits = hello.limits;
   $('loading').hidden = true;
   $('status').textContent = wantGpu ? 'Starting WebGPU…' : 'Starting the CPU backend…';
@@ -357,7 +425,7 @@ function showClasses() {
   for (const picker of ['class', 'class-a', 'class-b']) {
     for (let k = 0; k < model.num_classes; k++) $(picker).add(new Option(model.class_names[k] ?? String(k), String(k)));
   }
-  for (const label of ['class-label', 'guidance-label', 'class-a-label', 'class-b-label']) $(label).hidden = false;
+  for (const label of ['class-label', 'guidance-label', 'class-a-label', 'class-b-label', 'guidance-section']) $(label).hidden = false;
   $('guidance').value = String(limits.default_guidance);
   const syncGuidance = () => { $('guidance-text').textContent = `w = ${Number($('guidance').value)}`; };
   $('guidance').addEventListener('input', syncGuidance);
@@ -392,41 +460,53 @@ async function warmGpu() {
 // The forward process panel (src/forward.rs through the worker): the example, ε's seed and t
 // go in; x₀, ε, x_t, ε̂, x̂₀ and the loss come back, one network evaluation a position, the
 // latest position winning. Our t is the paper's t − 1.
-const EXAMPLES = { url: 'examples/mnist-digits.png', size: 28, count: 10 };
+// What www/examples/emoji.png shows, left to right (one emoji of each Unicode category).
+const EMOJI_NAMES = ['a sick face', 'a health worker', 'a skin-tone swatch', 'a panda', 'a hot dog', 'a bank',
+  'a flying disc', 'a desktop computer', 'a dash (symbols)', 'the flag of Norway'].map((name) => `Noto emoji: ${name}`);
+
+// Held-out real examples (www/examples/README.md): a strip of `size`-pixel images, used by the
+// models of that shape; `classes` is each one's label for a class-conditional model.
+const EXAMPLES = [
+  { url: 'examples/mnist-digits.png', size: 28, channels: 1, names: Array.from({ length: 10 }, (_, k) => `MNIST digit ${k}`), classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] },
+  { url: 'examples/emoji.png', size: 32, channels: 3, names: EMOJI_NAMES, classes: null },
+];
+let examples = null; // the entry of EXAMPLES the model takes, if any
 let exampleStrip = null;
 
 function forwardExamples() {
-  const digits = model.image_size === EXAMPLES.size && model.image_channels === 1;
-  if (digits) {
-    for (let k = 0; k < EXAMPLES.count; k++) $('forward-example').add(new Option(`MNIST digit ${k}`, String(k)));
-  }
+  examples = EXAMPLES.find((e) => e.size === model.image_size && e.channels === model.image_channels) ?? null;
+  for (const [k, name] of (examples?.names ?? []).entries()) $('forward-example').add(new Option(name, String(k)));
   $('forward-example').add(new Option('your drawing (below)', 'drawing'));
   $('forward-t').max = String(model.diffusion_steps - 1);
   $('forward-section').hidden = false;
-  return digits;
+  $('schedule-section').hidden = false;
+  state.scheduleCurves = model.schedule_curves;
 }
 
 async function exampleRgba() {
   const choice = $('forward-example').value;
   const n = model.image_size;
   if (choice === 'drawing') return pad.pixels();
-  exampleStrip ??= await createImageBitmap(await (await fetch(EXAMPLES.url)).blob());
+  exampleStrip ??= await createImageBitmap(await (await fetch(examples.url)).blob());
   const canvas = new OffscreenCanvas(n, n);
   const ctx = canvas.getContext('2d');
   ctx.drawImage(exampleStrip, Number(choice) * n, 0, n, n, 0, 0, n, n);
   return ctx.getImageData(0, 0, n, n).data;
 }
 
+// The forward request of the panel's example and ε at step t: a conditional model's ε̂ takes the
+// example's own label (a drawing has none: ∅).
+async function forwardRequest(t) {
+  const choice = $('forward-example').value;
+  const label = choice === 'drawing' ? null : examples.classes?.[Number(choice)] ?? null;
+  return { rgba: Array.from(await exampleRgba()), t, seed: Number($('forward-seed').value), class: model.num_classes ? label : null };
+}
+
 async function showForward() {
   const t = Number($('forward-t').value);
   $('forward-t-text').textContent = `t = ${t} (the paper's t = ${t + 1})`;
   const choice = $('forward-example').value;
-  const request = {
-    rgba: Array.from(await exampleRgba()),
-    t,
-    seed: Number($('forward-seed').value),
-    class: model.num_classes && choice !== 'drawing' ? Number(choice) : null,
-  };
+  const request = await forwardRequest(t);
   let view;
   try {
     view = await client.forward(request);
@@ -442,12 +522,59 @@ async function showForward() {
   $('forward-text').textContent = `ᾱ_t = ${f(view.alpha_bar)}: x_t keeps √ᾱ_t = ${f(Math.sqrt(view.alpha_bar))} of the ` +
     `image and √(1 − ᾱ_t) = ${f(Math.sqrt(1 - view.alpha_bar))} of the noise; the loss ‖ε − ε̂‖² (per pixel) = ${f(view.loss)}`;
   state.forward = { t: view.t, alpha_bar: view.alpha_bar, loss: view.loss, example: choice };
+  redrawPlots();
+}
+
+// The loss of the example at 20 t (one batch in the worker), again when the example or ε's seed
+// changes; the latest request wins.
+async function showLossCurve() {
+  const choice = $('forward-example').value;
+  const seed = Number($('forward-seed').value);
+  let curve;
+  try {
+    curve = await client.lossCurve(await forwardRequest(0));
+  } catch (e) {
+    showError(e.message ?? String(e));
+    return;
+  }
+  if (!curve) return;
+  state.lossCurve = { ...curve, example: choice, seed };
+  redrawPlots();
+}
+
+// Each panel's t on the plots: the forward slider's, the step in view, the interpolation's
+// (noise mode) and the drawing's. Redrawn at most once a frame.
+let plotsPending = false;
+function redrawPlots() {
+  if (plotsPending || !model) return;
+  plotsPending = true;
+  requestAnimationFrame(() => {
+    plotsPending = false;
+    const marks = [
+      { t: Number($('forward-t').value), label: 'forward', forward: true },
+      { t: state.shownT ?? null, label: 'reverse' },
+      { t: $('mode').value === 'noise' ? Number($('t').value) : null, label: 'interpolation' },
+      { t: Number($('edit-t').value), label: 'drawing' },
+    ];
+    const T = model.diffusion_steps;
+    drawSchedule($('schedule-plot'), model.schedule_curves, marks);
+    if (state.lossCurve) drawLossCurve($('loss-plot'), T, state.lossCurve, marks.slice(0, 1));
+    state.plotMarks = marks.filter((m) => m.t !== null).map((m) => ({ label: m.label, t: m.t }));
+    const c = model.schedule_curves;
+    const t = Number($('forward-t').value);
+    $('schedule-text').textContent = `At the forward panel's t = ${t}: β_t = ${c.beta[t].toPrecision(4)}, ` +
+      `√ᾱ_t = ${c.sqrt_alpha_bar[t].toPrecision(4)}, √(1 − ᾱ_t) = ${c.sqrt_one_minus_alpha_bar[t].toPrecision(4)}, ` +
+      `SNR = ${c.snr[t].toPrecision(4)}.`;
+  });
 }
 
 function wireForward() {
   forwardExamples();
   for (const id of ['forward-t', 'forward-example', 'forward-seed']) $(id).addEventListener('input', showForward);
+  for (const id of ['forward-example', 'forward-seed']) $(id).addEventListener('input', showLossCurve);
+  for (const id of ['t', 'edit-t', 'mode']) $(id).addEventListener('input', redrawPlots);
   showForward();
+  showLossCurve();
 }
 
 function wireControls() {
@@ -461,6 +588,8 @@ function wireControls() {
   $('interp-form').addEventListener('submit', (e) => { e.preventDefault(); interpolate(); });
   $('stop').addEventListener('click', stop);
   $('download').addEventListener('click', download);
+  $('download-gif').addEventListener('click', downloadGif);
+  $('scrub').addEventListener('input', showRecorded);
   $('lambda').addEventListener('input', showFrame);
   $('mode').addEventListener('change', () => { $('t-label').hidden = $('mode').value === 'slerp'; });
 }
@@ -518,12 +647,46 @@ async function main() {
   if (!model.on_gpu) $('count').value = '1';
   showModelInfo();
   if (model.on_gpu) await warmGpu();
+  recorder = new Recorder(limits.max_recorded_bytes);
   $('status').textContent = 'Ready.';
-  state.ready = true;
   for (const button of ['start', 'interp', 'edit']) $(button).disabled = false;
   wireControls();
   wireForward();
-  if (params.get('autostart') !== '0') startSampling();
+  const drawLink = wireLink();
+  state.ready = true;
+  if (drawLink && params.get('autostart') !== '0') startSampling();
+}
+
+// A link's controls, then the address kept up to date. A link made with other weights than
+// the page now loads (its SHA-256 prefix differs) says so and draws nothing: the same controls
+// would draw another picture. Returns whether the page may draw.
+function wireLink() {
+  const conditional = model.num_classes > 0;
+  const link = applyLink(params, conditional);
+  const sha = state.weightsSha;
+  const stale = link.sha !== null && !sha.startsWith(link.sha.toLowerCase());
+  if (stale) {
+    $('link-text').textContent = `This link was made with other weights (SHA-256 ${link.sha}…); this model's file ` +
+      `is now ${sha.slice(0, SHA_CHARS)}…, so its controls would draw another picture. Start draws it with these weights.`;
+    $('link-text').hidden = false;
+    state.staleLink = true;
+  }
+  followControls(conditional, sha, state.model);
+  $('copy-link').disabled = false;
+  $('copy-link').addEventListener('click', copyLink);
+  return !stale;
+}
+
+async function copyLink() {
+  const url = location.href;
+  state.copiedLink = url;
+  try {
+    await navigator.clipboard.writeText(url);
+    $('link-text').textContent = 'Link copied: it draws this picture again, with these weights.';
+  } catch {
+    $('link-text').textContent = `Copy this link: ${url}`; // no clipboard permission
+  }
+  $('link-text').hidden = false;
 }
 
 window.addEventListener('error', (e) => showError(e.message));

@@ -13,7 +13,8 @@ export class ModelClient {
     this.onNotice = onNotice; // (text) => void: what the page should tell the visitor
     this.runId = 0;
     this.runs = new Map(); // id → {request, onStep, resolve, reject}: the runs in progress
-    this.view = null; // {id, resolve, reject}: the forward view asked for last
+    this.latest = new Map(); // 'forward' | 'loss-curve' → {id, request, resolve, reject}: the one asked for last
+    this.calls = new Map(); // id → {resolve, reject}: one-off answers (the animation)
     this.losses = 0;
     this.wantGpu = wantGpu;
     this.threads = threads;
@@ -40,8 +41,9 @@ export class ModelClient {
     this.pending.loaded?.reject(error);
     for (const run of this.runs.values()) run.reject(error);
     this.runs.clear();
-    this.view?.reject(error);
-    this.view = null;
+    for (const asked of [...this.latest.values(), ...this.calls.values()]) asked.reject(error);
+    this.latest.clear();
+    this.calls.clear();
   }
 
   receive(data) {
@@ -58,15 +60,24 @@ export class ModelClient {
         run?.onStep(data.step, data.ms);
         break;
       case 'forward':
-        if (this.view?.id === data.id) { this.view.resolve(data.view); this.view = null; }
+      case 'loss-curve': {
+        const asked = this.latest.get(data.type);
+        if (asked?.id === data.id) { asked.resolve(data.answer); this.latest.delete(data.type); }
+        break;
+      }
+      case 'answer':
+        this.calls.get(data.id)?.resolve(data.answer);
+        this.calls.delete(data.id);
         break;
       case 'done':
         if (run) { this.runs.delete(data.id); run.resolve(true); }
         break;
       case 'error': {
         const error = Object.assign(new Error(data.message), { field: data.field });
+        const asked = [...this.latest].find(([, a]) => a.id === data.id);
         if (data.id === null) this.fail(error);
-        else if (this.view?.id === data.id) { this.view.reject(error); this.view = null; }
+        else if (asked) { asked[1].reject(error); this.latest.delete(asked[0]); }
+        else if (this.calls.has(data.id)) { this.calls.get(data.id).reject(error); this.calls.delete(data.id); }
         else if (run) { this.runs.delete(data.id); run.reject(error); }
         break;
       }
@@ -121,14 +132,51 @@ export class ModelClient {
   // The forward process at one t (src/forward.rs): resolves to the worker's view, or to null
   // when a newer call replaced it before its answer came (the latest position wins).
   forward(request) {
-    this.view?.resolve(null);
+    return this.ask('forward', request);
+  }
+
+  // The loss-versus-t curve of the forward panel's example: `{t, loss}`, or null when replaced.
+  lossCurve(request) {
+    return this.ask('loss-curve', request);
+  }
+
+  // A question of which only the latest matters (a slider's position): an unanswered earlier
+  // one of the same kind resolves to null.
+  ask(type, request) {
+    this.latest.get(type)?.resolve(null);
     const id = ++this.runId;
     return new Promise((resolve, reject) => {
-      this.view = { id, request, resolve, reject };
+      this.latest.set(type, { id, request, resolve, reject });
       Promise.resolve(this.loading).then(() => {
-        if (this.view?.id === id) this.worker.postMessage({ type: 'forward', id, request });
+        if (this.latest.get(type)?.id === id) this.worker.postMessage({ type, id, request });
       }, () => {});
     });
+  }
+
+  // One answer from the module that needs no model (`call`: the worker's name for it), once
+  // the module runs.
+  call(call, args, transfer = []) {
+    const id = ++this.runId;
+    return new Promise((resolve, reject) => {
+      this.calls.set(id, { resolve, reject });
+      this.hello.then(() => this.worker.postMessage({ type: 'call', id, call, args }, transfer), () => {});
+    });
+  }
+
+  // Whether a download's first bytes hold a whole header the page can load (false: not yet
+  // whole); rejects with the reason the page cannot.
+  checkWeightsHeader(prefix) {
+    return this.call('check_weights_header', [prefix]);
+  }
+
+  // The steps of a `total`-step run that an animation shows (the library's choice).
+  animationSteps(total) {
+    return this.call('animation_steps', [total]);
+  }
+
+  // The animation of the chosen steps' grids (`x_t`, `x0`: the grids one after another) as GIF bytes.
+  gif(width, height, x_t, x0) {
+    return this.call('animation_gif', [width, height, x_t, x0], [x_t.buffer, x0.buffer]);
   }
 
   // Stops every run in progress (each resolves false).
@@ -174,6 +222,6 @@ export class ModelClient {
     for (const [id, run] of interrupted) {
       if (this.runs.get(id) === run) this.worker.postMessage({ type: 'run', id, request: run.request, beside: true });
     }
-    if (this.view) this.worker.postMessage({ type: 'forward', id: this.view.id, request: this.view.request });
+    for (const [type, asked] of this.latest) this.worker.postMessage({ type, id: asked.id, request: asked.request });
   }
 }

@@ -9,7 +9,10 @@
 // (pkg-threads/: flex on a pool of web workers), else the main module's one-thread fallback.
 //
 // Messages in:  {type: 'load', bytes, wantGpu} | {type: 'warm', batches}
-//               | {type: 'forward', id, request} (the forward process at one t: src/forward.rs)
+//               | {type: 'forward' | 'loss-curve', id, request} (the forward process at one t, or its
+//                 loss at 20 t: src/forward.rs)
+//               | {type: 'call', id, call, args} (animation_steps, animation_gif, check_weights_header:
+//                 no model needed)
 //               | {type: 'run', id, request, beside} (a request as src/request.rs types it; it
 //                 replaces the runs in progress unless `beside`, which runs it alongside them)
 //               | {type: 'cancel', id} (that run; without an id, every run)
@@ -18,7 +21,7 @@
 //               | {type: 'loaded', model, kernels, threads} (model: Ddpm.describe())
 //               | {type: 'warming', done, total}
 //               | {type: 'step', id, step, ms} | {type: 'done', id} | {type: 'error', id, message, field}
-//               | {type: 'forward', id, view} | {type: 'schedule', curves}
+//               | {type: 'forward' | 'loss-curve', id, answer} | {type: 'answer', id, answer}
 //               | {type: 'lost', reason} | {type: 'memory', wasm}
 let pkg = null; // the module's exports: Ddpm, page_limits, kernel_path, …
 let model = null;
@@ -26,6 +29,7 @@ let description = null; // model.describe()
 let wasm = null;
 const runs = new Map(); // id → the module's run (a PageRun) for each run in progress
 let lost = false;
+const CALLS = ['animation_steps', 'animation_gif', 'check_weights_header'];
 const devices = [];
 
 // burn-wgpu asks the adapter for its device; keeping a handle lets the page learn at once when
@@ -137,13 +141,24 @@ onmessage = async ({ data }) => {
       run(data.id, data.request, data.beside === true);
       break;
     case 'forward':
+    case 'loss-curve':
       try {
-        const view = await model.forward(data.request);
-        const images = ['x0', 'eps', 'x_t', 'eps_hat', 'x0_hat'].map((k) => view[k].buffer);
-        postMessage({ type: 'forward', id: data.id, view }, images);
+        const answer = data.type === 'forward' ? await model.forward(data.request) : await model.loss_curve(data.request);
+        const images = data.type === 'forward' ? ['x0', 'eps', 'x_t', 'eps_hat', 'x0_hat'].map((k) => answer[k].buffer) : [];
+        postMessage({ type: data.type, id: data.id, answer }, images);
       } catch (e) {
         if (model.on_gpu && !e.field) loseDevice(e.message ?? String(e));
         else postMessage(errorMessage(data.id, e));
+      }
+      break;
+    case 'call':
+      // The module's functions that need no model: the animation's steps and its GIF, a download's header.
+      try {
+        if (!CALLS.includes(data.call)) throw new Error(`no such call: ${data.call}`);
+        const answer = pkg[data.call](...data.args);
+        postMessage({ type: 'answer', id: data.id, answer }, answer.buffer ? [answer.buffer] : []);
+      } catch (e) {
+        postMessage(errorMessage(data.id, e));
       }
       break;
     case 'cancel':

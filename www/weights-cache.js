@@ -91,8 +91,10 @@ export async function cachedWeights(url, entry, download, prefer) {
 
 // Fetches the weights, reporting progress; any failure is turned into a sentence for the page. A file above
 // the loader's bound (`limit`, a promise: the module may still be loading) is refused as soon as
-// both are known, before it fills the tab's memory.
-export async function fetchWeights(url, limit, onProgress) {
+// both are known, before it fills the tab's memory; so is a model the page cannot hold, as soon
+// as its header has arrived (`checkHeader(prefix)`: the module's check of the first bytes,
+// resolving false while the header is incomplete, rejecting with the reason).
+export async function fetchWeights(url, limit, onProgress, checkHeader = null) {
   let response;
   try {
     response = await fetch(url);
@@ -110,20 +112,36 @@ export async function fetchWeights(url, limit, onProgress) {
   const reader = response.body.getReader();
   const chunks = [];
   let received = 0;
+  // The header check runs beside the download, asked again with twice the bytes while the header
+  // is incomplete; a refusal cancels the download.
+  let refused = null;
+  let askAt = checkHeader ? 8 : Infinity;
+  const ask = (prefix) => checkHeader(prefix).then(
+    (complete) => { if (!complete) askAt = prefix.length * 2; },
+    (e) => { refused = e; reader.cancel().catch(() => {}); });
   for (;;) {
     if (max !== null && Math.max(total, received) > max) {
       reader.cancel();
       throw tooLarge(Math.max(total, received));
     }
     const { done, value } = await reader.read();
+    if (refused) throw refused; // the loader's own message, as it would give for the whole file
     if (done) break;
     chunks.push(value);
     received += value.length;
     if (total) onProgress(received / total);
+    if (received >= askAt) {
+      askAt = Infinity;
+      ask(concat(chunks, received));
+    }
   }
   max = await limit;
   if (Math.max(total, received) > max) throw tooLarge(Math.max(total, received));
-  const bytes = new Uint8Array(received);
+  return concat(chunks, received);
+}
+
+function concat(chunks, length) {
+  const bytes = new Uint8Array(length);
   let offset = 0;
   for (const c of chunks) { bytes.set(c, offset); offset += c.length; }
   return bytes;

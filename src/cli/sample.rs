@@ -9,7 +9,9 @@ use burn::tensor::Tensor;
 use clap::Args;
 
 use super::{ClassArg, Loaded, SamplerArgs, flag_error, to_vec};
-use ddpm::images::{Grid, save_gif, save_png};
+use ddpm::animation;
+use ddpm::atomic_write::atomic_write;
+use ddpm::images::{Grid, save_png};
 use ddpm::limits;
 use ddpm::request::{CLI_BOUNDS, EditRequest, InterpolationRequest, Request, SampleRequest, drawing_pixels, grid_cols};
 
@@ -74,10 +76,11 @@ pub struct AnimateArgs {
     sampler: SamplerArgs,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Frames in the GIF (steps are subsampled evenly; the last frame is held).
-    #[arg(long, default_value_t = 60)]
+    /// Frames in the GIF (x_t beside x̂₀; steps are subsampled evenly, the last always in and
+    /// held): the page's "download as animation" makes the same file with the defaults.
+    #[arg(long, default_value_t = animation::FRAMES)]
     frames: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = animation::SCALE)]
     scale: usize,
     #[arg(long)]
     out: PathBuf,
@@ -216,26 +219,18 @@ pub fn animate(a: AnimateArgs) -> Result<()> {
     ensure!((2..=limits::MAX_FRAMES).contains(&a.frames), "--frames must be 2..={}", limits::MAX_FRAMES);
     ensure!((1..=limits::MAX_SCALE).contains(&a.scale), "--scale must be 1..={}", limits::MAX_SCALE);
     let m = Loaded { shards: 1, ..a.sampler.load()? };
-    let image = m.image();
     let request = SampleRequest { seed: a.seed, count: 1, class: m.class, guidance: m.guidance, sampler: m.sampler };
     let mut run = Request::Sample(request).start(&m.model(), &CLI_BOUNDS).map_err(flag_error)?;
     let total = run.sampler().total();
     let mut frames = Vec::new();
-    let frame = |x: Tensor<4>, x0: Tensor<4>| {
-        let pair = to_vec(Tensor::cat(vec![x, x0], 0));
-        Grid::new(&pair, [2, image[0], image[1], image[2]], 2, 2, m.range()).scaled(a.scale)
-    };
-    frames.push(frame(run.sampler().x().clone(), run.sampler().x().clone()));
     while let Some(s) = run.step(|g| m.eps_theta(g)) {
-        let index = s.step.index;
-        // Evenly spaced frames, always including the last step.
-        if index * (a.frames - 1) / total != (index - 1) * (a.frames - 1) / total || index == total {
-            frames.push(frame(s.x, s.step.x0_hat));
+        if animation::keeps(s.step.index, total, a.frames) {
+            // The page's step canvases: each batch a grid with one-pixel borders.
+            let grid = |x: Tensor<4>| Grid::new(&to_vec(x.clone()), x.dims(), s.cols, 1, m.range());
+            frames.push(animation::frame(&grid(s.x), &grid(s.step.x0_hat), a.scale).map_err(anyhow::Error::msg)?);
         }
     }
-    let last = frames.last().cloned().expect("at least one frame");
-    frames.extend(std::iter::repeat_n(last, 15));
-    save_gif(&a.out, frames, 80)
+    atomic_write(&a.out, &animation::gif(frames).map_err(anyhow::Error::msg)?)
 }
 
 /// SDEdit: the input noised to --t and denoised, as the page's drawing panel does it.

@@ -201,3 +201,33 @@ export async function openPage(browsers, webgpu) {
   browsers.push(browser);
   return { browser, page: await browser.page() };
 }
+
+// Sets a range input as a drag would (its value, then an input event).
+export async function setSlider(page, id, value) {
+  await page.evaluate(({ id, value }) => {
+    const slider = document.getElementById(id);
+    slider.value = String(value);
+    slider.dispatchEvent(new Event('input'));
+  }, { id, value });
+}
+
+// A GIF's frames decoded by the browser (WebCodecs' ImageDecoder): size, duration in ms and the
+// red channel of each.
+export async function gifFrames(page, bytes) {
+  return page.evaluate(async (b64) => {
+    const data = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const decoder = new ImageDecoder({ data, type: 'image/gif' });
+    await decoder.tracks.ready;
+    await decoder.completed;
+    const frames = [];
+    for (let i = 0; i < decoder.tracks.selectedTrack.frameCount; i++) {
+      const { image } = await decoder.decode({ frameIndex: i });
+      const canvas = new OffscreenCanvas(image.displayWidth, image.displayHeight);
+      canvas.getContext('2d').drawImage(image, 0, 0);
+      const rgba = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+      frames.push({ width: canvas.width, height: canvas.height, duration: image.duration / 1000, pixels: Array.from(rgba.filter((_, k) => k % 4 === 0)) });
+      image.close();
+    }
+    return frames;
+  }, Buffer.from(bytes).toString('base64'));
+}

@@ -2,6 +2,7 @@
 // visits, bounds from the module, bad and lying weights files. Run by `cargo xtask test`.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
 import { launch } from './harness.mjs';
 import {
   URL_, editedWeights, lyingWeights, ready, sample, waitDone,
@@ -224,6 +225,42 @@ test('a bad weights URL and a corrupt file show the error on the page', { timeou
   assert.match(await page.textContent('#error'), /above the largest model this page loads/);
   // The 404 above is logged by Chromium itself; nothing else may be.
   assert.deepEqual(browser.errors.filter((e) => !/404/.test(e)), []);
+});
+
+// A model the page cannot hold (more than its 2²⁷ parameters: here the shipped digits' config at
+// base width 256, 142 M) is refused from its header while the file is still arriving: the server
+// sends the header and 1 MB of tensors, then holds the rest back; the page must say why and close
+// the download, not wait for the remaining 16 MB.
+test('a model the page cannot hold is refused from its header, before the rest of the file', { timeout: 300_000 }, async () => {
+  const bytes = editedWeights((meta) => {
+    const unet = JSON.parse(meta.unet);
+    unet.base_channels = 256;
+    meta.unet = JSON.stringify(unet);
+  });
+  const sent = 8 + Number(bytes.readBigUInt64LE(0)) + (1 << 20);
+  let closed;
+  const closedDownload = new Promise((resolve) => { closed = resolve; });
+  const server = createServer((req, res) => {
+    res.writeHead(200, {
+      'content-length': String(bytes.length), 'access-control-allow-origin': '*', 'cross-origin-resource-policy': 'cross-origin',
+    });
+    res.write(bytes.subarray(0, sent));
+    res.on('close', () => closed(res.writableFinished));
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    const browser = await launch({ webgpu: false });
+    browsers.push(browser);
+    const page = await browser.page();
+    await page.goto(`${URL_}?backend=cpu&weights=http://127.0.0.1:${server.address().port}/big.safetensors`);
+    await page.waitForFunction(() => window.ddpmState?.error, null, { timeout: 60_000 });
+    assert.match(await page.textContent('#error'), /Could not load the model: the model has 14\d{7} parameters, above the largest this page holds/);
+    assert.equal(await closedDownload, false, 'the download was closed before its end');
+    assert.deepEqual(browser.errors, []);
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
 });
 
 // A visitor's own file (issue: bring a model to the page): the picker opens a good file through
