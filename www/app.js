@@ -559,7 +559,6 @@ function redrawPlots() {
     const T = model.diffusion_steps;
     drawSchedule($('schedule-plot'), model.schedule_curves, marks);
     if (state.lossCurve) drawLossCurve($('loss-plot'), T, state.lossCurve, marks.slice(0, 1));
-    state.plotMarks = marks.filter((m) => m.t !== null).map((m) => ({ label: m.label, t: m.t }));
     const c = model.schedule_curves;
     const t = Number($('forward-t').value);
     $('schedule-text').textContent = `At the forward panel's t = ${t}: β_t = ${c.beta[t].toPrecision(4)}, ` +

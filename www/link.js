@@ -20,13 +20,11 @@ function keys(conditional) {
 }
 
 // The link's values for the controls, before anything is drawn; returns the SHA prefix it names
-// (null: none) and whether it sets anything at all.
+// (null: none).
 export function applyLink(params, conditional) {
-  let any = false;
   for (const key of keys(conditional)) {
     const value = params.get(key);
     if (value === null) continue;
-    any = true;
     const control = $(CONTROLS[key]);
     if (control.tagName === 'SELECT' && ![...control.options].some((o) => o.value === value)) {
       control.add(new Option(value, value)); // refused by the module with its message, not dropped
@@ -34,7 +32,7 @@ export function applyLink(params, conditional) {
     control.value = value;
     control.dispatchEvent(new Event(key === 'sampler' ? 'sync' : 'input'));
   }
-  return { sha: params.get('sha'), any };
+  return { sha: params.get('sha') };
 }
 
 // Writes the model (its manifest id; a `weights=` address stays as it is), the weights' SHA

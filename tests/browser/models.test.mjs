@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { PNG } from 'pngjs';
 import { pngPixels, rgbPng } from './harness.mjs';
 import {
   BIN, ETA, DPM, WEIGHTS, openPage, setSampler, samplerFlags, nativeSamples, nativeInterpolation, canvasTiles, canvasPixels, compare, same, ready, sample,
@@ -73,6 +74,21 @@ if (backends.includes('cpu')) {
       const c = compare(drawn, native);
       assert.ok(same(c), `channel ${channel}: mean ${c.mean.toFixed(3)}, max ${c.max}`);
     }
+    // The forward panel offers the ten held-out emoji (www/examples/emoji.png) and draws the
+    // chosen one as x₀, every channel.
+    const names = await page.evaluate(() => [...document.getElementById('forward-example').options].map((o) => o.value));
+    assert.deepEqual(names, ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'drawing']);
+    await page.selectOption('#forward-example', '3');
+    await page.waitForFunction(() => window.ddpmState.forward?.example === '3');
+    const strip = PNG.sync.read(readFileSync('www/examples/emoji.png'));
+    const x0 = await canvasPixels(page, 'fw-x0');
+    let worst = 0;
+    for (let y = 0; y < 32; y++) {
+      for (let x = 0; x < 32; x++) {
+        for (let c = 0; c < 3; c++) worst = Math.max(worst, Math.abs(x0[(y * 32 + x) * 4 + c] - strip.data[(y * 320 + 96 + x) * 4 + c]));
+      }
+    }
+    assert.ok(worst <= 1, `x₀ is off the fourth emoji by ${worst} levels`);
     assert.deepEqual(browser.errors, []);
   });
 }

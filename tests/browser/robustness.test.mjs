@@ -130,7 +130,7 @@ test('the inputs take their bounds from the module and the model, not from the H
   }));
   const { default_sampler: _, max_weights_bytes: __, default_steps: ___, ...limits } = bounds.limits;
   assert.deepEqual(limits, { max_images: 64, max_frames: 32, max_guidance: 20, default_guidance: 1.15, diffusion_steps: 200,
-    samplers: ['ddpm', 'ddim', 'dpm++2m'], spacings: ['trailing', 'logsnr'] });
+    samplers: ['ddpm', 'ddim', 'dpm++2m'], spacings: ['trailing', 'logsnr'], max_recorded_bytes: 64 * 2 ** 20 });
   assert.deepEqual([bounds.t, bounds.steps, bounds.frames], ['199', '200', '32']);
   assert.equal(bounds.ddpm, 'DDPM, all 200 steps (the paper)');
   assert.ok(bounds.counts.every((n) => n <= 64));
