@@ -209,6 +209,9 @@ export class ModelClient {
       ? `The GPU device was lost (${reason}); starting again on a fresh device.`
       : `The GPU device was lost ${this.losses} times (${reason}); continuing on the CPU.`);
     const interrupted = new Map(this.runs);
+    // A one-off answer the old worker owed never comes: say so rather than wait for ever.
+    for (const c of this.calls.values()) c.reject(new Error(`the model worker was replaced after a lost GPU (${reason}): try again`));
+    this.calls.clear();
     this.spawn(this.wantGpu && onGpu);
     try {
       await this.load(this.bytes, this.wantGpu && onGpu);

@@ -112,13 +112,20 @@ export async function fetchWeights(url, limit, onProgress, checkHeader = null) {
   const reader = response.body.getReader();
   const chunks = [];
   let received = 0;
-  // The header check runs beside the download, asked again with twice the bytes while the header
-  // is incomplete; a refusal cancels the download.
+  // The header check runs beside the download: asked with every byte received so far, again
+  // at once if more came meanwhile, else when twice as many have come; a refusal cancels the
+  // download (and so ends a read that waits for bytes a server holds back).
   let refused = null;
   let askAt = checkHeader ? 8 : Infinity;
-  const ask = (prefix) => checkHeader(prefix).then(
-    (complete) => { if (!complete) askAt = prefix.length * 2; },
-    (e) => { refused = e; reader.cancel().catch(() => {}); });
+  const ask = () => {
+    askAt = Infinity;
+    const asked = received;
+    checkHeader(concat(chunks, received)).then((complete) => {
+      if (complete) return;
+      askAt = asked * 2;
+      if (received > asked) ask();
+    }, (e) => { refused = e; reader.cancel().catch(() => {}); });
+  };
   for (;;) {
     if (max !== null && Math.max(total, received) > max) {
       reader.cancel();
@@ -130,10 +137,7 @@ export async function fetchWeights(url, limit, onProgress, checkHeader = null) {
     chunks.push(value);
     received += value.length;
     if (total) onProgress(received / total);
-    if (received >= askAt) {
-      askAt = Infinity;
-      ask(concat(chunks, received));
-    }
+    if (received >= askAt) ask();
   }
   max = await limit;
   if (Math.max(total, received) > max) throw tooLarge(Math.max(total, received));
