@@ -502,20 +502,13 @@ async function forwardRequest(t) {
   return { rgba: Array.from(await exampleRgba()), t, seed: Number($('forward-seed').value), class: model.num_classes ? label : null };
 }
 
-// Each question's number: a question whose request was still being built when a newer one was
-// asked is dropped, so an older position never overtakes a newer one.
-const asked = { forward: 0, curve: 0 };
-
 async function showForward() {
   const t = Number($('forward-t').value);
   $('forward-t-text').textContent = `t = ${t} (the paper's t = ${t + 1})`;
   const choice = $('forward-example').value;
-  const n = ++asked.forward;
-  const request = await forwardRequest(t);
-  if (n !== asked.forward) return;
   let view;
   try {
-    view = await client.forward(request);
+    view = await client.forward(forwardRequest(t));
   } catch (e) {
     showError(e.message ?? String(e));
     return;
@@ -536,12 +529,9 @@ async function showForward() {
 async function showLossCurve() {
   const choice = $('forward-example').value;
   const seed = Number($('forward-seed').value);
-  const n = ++asked.curve;
-  const request = await forwardRequest(0);
-  if (n !== asked.curve) return;
   let curve;
   try {
-    curve = await client.lossCurve(request);
+    curve = await client.lossCurve(forwardRequest(0));
   } catch (e) {
     showError(e.message ?? String(e));
     return;

@@ -141,15 +141,23 @@ export class ModelClient {
   }
 
   // A question of which only the latest matters (a slider's position): an unanswered earlier
-  // one of the same kind resolves to null.
+  // one of the same kind resolves to null. `request` may be a promise: the question takes its
+  // place when asked, so one whose request is still being built never overtakes a newer one.
   ask(type, request) {
     this.latest.get(type)?.resolve(null);
     const id = ++this.runId;
     return new Promise((resolve, reject) => {
-      this.latest.set(type, { id, request, resolve, reject });
-      Promise.resolve(this.loading).then(() => {
-        if (this.latest.get(type)?.id === id) this.worker.postMessage({ type, id, request });
-      }, () => {});
+      const asked = { id, request: null, resolve, reject };
+      this.latest.set(type, asked);
+      Promise.resolve(request).then((built) => {
+        asked.request = built;
+        Promise.resolve(this.loading).then(() => {
+          if (this.latest.get(type) === asked) this.worker.postMessage({ type, id, request: built });
+        }, () => {});
+      }, (e) => {
+        if (this.latest.get(type) === asked) this.latest.delete(type);
+        reject(e);
+      });
     });
   }
 
@@ -225,6 +233,8 @@ export class ModelClient {
     for (const [id, run] of interrupted) {
       if (this.runs.get(id) === run) this.worker.postMessage({ type: 'run', id, request: run.request, beside: true });
     }
-    for (const [type, asked] of this.latest) this.worker.postMessage({ type, id: asked.id, request: asked.request });
+    for (const [type, asked] of this.latest) {
+      if (asked.request) this.worker.postMessage({ type, id: asked.id, request: asked.request });
+    }
   }
 }
