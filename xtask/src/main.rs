@@ -91,9 +91,10 @@ fn main() -> Result<()> {
     }
 }
 
-/// The Python of a virtual environment with torch, numpy, safetensors and labml-nn (without its
-/// heavy declared dependencies: its UNet imports only torch): `$DDPM_INTEROP_VENV`, or one made
-/// once under `~/.cache/ddpm-web/interop-venv` (about 5.7 GB: PyPI's torch is the CUDA build).
+/// The Python of a virtual environment with torch, numpy, safetensors, pillow (the PNGs of
+/// `train_ddp.py --compare`) and labml-nn (without its heavy declared dependencies: its UNet
+/// imports only torch): `$DDPM_INTEROP_VENV`, or one made once under
+/// `~/.cache/ddpm-web/interop-venv` (about 5.7 GB: PyPI's torch is the CUDA build).
 fn interop_python() -> Result<PathBuf> {
     let venv = match std::env::var_os("DDPM_INTEROP_VENV") {
         Some(v) => PathBuf::from(v),
@@ -110,7 +111,7 @@ fn interop_python() -> Result<PathBuf> {
     let venv_str = venv.to_str().context("the venv's path is not UTF-8")?;
     run(here, "python3", &["-m", "venv", venv_str], "python3 is needed (apt-get install python3 python3-venv)")?;
     let pip = |args: &[&str]| run(here, &python, &[&["-m", "pip", "install", "-q"][..], args].concat(), "running pip");
-    pip(&["torch", "numpy", "safetensors"])?;
+    pip(&["torch", "numpy", "safetensors", "pillow"])?;
     pip(&["--no-deps", "labml-nn==0.5.1"])?;
     std::fs::write(&ready, "")?;
     Ok(python)
