@@ -27,8 +27,9 @@ clipped to [−1, 1] (`ddpm sample --sampler ddim --eta 0`; here `labml_interop.
 from seeds S, S + 1, … (its own generator), PyTorch from `torch.Generator().manual_seed(S)`. Each
 folder is scored by `ddpm eval` (MNIST-FD and the rest) and one JSON line printed per side and
 set (and, on the first set, the largest difference of the first 100 images when our CLI starts
-from PyTorch's x_T: `ddpm sample --x-t`), then the gaps: ours against PyTorch on each set, and each side's set against its other set
-(the seed-to-seed spread the first must stay within). Needs pillow for the PNGs.
+from PyTorch's x_T: `ddpm sample --x-t`), then the gaps: ours against PyTorch on each set, and
+each side's set against its other set (the seed-to-seed spread the first must stay within).
+MNIST only (`ddpm eval`'s reference); needs pillow for the PNGs.
 """
 
 import argparse
@@ -258,13 +259,13 @@ def compare(args):
                 Image.fromarray(image).save(os.path.join(py, f"{first + i:06}.png"))
         if seed == args.sample_seeds[0]:
             # The same x_T on both sides: the same update must give the same pixels, to f32 rounding.
-            first = os.path.join(out, "compare", "x_t-first-100.npy")
-            np.save(first, x_t[:100])
+            x_t_path = os.path.join(out, "compare", "x_t-first-100.npy")
+            np.save(x_t_path, x_t[:100])
             want = ddim(model, x_t[:100], args.sample_steps, 1000, -1, 1)
             paths = [("cpu", {})] + ([("cpu, AMX off", {"DDPM_AMX": "off"})] if os.uname().machine == "x86_64" else [])
             for path, env in paths:
                 same = os.path.join(out, "compare", "ddpm-from-pytorch-x_t")
-                subprocess.run([args.ddpm, "sample", "--weights", ours, "--x-t", first, "--sampler", "ddim", "--eta",
+                subprocess.run([args.ddpm, "sample", "--weights", ours, "--x-t", x_t_path, "--sampler", "ddim", "--eta",
                                 "0", "--steps", steps, "--out", same], check=True, env={**os.environ, **env})
                 d = float(np.abs(np.load(os.path.join(same, "x0.npy")) - want).max())
                 print(json.dumps({"check": f"the same 100 x_T on both sides ({path})", "x0_max_abs_diff": d}),
@@ -288,7 +289,7 @@ def compare(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--selftest", action="store_true")
-    p.add_argument("--ddpm", help="with --selftest: also import the checkpoint with this ddpm binary")
+    p.add_argument("--ddpm", help="the ddpm binary: --compare's, and --selftest's to import its checkpoint")
     p.add_argument("--compare", action="store_true", help="OUT's checkpoint: our CLI's samples against PyTorch's")
     p.add_argument("--count", type=int, default=1000, help="with --compare: images per side and seed set")
     p.add_argument("--sample-seeds", type=int, nargs="+", default=[300000, 400000], help="with --compare")
@@ -315,6 +316,8 @@ def main():
     if args.selftest:
         return selftest(args.ddpm)
     if args.compare:
+        if not args.ddpm or args.data != "mnist":
+            p.error("--compare needs --ddpm BIN and MNIST (what `ddpm eval` scores against)")
         return compare(args)
     train(args)
 
