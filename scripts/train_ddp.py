@@ -232,13 +232,13 @@ def selftest(ddpm):
 
 def compare(args):
     from PIL import Image
-    from labml_interop import ddim
+    from labml_interop import KERNEL_PATHS, ddim
     out = args.out
     pth, ours = os.path.join(out, "eps_model.pth"), os.path.join(out, "ours.safetensors")
     size = str(args.image_size)
     subprocess.run([args.ddpm, "import", pth, "--out", ours, "--image-size", size, "--data-range=-1,1"], check=True)
     model = build(args).eval()
-    model.load_state_dict(torch.load(pth))
+    model.load_state_dict(load_weights(pth))
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     steps = str(args.sample_steps)
     scores = {}
@@ -262,8 +262,7 @@ def compare(args):
             x_t_path = os.path.join(out, "compare", "x_t-first-100.npy")
             np.save(x_t_path, x_t[:100])
             want = ddim(model, x_t[:100], args.sample_steps, 1000, -1, 1)
-            paths = [("cpu", {})] + ([("cpu, AMX off", {"DDPM_AMX": "off"})] if os.uname().machine == "x86_64" else [])
-            for path, env in paths:
+            for path, env in KERNEL_PATHS:
                 same = os.path.join(out, "compare", "ddpm-from-pytorch-x_t")
                 subprocess.run([args.ddpm, "sample", "--weights", ours, "--x-t", x_t_path, "--sampler", "ddim", "--eta",
                                 "0", "--steps", steps, "--out", same], check=True, env={**os.environ, **env})
