@@ -267,7 +267,7 @@ def compare(args):
                 subprocess.run([args.ddpm, "sample", "--weights", ours, "--x-t", x_t_path, "--sampler", "ddim", "--eta",
                                 "0", "--steps", steps, "--out", same], check=True, env={**os.environ, **env})
                 d = float(np.abs(np.load(os.path.join(same, "x0.npy")) - want).max())
-                print(json.dumps({"check": f"the same 100 x_T on both sides ({path})", "x0_max_abs_diff": d}),
+                print(json.dumps({"check": f"the same {len(want)} x_T on both sides ({path})", "x0_max_abs_diff": d}),
                       flush=True)
         for side, folder_ in (("ddpm", cli), ("pytorch", py)):
             report = json.loads(subprocess.run([args.ddpm, "eval", "--samples", folder_, "--data", "mnist"],
