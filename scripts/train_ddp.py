@@ -118,6 +118,10 @@ def train(args):
                                                     find_unused_parameters=True)
     diffusion = DenoiseDiffusion(eps_model=ddp, n_steps=1000, device=device)
     opt = torch.optim.Adam(ddp.parameters(), lr=args.lr)
+    # `--lr-decay linear` anneals to 0 at the last step: at a constant rate Adam's steps keep the weights
+    # wandering around the optimum, and the samples' FD stalls there.
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 1 - s / args.steps if args.lr_decay == "linear" else 1.0)
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank)  # each rank its own batches
     for step in range(1, args.steps + 1):
         batch = x[torch.randint(0, len(x), (args.batch,), generator=gen)].to(device)
@@ -125,6 +129,7 @@ def train(args):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         # The EMA's decay ramped as `ddpm train` ramps it, min(decay, (1 + s)/(10 + s)): a plain
         # 0.999 still holds e⁻¹ of the random start after 1,000 steps.
         decay = min(args.ema, step / (9 + step))
@@ -132,8 +137,8 @@ def train(args):
             for e, p in zip(ema.parameters(), model.parameters()):
                 e.lerp_(p, 1 - decay)
         if rank == 0 and (step % args.log_every == 0 or step == args.steps):
-            print(json.dumps({"step": step, "loss": loss.item(), "world": world, "images": step * args.batch * world}),
-                  flush=True)
+            print(json.dumps({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0], "world": world,
+                              "images": step * args.batch * world}), flush=True)
         if rank == 0 and (step % args.save_every == 0 or step == args.steps):
             save(ema, args.out)
     dist.destroy_process_group()
@@ -306,6 +311,8 @@ def main():
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--batch", type=int, default=64, help="per rank")
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr-decay", choices=["constant", "linear"], default="constant",
+                   help="`linear`: from --lr to 0 over --steps")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=100)

@@ -169,8 +169,8 @@ impl std::str::FromStr for InterpolationMode {
     }
 }
 
-/// A morph from the sample of seed A to that of seed B in `frames` evenly spaced values of λ;
-/// with a conditional model also from A's class to B's.
+/// A morph from the sample of seed A to that of seed B in `frames` evenly spaced values of λ, or
+/// in the one frame at `lambda`; with a conditional model also from A's class to B's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InterpolationRequest {
@@ -181,7 +181,13 @@ pub struct InterpolationRequest {
     pub classes: [Option<usize>; 2],
     /// The step A and B are noised to (noise mode).
     pub t: usize,
+    /// How many evenly spaced frames (2 or more), or 1 with `lambda`.
     pub frames: usize,
+    /// The one frame at this λ in [0, 1] (a slider's position, `ddpm interpolate --lambda`): the
+    /// same image as frame i of an n-frame run at λ = i/(n − 1), since every frame draws the same
+    /// noise and its own class mix.
+    #[serde(default)]
+    pub lambda: Option<f64>,
     #[serde(default)]
     pub guidance: Option<f64>,
     /// The sampler of A, B and the frames (slerp mode: made deterministic, DDIM's η = 0).
@@ -190,9 +196,29 @@ pub struct InterpolationRequest {
 }
 
 impl InterpolationRequest {
-    /// λ_i = i / (frames − 1): A at 0, B at 1.
+    /// λ_i = i / (frames − 1): A at 0, B at 1; or `lambda` alone.
     pub fn lambdas(&self) -> Vec<f64> {
-        (0..self.frames).map(|i| i as f64 / (self.frames - 1) as f64).collect()
+        match self.lambda {
+            Some(lambda) => vec![lambda],
+            None => (0..self.frames).map(|i| i as f64 / (self.frames - 1) as f64).collect(),
+        }
+    }
+
+    /// The frames' count and λ, checked against the bounds.
+    fn check_frames(&self, bounds: &Bounds) -> Result<(), FieldError> {
+        let (frames, max) = (self.frames, bounds.max_frames);
+        match self.lambda {
+            None if !(2..=max).contains(&frames) => {
+                Err(FieldError::new("frames", format!("frames must be 2..={max}, got {frames}")))
+            }
+            Some(lambda) if !(0.0..=1.0).contains(&lambda) => {
+                Err(FieldError::new("lambda", format!("lambda must be in [0, 1], got {lambda}")))
+            }
+            Some(_) if frames != 1 => {
+                Err(FieldError::new("frames", format!("one frame at lambda: frames must be 1, got {frames}")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The noise that takes A and B to step t, derived from both seeds.
@@ -203,10 +229,7 @@ impl InterpolationRequest {
     /// Checks the request and starts its run: in noise mode A and B (sampled as `ddpm sample`
     /// samples them), then the frames from them; in slerp mode the frames alone.
     pub fn start(&self, model: &Model, bounds: &Bounds) -> Result<Run, FieldError> {
-        let max = bounds.max_frames;
-        if !(2..=max).contains(&self.frames) {
-            return Err(FieldError::new("frames", format!("frames must be 2..={max}, got {}", self.frames)));
-        }
+        self.check_frames(bounds)?;
         if self.mode == InterpolationMode::Noise {
             model.check_t(self.t)?;
         }

@@ -191,8 +191,34 @@ fn train_export_sample_interpolate_animate() {
         "interpolate", "--weights", w, "--seed-a", "1", "--seed-b", "2", "--t", "20", "--frames", "4", "--steps", "10",
         "--scale", "1", "--out", strip_s,
     ]);
-    let img = image::open(&strip).unwrap();
+    let img = image::open(&strip).unwrap().to_rgb8();
     assert_eq!((img.width(), img.height()), (4 * 10 + 2, 12));
+    // --lambda draws one frame at any λ: at 2/3 the strip's frame 2 (to a level of PNG rounding).
+    let one = root.join("lambda.png");
+    ok(&[
+        "interpolate",
+        "--weights",
+        w,
+        "--seed-a",
+        "1",
+        "--seed-b",
+        "2",
+        "--t",
+        "20",
+        "--lambda",
+        &(2.0f64 / 3.0).to_string(),
+        "--steps",
+        "10",
+        "--scale",
+        "1",
+        "--out",
+        one.to_str().unwrap(),
+    ]);
+    let one = image::open(&one).unwrap().to_rgb8();
+    assert_eq!(one.dimensions(), (12, 12));
+    let frame2 = image::imageops::crop_imm(&img, 2 * 10, 0, 12, 12).to_image();
+    let off = one.as_raw().iter().zip(frame2.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(off <= 1, "--lambda 2/3 is off the strip's frame 2 by {off} levels");
     // The animation: steps 2, 4, …, 10 of the run, x_t beside x̂₀ at scale 4 (8×8 images with
     // one-pixel borders: 80 × 40), 80 ms a frame and the last held 16 times as long; its last x_t is
     // the sample of the same seed and steps (NeuQuant reduces these RGB frames' colours a little).
@@ -263,6 +289,10 @@ fn bad_input_gets_a_clear_error() {
     fails(&["sample", "--weights", t, "--batch", "100000000", "--out", o], "--batch 1..=");
     fails(&["sample", "--weights", t, "--count", "5000", "--grid", "g.png", "--out", o], "--grid holds");
     fails(&["interpolate", "--weights", t, "--frames", "1000000000", "--out", o], "--frames: frames must be 2..=");
+    fails(
+        &["interpolate", "--weights", t, "--lambda", "NaN", "--out", o],
+        "--lambda: lambda must be in [0, 1], got NaN",
+    );
     fails(
         &["sample", "--weights", t, "--sampler", "dpm++2m", "--eta", "1", "--out", o],
         "--eta: DPM-Solver++(2M) is deterministic",

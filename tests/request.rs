@@ -58,6 +58,7 @@ fn the_pages_json_is_the_request() {
         classes: [Some(1), None],
         t: 20,
         frames: 5,
+        lambda: None,
         guidance: Some(2.0),
         sampler: SamplerChoice { solver: Some(SolverKind::DpmSolver2M), steps: Some(6), ..Default::default() },
     };
@@ -100,6 +101,15 @@ fn requests_are_checked_once_naming_the_field() {
     assert_eq!(field(&interpolation("noise", 39, 1, "ddim")), Some("frames"));
     assert_eq!(field(&interpolation("slerp", 0, 3, "ddpm")), Some("solver"));
     assert_eq!(field(&interpolation("noise", 0, 2, "ddpm")), None, "t = 0 and 2 frames are the library's minimums");
+    let at = |lambda: f64, frames: usize| {
+        format!(
+            r#"{{"kind": "interpolate", "mode": "noise", "seeds": [0, 1], "t": 5, "frames": {frames}, "lambda": {lambda}}}"#
+        )
+    };
+    assert_eq!(field(&at(1.5, 1)), Some("lambda"));
+    assert_eq!(field(&at(-0.1, 1)), Some("lambda"));
+    assert_eq!(field(&at(0.5, 3)), Some("frames"), "one frame at lambda, not a strip");
+    assert_eq!(field(&at(0.5, 1)), None);
     let edit =
         |t: usize, bytes: usize| format!(r#"{{"kind": "edit", "rgba": {:?}, "seed": 1, "t": {t}}}"#, vec![0u8; bytes]);
     assert_eq!(field(&edit(40, 256)), Some("t"));
@@ -121,6 +131,7 @@ fn an_interpolation_runs_whole_its_ends_then_its_frames() {
         classes: [None, None],
         t: 20,
         frames: 4,
+        lambda: None,
         guidance: None,
         sampler: SamplerChoice { solver: Some(SolverKind::Ddim), steps: Some(8), eta: Some(0.0), spacing: None },
     };
@@ -147,5 +158,12 @@ fn an_interpolation_runs_whole_its_ends_then_its_frames() {
     assert_eq!(values(last.unwrap()), values(frames.clone()));
     // And `finish`, as the CLI runs it.
     let finished = request.start(&s.model(), &bounds).unwrap().finish(s.eps());
-    assert_eq!(values(finished), values(frames));
+    assert_eq!(values(finished), values(frames.clone()));
+    // One frame at a slider's λ = 1/3 is the strip's frame 1 (a batch of one rounds its sums in
+    // another order than a batch of four: equal to f32 rounding).
+    let one = InterpolationRequest { frames: 1, lambda: Some(1.0 / 3.0), ..request.clone() };
+    let one = values(one.start(&s.model(), &bounds).unwrap().finish(s.eps()));
+    let frame1 = values(frames.narrow(0, 1, 1));
+    let off = one.iter().zip(&frame1).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(off < 1e-5, "the frame at λ = 1/3 is off the strip's frame 1 by {off}");
 }

@@ -54,6 +54,9 @@ pub struct InterpolateArgs {
     t: usize,
     #[arg(long, default_value_t = 9)]
     frames: usize,
+    /// One frame at this λ in [0, 1] instead of the strip: frame i of --frames n is λ = i/(n − 1).
+    #[arg(long, conflicts_with = "frames")]
+    lambda: Option<f64>,
     /// `noise`: labml's method (noise A and B to step t, mix, denoise); `slerp`: DDIM's spherical
     /// mix of the two seeds' initial noise, denoised deterministically (ignores --t; DDIM runs
     /// with η = 0, and the paper's sampler is refused).
@@ -206,13 +209,14 @@ pub fn interpolate(a: InterpolateArgs) -> Result<()> {
         seeds: [a.seed_a, a.seed_b],
         classes: [class_a, to_class.unwrap_or(class_a)],
         t: a.t,
-        frames: a.frames,
+        frames: if a.lambda.is_some() { 1 } else { a.frames },
+        lambda: a.lambda,
         guidance: m.guidance,
         sampler: m.sampler,
     };
+    let n = request.frames;
     let frames = m.run(&Request::Interpolate(request))?;
-    Grid::new(&to_vec(frames), [a.frames, image[0], image[1], image[2]], a.frames, 2, m.range())
-        .save_png(&a.out, a.scale)
+    Grid::new(&to_vec(frames), [n, image[0], image[1], image[2]], n, 2, m.range()).save_png(&a.out, a.scale)
 }
 
 pub fn animate(a: AnimateArgs) -> Result<()> {
