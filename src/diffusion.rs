@@ -176,6 +176,18 @@ impl Diffusion {
         self.predict_x0(x_t, t, eps).clamp(range.lo, range.hi)
     }
 
+    /// The ε with which one unclipped DDIM η = 0 step (Song et al. eq. 12) takes `x_t` to `x_s`
+    /// at step `s` < t (None: x₀, ᾱ = 1): from x_s = √ᾱ_s x̂₀ + √(1 − ᾱ_s) ε and
+    /// x̂₀ = (x_t − √(1 − ᾱ_t) ε)/√ᾱ_t,
+    /// ε = (x_s − √(ᾱ_s/ᾱ_t) x_t) / (√(1 − ᾱ_s) − √(ᾱ_s(1 − ᾱ_t)/ᾱ_t)),
+    /// Salimans & Ho's distillation target (arXiv 2202.00512, Algorithm 2) in ε-space. The
+    /// denominator is below zero wherever s < t (the SNR rises as t falls).
+    pub fn eps_for_step(&self, x_t: Tensor<4>, t: usize, x_s: Tensor<4>, s: Option<usize>) -> Tensor<4> {
+        let (ab_t, ab_s) = (self.alpha_bar[t], s.map_or(1.0, |s| self.alpha_bar[s]));
+        let denominator = (1.0 - ab_s).sqrt() - (ab_s * (1.0 - ab_t) / ab_t).sqrt();
+        (x_s - x_t.mul_scalar((ab_s / ab_t).sqrt())).mul_scalar(1.0 / denominator)
+    }
+
     /// Where this model's x₀ lives, for the pictures in and out.
     pub fn data_range(&self) -> DataRange {
         self.config.data_range

@@ -1,7 +1,9 @@
 //! Distillation, stage 1 (Meng et al. 2023): the student made from a teacher starts as the
 //! teacher's conditional prediction whatever w; its target is eq. 6 computed item by item; one
 //! pass of the student is what sampling uses for guidance; training moves the student towards
-//! the guided teacher; a run resumes exactly and refuses a teacher that changed.
+//! the guided teacher; a run resumes exactly and refuses a teacher that changed. Stage 2
+//! (Salimans & Ho's progressive distillation): the student's target is one step where its
+//! teacher takes two, on grids that nest; its run resumes exactly and names its sampler.
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
@@ -10,6 +12,9 @@ use ddpm::diffusion::{Diffusion, ScheduleConfig};
 use ddpm::guidance::{Guidance, Guided};
 use ddpm::noise::Noise;
 use ddpm::sampler::EpsTheta;
+use ddpm::solvers::ddim::Ddim;
+use ddpm::solvers::{SamplerConfig, Solver};
+use ddpm::train::progressive::Halving;
 use ddpm::train::{DistilConfig, TrainConfig, Trainer};
 use ddpm::unet::{ClassMix, UNet, UNetConfig};
 use ddpm::weights::{self, Header, Precision};
@@ -71,6 +76,7 @@ fn distil_recipe(path: &std::path::Path, steps: usize, lr: f64) -> TrainConfig {
             teacher_sha256: format!("{:x}", Sha256::digest(&bytes)),
             w_min: 0.0,
             w_max: 4.0,
+            teacher_steps: None,
         }),
         ..recipe(steps, 6, lr)
     }
@@ -212,4 +218,113 @@ fn a_distillation_run_resumes_exactly_and_refuses_a_changed_teacher() {
     std::fs::write(&path, bytes).unwrap();
     let e = Trainer::load(&ckpt, &device).err().expect("a changed teacher is refused").to_string();
     assert!(e.contains("changed since the run started"), "{e}");
+}
+
+/// A stage-1 student whose w embedding is drawn from a seed (a fresh one ignores w), saved as
+/// stage 2's teacher.
+fn stage1_student(dir: &TempDir) -> (UNet, std::path::PathBuf) {
+    let (teacher, _) = teacher(dir);
+    let student = seeded(teacher.with_guidance_input(), 9, "w_emb");
+    let config = UNetConfig { guidance_input: true, ..teacher_config() };
+    let header = Header { unet: config, schedule: ScheduleConfig::default(), sampler: None, info: Default::default() };
+    let path = dir.join("student1.safetensors");
+    std::fs::write(&path, weights::to_safetensors(&student, &header, Precision::F32).unwrap()).unwrap();
+    (student, path)
+}
+
+#[test]
+fn stage_2_grids_nest_and_its_steps_are_drawn_from_the_students() {
+    let diffusion = Diffusion::new(ScheduleConfig::default());
+    for n in (2..=1000).step_by(2) {
+        assert!(Halving::new(n, &diffusion).is_ok(), "{n} steps halve onto every second point");
+    }
+    for bad in [0, 7, 1002] {
+        assert!(Halving::new(bad, &diffusion).is_err(), "{bad} teacher steps");
+    }
+    let halving = Halving::new(8, &diffusion).unwrap();
+    assert_eq!(halving.student_sampler(), SamplerConfig::ddim(4, 0.0));
+    let t = halving.draw_t(200, &mut Noise::new(3));
+    assert!(t.windows(2).all(|p| p[0] >= p[1]), "descending, so equal steps are adjacent");
+    for s in [999, 749, 499, 249] {
+        assert!(t.contains(&s), "step {s} is drawn");
+    }
+    assert!(t.iter().all(|s| [999, 749, 499, 249].contains(s)), "only the 4-step grid's points");
+}
+
+#[test]
+fn stage_2_target_is_one_step_where_the_teacher_takes_two() {
+    let dir = TempDir::new("distil-stage2-target");
+    let (teacher, _) = stage1_student(&dir);
+    let device = Device::flex();
+    let diffusion = Diffusion::new(ScheduleConfig::default());
+    let halving = Halving::new(8, &diffusion).unwrap();
+    // Three runs of equal t, each item its own class and w; 249 is the student's last step (onto x₀).
+    let t = [999, 999, 499, 249, 249];
+    let (classes, w) = ([0, 1, 3, 2, 1], [0.5f32, 3.0, 1.0, 2.0, 0.0]);
+    let mixes: Vec<ClassMix> = classes.iter().map(|&c| c.into()).collect();
+    let x0 = Noise::new(3).gaussian([5, 1, 8, 8], &device).clamp(-1.0, 1.0);
+    let x_t = diffusion.q_sample(x0, &t, Noise::new(4).gaussian([5, 1, 8, 8], &device));
+    let target = halving
+        .targets(&diffusion, x_t.clone(), &t, |x, s, items| {
+            let s = diffusion.t_tensor(s, items.len(), &device);
+            teacher.forward_condition(x, s, Some(&mixes[items.clone()]), Some(&w[items]))
+        })
+        .unwrap();
+    // By hand, item by item: the teacher's two DDIM η = 0 steps on the 8-step trailing grid, and
+    // the student's one step with the target, x_t'' = √ᾱ_t'' x̂₀ + √(1 − ᾱ_t'') ε̃ (eq. 12).
+    let grid = [999, 874, 749, 624, 499, 374, 249, 124];
+    let mut z = || -> Tensor<4> { unreachable!("η = 0 draws no noise") };
+    for i in 0..5 {
+        let k = grid.iter().position(|&s| s == t[i]).unwrap();
+        let (t1, t2) = (grid[k + 1], grid.get(k + 2).copied());
+        let eps = |x: Tensor<4>, s: usize| {
+            let s = diffusion.t_tensor(s, 1, &device);
+            teacher.forward_condition(x, s, Some(&mixes[i..i + 1]), Some(&w[i..i + 1]))
+        };
+        let x = x_t.clone().narrow(0, i, 1);
+        let (x1, _) = Ddim { eta: 0.0 }.step(&diffusion, x.clone(), t[i], Some(t1), eps(x.clone(), t[i]), &mut z);
+        let (x2, _) = Ddim { eta: 0.0 }.step(&diffusion, x1.clone(), t1, t2, eps(x1, t1), &mut z);
+        let eps_tilde = target.clone().narrow(0, i, 1);
+        let ab = t2.map_or(1.0, |s| diffusion.alpha_bar[s]);
+        let landed = diffusion.predict_x0(x, t[i], eps_tilde.clone()).mul_scalar(ab.sqrt())
+            + eps_tilde.mul_scalar((1.0 - ab).sqrt());
+        let off = max_diff(&values(landed), &values(x2));
+        assert!(off < 1e-4, "item {i} (t = {}): one student step lands {off} off the teacher's two", t[i]);
+    }
+}
+
+#[test]
+fn a_stage_2_run_resumes_exactly_names_its_sampler_and_needs_a_student_teacher() {
+    let dir = TempDir::new("distil-stage2-run");
+    let (_, path) = stage1_student(&dir);
+    let device = Device::flex();
+    let data = labelled();
+    let config = UNetConfig { guidance_input: true, ..teacher_config() };
+    let recipe = |teacher: &std::path::Path| {
+        let mut r = distil_recipe(teacher, 6, 1e-3);
+        r.distil.as_mut().unwrap().teacher_steps = Some(8);
+        r
+    };
+    let start = std::fs::read(&path).unwrap();
+    let trainer = || {
+        let mut t = Trainer::new(config.clone(), ScheduleConfig::default(), recipe(&path), &device).unwrap();
+        t.start_from(weights::load(&start, &device.clone().autodiff()).unwrap().0);
+        t
+    };
+    let mut straight = trainer();
+    let all: Vec<f64> = (0..6).map(|_| straight.step(&data).unwrap().loss).collect();
+    assert!(all.iter().all(|l| l.is_finite() && *l > 0.0), "{all:?}");
+    assert_eq!(straight.header().sampler, Some(SamplerConfig::ddim(4, 0.0)), "the student is drawn over 4 steps");
+    let mut first = trainer();
+    let head: Vec<f64> = (0..3).map(|_| first.step(&data).unwrap().loss).collect();
+    let ckpt = dir.join("checkpoint.ddpm");
+    first.save(&ckpt).unwrap();
+    let mut resumed = Trainer::load(&ckpt, &device).unwrap();
+    let tail: Vec<f64> = (0..3).map(|_| resumed.step(&data).unwrap().loss).collect();
+    assert_eq!([head, tail].concat(), all, "the resumed run repeats the straight run's losses exactly");
+    // Stage 2 distils a student: a teacher without a guidance input is refused.
+    let plain_dir = TempDir::new("distil-stage2-plain");
+    let (_, plain) = teacher(&plain_dir);
+    let e = Trainer::new(config, ScheduleConfig::default(), recipe(&plain), &device).err().expect("refused");
+    assert!(e.to_string().contains("stage 2 distils a student"), "{e}");
 }

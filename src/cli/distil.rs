@@ -1,10 +1,10 @@
 //! `ddpm distil`: a student that gives the guided prediction in one pass (Meng et al. 2023,
-//! stage 1), trained like `ddpm train` (progress, EMA, atomic checkpoints, exact resume,
+//! stage 1), then samples in half its teacher's steps (stage 2, `--teacher-steps`), trained like `ddpm train` (progress, EMA, atomic checkpoints, exact resume,
 //! Ctrl-C, `--backend wgpu`) from a class-conditional weights file.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use clap::{ArgMatches, Args};
 use sha2::{Digest, Sha256};
 
@@ -32,6 +32,10 @@ pub struct DistilArgs {
     /// The largest guidance strength the student learns; the page's slider keeps to the range.
     #[arg(long, default_value_t = 4.0)]
     w_max: f64,
+    /// Stage 2: the teacher is a student (it takes w) drawn by DDIM η = 0 over N trailing steps;
+    /// the new student learns to take one step where it takes two, and is drawn over N/2.
+    #[arg(long)]
+    teacher_steps: Option<usize>,
     /// The share of items drawn as "no class" (∅), for which the student learns ε(∅).
     #[arg(long, default_value_t = 0.1)]
     label_dropout: f64,
@@ -44,8 +48,12 @@ pub fn run(a: DistilArgs, given: &ArgMatches) -> Result<()> {
     let mut trainer = if a.run.resume { resumed(&a, given, &ckpt, &device)? } else { fresh(&a, &ckpt, &device)? };
     let dataset = data::load(&trainer.train.data, trainer.unet.image_channels, trainer.unet.image_size)?;
     let d = trainer.train.distil.as_ref().expect("a distillation run has a teacher");
+    let stage = match d.teacher_steps {
+        Some(n) => format!("stage 2, its {n} DDIM steps into {}", n / 2),
+        None => "stage 1".to_string(),
+    };
     eprintln!(
-        "distilling {} (w in {}..{}) on {} images, steps {}..{}",
+        "distilling {} ({stage}; w in {}..{}) on {} images, steps {}..{}",
         d.teacher,
         d.w_min,
         d.w_max,
@@ -61,10 +69,16 @@ fn fresh(a: &DistilArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<T
     let path = a.teacher.as_ref().expect("clap requires --teacher without --resume");
     let bytes = std::fs::read(path).with_context(|| format!("reading the teacher {}", path.display()))?;
     let (teacher, header) = super::load_weights(path, &device.clone().autodiff())?;
+    let stage2 = a.teacher_steps.is_some();
     ensure!(
-        teacher.num_classes().is_some() && !teacher.takes_guidance(),
-        "--teacher {}: distillation needs a class-conditional model without a guidance input",
-        path.display()
+        teacher.num_classes().is_some() && teacher.takes_guidance() == stage2,
+        "--teacher {}: {}",
+        path.display(),
+        if stage2 {
+            "stage 2 (--teacher-steps) distils a student: a class-conditional model with a guidance input"
+        } else {
+            "stage 1 needs a class-conditional model without a guidance input (a student: stage 2, --teacher-steps)"
+        }
     );
     ensure!(
         header.schedule.data_range.is_paper(),
@@ -73,10 +87,21 @@ fn fresh(a: &DistilArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<T
         header.schedule.data_range.lo,
         header.schedule.data_range.hi
     );
-    let trained_on = || -> Option<String> {
-        let train: TrainConfig = serde_json::from_str(header.info.get("train")?).ok()?;
-        Some(train.data)
-    };
+    let trained: Option<TrainConfig> = header.info.get("train").and_then(|t| serde_json::from_str(t).ok());
+    // A student learnt w over its own range only.
+    if let Some(d) = trained.as_ref().and_then(|t| t.distil.as_ref())
+        && (a.w_min < d.w_min || a.w_max > d.w_max)
+    {
+        bail!(
+            "--w-min/--w-max {}..{} reach beyond the range the teacher {} learnt, {}..{}",
+            a.w_min,
+            a.w_max,
+            path.display(),
+            d.w_min,
+            d.w_max
+        );
+    }
+    let trained_on = || trained.as_ref().map(|t| t.data.clone());
     let data =
         a.data.clone().or_else(trained_on).with_context(|| {
             format!("--data: the teacher {} does not name the data it was trained on", path.display())
@@ -90,12 +115,14 @@ fn fresh(a: &DistilArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<T
             teacher_sha256: format!("{:x}", Sha256::digest(&bytes)),
             w_min: a.w_min,
             w_max: a.w_max,
+            teacher_steps: a.teacher_steps,
         }),
         ..a.run.recipe(DEFAULT_STEPS, DEFAULT_LR)
     };
     let student = ddpm::unet::UNetConfig { guidance_input: true, ..header.unet.clone() };
     let mut trainer = Trainer::new(student, header.schedule.clone(), train, device)?;
-    trainer.start_from(teacher.with_guidance_input());
+    // Stage 2's student starts as its teacher (Salimans & Ho: from the teacher's weights).
+    trainer.start_from(if stage2 { teacher } else { teacher.with_guidance_input() });
     Ok(trainer)
 }
 
@@ -107,12 +134,14 @@ fn resumed(a: &DistilArgs, given: &ArgMatches, ckpt: &Path, device: &burn::tenso
     })?;
     let teacher = a.teacher.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let r = &t.train;
+    let steps = |n: Option<usize>| n.map_or_else(|| "none (stage 1)".to_string(), |n| n.to_string());
     let fixed = [
         ("teacher", teacher, d.teacher.clone()),
         ("data", a.data.clone().unwrap_or_default(), r.data.clone()),
         ("w_min", a.w_min.to_string(), d.w_min.to_string()),
         ("w_max", a.w_max.to_string(), d.w_max.to_string()),
         ("label_dropout", a.label_dropout.to_string(), r.label_dropout.to_string()),
+        ("teacher_steps", steps(a.teacher_steps), steps(d.teacher_steps)),
     ];
     refuse_changes(given, ckpt, fixed.into_iter().chain(a.run.fixed(r)))?;
     a.run.resume_changes(&mut t.train)?;

@@ -49,9 +49,10 @@ pub struct TrainConfig {
     pub distil: Option<DistilConfig>,
 }
 
-/// Meng et al.'s first stage of distillation: the student (the teacher's architecture with a
-/// guidance input, [`crate::unet::UNet::with_guidance_input`]) learns the guided teacher's
+/// A distillation run (Meng et al. 2023). Stage 1: the student (the teacher's architecture with
+/// a guidance input, [`crate::unet::UNet::with_guidance_input`]) learns the guided teacher's
 /// prediction ε̃ = ε(∅) + w·(ε(c) − ε(∅)) at the same x_t, for w drawn uniformly per item.
+/// Stage 2 (`teacher_steps`): it learns to sample in half the teacher's steps.
 /// Our w is the paper's w + 1 (w = 1 is the class's own prediction).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +64,11 @@ pub struct DistilConfig {
     /// The range w is drawn from: the student's guidance range, which the page's slider keeps to.
     pub w_min: f64,
     pub w_max: f64,
+    /// Stage 2 ([`super::progressive`]): the teacher is a student (it takes w) sampled by DDIM
+    /// η = 0 over this many trailing steps, and this student learns to take half as many.
+    /// None: stage 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_steps: Option<usize>,
 }
 
 fn one() -> usize {

@@ -7,6 +7,7 @@ mod averaging;
 pub mod checkpoint;
 mod config;
 pub mod fit;
+pub mod progressive;
 mod shards;
 mod trainer;
 

@@ -1,7 +1,8 @@
 //! One training run in progress: Algorithm 1's step (x₀, t and ε drawn for the batch, the loss
 //! ‖ε − ε_θ(√ᾱ_t x₀ + √(1 − ᾱ_t) ε, t)‖² on its shards, Adam with warm-up and global-norm
 //! clipping) and the moving average of the weights; in a distillation run (`ddpm distil`) the
-//! target is the guided teacher's prediction at the same x_t instead of ε.
+//! target is the guided teacher's prediction at the same x_t instead of ε (stage 1), or the ε
+//! that takes one step where the teacher takes two (stage 2, [`super::progressive`]).
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::{Module, ModuleVisitor, Param};
@@ -11,12 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use super::averaging::ema_update;
 use super::config::{DistilConfig, TrainConfig};
+use super::progressive::Halving;
 use super::shards::{Replica, Shard, summed_gradients};
 use crate::data::Dataset;
 use crate::diffusion::{Diffusion, ScheduleConfig};
 use crate::noise::{Noise, NoiseState};
 use crate::threads::{run_all, shard_ranges};
-use crate::unet::{UNet, UNetConfig};
+use crate::unet::{ClassMix, UNet, UNetConfig};
 use crate::weights::Header;
 
 /// Everything a checkpoint holds besides tensors.
@@ -44,6 +46,8 @@ pub struct Trainer {
     device: Device,
     /// A distillation run's teacher, on the plain device.
     teacher: Option<UNet>,
+    /// Stage 2's grids: the teacher's and the student's.
+    halving: Option<Halving>,
 }
 
 /// What one step reports.
@@ -68,8 +72,13 @@ impl Trainer {
             Some(d) => Some(load_teacher(d, &unet, &schedule, device)?),
             None => None,
         };
+        let diffusion = Diffusion::new(schedule.clone());
+        let halving = match train.distil.as_ref().and_then(|d| d.teacher_steps) {
+            Some(n) => Some(Halving::new(n, &diffusion).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
         Ok(Self {
-            diffusion: Diffusion::new(schedule.clone()),
+            diffusion,
             unet,
             schedule,
             optim: AdamConfig::new().with_epsilon(1e-8).init(),
@@ -80,6 +89,7 @@ impl Trainer {
             noise,
             device: device.clone(),
             teacher,
+            halving,
         })
     }
 
@@ -89,13 +99,16 @@ impl Trainer {
         // x₀ ~ q(x₀), t ~ U{0..T−1}, ε ~ N(0, I): drawn here, on the CPU, for the whole batch.
         let b = self.train.batch_size;
         let (x0, items) = data.random_batch(b, self.train.flip, &mut self.noise, &ad);
-        let t: Vec<usize> = (0..b).map(|_| self.noise.below(self.diffusion.steps())).collect();
+        let t: Vec<usize> = match &self.halving {
+            Some(h) => h.draw_t(b, &mut self.noise),
+            None => (0..b).map(|_| self.noise.below(self.diffusion.steps())).collect(),
+        };
         let eps = self.noise.gaussian(x0.dims(), &ad);
         let classes = match self.unet.num_classes {
             Some(null) => Some(self.draw_classes(data, &items, null)?),
             None => None,
         };
-        let teacher = self.teacher_targets(&x0, &t, classes.as_deref(), &eps);
+        let teacher = self.teacher_targets(&x0, &t, classes.as_deref(), &eps)?;
 
         // Shard k takes a slice of n_k items and weighs its mean loss by n_k / B, so the shards'
         // losses and gradients add up to those of the whole batch.
@@ -134,16 +147,17 @@ impl Trainer {
     }
 
     /// A distillation step's targets: each item's w, drawn uniformly from the run's range, and
-    /// the guided teacher's ε̃ at the item's x_t, computed on the plain device over the batch's
-    /// shards at once and brought to the autodiff device. None when training.
+    /// the student's target at the item's x_t, computed on the plain device over the batch's
+    /// shards at once and brought to the autodiff device: the guided teacher's ε̃ (stage 1) or
+    /// the ε of the teacher's two steps in one (stage 2). None when training.
     fn teacher_targets(
         &mut self,
         x0: &Tensor<4>,
         t: &[usize],
         classes: Option<&[usize]>,
         eps: &Tensor<4>,
-    ) -> Option<(Tensor<4>, Vec<f32>)> {
-        let (teacher, d) = (self.teacher.as_ref()?, self.train.distil.as_ref()?);
+    ) -> Result<Option<(Tensor<4>, Vec<f32>)>> {
+        let (Some(teacher), Some(d)) = (self.teacher.as_ref(), self.train.distil.as_ref()) else { return Ok(None) };
         const ONE: usize = 1 << 24;
         let w: Vec<f32> = (0..t.len())
             .map(|_| (d.w_min + (d.w_max - d.w_min) * self.noise.below(ONE) as f64 / ONE as f64) as f32)
@@ -153,20 +167,21 @@ impl Trainer {
         let classes = classes.expect("a student is class-conditional");
         let shards = self.train.shards;
         let x_t = self.diffusion.q_sample(plain(x0), t, plain(eps));
-        let eps_tilde = self.diffusion.guided_teacher(x_t, t, classes, null, &w, |x, t, c| {
-            let batch = x.dims()[0];
-            let jobs: Vec<_> = shard_ranges(batch, shards.min(batch))
-                .into_iter()
-                .map(|items| {
-                    let (x, t) =
-                        (x.clone().narrow(0, items.start, items.len()), t.clone().narrow(0, items.start, items.len()));
-                    let c = c[items].to_vec();
-                    move || teacher.forward_condition(x, t, Some(&c), None)
+        let target = match &self.halving {
+            Some(h) => {
+                let mixes: Vec<ClassMix> = classes.iter().map(|&c| c.into()).collect();
+                let (diffusion, device) = (&self.diffusion, &self.device);
+                h.targets(diffusion, x_t, t, |x, t, items| {
+                    let t = diffusion.t_tensor(t, items.len(), device);
+                    sharded_pass(teacher, shards, x, t, &mixes[items.clone()], Some(&w[items]))
                 })
-                .collect();
-            Tensor::cat(run_all(jobs), 0)
-        });
-        Some((Tensor::from_data(eps_tilde.into_data(), &x0.device()), w))
+                .map_err(anyhow::Error::msg)?
+            }
+            None => self
+                .diffusion
+                .guided_teacher(x_t, t, classes, null, &w, |x, t, c| sharded_pass(teacher, shards, x, t, &c, None)),
+        };
+        Ok(Some((Tensor::from_data(target.into_data(), &x0.device()), w)))
     }
 
     /// The classes of the drawn `items`, each replaced by ∅ (`null`) with probability
@@ -207,8 +222,32 @@ impl Trainer {
         let names = (!self.train.class_names.is_empty())
             .then(|| ("class_names".to_string(), serde_json::to_string(&self.train.class_names).expect("serialises")));
         let info = info.into_iter().chain(names);
-        Header { unet: self.unet.clone(), schedule: self.schedule.clone(), sampler: None, info: info.collect() }
+        let sampler = self.halving.as_ref().map(Halving::student_sampler);
+        Header { unet: self.unet.clone(), schedule: self.schedule.clone(), sampler, info: info.collect() }
     }
+}
+
+/// The teacher's pass over a batch (class mixes `c`, guidance `w` for a teacher that takes it),
+/// its shards on as many threads.
+fn sharded_pass(
+    teacher: &UNet,
+    shards: usize,
+    x: Tensor<4>,
+    t: Tensor<1>,
+    c: &[ClassMix],
+    w: Option<&[f32]>,
+) -> Tensor<4> {
+    let batch = x.dims()[0];
+    let jobs: Vec<_> = shard_ranges(batch, shards.min(batch))
+        .into_iter()
+        .map(|items| {
+            let (x, t) = (x.clone().narrow(0, items.start, items.len()), t.clone().narrow(0, items.start, items.len()));
+            let c = c[items.clone()].to_vec();
+            let w = w.map(|w| w[items].to_vec());
+            move || teacher.forward_condition(x, t, Some(&c), w.as_deref())
+        })
+        .collect();
+    Tensor::cat(run_all(jobs), 0)
 }
 
 /// The teacher of a distillation run: its weights file, checked against the run's record of
@@ -226,11 +265,22 @@ fn load_teacher(d: &DistilConfig, student: &UNetConfig, schedule: &ScheduleConfi
     );
     let (teacher, header) =
         crate::weights::load(&bytes, device).with_context(|| format!("the teacher {}", d.teacher))?;
+    // Stage 1's teacher is the student less its guidance input; stage 2's is a student.
+    let stage2 = d.teacher_steps.is_some();
     ensure!(
-        header.unet == UNetConfig { guidance_input: false, ..student.clone() } && &header.schedule == schedule,
-        "the teacher {} is not the student's architecture and schedule",
-        d.teacher
+        header.unet == UNetConfig { guidance_input: stage2, ..student.clone() } && &header.schedule == schedule,
+        "the teacher {} is not the student's architecture and schedule{}",
+        d.teacher,
+        if stage2 { " (stage 2 distils a student, which takes w)" } else { "" }
     );
+    if let (Some(n), Some(own)) = (d.teacher_steps, &header.sampler) {
+        ensure!(
+            *own == crate::solvers::SamplerConfig::ddim(n, 0.0),
+            "the teacher {} is drawn with {}, not DDIM η = 0 over {n} steps: distil the sampler it was made for",
+            d.teacher,
+            own.describe()
+        );
+    }
     ensure!(teacher.num_classes().is_some(), "the teacher {} is not class-conditional: nothing to distil", d.teacher);
     Ok(teacher)
 }
