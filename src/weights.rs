@@ -108,7 +108,29 @@ pub fn module_to_safetensors<M: Module>(
         .iter()
         .map(|(key, shape, raw)| Ok((key.clone(), TensorView::new(dtype, shape.clone(), raw).map_err(st_err)?)))
         .collect::<Result<Vec<_>, WeightsError>>()?;
-    safetensors::serialize(views, Some(metadata)).map_err(st_err)
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(st_err)?;
+    Ok(with_sorted_header(bytes))
+}
+
+/// The file with its JSON header's keys in sorted order, the header's length unchanged (the same
+/// entries, compact, padded with spaces as safetensors pads it): safetensors writes its metadata
+/// in a `HashMap`'s order, which differs from run to run, and an export must be reproducible
+/// byte for byte (a distillation run pins its teacher by the file's SHA-256).
+fn with_sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    type Sorted = BTreeMap<String, serde_json::Value>;
+    let n = u64::from_le_bytes(*bytes.first_chunk::<8>().expect("safetensors wrote a header")) as usize;
+    let mut header: Sorted = serde_json::from_slice(&bytes[8..8 + n]).expect("safetensors wrote JSON");
+    if let Some(metadata) = header.get_mut("__metadata__") {
+        let sorted: Sorted = serde_json::from_value(metadata.take()).expect("metadata is a map of strings");
+        *metadata = serde_json::to_value(sorted).expect("serialises");
+    }
+    let mut json = serde_json::to_vec(&header).expect("serialises");
+    if json.len() > n {
+        return bytes; // the same entries, compact, are never longer: kept as written
+    }
+    json.resize(n, b' ');
+    bytes[8..8 + n].copy_from_slice(&json);
+    bytes
 }
 
 fn st_err(e: safetensors::SafeTensorError) -> WeightsError {

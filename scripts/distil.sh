@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 49's distillation end to end (docs/distillation.md): stage 1 on the shipped digits, then
+# stage-2 rounds that halve DDIM's steps from 16 to 1, each round's student exported beside its
+# run. A stage resumes from its checkpoint and a finished one only re-exports, so the same command
+# continues after a kill, in a later session, or on a GPU machine. From the repository root:
+#
+#   scripts/distil.sh DIR [FLAG...]
+#
+# DIR holds the runs: teacher-mnist.safetensors (a copy of weights/mnist.safetensors, which the
+# stage-1 checkpoint names by that relative path), stage1/ and s16.safetensors (the stage-1
+# student, taught to be drawn over 16 steps by the first round), s8/ … s1/ and s8.safetensors …
+# s1.safetensors (drawn over 8 … 1 steps). FLAGs go to every `ddpm distil` (e.g. --backend wgpu
+# --batch-size 256). STAGE1_STEPS (default 4000), ROUND_STEPS (1000 a round) and DDPM (the binary,
+# default target/release/ddpm) may be set.
+set -euo pipefail
+dir=$1
+flags=("${@:2}")
+ddpm=$(realpath "${DDPM:-target/release/ddpm}")
+mkdir -p "$dir"
+[[ -f $dir/teacher-mnist.safetensors ]] || cp weights/mnist.safetensors "$dir/teacher-mnist.safetensors"
+cd "$dir"
+
+# stage OUT STEPS DISTIL_FLAG...: runs (or resumes) OUT to STEPS, then exports its EMA student.
+stage() {
+  local out=$1 steps=$2
+  local resume=()
+  [[ -f $out/checkpoint.ddpm ]] && resume=(--resume)
+  "$ddpm" distil --out "$out" "${resume[@]}" --steps "$steps" "${@:3}" "${flags[@]}" 2>&1 | tee -a "$out.log"
+  "$ddpm" export --run "$out" --out "$out.safetensors"
+}
+
+stage stage1 "${STAGE1_STEPS:-4000}" --teacher teacher-mnist.safetensors --w-min 0 --w-max 4
+cp stage1.safetensors s16.safetensors
+for n in 16 8 4 2; do
+  stage "s$((n / 2))" "${ROUND_STEPS:-1000}" --teacher "s$n.safetensors" --teacher-steps "$n"
+done
