@@ -16,7 +16,13 @@ fn main() {
     let device = Device::flex();
     let cfg = UNetConfig { image_size: 32, dropout: 0.0, ..UNetConfig::default() };
     let model = cfg.init(&device);
-    let header = Header { unet: cfg, schedule: ScheduleConfig::default(), sampler: None, info: Default::default() };
+    let header = Header {
+        unet: cfg,
+        schedule: ScheduleConfig::default(),
+        sampler: None,
+        student: None,
+        info: Default::default(),
+    };
     std::fs::write(out.join("unet.safetensors"), weights::to_safetensors(&model, &header, Precision::F32).unwrap())
         .unwrap();
     let x = Noise::new(1).gaussian([4, 1, 32, 32], &device);

@@ -16,7 +16,7 @@ use crate::images::DataRange;
 use crate::limits;
 use crate::sampler::{EpsTheta, Sampler, Step};
 use crate::solvers::{SamplerChoice, SamplerConfig};
-use crate::weights::Header;
+use crate::weights::{Header, Student};
 
 /// The most images and interpolation frames one run may draw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -42,6 +42,8 @@ pub struct Model<'a> {
     pub num_classes: Option<usize>,
     /// The sampler its weights file names, if any.
     pub default_sampler: Option<&'a SamplerConfig>,
+    /// What a distilled student learnt (None: not a student).
+    pub student: Option<&'a Student>,
     pub device: &'a Device,
 }
 
@@ -55,23 +57,64 @@ impl<'a> Model<'a> {
             image: [u.image_channels, u.image_size, u.image_size],
             num_classes: u.num_classes,
             default_sampler: header.sampler.as_ref(),
+            student: header.student.as_ref(),
             device,
         }
     }
 
-    /// The sampler asked for, its gaps filled from the model's default or the library's.
+    /// The sampler asked for, its gaps filled from the model's default or the library's; a
+    /// student that knows only its grid runs its own sampler and no other.
     pub fn sampler(&self, choice: &SamplerChoice) -> Result<SamplerConfig, FieldError> {
-        choice.resolve(self.default_sampler, self.diffusion.steps())
+        let config = choice.resolve(self.default_sampler, self.diffusion.steps())?;
+        match self.default_sampler {
+            Some(own) if self.grid_only() && config != *own => Err(FieldError::new(
+                if config.solver == own.solver { "steps" } else { "solver" },
+                format!(
+                    "this distilled model steps only between the points of its own grid: {}, not {}",
+                    own.describe(),
+                    config.describe()
+                ),
+            )),
+            _ => Ok(config),
+        }
     }
 
-    /// Guidance strength: as asked, or [`DEFAULT_GUIDANCE`]; refused for an unconditional model.
+    /// Guidance strength: as asked, or [`DEFAULT_GUIDANCE`] (for a student, the nearest it
+    /// learnt); refused for an unconditional model, and for a student outside its range.
     fn guidance(&self, w: Option<f64>) -> Result<f64, FieldError> {
-        match (w, self.num_classes) {
-            (Some(_), None) => {
+        match (w, self.num_classes, self.student) {
+            (Some(_), None, _) => {
                 Err(FieldError::new("guidance", "this model is unconditional: it has no classes to guide towards"))
             }
-            (w, _) => Ok(w.unwrap_or(DEFAULT_GUIDANCE)),
+            (Some(w), _, Some(s)) if !(s.w_min..=s.w_max).contains(&w) => Err(FieldError::new(
+                "guidance",
+                format!("this distilled model learnt guidance {}..{}, got {w}", s.w_min, s.w_max),
+            )),
+            (None, _, Some(s)) => Ok(DEFAULT_GUIDANCE.clamp(s.w_min, s.w_max)),
+            (w, _, _) => Ok(w.unwrap_or(DEFAULT_GUIDANCE)),
         }
+    }
+
+    /// Whether the model knows only its own sampler's time steps (a stage-2 student).
+    fn grid_only(&self) -> bool {
+        self.student.is_some_and(|s| s.grid_only)
+    }
+
+    /// The step a partial run (SDEdit, labml's interpolation) starts from with `config`: `t`,
+    /// or for a student that knows only its grid the grid's nearest point, from which the run's
+    /// steps are the rest of that grid.
+    pub fn start_t(&self, t: usize, config: &SamplerConfig) -> Result<usize, FieldError> {
+        self.check_t(t)?;
+        if !self.grid_only() {
+            return Ok(t);
+        }
+        let grid = config.grid(self.diffusion.steps() - 1, self.diffusion).t;
+        let snapped = grid.iter().copied().min_by_key(|s| s.abs_diff(t)).unwrap_or(t);
+        let rest: Vec<usize> = grid.into_iter().filter(|&s| s <= snapped).collect();
+        if config.grid(snapped, self.diffusion).t != rest {
+            return Err(FieldError::new("t", format!("a run from step {snapped} would leave this student's grid")));
+        }
+        Ok(snapped)
     }
 
     pub fn check_t(&self, t: usize) -> Result<(), FieldError> {
@@ -230,13 +273,14 @@ impl InterpolationRequest {
     /// samples them), then the frames from them; in slerp mode the frames alone.
     pub fn start(&self, model: &Model, bounds: &Bounds) -> Result<Run, FieldError> {
         self.check_frames(bounds)?;
-        if self.mode == InterpolationMode::Noise {
-            model.check_t(self.t)?;
-        }
         let config = model.sampler(&self.sampler)?;
+        let t = match self.mode {
+            InterpolationMode::Noise => model.start_t(self.t, &config)?,
+            InterpolationMode::Slerp => self.t,
+        };
         let w = model.guidance(self.guidance)?;
         let [ends, frames] = self.guidance(w, model.num_classes)?;
-        let frames = Frames { request: self.clone(), config, guidance: frames };
+        let frames = Frames { request: InterpolationRequest { t, ..self.clone() }, config, guidance: frames };
         match self.mode {
             InterpolationMode::Noise => {
                 let sampler = Sampler::new(model.diffusion, &config, model.image, &self.seeds, model.device);
@@ -295,11 +339,11 @@ impl EditRequest {
         let pixels = drawing_pixels(&self.rgba, c, size, model.diffusion.data_range())
             .map_err(|e| FieldError::new("rgba", e))?;
         let x0 = Tensor::from_data(TensorData::new(pixels, [1, c, size, size]), model.device);
-        model.check_t(self.t)?;
         let config = model.sampler(&self.sampler)?;
+        let t = model.start_t(self.t, &config)?;
         let w = model.guidance(self.guidance)?;
         let guidance = self.class.map(|c| Guidance::class(c, w, model.num_classes)).transpose()?;
-        let sampler = Sampler::edit(model.diffusion, &config, x0, self.t, &[self.seed]);
+        let sampler = Sampler::edit(model.diffusion, &config, x0, t, &[self.seed]);
         Ok(Run::single(Phase::Edit, sampler, guidance, 1))
     }
 }

@@ -19,11 +19,11 @@ use crate::unet::{UNet, UNetConfig};
 pub const FORMAT: &str = "ddpm-web";
 /// Version 2 added `sampler`, the model's own default sampler; version 3 `unet.guidance_input`
 /// (a distilled student takes w as an input); version 4 what an imported labml model needs:
-/// `unet.attn_norm`, `unet.attn_softmax` and `schedule.data_range`. Older files (without those
-/// fields) are still read; a later version is refused, as is any field a config does not know
-/// or a field newer than its file's version.
-pub const FORMAT_VERSION: u32 = 4;
-const READABLE_VERSIONS: [u32; 4] = [1, 2, 3, 4];
+/// `unet.attn_norm`, `unet.attn_softmax` and `schedule.data_range`; version 5 `student`, what a
+/// distilled student learnt. Older files (without those fields) are still read; a later version
+/// is refused, as is any field a config does not know or a field newer than its file's version.
+pub const FORMAT_VERSION: u32 = 5;
+const READABLE_VERSIONS: [u32; 5] = [1, 2, 3, 4, 5];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -65,8 +65,37 @@ pub struct Header {
     pub schedule: ScheduleConfig,
     /// The sampler the model is meant to be drawn with (None: the library's default).
     pub sampler: Option<SamplerConfig>,
+    /// What a distilled student learnt (None: not a student).
+    pub student: Option<Student>,
     /// The rest of the metadata (training step, data set, ...), for display.
     pub info: BTreeMap<String, String>,
+}
+
+/// What a distilled student (`ddpm distil`) learnt: the guidance strengths it takes, and whether
+/// it knows only the time steps of its own sampler (a stage-2 student, taught to step from one
+/// point of its grid to the next, and nowhere else).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Student {
+    pub w_min: f64,
+    pub w_max: f64,
+    pub grid_only: bool,
+}
+
+impl Student {
+    fn validate(&self, header: &Header) -> Result<(), String> {
+        let max = crate::guidance::MAX_GUIDANCE;
+        if !(0.0 <= self.w_min && self.w_min <= self.w_max && self.w_max <= max) {
+            return Err(format!("student: the w range {}..{} is not within 0..{max}", self.w_min, self.w_max));
+        }
+        if !header.unet.guidance_input {
+            return Err("student: a student takes w as an input (`unet.guidance_input`)".into());
+        }
+        if self.grid_only && header.sampler.is_none() {
+            return Err("student: a student that knows only its grid names its sampler".into());
+        }
+        Ok(())
+    }
 }
 
 impl Header {
@@ -86,6 +115,9 @@ pub fn to_safetensors(model: &UNet, header: &Header, precision: Precision) -> Re
     metadata.insert("schedule".into(), serde_json::to_string(&header.schedule).expect("config serialises"));
     if let Some(sampler) = &header.sampler {
         metadata.insert("sampler".into(), serde_json::to_string(sampler).expect("config serialises"));
+    }
+    if let Some(student) = &header.student {
+        metadata.insert("student".into(), serde_json::to_string(student).expect("config serialises"));
     }
     module_to_safetensors(model, metadata, precision)
 }
@@ -190,11 +222,16 @@ fn header_of(metadata: Option<HashMap<String, String>>) -> Result<Header, Weight
         Some(text) => Some(serde_json::from_str(&text).map_err(|e| WeightsError::Config(format!("sampler: {e}")))?),
         None => None,
     };
+    let student: Option<Student> = match info.remove("student") {
+        Some(text) => Some(serde_json::from_str(&text).map_err(|e| WeightsError::Config(format!("student: {e}")))?),
+        None => None,
+    };
     let newer = [
         ("unet: `guidance_input`", 3, unet.guidance_input),
         ("unet: `attn_norm`", 4, !unet.attn_norm),
         ("unet: `attn_softmax`", 4, !unet.attn_softmax.is_keys()),
         ("schedule: `data_range`", 4, !schedule.data_range.is_paper()),
+        ("`student`", 5, student.is_some()),
     ];
     if let Some((field, _, _)) = newer.iter().find(|(_, since, set)| *set && readable < Some(since)) {
         return Err(WeightsError::Config(format!("{field} is not part of format version {version}")));
@@ -204,7 +241,11 @@ fn header_of(metadata: Option<HashMap<String, String>>) -> Result<Header, Weight
     if let Some(sampler) = &sampler {
         sampler.check(schedule.steps).map_err(|e| WeightsError::Config(format!("sampler: {e}")))?;
     }
-    Ok(Header { unet, schedule, sampler, info })
+    let header = Header { unet, schedule, sampler, student, info };
+    if let Some(student) = &header.student {
+        student.validate(&header).map_err(WeightsError::Config)?;
+    }
+    Ok(header)
 }
 
 /// Refuses a file (or a download) above [`limits::MAX_WEIGHTS_BYTES`] before it is read.

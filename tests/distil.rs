@@ -46,8 +46,13 @@ fn teacher_config() -> UNetConfig {
 /// same teacher.
 fn teacher(dir: &TempDir) -> (UNet, std::path::PathBuf) {
     let device = Device::flex();
-    let header =
-        Header { unet: teacher_config(), schedule: ScheduleConfig::default(), sampler: None, info: Default::default() };
+    let header = Header {
+        unet: teacher_config(),
+        schedule: ScheduleConfig::default(),
+        sampler: None,
+        student: None,
+        info: Default::default(),
+    };
     let start = seeded(teacher_config().init(&device), 7, "");
     let start = weights::to_safetensors(&start, &header, Precision::F32).unwrap();
     let mut trainer = Trainer::new(
@@ -89,7 +94,13 @@ fn student_start(teacher: &std::path::Path) -> Vec<u8> {
     let device = Device::flex();
     let (model, _) = weights::load(&std::fs::read(teacher).unwrap(), &device).unwrap();
     let config = UNetConfig { guidance_input: true, ..teacher_config() };
-    let header = Header { unet: config, schedule: ScheduleConfig::default(), sampler: None, info: Default::default() };
+    let header = Header {
+        unet: config,
+        schedule: ScheduleConfig::default(),
+        sampler: None,
+        student: None,
+        info: Default::default(),
+    };
     weights::to_safetensors(&seeded(model.with_guidance_input(), 8, "w_emb.lin1"), &header, Precision::F32).unwrap()
 }
 
@@ -226,7 +237,13 @@ fn stage1_student(dir: &TempDir) -> (UNet, std::path::PathBuf) {
     let (teacher, _) = teacher(dir);
     let student = seeded(teacher.with_guidance_input(), 9, "w_emb");
     let config = UNetConfig { guidance_input: true, ..teacher_config() };
-    let header = Header { unet: config, schedule: ScheduleConfig::default(), sampler: None, info: Default::default() };
+    let header = Header {
+        unet: config,
+        schedule: ScheduleConfig::default(),
+        sampler: None,
+        student: None,
+        info: Default::default(),
+    };
     let path = dir.join("student1.safetensors");
     std::fs::write(&path, weights::to_safetensors(&student, &header, Precision::F32).unwrap()).unwrap();
     (student, path)

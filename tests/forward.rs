@@ -47,8 +47,14 @@ fn the_view_is_eq_4_the_network_and_eq_15() {
     let rgba: Vec<u8> =
         (0..64).flat_map(|p| if p % 9 == 0 || p / 8 == 3 { [0, 0, 0, 255] } else { [255; 4] }).collect();
     let request = ForwardRequest { rgba: rgba.clone(), t: 300, seed: 4, class: Some(1) };
-    let described =
-        Model { diffusion: &diffusion, image: [1, 8, 8], num_classes: Some(3), default_sampler: None, device: &device };
+    let described = Model {
+        diffusion: &diffusion,
+        image: [1, 8, 8],
+        num_classes: Some(3),
+        default_sampler: None,
+        student: None,
+        device: &device,
+    };
     let view = request.view(&model, &described).unwrap();
     let view_loss = view.loss.into_scalar::<f64>();
     let (x0, eps, x_t, eps_hat, x0_hat) =
@@ -87,8 +93,14 @@ fn the_loss_curve_is_the_views_loss_at_each_of_its_t() {
     let device = Device::flex();
     let model = UNetConfig { num_classes: Some(3), dropout: 0.0, ..tiny() }.init(&device);
     let diffusion = Diffusion::new(ScheduleConfig::default());
-    let described =
-        Model { diffusion: &diffusion, image: [1, 8, 8], num_classes: Some(3), default_sampler: None, device: &device };
+    let described = Model {
+        diffusion: &diffusion,
+        image: [1, 8, 8],
+        num_classes: Some(3),
+        default_sampler: None,
+        student: None,
+        device: &device,
+    };
     let rgba: Vec<u8> = (0..64).flat_map(|p| if p % 5 == 0 { [0, 0, 0, 255] } else { [255; 4] }).collect();
     let request = ForwardRequest { rgba, t: 0, seed: 9, class: Some(2) };
     let curve = request.loss_curve(&model, &described).unwrap();

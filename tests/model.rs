@@ -18,7 +18,13 @@ fn reference() -> UNetConfig {
 }
 
 fn header(unet: &UNetConfig) -> Header {
-    Header { unet: unet.clone(), schedule: ScheduleConfig::default(), sampler: None, info: Default::default() }
+    Header {
+        unet: unet.clone(),
+        schedule: ScheduleConfig::default(),
+        sampler: None,
+        student: None,
+        info: Default::default(),
+    }
 }
 
 fn values(x: Tensor<4>) -> Vec<f32> {
@@ -251,10 +257,12 @@ fn bad_weights_files_are_errors_not_panics() {
 
     // A future format version (same length, so the file stays well-formed).
     let mut future = good.clone();
-    let at = future.windows(19).position(|w| w == b"\"format_version\":\"4").expect("version in header");
+    let version = format!("\"format_version\":\"{}", weights::FORMAT_VERSION);
+    let at = future.windows(19).position(|w| w == version.as_bytes()).expect("version in header");
     future[at + 18] = b'9';
     assert!(matches!(err(&future), WeightsError::Version { .. }), "{}", err(&future));
-    assert!(err(&future).to_string().contains("this build reads versions 1 to 4"), "{}", err(&future));
+    let reads = format!("this build reads versions 1 to {}", weights::FORMAT_VERSION);
+    assert!(err(&future).to_string().contains(&reads), "{}", err(&future));
 }
 
 #[test]
@@ -313,6 +321,33 @@ fn a_student_with_a_guidance_input_needs_format_version_3() {
     assert!(weights::read_header(&common::set_metadata(&plain, "format_version", "2")).is_ok());
     // A guidance input needs classes.
     assert!(UNetConfig { guidance_input: true, ..tiny() }.validate().unwrap_err().contains("guidance_input"));
+}
+
+#[test]
+fn what_a_student_learnt_needs_format_version_5_and_is_checked() {
+    use ddpm::weights::Student;
+    let device = Device::flex();
+    let cfg = UNetConfig { num_classes: Some(3), guidance_input: true, dropout: 0.0, ..tiny() };
+    let model = cfg.init(&device);
+    let student = Student { w_min: 0.0, w_max: 4.0, grid_only: true };
+    let h = Header {
+        sampler: Some(ddpm::solvers::SamplerConfig::ddim(4, 0.0)),
+        student: Some(student.clone()),
+        ..header(&cfg)
+    };
+    let bytes = weights::to_safetensors(&model, &h, Precision::F16).unwrap();
+    assert_eq!(weights::read_header(&bytes).unwrap(), h);
+    let e = weights::read_header(&common::set_metadata(&bytes, "format_version", "4")).unwrap_err().to_string();
+    assert!(e.contains("`student` is not part of format version 4"), "{e}");
+    let lying = |edit: &dyn Fn(&mut Header)| {
+        let mut bad = h.clone();
+        edit(&mut bad);
+        weights::read_header(&weights::to_safetensors(&model, &bad, Precision::F16).unwrap()).unwrap_err().to_string()
+    };
+    assert!(lying(&|b| b.sampler = None).contains("names its sampler"));
+    assert!(lying(&|b| b.student = Some(Student { w_max: 21.0, ..student.clone() })).contains("w range 0..21"));
+    let e = weights::read_header(&common::set_metadata(&bytes, "student", r#"{"w_min":0,"w_max":4,"grid":1}"#));
+    assert!(e.unwrap_err().to_string().contains("unknown field `grid`"));
 }
 
 #[test]

@@ -38,6 +38,7 @@ impl Setup {
             image: [1, 8, 8],
             num_classes: self.model.num_classes(),
             default_sampler: None,
+            student: None,
             device: &self.device,
         }
     }
@@ -166,4 +167,45 @@ fn an_interpolation_runs_whole_its_ends_then_its_frames() {
     let frame1 = values(frames.narrow(0, 1, 1));
     let off = one.iter().zip(&frame1).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(off < 1e-5, "the frame at λ = 1/3 is off the strip's frame 1 by {off}");
+}
+
+#[test]
+fn a_student_keeps_to_its_guidance_range_its_sampler_and_its_grid() {
+    use ddpm::weights::Student;
+    let s = Setup::new(Some(3));
+    let own = SamplerConfig::ddim(4, 0.0);
+    let student = Student { w_min: 0.0, w_max: 4.0, grid_only: true };
+    let model = Model { default_sampler: Some(&own), student: Some(&student), ..s.model() };
+    let field = |json: &str| {
+        let request: Request = serde_json::from_str(json).unwrap();
+        request.start(&model, &PAGE_BOUNDS).err().map(|e| (e.field, e.message))
+    };
+    let sample = |extra: &str| field(&format!(r#"{{"kind": "sample", "seed": 0, "count": 1{extra}}}"#));
+    assert_eq!(sample(""), None);
+    assert_eq!(sample(r#", "guidance": 4"#), None);
+    assert_eq!(sample(r#", "guidance": 4.5"#).unwrap().0, "guidance");
+    assert_eq!(sample(r#", "sampler": {"steps": 8}"#).unwrap().0, "steps");
+    assert_eq!(sample(r#", "sampler": {"solver": "dpm++2m"}"#).unwrap().0, "solver");
+    assert_eq!(sample(r#", "sampler": {"steps": 4, "eta": 0}"#), None, "its own sampler, spelt out");
+    // T = 40 here: the 4-step grid is 39, 29, 19, 9; SDEdit from t = 23 runs from 19, as from 19.
+    let edit = |t: usize| {
+        let json = format!(r#"{{"kind": "edit", "rgba": {:?}, "seed": 1, "t": {t}}}"#, vec![128u8; 256]);
+        let request: Request = serde_json::from_str(&json).unwrap();
+        let mut run = request.start(&model, &PAGE_BOUNDS).unwrap();
+        let mut steps = Vec::new();
+        while let Some(step) = run.step(s.eps()) {
+            steps.push(step.step.t);
+        }
+        steps
+    };
+    assert_eq!(edit(23), [19, 9]);
+    assert_eq!(edit(23), edit(19));
+    assert_eq!(edit(35), [39, 29, 19, 9]);
+    // A stage-1 student knows every t: its edit starts where it is asked.
+    let anywhere = Student { grid_only: false, ..student.clone() };
+    let stage1 = Model { default_sampler: None, student: Some(&anywhere), ..s.model() };
+    let json = format!(r#"{{"kind": "edit", "rgba": {:?}, "seed": 1, "t": 23}}"#, vec![128u8; 256]);
+    let request: Request = serde_json::from_str(&json).unwrap();
+    let mut run = request.start(&stage1, &PAGE_BOUNDS).unwrap();
+    assert_eq!(run.step(s.eps()).unwrap().step.t, 23);
 }

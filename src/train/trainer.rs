@@ -19,7 +19,7 @@ use crate::diffusion::{Diffusion, ScheduleConfig};
 use crate::noise::{Noise, NoiseState};
 use crate::threads::{run_all, shard_ranges};
 use crate::unet::{ClassMix, UNet, UNetConfig};
-use crate::weights::Header;
+use crate::weights::{Header, Student};
 
 /// Everything a checkpoint holds besides tensors.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -223,7 +223,12 @@ impl Trainer {
             .then(|| ("class_names".to_string(), serde_json::to_string(&self.train.class_names).expect("serialises")));
         let info = info.into_iter().chain(names);
         let sampler = self.halving.as_ref().map(Halving::student_sampler);
-        Header { unet: self.unet.clone(), schedule: self.schedule.clone(), sampler, info: info.collect() }
+        let student = self.train.distil.as_ref().map(|d| Student {
+            w_min: d.w_min,
+            w_max: d.w_max,
+            grid_only: d.teacher_steps.is_some(),
+        });
+        Header { unet: self.unet.clone(), schedule: self.schedule.clone(), sampler, student, info: info.collect() }
     }
 }
 
