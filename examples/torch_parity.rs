@@ -16,13 +16,7 @@ fn main() {
     let device = Device::flex();
     let cfg = UNetConfig { image_size: 32, dropout: 0.0, ..UNetConfig::default() };
     let model = cfg.init(&device);
-    let header = Header {
-        unet: cfg,
-        schedule: ScheduleConfig::default(),
-        sampler: None,
-        student: None,
-        info: Default::default(),
-    };
+    let header = Header::new(cfg, ScheduleConfig::default());
     std::fs::write(out.join("unet.safetensors"), weights::to_safetensors(&model, &header, Precision::F32).unwrap())
         .unwrap();
     let x = Noise::new(1).gaussian([4, 1, 32, 32], &device);

@@ -99,6 +99,11 @@ impl Student {
 }
 
 impl Header {
+    /// The header of a model drawn with the library's sampler, not a student, without metadata.
+    pub fn new(unet: UNetConfig, schedule: ScheduleConfig) -> Self {
+        Header { unet, schedule, sampler: None, student: None, info: Default::default() }
+    }
+
     /// A class-conditional model's class names, as training stored them (an image folder's
     /// subfolders, the emoji's categories); empty when the file has none (the digits: 0..9).
     pub fn class_names(&self) -> Vec<String> {

@@ -150,13 +150,7 @@ fn train_export_sample_interpolate_animate() {
     let other = root.join("other.safetensors");
     let mut unet = common::tiny();
     unet.image_channels = 3;
-    let header = Header {
-        unet: unet.clone(),
-        schedule: ScheduleConfig::default(),
-        sampler: None,
-        student: None,
-        info: Default::default(),
-    };
+    let header = Header::new(unet.clone(), ScheduleConfig::default());
     let bytes = weights::to_safetensors(&unet.init(&Device::flex()), &header, Precision::F32).unwrap();
     std::fs::write(&other, bytes).unwrap();
     fails(&["average", a, other.to_str().unwrap(), "--out", m], "different model");

@@ -46,13 +46,7 @@ fn teacher_config() -> UNetConfig {
 /// same teacher.
 fn teacher(dir: &TempDir) -> (UNet, std::path::PathBuf) {
     let device = Device::flex();
-    let header = Header {
-        unet: teacher_config(),
-        schedule: ScheduleConfig::default(),
-        sampler: None,
-        student: None,
-        info: Default::default(),
-    };
+    let header = Header::new(teacher_config(), ScheduleConfig::default());
     let start = seeded(teacher_config().init(&device), 7, "");
     let start = weights::to_safetensors(&start, &header, Precision::F32).unwrap();
     let mut trainer = Trainer::new(
@@ -94,13 +88,7 @@ fn student_start(teacher: &std::path::Path) -> Vec<u8> {
     let device = Device::flex();
     let (model, _) = weights::load(&std::fs::read(teacher).unwrap(), &device).unwrap();
     let config = UNetConfig { guidance_input: true, ..teacher_config() };
-    let header = Header {
-        unet: config,
-        schedule: ScheduleConfig::default(),
-        sampler: None,
-        student: None,
-        info: Default::default(),
-    };
+    let header = Header::new(config, ScheduleConfig::default());
     weights::to_safetensors(&seeded(model.with_guidance_input(), 8, "w_emb.lin1"), &header, Precision::F32).unwrap()
 }
 
@@ -237,13 +225,7 @@ fn stage1_student(dir: &TempDir) -> (UNet, std::path::PathBuf) {
     let (teacher, _) = teacher(dir);
     let student = seeded(teacher.with_guidance_input(), 9, "w_emb");
     let config = UNetConfig { guidance_input: true, ..teacher_config() };
-    let header = Header {
-        unet: config,
-        schedule: ScheduleConfig::default(),
-        sampler: None,
-        student: None,
-        info: Default::default(),
-    };
+    let header = Header::new(config, ScheduleConfig::default());
     let path = dir.join("student1.safetensors");
     std::fs::write(&path, weights::to_safetensors(&student, &header, Precision::F32).unwrap()).unwrap();
     (student, path)

@@ -23,6 +23,11 @@ fn values(x: Tensor<4>) -> Vec<f32> {
     x.into_data().try_into_vec::<f32>().unwrap()
 }
 
+/// The tiny conditional 8×8 model as a request sees it.
+fn described<'a>(diffusion: &'a Diffusion, device: &'a Device) -> Model<'a> {
+    Model { diffusion, image: [1, 8, 8], num_classes: Some(3), default_sampler: None, student: None, device }
+}
+
 #[test]
 fn the_schedule_drawn_is_the_papers() {
     // The test's own formula against the values the paper's schedule is known by.
@@ -47,14 +52,7 @@ fn the_view_is_eq_4_the_network_and_eq_15() {
     let rgba: Vec<u8> =
         (0..64).flat_map(|p| if p % 9 == 0 || p / 8 == 3 { [0, 0, 0, 255] } else { [255; 4] }).collect();
     let request = ForwardRequest { rgba: rgba.clone(), t: 300, seed: 4, class: Some(1) };
-    let described = Model {
-        diffusion: &diffusion,
-        image: [1, 8, 8],
-        num_classes: Some(3),
-        default_sampler: None,
-        student: None,
-        device: &device,
-    };
+    let described = described(&diffusion, &device);
     let view = request.view(&model, &described).unwrap();
     let view_loss = view.loss.into_scalar::<f64>();
     let (x0, eps, x_t, eps_hat, x0_hat) =
@@ -93,14 +91,7 @@ fn the_loss_curve_is_the_views_loss_at_each_of_its_t() {
     let device = Device::flex();
     let model = UNetConfig { num_classes: Some(3), dropout: 0.0, ..tiny() }.init(&device);
     let diffusion = Diffusion::new(ScheduleConfig::default());
-    let described = Model {
-        diffusion: &diffusion,
-        image: [1, 8, 8],
-        num_classes: Some(3),
-        default_sampler: None,
-        student: None,
-        device: &device,
-    };
+    let described = described(&diffusion, &device);
     let rgba: Vec<u8> = (0..64).flat_map(|p| if p % 5 == 0 { [0, 0, 0, 255] } else { [255; 4] }).collect();
     let request = ForwardRequest { rgba, t: 0, seed: 9, class: Some(2) };
     let curve = request.loss_curve(&model, &described).unwrap();

@@ -138,8 +138,7 @@ fn a_class_morph_mixes_the_two_embeddings_and_ends_on_each_class() {
 fn halfway_row(model: &UNet) -> UNet {
     use safetensors::tensor::TensorView;
     let unet = UNetConfig { num_classes: Some(3), dropout: 0.0, ..tiny() };
-    let header =
-        Header { unet, schedule: ScheduleConfig::default(), sampler: None, student: None, info: Default::default() };
+    let header = Header::new(unet, ScheduleConfig::default());
     let bytes = weights::to_safetensors(model, &header, Precision::F32).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let emb = file.tensor("class_emb.weight").unwrap();
@@ -218,13 +217,7 @@ fn conditional_files_round_trip_and_unconditional_ones_are_unchanged() {
     let device = Device::flex();
     let model = trained(0.2);
     let unet = UNetConfig { num_classes: Some(3), dropout: 0.0, ..tiny() };
-    let header = Header {
-        unet: unet.clone(),
-        schedule: ScheduleConfig::default(),
-        sampler: None,
-        student: None,
-        info: Default::default(),
-    };
+    let header = Header::new(unet.clone(), ScheduleConfig::default());
     let bytes = weights::to_safetensors(&model, &header, Precision::F32).unwrap();
     let (back, read) = weights::load(&bytes, &device).unwrap();
     assert_eq!(read.unet.num_classes, Some(3));

@@ -18,13 +18,7 @@ fn reference() -> UNetConfig {
 }
 
 fn header(unet: &UNetConfig) -> Header {
-    Header {
-        unet: unet.clone(),
-        schedule: ScheduleConfig::default(),
-        sampler: None,
-        student: None,
-        info: Default::default(),
-    }
+    Header::new(unet.clone(), ScheduleConfig::default())
 }
 
 fn values(x: Tensor<4>) -> Vec<f32> {
