@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diffusion::Diffusion;
 use crate::field_error::FieldError;
-use crate::guidance::{DEFAULT_GUIDANCE, Guidance, prior_class};
+use crate::guidance::{DEFAULT_GUIDANCE, Guidance, MAX_GUIDANCE, prior_class};
 use crate::images::DataRange;
 use crate::limits;
 use crate::sampler::{EpsTheta, Sampler, Step};
@@ -79,19 +79,29 @@ impl<'a> Model<'a> {
         }
     }
 
-    /// Guidance strength: as asked, or [`DEFAULT_GUIDANCE`] (for a student, the nearest it
-    /// learnt); refused for an unconditional model, and for a student outside its range.
+    /// The guidance strengths the model takes: a student's learnt range, else 0..[`MAX_GUIDANCE`].
+    pub fn guidance_range(&self) -> [f64; 2] {
+        self.student.map_or([0.0, MAX_GUIDANCE], |s| [s.w_min, s.w_max])
+    }
+
+    /// [`DEFAULT_GUIDANCE`], or for a student whose range leaves it out the nearest it learnt.
+    pub fn default_guidance(&self) -> f64 {
+        let [lo, hi] = self.guidance_range();
+        DEFAULT_GUIDANCE.clamp(lo, hi)
+    }
+
+    /// Guidance strength: as asked, or the default; refused for an unconditional model, and
+    /// for a student outside its range.
     fn guidance(&self, w: Option<f64>) -> Result<f64, FieldError> {
-        match (w, self.num_classes, self.student) {
-            (Some(_), None, _) => {
+        let [lo, hi] = self.guidance_range();
+        match (w, self.num_classes) {
+            (Some(_), None) => {
                 Err(FieldError::new("guidance", "this model is unconditional: it has no classes to guide towards"))
             }
-            (Some(w), _, Some(s)) if !(s.w_min..=s.w_max).contains(&w) => Err(FieldError::new(
-                "guidance",
-                format!("this distilled model learnt guidance {}..{}, got {w}", s.w_min, s.w_max),
-            )),
-            (None, _, Some(s)) => Ok(DEFAULT_GUIDANCE.clamp(s.w_min, s.w_max)),
-            (w, _, _) => Ok(w.unwrap_or(DEFAULT_GUIDANCE)),
+            (Some(w), _) if self.student.is_some() && !(lo..=hi).contains(&w) => {
+                Err(FieldError::new("guidance", format!("this distilled model learnt guidance {lo}..{hi}, got {w}")))
+            }
+            (w, _) => Ok(w.unwrap_or_else(|| self.default_guidance())),
         }
     }
 

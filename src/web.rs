@@ -150,6 +150,14 @@ struct Description<'a> {
     /// The sampler this model is drawn with unless the visitor picks another (the file's own,
     /// else the library's).
     default_sampler: SamplerConfig,
+    /// What a distilled student learnt, if it is one.
+    student: Option<&'a crate::weights::Student>,
+    /// The guidance slider's range and start: a student's learnt range, else 0..MAX_GUIDANCE.
+    guidance_range: [f64; 2],
+    default_guidance: f64,
+    /// Where a partial run (SDEdit, labml's interpolation) asked at step t starts, for each t:
+    /// a grid-only student's snapped step ([`Model::start_t`]); empty where every t is its own.
+    start_t: Vec<usize>,
     /// Training metadata, for display: steps trained, averaged steps.
     info: &'a std::collections::BTreeMap<String, String>,
 }
@@ -188,6 +196,14 @@ impl Ddpm {
         let u = &self.header.unet;
         let default_sampler =
             SamplerChoice::default().resolve(self.header.sampler.as_ref(), self.diffusion.steps()).map_err(js_err)?;
+        let model = Model::of(&self.header, &self.diffusion, &self.device);
+        let start_t = match &self.header.student {
+            Some(s) if s.grid_only => (0..self.diffusion.steps())
+                .map(|t| model.start_t(t, &default_sampler))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(js_err)?,
+            _ => Vec::new(),
+        };
         to_js(&Description {
             backend: &self.backend,
             on_gpu: self.on_gpu,
@@ -200,6 +216,10 @@ impl Ddpm {
             class_names: self.header.class_names(),
             params: burn::module::Module::num_params(&self.model),
             default_sampler,
+            student: self.header.student.as_ref(),
+            guidance_range: model.guidance_range(),
+            default_guidance: model.default_guidance(),
+            start_t,
             info: &self.header.info,
         })
     }

@@ -327,7 +327,7 @@ function applyLimits() {
   $('t').max = String(T - 1);
   $('edit-t').max = String(T - 1);
   $('frames').max = String(limits.max_frames);
-  $('guidance').max = String(limits.max_guidance);
+  [$('guidance').min, $('guidance').max] = model.guidance_range.map(String);
   for (const option of [...$('count').options]) {
     if (Number(option.value) > limits.max_images) option.remove();
   }
@@ -343,6 +343,15 @@ function applyLimits() {
   });
   $('sampler').addEventListener('sync', syncSampler); // set by a link, with its own steps
   syncSampler();
+  // A student that knows only its grid draws with its own sampler alone (the library refuses others).
+  if (model.start_t.length) for (const id of ['sampler', 'steps', 'eta']) $(id).disabled = true;
+}
+
+// A partial run's t (echoed for a slider) and, where a grid-only student snaps it, where it starts.
+function showStartT(input, text, echo) {
+  const t = Number($(input).value);
+  const from = model.start_t[t] ?? t;
+  $(text).textContent = (echo ? `t = ${t}` : '') + (from === t ? '' : ` → ${from} (the student's grid)`);
 }
 
 // The model to load: `?weights=URL` (any file), else `?model=ID` from the manifest, else its
@@ -426,7 +435,7 @@ function showClasses() {
     for (let k = 0; k < model.num_classes; k++) $(picker).add(new Option(model.class_names[k] ?? String(k), String(k)));
   }
   for (const label of ['class-label', 'guidance-label', 'class-a-label', 'class-b-label', 'guidance-section']) $(label).hidden = false;
-  $('guidance').value = String(limits.default_guidance);
+  $('guidance').value = String(model.default_guidance);
   const syncGuidance = () => { $('guidance-text').textContent = `w = ${Number($('guidance').value)}`; };
   $('guidance').addEventListener('input', syncGuidance);
   syncGuidance();
@@ -577,9 +586,10 @@ function wireForward() {
 
 function wireControls() {
   pad = new DrawPad($('pad'), { size: model.image_size, gray: model.image_channels === 1 });
-  const syncT = () => { $('edit-t-text').textContent = `t = ${$('edit-t').value}`; };
-  $('edit-t').addEventListener('input', syncT);
-  syncT();
+  for (const [input, text, echo] of [['edit-t', 'edit-t-text', true], ['t', 't-text', false]]) {
+    $(input).addEventListener('input', () => showStartT(input, text, echo));
+    showStartT(input, text, echo);
+  }
   $('draw-form').addEventListener('submit', (e) => { e.preventDefault(); editDrawing(); });
   $('clear').addEventListener('click', () => pad.clear());
   $('sample-form').addEventListener('submit', (e) => { e.preventDefault(); startSampling(); });

@@ -11,7 +11,7 @@ import { PNG } from 'pngjs';
 import { pngPixels, rgbPng } from './harness.mjs';
 import {
   BIN, ETA, DPM, WEIGHTS, openPage, setSampler, samplerFlags, nativeSamples, nativeInterpolation, canvasTiles, canvasPixels, compare, same, ready, sample,
-  waitDone, backends, rgbModel,
+  waitDone, backends, rgbModel, setSlider,
 } from './page-kit.mjs';
 
 const browsers = [];
@@ -165,6 +165,43 @@ test('CPU fallback: a conditional model draws the chosen class with guidance as 
 
 // Draw your own (SDEdit): strokes drawn with the mouse on the pad, scaled to 28×28, noised to
 // t and denoised: the page's image equals `ddpm edit` on the same 28×28 pixels saved as a PNG.
+// A distilled student (a tiny conditional model put through both stages by the CLI, one step
+// each, w learnt over 0.5..3): the guidance slider keeps to its range, the sampler controls to its
+// own 4-step grid, and a partial run's t shows where it snaps.
+test('CPU fallback: a distilled student bounds the guidance, keeps its sampler and snaps t to its grid', { skip: !backends.includes('cpu'), timeout: 900_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ddpm-student-'));
+  const run = (...args) => execFileSync(BIN, args, { stdio: 'pipe', cwd: dir });
+  run('train', '--data', 'mnist', '--conditional', '--base-channels', '8', '--channel-mults', '1,2', '--attn', '0,1',
+    '--groups', '4', '--dropout', '0', '--steps', '2', '--batch-size', '4', '--sample-every', '0', '--out', 'run');
+  run('export', '--run', 'run', '--out', 'teacher.safetensors');
+  const distil = ['--steps', '1', '--batch-size', '2', '--sample-every', '0'];
+  run('distil', '--teacher', 'teacher.safetensors', '--w-min', '0.5', '--w-max', '3', ...distil, '--out', 's1');
+  run('export', '--run', 's1', '--out', 's8.safetensors');
+  // A round may not teach guidance its teacher never learnt.
+  assert.throws(() => run('distil', '--teacher', 's8.safetensors', '--teacher-steps', '8', ...distil, '--out', 'wide'),
+    /reach beyond the range the teacher s8.safetensors learnt, 0.5..3/);
+  run('distil', '--teacher', 's8.safetensors', '--teacher-steps', '8', '--w-min', '0.5', '--w-max', '3', ...distil, '--out', 's4');
+  run('export', '--run', 's4', '--out', 's4.safetensors');
+  const { browser, page } = await openPage(browsers, false);
+  await page.route('**/weights/s4.safetensors', (route) => route.fulfill({ body: readFileSync(join(dir, 's4.safetensors')) }));
+  await ready(page, '&backend=cpu&weights=weights/s4.safetensors');
+  const ui = await page.evaluate(() => {
+    const $ = (id) => document.getElementById(id);
+    return { w: [$('guidance').min, $('guidance').max, $('guidance').value], sampler: [$('sampler').value, $('steps').value],
+      locked: ['sampler', 'steps', 'eta'].map((id) => $(id).disabled) };
+  });
+  assert.deepEqual(ui, { w: ['0.5', '3', '1.15'], sampler: ['ddim', '4'], locked: [true, true, true] });
+  // T = 1000: the 4-step grid is 249, 499, 749, 999.
+  await setSlider(page, 'edit-t', 300);
+  assert.equal(await page.textContent('#edit-t-text'), "t = 300 → 249 (the student's grid)");
+  await page.fill('#t', '700');
+  assert.equal(await page.textContent('#t-text'), " → 749 (the student's grid)");
+  await setSlider(page, 'edit-t', 499);
+  assert.equal(await page.textContent('#edit-t-text'), 't = 499');
+  assert.deepEqual(browser.errors, []);
+  rmSync(dir, { recursive: true, force: true });
+});
+
 test('CPU fallback: a drawing denoised in the page equals `ddpm edit` on the same pixels', { skip: !backends.includes('cpu'), timeout: 900_000 }, async () => {
   const { browser, page } = await openPage(browsers, false);
   await ready(page, '&backend=cpu');
