@@ -13,7 +13,9 @@ use ddpm::animation;
 use ddpm::atomic_write::atomic_write;
 use ddpm::images::{Grid, save_png};
 use ddpm::limits;
-use ddpm::request::{CLI_BOUNDS, EditRequest, InterpolationRequest, Request, SampleRequest, drawing_pixels, grid_cols};
+use ddpm::request::{
+    CLI_BOUNDS, EditRequest, InterpolationMode, InterpolationRequest, Request, SampleRequest, drawing_pixels, grid_cols,
+};
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -214,9 +216,22 @@ pub fn interpolate(a: InterpolateArgs) -> Result<()> {
         guidance: m.guidance,
         sampler: m.sampler,
     };
+    if request.mode == InterpolationMode::Noise {
+        announce_start(&m, a.t)?;
+    }
     let n = request.frames;
     let frames = m.run(&Request::Interpolate(request))?;
     Grid::new(&to_vec(frames), [n, image[0], image[1], image[2]], n, 2, m.range()).save_png(&a.out, a.scale)
+}
+
+/// Says where a partial run asked at step `t` starts when the model moves it (a distilled
+/// student that knows only its grid).
+fn announce_start(m: &Loaded, t: usize) -> Result<()> {
+    let from = m.model().start_t(t, &m.config).map_err(flag_error)?;
+    if from != t {
+        eprintln!("--t {t} starts at {from}, the nearest step of this distilled model's grid");
+    }
+    Ok(())
 }
 
 pub fn animate(a: AnimateArgs) -> Result<()> {
@@ -252,6 +267,7 @@ pub fn edit(a: EditArgs) -> Result<()> {
     let rgba = img.to_rgba8().into_raw();
     let mut images = Vec::new();
     for &t in &a.t {
+        announce_start(&m, t)?;
         let request = EditRequest {
             rgba: rgba.clone(),
             seed: a.seed,

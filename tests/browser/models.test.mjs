@@ -3,7 +3,7 @@
 // device, recovered. Run by `cargo xtask test`.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -182,6 +182,12 @@ test('CPU fallback: a distilled student bounds the guidance, keeps its sampler a
     /reach beyond the range the teacher s8.safetensors learnt, 0.5..3/);
   run('distil', '--teacher', 's8.safetensors', '--teacher-steps', '8', '--w-min', '0.5', '--w-max', '3', ...distil, '--out', 's4');
   run('export', '--run', 's4', '--out', 's4.safetensors');
+  // The CLI says where a t snaps, and refuses a sampler the student was not taught.
+  writeFileSync(join(dir, 'drawing.png'), PNG.sync.write(Object.assign(new PNG({ width: 8, height: 8 }), { data: Buffer.alloc(256, 255) })));
+  const edit = spawnSync(BIN, ['edit', '--weights', 's4.safetensors', '--input', 'drawing.png', '--t', '300', '--out', 'e.png'], { cwd: dir });
+  assert.equal(edit.status, 0, String(edit.stderr));
+  assert.match(String(edit.stderr), /--t 300 starts at 249, the nearest step of this distilled model's grid/);
+  assert.throws(() => run('sample', '--weights', 's4.safetensors', '--steps', '8', '--out', 'x'), /its own grid: DDIM, 4 steps/);
   const { browser, page } = await openPage(browsers, false);
   await page.route('**/weights/s4.safetensors', (route) => route.fulfill({ body: readFileSync(join(dir, 's4.safetensors')) }));
   await ready(page, '&backend=cpu&weights=weights/s4.safetensors');
