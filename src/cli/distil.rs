@@ -1,6 +1,7 @@
 //! `ddpm distil`: a student that gives the guided prediction in one pass (Meng et al. 2023,
-//! stage 1), then samples in half its teacher's steps (stage 2, `--teacher-steps`), trained like `ddpm train` (progress, EMA, atomic checkpoints, exact resume,
-//! Ctrl-C, `--backend wgpu`) from a class-conditional weights file.
+//! stage 1), then samples in half its teacher's steps (stage 2, `--teacher-steps`), trained like
+//! `ddpm train` (progress, EMA, atomic checkpoints, exact resume, Ctrl-C, `--backend wgpu`) from a
+//! class-conditional weights file.
 
 use std::path::{Path, PathBuf};
 
@@ -87,9 +88,8 @@ fn fresh(a: &DistilArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<T
         header.schedule.data_range.lo,
         header.schedule.data_range.hi
     );
-    let trained: Option<TrainConfig> = header.info.get("train").and_then(|t| serde_json::from_str(t).ok());
-    // A student learnt w over its own range only.
-    if let Some(d) = trained.as_ref().and_then(|t| t.distil.as_ref())
+    // A student learnt w over its own range only (its file's `student`).
+    if let Some(d) = &header.student
         && (a.w_min < d.w_min || a.w_max > d.w_max)
     {
         bail!(
@@ -101,7 +101,10 @@ fn fresh(a: &DistilArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<T
             d.w_max
         );
     }
-    let trained_on = || trained.as_ref().map(|t| t.data.clone());
+    let trained_on = || -> Option<String> {
+        let train: TrainConfig = serde_json::from_str(header.info.get("train")?).ok()?;
+        Some(train.data)
+    };
     let data =
         a.data.clone().or_else(trained_on).with_context(|| {
             format!("--data: the teacher {} does not name the data it was trained on", path.display())

@@ -217,7 +217,7 @@ pub fn interpolate(a: InterpolateArgs) -> Result<()> {
         sampler: m.sampler,
     };
     if request.mode == InterpolationMode::Noise {
-        announce_start(&m, a.t)?;
+        announce_start(&m, a.t);
     }
     let n = request.frames;
     let frames = m.run(&Request::Interpolate(request))?;
@@ -225,13 +225,13 @@ pub fn interpolate(a: InterpolateArgs) -> Result<()> {
 }
 
 /// Says where a partial run asked at step `t` starts when the model moves it (a distilled
-/// student that knows only its grid).
-fn announce_start(m: &Loaded, t: usize) -> Result<()> {
-    let from = m.model().start_t(t, &m.config).map_err(flag_error)?;
-    if from != t {
+/// student that knows only its grid); a bad `t` is the request's to refuse, in its order.
+fn announce_start(m: &Loaded, t: usize) {
+    if let Ok(from) = m.model().start_t(t, &m.config)
+        && from != t
+    {
         eprintln!("--t {t} starts at {from}, the nearest step of this distilled model's grid");
     }
-    Ok(())
 }
 
 pub fn animate(a: AnimateArgs) -> Result<()> {
@@ -267,7 +267,7 @@ pub fn edit(a: EditArgs) -> Result<()> {
     let rgba = img.to_rgba8().into_raw();
     let mut images = Vec::new();
     for &t in &a.t {
-        announce_start(&m, t)?;
+        announce_start(&m, t);
         let request = EditRequest {
             rgba: rgba.clone(),
             seed: a.seed,
