@@ -282,6 +282,13 @@ impl InterpolationRequest {
     /// Checks the request and starts its run: in noise mode A and B (sampled as `ddpm sample`
     /// samples them), then the frames from them; in slerp mode the frames alone.
     pub fn start(&self, model: &Model, bounds: &Bounds) -> Result<Run, FieldError> {
+        self.start_with(model, bounds, None)
+    }
+
+    /// The same, in noise mode from `ends` where an earlier run drew this request's A and B
+    /// ([`Run::take_ends`]): a slider's next λ or t then costs the frame's steps alone, and draws
+    /// the pixels a fresh run draws (the ends are the same tensors).
+    pub fn start_with(&self, model: &Model, bounds: &Bounds, ends: Option<&Ends>) -> Result<Run, FieldError> {
         self.check_frames(bounds)?;
         let config = model.sampler(&self.sampler)?;
         let t = match self.mode {
@@ -289,12 +296,22 @@ impl InterpolationRequest {
             InterpolationMode::Slerp => self.t,
         };
         let w = model.guidance(self.guidance)?;
-        let [ends, frames] = self.guidance(w, model.num_classes)?;
+        let [ends_guidance, frames] = self.guidance(w, model.num_classes)?;
         let frames = Frames { request: InterpolationRequest { t, ..self.clone() }, config, guidance: frames };
         match self.mode {
             InterpolationMode::Noise => {
-                let sampler = Sampler::new(model.diffusion, &config, model.image, &self.seeds, model.device);
-                Ok(Run { phase: Phase::Ends, sampler, guidance: ends, cols: 2, then: Some(frames) })
+                let key = EndsKey { seeds: self.seeds, classes: self.classes, w, sampler: config };
+                let run = match ends {
+                    Some(known) if known.key == key => {
+                        let sampler = frames.sampler(model.diffusion, &known.x);
+                        Run::single(Phase::Frames, sampler, frames.guidance, self.frames)
+                    }
+                    _ => {
+                        let sampler = Sampler::new(model.diffusion, &config, model.image, &self.seeds, model.device);
+                        Run { then: Some(frames), ..Run::single(Phase::Ends, sampler, ends_guidance, 2) }
+                    }
+                };
+                Ok(Run { ends_key: Some(key), ..run })
             }
             InterpolationMode::Slerp => {
                 let config = config.deterministic()?;
@@ -360,9 +377,15 @@ impl EditRequest {
 
 impl Request {
     pub fn start(&self, model: &Model, bounds: &Bounds) -> Result<Run, FieldError> {
+        self.start_with(model, bounds, None)
+    }
+
+    /// The same, an interpolation from `ends` where they are its own
+    /// ([`InterpolationRequest::start_with`]).
+    pub fn start_with(&self, model: &Model, bounds: &Bounds, ends: Option<&Ends>) -> Result<Run, FieldError> {
         match self {
             Request::Sample(r) => r.start(model, bounds),
-            Request::Interpolate(r) => r.start(model, bounds),
+            Request::Interpolate(r) => r.start_with(model, bounds, ends),
             Request::Edit(r) => r.start(model),
         }
     }
@@ -387,6 +410,33 @@ struct Frames {
     guidance: Option<Guidance>,
 }
 
+impl Frames {
+    /// The frames' sampler from A and B (`ends`: [2, C, H, W]).
+    fn sampler(&self, diffusion: &Diffusion, ends: &Tensor<4>) -> Sampler {
+        let r = &self.request;
+        let (a, b) = (ends.clone().narrow(0, 0, 1), ends.clone().narrow(0, 1, 1));
+        Sampler::interpolate(diffusion, &self.config, a, b, r.t, &r.lambdas(), r.noise_seed())
+    }
+}
+
+/// What fixes a noise-mode interpolation's A and B: its seeds, classes, guidance and sampler
+/// (not t, the frames or λ).
+#[derive(Clone, Debug, PartialEq)]
+struct EndsKey {
+    seeds: [u64; 2],
+    classes: [Option<usize>; 2],
+    w: f64,
+    sampler: SamplerConfig,
+}
+
+/// A noise-mode interpolation's A and B as a finished run drew them, for the next request with
+/// the same ends ([`InterpolationRequest::start_with`]).
+#[derive(Clone)]
+pub struct Ends {
+    key: EndsKey,
+    x: Tensor<4>,
+}
+
 /// A request in progress: one sampler at a time, the next phase (an interpolation's frames)
 /// built from the last one's images when it ends.
 pub struct Run {
@@ -395,6 +445,9 @@ pub struct Run {
     guidance: Option<Guidance>,
     cols: usize,
     then: Option<Frames>,
+    /// A noise-mode interpolation's: what fixes its ends, and the ends once drawn.
+    ends_key: Option<EndsKey>,
+    ends: Option<Ends>,
 }
 
 /// One step of a run.
@@ -411,7 +464,13 @@ pub struct RunStep {
 
 impl Run {
     fn single(phase: Phase, sampler: Sampler, guidance: Option<Guidance>, cols: usize) -> Self {
-        Self { phase, sampler, guidance, cols, then: None }
+        Self { phase, sampler, guidance, cols, then: None, ends_key: None, ends: None }
+    }
+
+    /// A noise-mode interpolation's A and B ([2, C, H, W]) once its first phase has drawn them,
+    /// once.
+    pub fn take_ends(&mut self) -> Option<Ends> {
+        self.ends.take()
     }
 
     /// Runs one step with the ε_θ that `eps_theta` makes for this phase's guidance; None once
@@ -423,12 +482,9 @@ impl Run {
         let phase = self.phase;
         let cols = self.cols;
         if phase_done && let Some(frames) = self.then.take() {
-            let r = &frames.request;
-            let diffusion = self.sampler.diffusion().clone();
-            let (a, b) = (x.clone().narrow(0, 0, 1), x.clone().narrow(0, 1, 1));
-            let lambdas = r.lambdas();
-            self.sampler = Sampler::interpolate(&diffusion, &frames.config, a, b, r.t, &lambdas, r.noise_seed());
-            (self.phase, self.guidance, self.cols) = (Phase::Frames, frames.guidance, r.frames);
+            self.sampler = frames.sampler(self.sampler.diffusion(), &x);
+            (self.phase, self.guidance, self.cols) = (Phase::Frames, frames.guidance, frames.request.frames);
+            self.ends = self.ends_key.clone().map(|key| Ends { key, x: x.clone() });
         }
         let done = phase_done && phase == self.phase;
         Some(RunStep { phase, step, x, cols, phase_done, done })

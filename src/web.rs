@@ -6,7 +6,6 @@
 //! models. Every read from the GPU is asynchronous (synchronous reads panic on WebGPU), and no
 //! borrow of the model or of a run outlives a call.
 
-#[cfg(feature = "webgpu")]
 use std::cell::RefCell;
 
 use burn::tensor::{Device, Tensor};
@@ -22,7 +21,7 @@ use crate::forward::{ForwardRequest, ScheduleCurves};
 use crate::guidance::Guided;
 use crate::guidance::{DEFAULT_GUIDANCE, MAX_GUIDANCE};
 use crate::images::{DataRange, Grid};
-use crate::request::{Bounds, Model, PAGE_BOUNDS, Request, Run};
+use crate::request::{Bounds, Ends, Model, PAGE_BOUNDS, Request, Run};
 use crate::solvers::{DEFAULT_SAMPLER, SamplerChoice, SamplerConfig, SolverKind, Spacing};
 use crate::unet::UNet;
 use crate::weights::{self, Header};
@@ -47,6 +46,8 @@ pub struct Ddpm {
     device: Device,
     on_gpu: bool,
     backend: String,
+    /// The last noise-mode interpolation's A and B: a live slider's next λ starts from them.
+    ends: RefCell<Option<Ends>>,
 }
 
 /// One request in progress on a model ([`Ddpm::start`]); stepped by [`Ddpm::step`], dropped by
@@ -183,7 +184,7 @@ impl Ddpm {
         };
         let (model, _) = weights::load(&bytes, &device).map_err(js_err)?;
         let diffusion = Diffusion::new(header.schedule.clone());
-        Ok(Ddpm { model, header, diffusion, device, on_gpu, backend })
+        Ok(Ddpm { model, header, diffusion, device, on_gpu, backend, ends: RefCell::new(None) })
     }
 
     #[wasm_bindgen(getter)]
@@ -226,12 +227,14 @@ impl Ddpm {
 
     /// Checks a request (`{kind: 'sample' | 'interpolate' | 'edit', ...}`, the serde form of
     /// [`Request`]) against the model and the page's bounds and returns its run. A refused
-    /// request throws an Error whose `field` names the field.
+    /// request throws an Error whose `field` names the field. A noise-mode interpolation with the
+    /// last one's seeds, classes, guidance and sampler starts from its A and B.
     pub fn start(&self, request: JsValue) -> Result<PageRun, JsValue> {
         let request: Request = serde_wasm_bindgen::from_value(request)
             .map_err(|e| field_err(FieldError::new("request", format!("not a request the page can make: {e}"))))?;
         let model = Model::of(&self.header, &self.diffusion, &self.device);
-        Ok(PageRun { run: Some(request.start(&model, &PAGE_BOUNDS).map_err(field_err)?) })
+        let run = request.start_with(&model, &PAGE_BOUNDS, self.ends.borrow().as_ref()).map_err(field_err)?;
+        Ok(PageRun { run: Some(run) })
     }
 
     /// Runs one step of `run` and resolves to `{phase, index, total, t, update, width, height,
@@ -253,6 +256,9 @@ impl Ddpm {
         let Some(s) = pending.step(eps_theta) else {
             return js_sys::Promise::resolve(&JsValue::NULL);
         };
+        if let Some(ends) = pending.take_ends() {
+            self.ends.replace(Some(ends));
+        }
         let range = self.diffusion.data_range();
         if s.done {
             run.run = None;

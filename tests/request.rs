@@ -169,6 +169,55 @@ fn an_interpolation_runs_whole_its_ends_then_its_frames() {
     assert!(off < 1e-5, "the frame at λ = 1/3 is off the strip's frame 1 by {off}");
 }
 
+/// Steps of each phase a run takes, and its last images.
+fn phases(mut run: ddpm::request::Run, s: &Setup) -> (usize, usize, Vec<f32>) {
+    let (mut ends, mut frames, mut last) = (0, 0, None);
+    while let Some(step) = run.step(s.eps()) {
+        *if step.phase == Phase::Ends { &mut ends } else { &mut frames } += 1;
+        last = Some(step.x);
+    }
+    (ends, frames, values(last.unwrap()))
+}
+
+#[test]
+fn a_slider_s_next_frame_starts_from_the_ends_it_already_has() {
+    let s = Setup::new(Some(3));
+    let bounds = Bounds { max_images: 8, max_frames: 8 };
+    let request = InterpolationRequest {
+        mode: InterpolationMode::Noise,
+        seeds: [5, 9],
+        classes: [Some(0), Some(2)],
+        t: 20,
+        frames: 1,
+        lambda: Some(0.25),
+        guidance: Some(2.0),
+        sampler: SamplerChoice { solver: Some(SolverKind::Ddim), steps: Some(8), eta: Some(0.0), spacing: None },
+    };
+    let mut run = request.start(&s.model(), &bounds).unwrap();
+    while run.step(s.eps()).is_some_and(|step| step.phase == Phase::Ends) {}
+    let ends = run.take_ends().expect("the ends, once drawn");
+    assert!(run.take_ends().is_none(), "handed over once");
+    // Another λ and t with the same ends: the frame's steps alone, the pixels of a fresh run.
+    for next in [InterpolationRequest { lambda: Some(0.75), t: 30, ..request.clone() }, request.clone()] {
+        let fresh = phases(next.start(&s.model(), &bounds).unwrap(), &s);
+        let known = phases(next.start_with(&s.model(), &bounds, Some(&ends)).unwrap(), &s);
+        assert!(fresh.0 == 8 && fresh.1 > 0, "{fresh:?}");
+        assert_eq!((known.0, known.1), (0, fresh.1));
+        assert_eq!(known.2, fresh.2);
+    }
+    // Other seeds, classes, guidance or sampler: other ends, drawn again.
+    let others = [
+        InterpolationRequest { seeds: [5, 10], ..request.clone() },
+        InterpolationRequest { classes: [Some(0), Some(1)], ..request.clone() },
+        InterpolationRequest { guidance: Some(1.5), ..request.clone() },
+        InterpolationRequest { sampler: SamplerChoice { steps: Some(10), ..request.sampler }, ..request.clone() },
+    ];
+    for other in others {
+        let (ends_steps, _, _) = phases(other.start_with(&s.model(), &bounds, Some(&ends)).unwrap(), &s);
+        assert!(ends_steps > 0, "{other:?} reused ends that are not its own");
+    }
+}
+
 #[test]
 fn a_student_keeps_to_its_guidance_range_its_sampler_and_its_grid() {
     use ddpm::weights::Student;

@@ -5,6 +5,7 @@
 import { DrawPad } from './draw-pad.js';
 import { ModelClient } from './model-client.js';
 import { applyLink, followControls, SHA_CHARS } from './link.js';
+import { latency, liveControl, liveEntry, longTasks } from './live.js';
 import { drawLossCurve, drawSchedule } from './plots.js';
 import { Recorder } from './recorder.js';
 import { cachedWeights, fetchWeights, keepLocal, localWeights, sha256 } from './weights-cache.js';
@@ -21,6 +22,10 @@ const state = window.ddpmState = {
 
 let model = null; // Ddpm.describe() of the loaded model (src/web.rs)
 let limits = null; // page_limits(): the module's bounds and defaults
+// The live model answering the live controls (live.js): {name: 'main' | 'live', model: its
+// describe(), title}, or null (none: the controls draw when their buttons are pressed).
+let live = null;
+let catalogue = { models: [], entry: null }; // weights/index.json's models, and the loaded one's entry
 // `?backend=cpu` skips WebGPU; `?threads=N` sets the CPU's threads (1: the one-thread module).
 const wantGpu = params.get('backend') !== 'cpu' && 'gpu' in navigator;
 const client = new ModelClient({ onNotice: (text) => showNotice(text), wantGpu, threads: params.get('threads') });
@@ -273,17 +278,22 @@ function showFrame() {
   $('lambda-text').textContent = `λ = ${(i / (morph.count - 1)).toFixed(3)}`;
 }
 
+// The interpolation the panel's controls ask for.
+function interpolationRequest() {
+  const [a, b] = model.num_classes ? [guidance('class-a'), guidance('class-b')] : [{}, {}];
+  return {
+    kind: 'interpolate', mode: $('mode').value, seeds: [Number($('seed-a').value) >>> 0, Number($('seed-b').value) >>> 0],
+    ...(model.num_classes && { classes: [a.class, b.class], guidance: a.guidance }),
+    t: Number($('t').value), frames: Number($('frames').value), sampler: samplerChoice(),
+  };
+}
+
 // One request: in noise mode the module samples A and B, then denoises every frame from them as
 // one batch (labml's frames at λ = 0 and 1 are A and B noised to t and denoised again, near but
 // not equal to them: A and B stay in view beside the slider); in slerp mode the frames alone.
 async function interpolate() {
-  const frames = Number($('frames').value);
-  const [a, b] = model.num_classes ? [guidance('class-a'), guidance('class-b')] : [{}, {}];
-  const request = {
-    kind: 'interpolate', mode: $('mode').value, seeds: [Number($('seed-a').value) >>> 0, Number($('seed-b').value) >>> 0],
-    ...(model.num_classes && { classes: [a.class, b.class], guidance: a.guidance }),
-    t: Number($('t').value), frames, sampler: samplerChoice(),
-  };
+  const request = interpolationRequest();
+  const frames = request.frames;
   state.interpolationReady = false;
   $('lambda').disabled = true;
   clearError();
@@ -312,6 +322,14 @@ async function interpolate() {
   showFrame();
 }
 
+// A slider's bound from the model, and its starting value from the HTML again: a range input
+// parses its value under the default max of 100, which clamped it before the bound was known.
+function setMax(id, max) {
+  const slider = $(id);
+  slider.max = String(max);
+  slider.value = slider.getAttribute('value');
+}
+
 const SAMPLER_NAMES = { ddpm: (T) => `DDPM, all ${T} steps (the paper)`, ddim: () => 'DDIM', 'dpm++2m': () => 'DPM-Solver++(2M)' };
 
 // The controls' bounds and starting values come from the module (the page's bounds and the
@@ -325,7 +343,7 @@ function applyLimits() {
   $('eta').value = String(d.eta);
   $('steps').max = String(T);
   $('t').max = String(T - 1);
-  $('edit-t').max = String(T - 1);
+  setMax('edit-t', T - 1);
   $('frames').max = String(limits.max_frames);
   [$('guidance').min, $('guidance').max] = model.guidance_range.map(String);
   for (const option of [...$('count').options]) {
@@ -347,11 +365,15 @@ function applyLimits() {
   if (model.start_t.length) for (const id of ['sampler', 'steps', 'eta']) $(id).disabled = true;
 }
 
-// A partial run's t (echoed for a slider) and, where a grid-only student snaps it, where it starts.
+// A partial run's t (echoed for a slider) and, where a grid-only student snaps it, where it
+// starts: the interpolation's on the live model when it is live, the drawing's on the model in
+// the page and on the live one.
 function showStartT(input, text, echo) {
   const t = Number($(input).value);
-  const from = model.start_t[t] ?? t;
-  $(text).textContent = (echo ? `t = ${t}` : '') + (from === t ? '' : ` → ${from} (the student's grid)`);
+  const from = (live && input === 't' ? live.model : model).start_t[t] ?? t;
+  const liveFrom = live && input === 'edit-t' && live.name !== 'main' ? live.model.start_t[t] ?? t : t;
+  $(text).textContent = (echo ? `t = ${t}` : '') + (from === t ? '' : ` → ${from} (the student's grid)`) +
+    (liveFrom === t ? '' : ` (live: → ${liveFrom}, the student's grid)`);
 }
 
 // The model to load: `?weights=URL` (any file), else `?model=ID` from the manifest, else its
@@ -409,6 +431,7 @@ async function load() {
   const manifest = await fetch('weights/index.json', { cache: 'no-cache' })
     .then((r) => (r.ok ? r.json() : null)).catch(() => null);
   const { weightsUrl, entry } = chooseModel(manifest?.models ?? []);
+  catalogue = { models: manifest?.models ?? [], entry };
   const download = () => (weightsUrl.startsWith('local/')
     ? Promise.reject(new Error('this browser no longer holds the file opened from disk: open it again'))
     : fetchWeights(weightsUrl, module.then((hello) => hello.limits.max_weights_bytes), (p) => { $('progress').value = p; },
@@ -486,7 +509,7 @@ function forwardExamples() {
   examples = EXAMPLES.find((e) => e.size === model.image_size && e.channels === model.image_channels) ?? null;
   for (const [k, name] of (examples?.names ?? []).entries()) $('forward-example').add(new Option(name, String(k)));
   $('forward-example').add(new Option('your drawing (below)', 'drawing'));
-  $('forward-t').max = String(model.diffusion_steps - 1);
+  setMax('forward-t', model.diffusion_steps - 1);
   $('forward-section').hidden = false;
   $('schedule-section').hidden = false;
   state.scheduleCurves = model.schedule_curves;
@@ -662,7 +685,126 @@ async function main() {
   wireForward();
   const drawLink = wireLink();
   state.ready = true;
-  if (drawLink && params.get('autostart') !== '0') startSampling();
+  // The live model loads once the first picture is drawn, which it must not slow down.
+  if (drawLink && params.get('autostart') !== '0') await startSampling();
+  await loadLive();
+}
+
+// The live model, after the page's first picture: the manifest entry's `live` (fetched and kept
+// like any weights), or the model in the page when it is itself a student; `?live=0` turns the
+// live controls off (the page as it is without a student).
+async function loadLive() {
+  if (params.get('live') === '0') return;
+  if (model.student) {
+    live = { name: 'main', model, title: state.model ?? 'this model' };
+  } else {
+    const entry = liveEntry(catalogue.entry, catalogue.models);
+    if (!entry) return;
+    const url = `weights/${entry.file}`;
+    try {
+      const download = () => fetchWeights(url, Promise.resolve(limits.max_weights_bytes), () => {},
+        (prefix) => client.checkWeightsHeader(prefix));
+      const weights = await cachedWeights(url, entry, download, params.get('store'));
+      const loaded = (await client.loadLive(weights.bytes)).model;
+      const same = ['image_size', 'image_channels', 'num_classes', 'diffusion_steps'].every((k) => loaded[k] === model[k]);
+      if (!same) throw new Error(`${entry.file} draws other images than ${catalogue.entry.file}`);
+      live = { name: 'live', model: loaded, title: entry.id };
+    } catch (e) {
+      showNotice(`the live model could not be loaded (${e.message ?? e}): the controls draw when their buttons are pressed`);
+      return;
+    }
+  }
+  wireLive();
+}
+
+// Positions of the interpolation slider in live mode: λ in steps of 1/LAMBDA_STEPS.
+const LAMBDA_STEPS = 100;
+
+// The three live controls: the interpolation slider (the frame at the λ under the pointer), the
+// guidance slider (the current seeds again) and the drawing pad (when a stroke ends).
+function wireLive() {
+  const { name, model: student } = live;
+  const d = student.default_sampler;
+  const sampler = `${SAMPLER_NAMES[d.solver](student.diffusion_steps)}, ${d.steps} step${d.steps === 1 ? '' : 's'}`;
+  $('live-text').textContent = `Live: the interpolation slider, the guidance slider and the drawing pad answer as ` +
+    `they move, drawn by the distilled student ${live.title} (${sampler}); Start and “Denoise my drawing” run ` +
+    `${name === 'main' ? 'it' : 'the teacher'} step by step.`;
+  $('live-text').hidden = false;
+  const drawn = { interpolate: 0, guidance: 0, draw: 0 };
+  state.live = { name, latency, longTasks, drawn };
+  const fail = (section) => (e) => showError(e.message ?? String(e), e.field, section);
+  const size = model.image_size;
+
+  // The guidance slider keeps to what the student learnt.
+  if (model.num_classes) {
+    const [lo, hi] = student.guidance_range;
+    $('guidance').min = String(Math.max(Number($('guidance').min), lo));
+    $('guidance').max = String(Math.min(Number($('guidance').max), hi));
+    $('guidance').dispatchEvent(new Event('input')); // the value, clamped by the slider, shown
+  }
+  const withoutSampler = ({ sampler: _, ...request }) => request; // the student's own
+
+  // Interpolation: no batch to compute first; every position is its own frame.
+  for (const id of ['interp', 'frames-label']) $(id).hidden = true;
+  $('lambda').max = String(LAMBDA_STEPS);
+  $('lambda').disabled = false;
+  $('interp-text').textContent = `Drag the slider: each position is denoised by ${live.title} as you move.`;
+  const frame = liveControl(client, name, 'interpolate', {
+    build: () => ({ ...withoutSampler(interpolationRequest()), frames: 1, lambda: Number($('lambda').value) / LAMBDA_STEPS }),
+    onStep: (s) => {
+      if (s.phase === 'ends' && s.phase_done) {
+        draw($('morph-a'), size, size, tile(s, 0, size));
+        draw($('morph-b'), size, size, tile(s, 1, size));
+      }
+    },
+    show: (s) => {
+      draw($('morph'), size, size, tile(s, 0, size));
+      $('lambda-text').textContent = `λ = ${(Number($('lambda').value) / LAMBDA_STEPS).toFixed(2)} (live)`;
+      drawn.interpolate += 1;
+      state.interpolationReady = true;
+    },
+    fail: fail('interpolate'),
+  });
+  $('lambda').addEventListener('input', frame);
+  for (const id of ['seed-a', 'seed-b', 'class-a', 'class-b', 'mode', 't']) $(id).addEventListener('input', frame);
+  $('guidance').addEventListener('input', frame);
+  showStartT('t', 't-text', false);
+  showStartT('edit-t', 'edit-t-text', true);
+  frame();
+
+  // Guidance: the seeds in the sample panel drawn again at the new w (a teacher run in progress
+  // stops: its guidance is no longer the slider's).
+  if (model.num_classes) {
+    const redraw = liveControl(client, name, 'guidance', {
+      build: () => ({ kind: 'sample', seed: Number($('seed').value) >>> 0, count: Number($('count').value), ...guidance() }),
+      show: (s) => {
+        draw($('xt'), s.width, s.height, s.x_t);
+        draw($('x0'), s.width, s.height, s.x0);
+        $('progress-text').textContent = `Live: ${live.title} at w = ${Number($('guidance').value)} (${s.total} steps).`;
+        drawn.guidance += 1;
+      },
+      fail: fail('sample'),
+    });
+    $('guidance').addEventListener('input', (e) => {
+      if (state.running) stop();
+      redraw(e);
+    });
+  }
+
+  // The drawing pad: denoised again when each stroke ends, beside the pad.
+  pad.onStrokeEnd = liveControl(client, name, 'draw', {
+    build: () => {
+      const rgba = Array.from(pad.pixels());
+      state.live.lastDrawing = rgba; // for the browser test's `ddpm edit` on the same pixels
+      return { kind: 'edit', rgba, seed: Number($('seed').value) >>> 0, t: Number($('edit-t').value), ...guidance() };
+    },
+    show: (s) => {
+      draw($('pad-out'), s.width, s.height, s.x_t);
+      drawn.draw += 1;
+    },
+    fail: fail('edit'),
+  });
+  $('pad-live').hidden = false;
 }
 
 // A link's controls, then the address kept up to date. A link made with other weights than

@@ -30,7 +30,12 @@ export class DrawPad {
       this.stroke(last, next);
       last = next;
     });
-    const end = () => { last = null; };
+    // A finished stroke is told to `onStrokeEnd(event)` (the live pad re-denoises then).
+    this.onStrokeEnd = null;
+    const end = (e) => {
+      if (last) this.onStrokeEnd?.(e);
+      last = null;
+    };
     canvas.addEventListener('pointerup', end);
     canvas.addEventListener('pointercancel', end);
   }

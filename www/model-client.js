@@ -4,6 +4,8 @@
 // device, at most `GPU_RETRIES` times, then the CPU, and the interrupted requests run again
 // there from their start (a request is a value, src/request.rs: an interpolation draws its ends
 // again too). Run ids live here alone: a step of a replaced run never reaches its caller.
+// Beside the main model it may hold a 'live' one (a distilled student) for the live controls,
+// whose runs (`live`) replace only the previous one of the same control.
 const GPU_RETRIES = 2;
 
 export class ModelClient {
@@ -12,7 +14,8 @@ export class ModelClient {
   constructor({ onNotice, wantGpu, threads = null }) {
     this.onNotice = onNotice; // (text) => void: what the page should tell the visitor
     this.runId = 0;
-    this.runs = new Map(); // id → {request, onStep, resolve, reject}: the runs in progress
+    this.runs = new Map(); // id → {request, model, live, onStep, resolve, reject}: the runs in progress
+    this.liveRuns = new Map(); // a live control → the id of its run in progress
     this.latest = new Map(); // 'forward' | 'loss-curve' → {id, request, resolve, reject}: the one asked for last
     this.calls = new Map(); // id → {resolve, reject}: one-off answers (the animation)
     this.losses = 0;
@@ -38,7 +41,7 @@ export class ModelClient {
 
   fail(error) {
     this.pending.fail?.(error);
-    this.pending.loaded?.reject(error);
+    for (const loading of Object.values(this.pending.loaded ?? {})) loading.reject(error);
     for (const run of this.runs.values()) run.reject(error);
     this.runs.clear();
     for (const asked of [...this.latest.values(), ...this.calls.values()]) asked.reject(error);
@@ -50,7 +53,7 @@ export class ModelClient {
     const run = this.runs.get(data.id);
     switch (data.type) {
       case 'hello': this.pending.hello(data); break;
-      case 'loaded': this.pending.loaded?.resolve(data); break;
+      case 'loaded': this.pending.loaded?.[data.name]?.resolve(data); break;
       case 'memory': this.pending.memory?.(data); break;
       case 'warming':
         this.onWarming?.(data.done, data.total);
@@ -75,7 +78,8 @@ export class ModelClient {
       case 'error': {
         const error = Object.assign(new Error(data.message), { field: data.field });
         const asked = [...this.latest].find(([, a]) => a.id === data.id);
-        if (data.id === null) this.fail(error);
+        if (data.load && data.load !== 'main') this.pending.loaded?.[data.load]?.reject(error);
+        else if (data.id === null) this.fail(error);
         else if (asked) { asked[1].reject(error); this.latest.delete(asked[0]); }
         else if (this.calls.has(data.id)) { this.calls.get(data.id).reject(error); this.calls.delete(data.id); }
         else if (run) { this.runs.delete(data.id); run.reject(error); }
@@ -85,21 +89,33 @@ export class ModelClient {
     }
   }
 
-  // Builds the model in the worker from the weights (kept, to rebuild it after a lost GPU).
+  // Builds the main model in the worker from the weights (kept, to rebuild it after a lost GPU).
   load(bytes, onGpu = this.wantGpu) {
-    this.loading = this.loadNow(bytes, onGpu);
+    this.bytes = { main: bytes };
+    this.loading = this.loadNow('main', bytes, onGpu).then((info) => { this.info = info; return info; });
     return this.loading;
   }
 
-  async loadNow(bytes, wantGpu) {
+  // Builds the live model beside it (kept too); resolves to the worker's 'loaded' reply, whose
+  // `model` describes it; rejects with the loader's message without touching the main model.
+  loadLive(bytes) {
+    this.bytes.live = bytes;
+    this.liveLoading = Promise.resolve(this.loading).then(() => this.loadNow('live', bytes, this.info.model.on_gpu));
+    return this.liveLoading;
+  }
+
+  async loadNow(name, bytes, wantGpu) {
     await this.hello;
-    this.bytes = bytes;
-    const loaded = new Promise((resolve, reject) => { this.pending.loaded = { resolve, reject }; });
+    this.pending.loaded ??= {};
+    const loaded = new Promise((resolve, reject) => { this.pending.loaded[name] = { resolve, reject }; });
     // A copy goes to the worker, so the page keeps its own for a fresh worker.
     const copy = bytes.slice();
-    this.worker.postMessage({ type: 'load', bytes: copy, wantGpu }, [copy.buffer]);
-    this.info = await loaded;
-    return this.info;
+    this.worker.postMessage({ type: 'load', name, bytes: copy, wantGpu }, [copy.buffer]);
+    try {
+      return await loaded;
+    } finally {
+      delete this.pending.loaded[name];
+    }
   }
 
   // On WebGPU: compiles the kernels of every batch size in `batches` (one network evaluation
@@ -115,18 +131,48 @@ export class ModelClient {
   // Runs a request ({kind: 'sample' | 'interpolate' | 'edit', ...}: src/request.rs), calling
   // onStep(step, ms) for each step; resolves true when it finished, false when a newer run or
   // stop replaced it; rejects with the module's error (its `field` names the request's field).
-  // A new run replaces those in progress; with `beside` it runs alongside them (a live frame
-  // while a long run continues).
+  // A new run replaces those in progress (live ones excepted); with `beside` it runs alongside
+  // them.
   run(request, onStep, { beside = false } = {}) {
     if (!beside) this.cancel();
+    return this.start(request, onStep, 'main', false).done;
+  }
+
+  // A live control's run on the live model (`live`, or 'main' when the main model is itself the
+  // student): it replaces that control's previous run at once, so the latest position wins and
+  // a stale one is dropped. `onStep` sees each step; resolves to the last, or to null when the
+  // run was replaced.
+  live(control, request, model = 'live', onStep = () => {}) {
+    const previous = this.liveRuns.get(control);
+    if (previous !== undefined) this.stopRun(previous);
+    let last = null;
+    const { id, done } = this.start(request, (step) => { onStep(step); last = step; }, model, true);
+    this.liveRuns.set(control, id);
+    return done.then((finished) => {
+      if (this.liveRuns.get(control) === id) this.liveRuns.delete(control);
+      return finished ? last : null;
+    });
+  }
+
+  start(request, onStep, model, live) {
     const id = ++this.runId;
-    return new Promise((resolve, reject) => {
-      this.runs.set(id, { request, onStep, resolve, reject });
-      // After a lost GPU the fresh worker may still be building the model.
-      Promise.resolve(this.loading).then(() => {
-        if (this.runs.has(id)) this.worker.postMessage({ type: 'run', id, request, beside: true });
+    const done = new Promise((resolve, reject) => {
+      this.runs.set(id, { request, model, live, onStep, resolve, reject });
+      // After a lost GPU the fresh worker may still be building the models.
+      Promise.all([this.loading, model === 'live' && this.liveLoading]).then(() => {
+        if (this.runs.has(id)) this.worker.postMessage({ type: 'run', id, request, model, beside: true });
       }, () => {});
     });
+    return { id, done };
+  }
+
+  // Stops run `id` (it resolves false).
+  stopRun(id) {
+    const run = this.runs.get(id);
+    if (!run) return;
+    this.runs.delete(id);
+    run.resolve(false);
+    this.worker.postMessage({ type: 'cancel', id });
   }
 
   // The forward process at one t (src/forward.rs): resolves to the worker's view, or to null
@@ -187,11 +233,9 @@ export class ModelClient {
     return this.call('animation_gif', [width, height, x_t, x0], [x_t.buffer, x0.buffer]);
   }
 
-  // Stops every run in progress (each resolves false).
+  // Stops every run in progress but the live controls' (each resolves false).
   cancel() {
-    for (const run of this.runs.values()) run.resolve(false);
-    this.runs.clear();
-    this.worker.postMessage({ type: 'cancel' });
+    for (const [id, run] of this.runs) if (!run.live) this.stopRun(id);
   }
 
   async memory() {
@@ -221,8 +265,10 @@ export class ModelClient {
     for (const c of this.calls.values()) c.reject(new Error(`the model worker was replaced after a lost GPU (${reason}): try again`));
     this.calls.clear();
     this.spawn(this.wantGpu && onGpu);
+    const { main, live } = this.bytes;
     try {
-      await this.load(this.bytes, this.wantGpu && onGpu);
+      await this.load(main, this.wantGpu && onGpu);
+      if (live) await this.loadLive(live);
     } catch (e) {
       this.fail(e);
       return;
@@ -231,7 +277,7 @@ export class ModelClient {
     if (this.warmBatches) await this.warm(this.warmBatches);
     // Those the visitor did not replace or stop meanwhile.
     for (const [id, run] of interrupted) {
-      if (this.runs.get(id) === run) this.worker.postMessage({ type: 'run', id, request: run.request, beside: true });
+      if (this.runs.get(id) === run) this.worker.postMessage({ type: 'run', id, request: run.request, model: run.model, beside: true });
     }
     for (const [type, asked] of this.latest) {
       if (asked.request) this.worker.postMessage({ type, id: asked.id, request: asked.request });

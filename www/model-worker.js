@@ -8,23 +8,28 @@
 // (shared memory allowed) and more than one thread is asked for, the threaded module
 // (pkg-threads/: flex on a pool of web workers), else the main module's one-thread fallback.
 //
-// Messages in:  {type: 'load', bytes, wantGpu} | {type: 'warm', batches}
+// It may hold several models by name: 'main' (the one the page draws step by step) and 'live'
+// (a distilled student that answers the page's live controls), on one device.
+//
+// Messages in:  {type: 'load', name, bytes, wantGpu} | {type: 'warm', batches}
 //               | {type: 'forward' | 'loss-curve', id, request} (the forward process at one t, or its
 //                 loss at 20 t: src/forward.rs)
 //               | {type: 'call', id, call, args} (animation_steps, animation_gif, check_weights_header:
 //                 no model needed)
-//               | {type: 'run', id, request, beside} (a request as src/request.rs types it; it
-//                 replaces the runs in progress unless `beside`, which runs it alongside them)
+//               | {type: 'run', id, request, model, beside} (a request as src/request.rs types it,
+//                 on the model of that name; it replaces the runs in progress unless `beside`,
+//                 which runs it alongside them)
 //               | {type: 'cancel', id} (that run; without an id, every run)
 //               | {type: 'memory'} | {type: 'destroy-device'} (a test hook: loses the GPU)
 // Messages out: {type: 'hello', limits} (the module's bounds and defaults, src/web.rs page_limits)
-//               | {type: 'loaded', model, kernels, threads} (model: Ddpm.describe())
+//               | {type: 'loaded', name, model, kernels, threads} (model: Ddpm.describe())
 //               | {type: 'warming', done, total}
 //               | {type: 'step', id, step, ms} | {type: 'done', id} | {type: 'error', id, message, field}
 //               | {type: 'forward' | 'loss-curve', id, answer} | {type: 'answer', id, answer}
 //               | {type: 'lost', reason} | {type: 'memory', wasm}
 let pkg = null; // the module's exports: Ddpm, page_limits, kernel_path, …
-let model = null;
+const models = new Map(); // name → the module's Ddpm
+let model = null; // the main model: the forward panel's and the warm-up's
 let description = null; // model.describe()
 let wasm = null;
 const runs = new Map(); // id → the module's run (a PageRun) for each run in progress
@@ -71,11 +76,13 @@ function cancel(id = null) {
   }
 }
 
-async function run(id, request, beside) {
+async function run(id, request, name, beside) {
   if (!beside) cancel();
+  const on = models.get(name);
   let handle;
   try {
-    handle = model.start(request);
+    if (!on) throw new Error(`no model named ${name} is loaded`);
+    handle = on.start(request);
   } catch (e) {
     postMessage(errorMessage(id, e));
     return;
@@ -87,10 +94,10 @@ async function run(id, request, beside) {
     const t0 = performance.now();
     let step;
     try {
-      step = await model.step(handle);
+      step = await on.step(handle);
     } catch (e) {
       // On the GPU a failing step is a lost or poisoned device: the page starts a fresh worker.
-      if (model.on_gpu) loseDevice(e.message ?? String(e));
+      if (on.on_gpu) loseDevice(e.message ?? String(e));
       else { cancel(id); postMessage(errorMessage(id, e)); }
       return;
     }
@@ -122,23 +129,25 @@ onmessage = async ({ data }) => {
   switch (data.type) {
     case 'load':
       try {
-        model = await pkg.Ddpm.create(data.bytes, data.wantGpu && !pkg.threaded);
-        description = model.describe();
-        description.backend += pkg.why;
-        description.schedule_curves = model.schedule();
+        const loaded = await pkg.Ddpm.create(data.bytes, data.wantGpu && !pkg.threaded);
+        models.set(data.name, loaded);
+        const about = loaded.describe();
+        about.backend += pkg.why;
+        about.schedule_curves = loaded.schedule();
+        if (data.name === 'main') [model, description] = [loaded, about];
         postMessage({
-          type: 'loaded', model: description,
-          kernels: model.on_gpu ? 'webgpu' : pkg.kernel_path(), threads: model.on_gpu ? 0 : pkg.cpu_threads(),
+          type: 'loaded', name: data.name, model: about,
+          kernels: loaded.on_gpu ? 'webgpu' : pkg.kernel_path(), threads: loaded.on_gpu ? 0 : pkg.cpu_threads(),
         });
       } catch (e) {
-        postMessage(errorMessage(null, e));
+        postMessage({ ...errorMessage(null, e), load: data.name });
       }
       break;
     case 'warm':
       warm(data.batches);
       break;
     case 'run':
-      run(data.id, data.request, data.beside === true);
+      run(data.id, data.request, data.model ?? 'main', data.beside === true);
       break;
     case 'forward':
     case 'loss-curve':

@@ -11,7 +11,7 @@ import { PNG } from 'pngjs';
 import { pngPixels, rgbPng } from './harness.mjs';
 import {
   BIN, ETA, DPM, WEIGHTS, openPage, setSampler, samplerFlags, nativeSamples, nativeInterpolation, canvasTiles, canvasPixels, compare, same, ready, sample,
-  waitDone, backends, rgbModel, setSlider,
+  waitDone, backends, rgbModel, setSlider, tinyStudent,
 } from './page-kit.mjs';
 
 const browsers = [];
@@ -169,19 +169,10 @@ test('CPU fallback: a conditional model draws the chosen class with guidance as 
 // each, w learnt over 0.5..3): the guidance slider keeps to its range, the sampler controls to its
 // own 4-step grid, and a partial run's t shows where it snaps.
 test('CPU fallback: a distilled student bounds the guidance, keeps its sampler and snaps t to its grid', { skip: !backends.includes('cpu'), timeout: 900_000 }, async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'ddpm-student-'));
-  const run = (...args) => execFileSync(BIN, args, { stdio: 'pipe', cwd: dir });
-  run('train', '--data', 'mnist', '--conditional', '--base-channels', '8', '--channel-mults', '1,2', '--attn', '0,1',
-    '--groups', '4', '--dropout', '0', '--steps', '2', '--batch-size', '4', '--sample-every', '0', '--out', 'run');
-  run('export', '--run', 'run', '--out', 'teacher.safetensors');
-  const distil = ['--steps', '1', '--batch-size', '2', '--sample-every', '0'];
-  run('distil', '--teacher', 'teacher.safetensors', '--w-min', '0.5', '--w-max', '3', ...distil, '--out', 's1');
-  run('export', '--run', 's1', '--out', 's8.safetensors');
+  const { dir, run, distil } = tinyStudent();
   // A round may not teach guidance its teacher never learnt.
   assert.throws(() => run('distil', '--teacher', 's8.safetensors', '--teacher-steps', '8', ...distil, '--out', 'wide'),
     /reach beyond the range the teacher s8.safetensors learnt, 0.5..3/);
-  run('distil', '--teacher', 's8.safetensors', '--teacher-steps', '8', '--w-min', '0.5', '--w-max', '3', ...distil, '--out', 's4');
-  run('export', '--run', 's4', '--out', 's4.safetensors');
   // The CLI says where a t snaps, and refuses a sampler the student was not taught.
   writeFileSync(join(dir, 'drawing.png'), PNG.sync.write(Object.assign(new PNG({ width: 8, height: 8 }), { data: Buffer.alloc(256, 255) })));
   const edit = spawnSync(BIN, ['edit', '--weights', 's4.safetensors', '--input', 'drawing.png', '--t', '300', '--out', 'e.png'], { cwd: dir });

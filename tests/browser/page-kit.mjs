@@ -195,6 +195,30 @@ export function rgbModel() {
   return { dir, file, bytes, manifest };
 }
 
+// A tiny class-conditional teacher (`teacher.safetensors`, two training steps) and its distilled
+// student put through both stages by the CLI, one step each, w learnt over 0.5..3: stage 1's
+// `s8.safetensors` and the 4-step grid's `s4.safetensors`, in `dir`; `run(...args)` runs ddpm there.
+export function tinyStudent() {
+  const dir = mkdtempSync(join(tmpdir(), 'ddpm-student-'));
+  const run = (...args) => execFileSync(BIN, args, { stdio: 'pipe', cwd: dir });
+  run('train', '--data', 'mnist', '--conditional', '--base-channels', '8', '--channel-mults', '1,2', '--attn', '0,1',
+    '--groups', '4', '--dropout', '0', '--steps', '2', '--batch-size', '4', '--sample-every', '0', '--out', 'run');
+  run('export', '--run', 'run', '--out', 'teacher.safetensors');
+  const distil = ['--steps', '1', '--batch-size', '2', '--sample-every', '0'];
+  run('distil', '--teacher', 'teacher.safetensors', '--w-min', '0.5', '--w-max', '3', ...distil, '--out', 's1');
+  run('export', '--run', 's1', '--out', 's8.safetensors');
+  run('distil', '--teacher', 's8.safetensors', '--teacher-steps', '8', '--w-min', '0.5', '--w-max', '3', ...distil, '--out', 's4');
+  run('export', '--run', 's4', '--out', 's4.safetensors');
+  return { dir, run, distil };
+}
+
+// A manifest entry for the file `path` (its size and SHA-256), with `extra` fields.
+export function manifestEntry(id, path, extra = {}) {
+  const bytes = readFileSync(path);
+  const file = path.split('/').pop();
+  return { id, title: id, file, bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), ...extra };
+}
+
 // A browser (closed by the test file's `after`, which empties `browsers`) and a page in it.
 export async function openPage(browsers, webgpu) {
   const browser = await launch({ webgpu });
