@@ -5,7 +5,7 @@
 import { DrawPad } from './draw-pad.js';
 import { ModelClient } from './model-client.js';
 import { applyLink, followControls, SHA_CHARS } from './link.js';
-import { latency, liveControl, liveEntry, longTasks } from './live.js';
+import { latency, liveControl, liveEntry } from './live.js';
 import { drawLossCurve, drawSchedule } from './plots.js';
 import { Recorder } from './recorder.js';
 import { cachedWeights, fetchWeights, keepLocal, localWeights, sha256 } from './weights-cache.js';
@@ -731,7 +731,7 @@ function wireLive() {
     `${name === 'main' ? 'it' : 'the teacher'} step by step.`;
   $('live-text').hidden = false;
   const drawn = { interpolate: 0, guidance: 0, draw: 0 };
-  state.live = { name, latency, longTasks, drawn };
+  state.live = { name, latency, drawn, about: { params: student.params, steps: d.steps } };
   const fail = (section) => (e) => showError(e.message ?? String(e), e.field, section);
   const size = model.image_size;
 
@@ -767,7 +767,6 @@ function wireLive() {
   });
   $('lambda').addEventListener('input', frame);
   for (const id of ['seed-a', 'seed-b', 'class-a', 'class-b', 'mode', 't']) $(id).addEventListener('input', frame);
-  $('guidance').addEventListener('input', frame);
   showStartT('t', 't-text', false);
   showStartT('edit-t', 'edit-t-text', true);
   frame();

@@ -1,8 +1,8 @@
 // The live controls: a control whose every move is answered by the live model (a distilled
 // student, issue 49) with a new picture, without a button. Each move sends one request; the
 // model client drops the control's previous run at once (the latest position wins, a stale one
-// is never drawn). Each picture's latency (from the input event to the picture drawn) and the
-// main thread's long tasks are kept for `cargo xtask bench-web`.
+// is never drawn). Each picture's latency (from the input event to the frame that shows it) is
+// kept for `cargo xtask bench-web`.
 
 // The live model to load beside `entry` (the manifest entry of the model in the page): the
 // entry its `live` names, or null. (A student opened by itself is its own live model.)
@@ -12,11 +12,6 @@ export function liveEntry(entry, models) {
 
 // What the page keeps for the benchmark: per control, the latency of each picture, in ms.
 export const latency = { interpolate: [], guidance: [], draw: [] };
-export const longTasks = []; // main-thread tasks over 50 ms, in ms
-if (typeof PerformanceObserver !== 'undefined' && PerformanceObserver.supportedEntryTypes?.includes('longtask')) {
-  new PerformanceObserver((list) => { for (const e of list.getEntries()) longTasks.push(e.duration); })
-    .observe({ type: 'longtask', buffered: true });
-}
 
 // A control driven by the live model `name`: `build()` makes its request (null: nothing to
 // draw yet), `show(step)` draws the finished picture, `onStep(step)` sees every step (an
@@ -35,6 +30,7 @@ export function liveControl(client, name, control, { build, show, onStep = () =>
     }
     if (!last) return; // replaced by a newer position
     show(last);
-    latency[control].push(performance.now() - asked);
+    // On the canvas: once the browser has painted the frame after it.
+    requestAnimationFrame(() => setTimeout(() => latency[control].push(performance.now() - asked)));
   };
 }

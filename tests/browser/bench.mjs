@@ -1,18 +1,21 @@
 // `cargo xtask bench-web`: the page's speed, as JSON lines (a benchmark, not a test):
 // ms per sampling step on WebGPU and on the CPU fallback (threaded and one-thread) at batch 1, 4
 // and 16, the time from navigation to the first drawn step and (CPU) to the first finished image,
-// the default sampler's image and interpolation against the old default's, and the gzipped size
-// of what the page downloads.
-import { readFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+// the default sampler's image and interpolation against the old default's, the live controls'
+// latency (issue 49), and the gzipped size of what the page downloads.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { launch } from './harness.mjs';
+import { manifestEntry } from './page-kit.mjs';
 
 const URL_ = process.env.DDPM_URL;
 const emit = (o) => console.log(JSON.stringify(o));
 
 const files = ['www/pkg/ddpm_bg.wasm', 'www/pkg/ddpm.js', 'www/app.js', 'www/model-client.js', 'www/model-worker.js', 'www/draw-pad.js',
-  'www/weights-cache.js', 'www/index.html', 'www/style.css'];
+  'www/link.js', 'www/live.js', 'www/plots.js', 'www/recorder.js', 'www/weights-cache.js', 'www/index.html', 'www/style.css'];
 const gz = files.reduce((n, f) => n + gzipSync(readFileSync(f), { level: 9 }).length, 0);
 const raw = files.reduce((n, f) => n + readFileSync(f).length, 0);
 emit({ what: 'bundle', files, bytes: raw, gzip_bytes: gz, gzip_mb: +(gz / 1e6).toFixed(3) });
@@ -31,6 +34,7 @@ const configs = [
   { webgpu: false, backend: 'cpu-wasm-threads', query: '' },
   { webgpu: false, backend: 'cpu-wasm', query: '?threads=1' },
 ].filter((c) => backends.includes(c.webgpu ? 'webgpu' : 'cpu'));
+const liveModels = liveStudents();
 for (const { webgpu, backend, query } of configs) {
   const browser = await launch({ webgpu });
   const page = await browser.page();
@@ -44,8 +48,9 @@ for (const { webgpu, backend, query } of configs) {
   // Page load to first drawn step, on a first visit (empty profile: the weights come from the
   // network) and a return visit (the weights from the browser's cache): autostart runs the
   // default sampler (16 images on WebGPU, fewer on the CPU).
+  // Without the live model (`live=0`), which would load beside these runs; its own part is last.
   for (const visit of ['first', 'return']) {
-    await page.goto(`${URL_}${query}`);
+    await page.goto(`${URL_}${query}${query ? '&' : '?'}live=0`);
     await page.waitForFunction(() => window.ddpmState?.firstStepAt || window.ddpmState?.error, null, { timeout: 300_000 });
     const s = await page.evaluate(() => {
       const { firstStepAt, loaded, backend, error, msPerStep, kernels, weightsSource } = window.ddpmState;
@@ -130,5 +135,90 @@ for (const { webgpu, backend, query } of configs) {
     emit({ backend, what: 'sample_step', batch, ms: +median(ms).toFixed(2), n: ms.length, cpu: cpus()[0]?.model, kernels, threads });
   }
   emit({ backend, what: 'longest_main_thread_task', ms: Math.round(await page.evaluate(() => window.longestTaskMs)), while: 'sampling at batch 1, 4, 16' });
+  for (const student of liveModels) await liveLatency(page, backend, query, student);
   await browser.close();
+}
+for (const { dir } of liveModels) rmSync(dir, { recursive: true, force: true });
+
+// The live models: the one the shipped digits' manifest entry names, else stand-ins made here
+// from the shipped teacher by one update of each distillation stage (a student's latency
+// depends on its architecture and its steps, not on how far it was trained), at K = 4 and 2.
+function liveStudents() {
+  const manifest = JSON.parse(readFileSync('weights/index.json', 'utf8'));
+  const digits = manifest.models.find((m) => m.id === 'mnist');
+  if (digits.live) return [{ manifest, dir: null, id: digits.live, standIn: false }];
+  const dir = mkdtempSync(join(tmpdir(), 'ddpm-live-bench-'));
+  const ddpm = (...args) => execFileSync(process.env.DDPM_BIN, args, { stdio: 'pipe', cwd: dir });
+  const once = ['--steps', '1', '--batch-size', '2', '--sample-every', '0'];
+  ddpm('distil', '--teacher', join(process.cwd(), 'weights/mnist.safetensors'), '--w-min', '0', '--w-max', '4', ...once, '--out', 's16');
+  ddpm('export', '--run', 's16', '--out', 's16.safetensors');
+  const made = [];
+  for (const k of [8, 4, 2]) {
+    ddpm('distil', '--teacher', `s${2 * k}.safetensors`, '--teacher-steps', String(2 * k), ...once, '--out', `s${k}`);
+    ddpm('export', '--run', `s${k}`, '--out', `s${k}.safetensors`);
+    if (k <= 4) {
+      const id = `mnist-fast-stand-in-${k}`;
+      const listed = structuredClone(manifest);
+      listed.models.find((m) => m.id === 'mnist').live = id;
+      listed.models.push(manifestEntry(id, join(dir, `s${k}.safetensors`)));
+      made.push({ manifest: listed, dir, id, file: join(dir, `s${k}.safetensors`), standIn: true });
+    }
+  }
+  return made;
+}
+
+// Each live control moved 20 times at one image, each move waited for: the time from its input
+// event to its picture drawn (median and worst), and the longest main-thread task meanwhile.
+async function liveLatency(page, backend, query, student) {
+  await page.unrouteAll();
+  if (student.standIn) {
+    await page.route('**/weights/index.json', (route) => route.fulfill({ json: student.manifest }));
+    const file = student.manifest.models.find((m) => m.id === student.id).file;
+    await page.route(`**/weights/${file}`, (route) => route.fulfill({ body: readFileSync(student.file) }));
+  }
+  await page.goto(`${URL_}${query}${query ? '&' : '?'}autostart=0&model=mnist`);
+  // Its first frame drawn, or the page's error, or its notice that the live model did not load.
+  await page.waitForFunction(() => {
+    const s = window.ddpmState;
+    return s?.live?.drawn.interpolate >= 1 || s?.error || s?.notices.some((n) => n.includes('live model'));
+  }, null, { timeout: 600_000 });
+  const error = await page.evaluate(() => window.ddpmState.error ?? window.ddpmState.notices.find((n) => n.includes('live model')));
+  if (error) throw new Error(error);
+  await page.selectOption('#count', '1');
+  const about = await page.evaluate(() => window.ddpmState.live.about);
+  const moves = {
+    interpolate: (i) => page.evaluate((v) => {
+      const slider = document.getElementById('lambda');
+      slider.value = String(v);
+      slider.dispatchEvent(new Event('input'));
+    }, (i * 37 + 11) % 100),
+    guidance: (i) => page.evaluate((i) => {
+      const slider = document.getElementById('guidance');
+      const [lo, hi] = [Number(slider.min), Number(slider.max)];
+      slider.value = String(lo + ((i % 10) + 1) * (hi - lo) / 11);
+      slider.dispatchEvent(new Event('input'));
+    }, i),
+    draw: async (i) => {
+      const box = await page.locator('#pad').boundingBox();
+      const at = (x, y) => [box.x + x * box.width, box.y + y * box.height];
+      await page.mouse.move(...at(0.2 + 0.03 * (i % 10), 0.2));
+      await page.mouse.down();
+      await page.mouse.move(...at(0.5, 0.5 + 0.02 * (i % 10)), { steps: 4 });
+      await page.mouse.up();
+    },
+  };
+  await page.locator('#pad').scrollIntoViewIfNeeded();
+  for (const [control, move] of Object.entries(moves)) {
+    await page.evaluate(() => { window.longestTaskMs = 0; });
+    const ms = [];
+    for (let i = 0; i < 20; i++) {
+      const n = await page.evaluate((c) => window.ddpmState.live.latency[c].length, control);
+      await move(i);
+      await page.waitForFunction(([c, n]) => window.ddpmState.live.latency[c].length > n, [control, n], { timeout: 600_000, polling: 5 });
+      ms.push(await page.evaluate((c) => window.ddpmState.live.latency[c].at(-1), control));
+    }
+    emit({ backend, what: 'live_latency', control, model: student.id, stand_in: student.standIn, ...about, images: 1,
+      median_ms: Math.round(median(ms)), worst_ms: Math.round(Math.max(...ms)), moves: ms.length,
+      longest_main_thread_task_ms: Math.round(await page.evaluate(() => window.longestTaskMs)) });
+  }
 }

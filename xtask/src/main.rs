@@ -220,11 +220,12 @@ fn node_with_server(root: &Path, args: &[&str], env: &[(&str, &Path)]) -> Result
 /// What the page loads, relative to the site: every URL in the page is relative, so the folder
 /// works under any sub-path. The weights are the manifest's models (`manifest::files`), and the
 /// two modules' folders (`wasm::MODULES`) are copied whole.
-const DIST_FILES: [(&str, &str); 13] = [
+const DIST_FILES: [(&str, &str); 14] = [
     ("www/index.html", "index.html"),
     ("www/app.js", "app.js"),
     ("www/draw-pad.js", "draw-pad.js"),
     ("www/link.js", "link.js"),
+    ("www/live.js", "live.js"),
     ("www/plots.js", "plots.js"),
     ("www/recorder.js", "recorder.js"),
     ("www/model-client.js", "model-client.js"),
