@@ -8,8 +8,8 @@ that a transposed or skipped tensor shows), an x_t, and the ε labml computes fo
 softmax over the keys (labml-nn today) and over the queries (before late 2022): what
 tests/import.rs checks without Python. `check` builds labml's UNet at its experiment's defaults
 (167,777,987 parameters) and at the small configuration, saves each `state_dict` with
-`torch.save`, imports it with `ddpm import`, and checks to 1e-4 (f32): ε from `ddpm eps`; a
-DDIM η = 0 run from the same x_T (`ddpm sample --x-t`) against the same update computed here; and
+`torch.save`, imports it with `ddpm import`, and checks (f32) ε from `ddpm eps` to 1e-4 on every kernel path; a
+DDIM η = 0 run from the same x_T (`ddpm sample --x-t`) against the same update computed here, to 5e-4; and
 the way back, `ddpm export --labml` loaded by labml's `UNet` with `load_state_dict(strict=True)`.
 Needs torch, numpy, safetensors and `pip install --no-deps labml-nn`.
 """
@@ -32,6 +32,10 @@ EXPERIMENT = dict(image_channels=3, n_channels=64, ch_mults=[1, 2, 2, 4], is_att
                   n_blocks=2)
 EXPERIMENT_SIZE = 32
 TOL = 1e-4
+# A sampler's run compounds ε's error: x̂₀ = (x_t − √(1 − ᾱ_t)·ε)/√ᾱ_t scales it by up to 1/√ᾱ_999 ≈ 156 at the first
+# step, and the AMX path's bf16x3 products leave ε about 1e-5 off on labml's experiment (1.8e-4 on x₀ after 10 DDIM
+# steps there; 3e-5 without AMX). Its bound: an eighth of a grey level of [0, 1] data (1/255/8 ≈ 5e-4).
+DDIM_TOL = 5e-4
 # Every CPU kernel path `ddpm` offers here, with the environment that picks it.
 KERNEL_PATHS = [("cpu", {})] + ([("cpu, AMX off", {"DDPM_AMX": "off"})] if os.uname().machine == "x86_64" else [])
 
@@ -134,9 +138,11 @@ def check(ddpm, name, args, size, work):
             worst[f"eps t={t} ({path})"] = d
     # DDIM η = 0 from the same x_T, 10 steps, x̂₀ clipped to labml's [0, 1].
     sample = os.path.join(work, f"{name}-sample")
-    run([ddpm, "sample", "--weights", ours, "--x-t", x_path, "--sampler", "ddim", "--eta", "0", "--steps", "10",
-         "--out", sample])
-    worst["ddim-10 x0"] = float(np.abs(np.load(os.path.join(sample, "x0.npy")) - ddim(model, x_t, 10, 1000, 0, 1)).max())
+    expected = ddim(model, x_t, 10, 1000, 0, 1)
+    for path, env in KERNEL_PATHS:
+        subprocess.run([ddpm, "sample", "--weights", ours, "--x-t", x_path, "--sampler", "ddim", "--eta", "0", "--steps",
+                        "10", "--out", sample], check=True, env={**os.environ, **env})
+        worst[f"ddim-10 x0 ({path})"] = float(np.abs(np.load(os.path.join(sample, "x0.npy")) - expected).max())
     # Back to PyTorch: labml's UNet loads our labml-shaped export strictly and computes the same ε.
     back = os.path.join(work, f"{name}-labml.safetensors")
     run([ddpm, "export", "--weights", ours, "--labml", back])
@@ -150,7 +156,7 @@ def check(ddpm, name, args, size, work):
     params = sum(p.numel() for p in model.parameters())
     for what, d in worst.items():
         print(json.dumps({"config": name, "params": params, "check": what, "max_abs_diff": d}))
-    return all(d <= TOL for d in worst.values())
+    return all(d <= (DDIM_TOL if what.startswith("ddim") else TOL) for what, d in worst.items())
 
 
 def main():
@@ -170,7 +176,7 @@ def main():
         if not a.small_only:
             ok &= check(a.ddpm, "experiment", EXPERIMENT, EXPERIMENT_SIZE, work)
     if not ok:
-        sys.exit(f"a difference is above {TOL}")
+        sys.exit(f"a difference is above its bound ({TOL} for ε, {DDIM_TOL} for a DDIM run's x₀)")
 
 
 if __name__ == "__main__":
