@@ -267,8 +267,9 @@ export class ModelClient {
     this.spawn(this.wantGpu && onGpu);
     const { main, live } = this.bytes;
     try {
-      await this.load(main, this.wantGpu && onGpu);
-      if (live) await this.loadLive(live);
+      // Both asked at once, so that a live run asked meanwhile waits for the live model too.
+      const loading = [this.load(main, this.wantGpu && onGpu), live && this.loadLive(live)];
+      await Promise.all(loading);
     } catch (e) {
       this.fail(e);
       return;
