@@ -16,20 +16,39 @@ import {
 const browsers = [];
 after(async () => { for (const b of browsers) await b.close(); });
 
-test('CPU fallback: the live controls draw the student\'s pictures as the CLI does, the latest move winning', { skip: !backends.includes('cpu'), timeout: 900_000 }, async () => {
-  const { dir } = tinyStudent();
-  const [teacher, student] = [join(dir, 'teacher.safetensors'), join(dir, 's4.safetensors')];
+// The tiny teacher and its student in a manifest (the teacher names the student `live`), routed
+// into a fresh page on `gpu` or the CPU; resolves once the page is ready.
+async function livePage(gpu) {
+  const student = tinyStudent();
+  const [teacher, s4] = [join(student.dir, 'teacher.safetensors'), join(student.dir, 's4.safetensors')];
   const manifest = JSON.parse(readFileSync('weights/index.json', 'utf8'));
-  manifest.models.push(manifestEntry('tiny', teacher, { live: 'tiny-fast' }), manifestEntry('tiny-fast', student));
-  const { browser, page } = await openPage(browsers, false);
+  manifest.models.push(manifestEntry('tiny', teacher, { live: 'tiny-fast' }), manifestEntry('tiny-fast', s4));
+  const { browser, page } = await openPage(browsers, gpu);
   await page.route('**/weights/index.json', (route) => route.fulfill({ json: manifest }));
-  for (const file of [teacher, student]) {
+  for (const file of [teacher, s4]) {
     await page.route(`**/weights/${file.split('/').pop()}`, (route) => route.fulfill({ body: readFileSync(file) }));
   }
-  await ready(page, '&model=tiny&backend=cpu');
+  await ready(page, `&model=tiny${gpu ? '' : '&backend=cpu'}`);
   const drawn = (control) => page.evaluate((c) => window.ddpmState.live?.drawn[c] ?? 0, control);
   const waitDrawn = (control, n) => page.waitForFunction(([c, n]) => (window.ddpmState.live?.drawn[c] ?? 0) >= n,
-    [control, n], { timeout: 300_000, polling: 50 });
+    [control, n], { timeout: 600_000, polling: 50 });
+  // The PNG `ddpm` writes with the student's file (`sample` writes a folder of them).
+  const native = (args) => {
+    const out = mkdtempSync(join(tmpdir(), 'ddpm-live-'));
+    const path = args[0] === 'sample' ? out : join(out, 'x.png');
+    execFileSync(BIN, [...args, '--weights', s4, '--out', path], { stdio: 'pipe' });
+    const bytes = readFileSync(args[0] === 'sample' ? join(out, '000000.png') : path);
+    rmSync(out, { recursive: true, force: true });
+    return bytes;
+  };
+  const frame = (lambda) => pngTiles(native(['interpolate', '--seed-a', '0', '--seed-b', '1', '--t', '500', '--lambda',
+    String(lambda), '--guidance', '1.15', '--scale', '1']), 1, 28, 2)[0];
+  const morph = async () => (await canvasPixels(page, 'morph')).filter((_, k) => k % 4 === 0);
+  return { dir: student.dir, browser, page, drawn, waitDrawn, native, frame, morph };
+}
+
+test('CPU fallback: the live controls draw the student\'s pictures as the CLI does, the latest move winning', { skip: !backends.includes('cpu'), timeout: 900_000 }, async () => {
+  const { dir, browser, page, drawn, waitDrawn, native, frame, morph } = await livePage(false);
   // The page's first frame (λ = 0) comes by itself; the page says what draws it.
   await waitDrawn('interpolate', 1);
   const ui = await page.evaluate(() => {
@@ -42,18 +61,6 @@ test('CPU fallback: the live controls draw the student\'s pictures as the CLI do
   assert.deepEqual([ui.compute, ui.pad], [true, false]);
   assert.equal(ui.t, ' → 499 (the student\'s grid)', 'the interpolation\'s t = 500 snaps on the live model\'s grid');
 
-  // The PNG `ddpm` writes with the student's file (`sample` writes a folder of them).
-  const native = (args) => {
-    const out = mkdtempSync(join(tmpdir(), 'ddpm-live-'));
-    const path = args[0] === 'sample' ? out : join(out, 'x.png');
-    execFileSync(BIN, [...args, '--weights', student, '--out', path], { stdio: 'pipe' });
-    const bytes = readFileSync(args[0] === 'sample' ? join(out, '000000.png') : path);
-    rmSync(out, { recursive: true, force: true });
-    return bytes;
-  };
-  const frame = (lambda) => pngTiles(native(['interpolate', '--seed-a', '0', '--seed-b', '1', '--t', '500', '--lambda',
-    String(lambda), '--guidance', '1.15', '--scale', '1']), 1, 28, 2)[0];
-  const morph = async () => (await canvasPixels(page, 'morph')).filter((_, k) => k % 4 === 0);
 
   // The slider: the frame at the λ under it.
   await setSlider(page, 'lambda', 30);
@@ -100,6 +107,21 @@ test('CPU fallback: the live controls draw the student\'s pictures as the CLI do
   assert.ok(same(compare(padOut, edited)), `mean ${compare(padOut, edited).mean.toFixed(3)}`);
   assert.ok(compare(padOut, drawing.filter((_, i) => i % 4 === 0)).mean > 2, 'the student changed the drawing');
 
+  rmSync(dir, { recursive: true, force: true });
+  assert.deepEqual(browser.errors, []);
+});
+
+// A lost GPU with a live model: the fresh worker builds both models again, and the slider's
+// next frame is the student's, as the CLI draws it.
+test('WebGPU: after a lost device the live model is built again and the slider still draws its frame', { skip: !backends.includes('webgpu'), timeout: 1_800_000 }, async () => {
+  const { dir, browser, page, waitDrawn, frame, morph } = await livePage(true);
+  await waitDrawn('interpolate', 1);
+  assert.match(await page.textContent('#backend'), /Running on: WebGPU/);
+  await page.evaluate(() => window.ddpmLoseDevice());
+  await page.waitForFunction(() => window.ddpmState.notices.length > 0, null, { timeout: 120_000, polling: 50 });
+  await setSlider(page, 'lambda', 60);
+  await waitDrawn('interpolate', 2);
+  assert.ok(same(compare(await morph(), frame(0.6))), 'the frame at λ = 0.6 after the loss');
   rmSync(dir, { recursive: true, force: true });
   assert.deepEqual(browser.errors, []);
 });
