@@ -25,6 +25,7 @@
 //               | {type: 'loaded', name, model, kernels, threads} (model: Ddpm.describe())
 //               | {type: 'warming', done, total}
 //               | {type: 'step', id, step, ms} | {type: 'done', id} | {type: 'error', id, message, field}
+//                 (a failed 'load' names its model as `load`)
 //               | {type: 'forward' | 'loss-curve', id, answer} | {type: 'answer', id, answer}
 //               | {type: 'lost', reason} | {type: 'memory', wasm}
 let pkg = null; // the module's exports: Ddpm, page_limits, kernel_path, …
