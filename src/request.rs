@@ -297,22 +297,19 @@ impl InterpolationRequest {
         };
         let w = model.guidance(self.guidance)?;
         let [ends_guidance, frames] = self.guidance(w, model.num_classes)?;
-        let frames = Frames { request: InterpolationRequest { t, ..self.clone() }, config, guidance: frames };
+        let key = EndsKey { seeds: self.seeds, classes: self.classes, w, sampler: config };
+        let frames = Frames { request: InterpolationRequest { t, ..self.clone() }, config, guidance: frames, key };
         match self.mode {
-            InterpolationMode::Noise => {
-                let key = EndsKey { seeds: self.seeds, classes: self.classes, w, sampler: config };
-                let run = match ends {
-                    Some(known) if known.key == key => {
-                        let sampler = frames.sampler(model.diffusion, &known.x);
-                        Run::single(Phase::Frames, sampler, frames.guidance, self.frames)
-                    }
-                    _ => {
-                        let sampler = Sampler::new(model.diffusion, &config, model.image, &self.seeds, model.device);
-                        Run { then: Some(frames), ..Run::single(Phase::Ends, sampler, ends_guidance, 2) }
-                    }
-                };
-                Ok(Run { ends_key: Some(key), ..run })
-            }
+            InterpolationMode::Noise => match ends {
+                Some(known) if known.key == frames.key => {
+                    let sampler = frames.sampler(model.diffusion, &known.x);
+                    Ok(Run::single(Phase::Frames, sampler, frames.guidance, self.frames))
+                }
+                _ => {
+                    let sampler = Sampler::new(model.diffusion, &config, model.image, &self.seeds, model.device);
+                    Ok(Run { then: Some(frames), ..Run::single(Phase::Ends, sampler, ends_guidance, 2) })
+                }
+            },
             InterpolationMode::Slerp => {
                 let config = config.deterministic()?;
                 let lambdas = self.lambdas();
@@ -408,6 +405,8 @@ struct Frames {
     request: InterpolationRequest,
     config: SamplerConfig,
     guidance: Option<Guidance>,
+    /// What fixes the ends they start from.
+    key: EndsKey,
 }
 
 impl Frames {
@@ -445,8 +444,7 @@ pub struct Run {
     guidance: Option<Guidance>,
     cols: usize,
     then: Option<Frames>,
-    /// A noise-mode interpolation's: what fixes its ends, and the ends once drawn.
-    ends_key: Option<EndsKey>,
+    /// A noise-mode interpolation's ends once drawn.
     ends: Option<Ends>,
 }
 
@@ -464,7 +462,7 @@ pub struct RunStep {
 
 impl Run {
     fn single(phase: Phase, sampler: Sampler, guidance: Option<Guidance>, cols: usize) -> Self {
-        Self { phase, sampler, guidance, cols, then: None, ends_key: None, ends: None }
+        Self { phase, sampler, guidance, cols, then: None, ends: None }
     }
 
     /// A noise-mode interpolation's A and B ([2, C, H, W]) once its first phase has drawn them,
@@ -484,7 +482,7 @@ impl Run {
         if phase_done && let Some(frames) = self.then.take() {
             self.sampler = frames.sampler(self.sampler.diffusion(), &x);
             (self.phase, self.guidance, self.cols) = (Phase::Frames, frames.guidance, frames.request.frames);
-            self.ends = self.ends_key.clone().map(|key| Ends { key, x: x.clone() });
+            self.ends = Some(Ends { key: frames.key, x: x.clone() });
         }
         let done = phase_done && phase == self.phase;
         Some(RunStep { phase, step, x, cols, phase_done, done })
