@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The guidance trade-off of a class-conditional MNIST model, the field's way: for each w,
-# `ddpm sample --class all` (N images of every digit with the page's default sampler) and
+# `ddpm sample --class all` (N images of every digit with the model's default sampler) and
 # `ddpm eval` on the class folders; one JSON line per w with class agreement (overall and the
 # worst class), MNIST-FD and its floor, confident share, entropy and copies. w = any is `ddpm
 # sample` without --class ("any" in the page: each image its seed's class, at the default w),
@@ -9,6 +9,9 @@
 #
 #   scripts/guidance_table.sh WEIGHTS OUT_DIR N ROUNDS [w ... = any 1 2 3 5]
 #
+# SAMPLER holds `ddpm sample`'s sampler flags (docs/mnist-model.md's table: SAMPLER="--steps 150
+# --eta 1"); without it each image is drawn with the model's default, which for a distilled student
+# is its own grid.
 # Each w gets ROUNDS blocks of N images per class; block r uses seeds from r·10N on, so more
 # rounds add new images (a block already sampled is kept: rerun with a larger ROUNDS to grow
 # the set). The report of w covers its first ROUNDS blocks (OUT_DIR/w<W>.json).
@@ -17,7 +20,7 @@ weights=$1 out=$2 n=$3 rounds=$4
 ws=("${@:5}")
 [[ ${#ws[@]} -eq 0 ]] && ws=(any 1 2 3 5)
 ddpm=${DDPM:-target/release/ddpm}
-sampler=(--steps 150 --eta 1) # the page's default: DDIM-150 with fresh noise every step
+read -ra sampler <<< "${SAMPLER:-}"
 for w in "${ws[@]}"; do
   merged=$out/w$w/eval
   rm -rf "$merged"

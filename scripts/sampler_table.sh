@@ -10,7 +10,9 @@
 # seed's dealt class) or `emoji` (the emoji model, 1,000 images from seeds SEED..).
 # CELL: SAMPLER:NFE with SAMPLER one of `dpm++2m`, `ddim0` (DDIM, η = 0), `ddim1` (η = 1),
 # `ddpm` (all T steps), optionally with a spacing (`dpm++2m/trailing`), e.g. `dpm++2m:5 ddim0:8`. A cell already drawn is kept (OUT_DIR/SET-SEED/
-# SAMPLER-NFE/done); its report is OUT_DIR/SET-SEED/SAMPLER-NFE.json.
+# SAMPLER-NFE/done); its report is OUT_DIR/SET-SEED/SAMPLER-NFE.json. WEIGHTS replaces the set's
+# shipped model (a distilled student: then the cell is its own sampler and steps, e.g. WEIGHTS=s4.safetensors
+# … digits ddim0/trailing:4, which its file accepts and every other cell it refuses).
 set -euo pipefail
 out=$1 seed=$2 set=$3
 cells=("${@:4}")
@@ -21,6 +23,7 @@ case $set in
   emoji) weights=weights/emoji.safetensors data=emoji what=(--count 1000) ;;
   *) echo "unknown set $set (digits, any or emoji)" >&2 && exit 2 ;;
 esac
+weights=${WEIGHTS:-$weights}
 for cell in "${cells[@]}"; do
   sampler=${cell%%:*} nfe=${cell##*:}
   spacing=() && [[ $sampler == */* ]] && spacing=(--spacing "${sampler#*/}")

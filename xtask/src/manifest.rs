@@ -15,7 +15,7 @@ fn current(root: &Path) -> Result<serde_json::Value> {
     let mut manifest: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let models = manifest["models"].as_array_mut().context("weights/index.json has no `models` list")?;
-    for model in models {
+    for model in models.iter_mut() {
         let file = model["file"].as_str().context("a model without `file`")?;
         ensure!(!file.contains(['/', '\\']) && !file.starts_with('.'), "`file` {file:?} must name a file in weights/");
         let bytes =
@@ -23,7 +23,24 @@ fn current(root: &Path) -> Result<serde_json::Value> {
         model["bytes"] = bytes.len().into();
         model["sha256"] = format!("{:x}", Sha256::digest(&bytes)).into();
     }
+    check_live(models)?;
     Ok(manifest)
+}
+
+/// A model's `live` (the student the page's live controls use beside it) must name another
+/// listed model: the page would otherwise quietly go without its live controls.
+fn check_live(models: &[serde_json::Value]) -> Result<()> {
+    for model in models {
+        if let Some(live) = model.get("live") {
+            let live = live.as_str().with_context(|| format!("{}: `live` must be a model's id", model["id"]))?;
+            ensure!(
+                live != model["id"] && models.iter().any(|m| m["id"] == live),
+                "{}: `live` {live:?} names no other model in weights/index.json",
+                model["id"]
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The files the manifest lists, as paths in the checkout (`weights/…`).
@@ -53,5 +70,15 @@ mod tests {
         assert_eq!(committed, current(root).unwrap(), "weights/index.json is stale: run `cargo xtask manifest`");
         let models = committed["models"].as_array().unwrap();
         assert!(models.iter().any(|m| m["file"] == "mnist.safetensors" && m["title"].is_string()));
+    }
+
+    #[test]
+    fn a_live_model_must_be_another_listed_model() {
+        let models = |live: &str| serde_json::json!([{ "id": "mnist", "live": live }, { "id": "mnist-fast" }]);
+        check_live(models("mnist-fast").as_array().unwrap()).unwrap();
+        for wrong in ["mnist", "mnist-fats"] {
+            let err = check_live(models(wrong).as_array().unwrap()).unwrap_err().to_string();
+            assert!(err.contains(&format!("`live` {wrong:?} names no other model")), "{err}");
+        }
     }
 }
