@@ -603,8 +603,6 @@ function wireForward() {
   for (const id of ['forward-t', 'forward-example', 'forward-seed']) $(id).addEventListener('input', showForward);
   for (const id of ['forward-example', 'forward-seed']) $(id).addEventListener('input', showLossCurve);
   for (const id of ['t', 'edit-t', 'mode']) $(id).addEventListener('input', redrawPlots);
-  showForward();
-  showLossCurve();
 }
 
 function wireControls() {
@@ -685,8 +683,11 @@ async function main() {
   wireForward();
   const drawLink = wireLink();
   state.ready = true;
-  // The live model loads once the first picture is drawn, which it must not slow down.
+  // The forward panel's passes (its view and the 20-t loss curve, a batch of 20) and the live
+  // model wait for the page's first picture: in the one worker they would run between its steps.
   if (drawLink && params.get('autostart') !== '0') await startSampling();
+  showForward();
+  showLossCurve();
   await loadLive();
 }
 
