@@ -78,7 +78,7 @@ pub fn import_pth(
     if let Some(file) = path.file_name() {
         info.insert("imported_from".into(), file.to_string_lossy().into_owned());
     }
-    Ok((model, Header { unet, schedule, sampler: None, student: None, info }))
+    Ok((model, Header { unet, schedule, sampler: None, student: None, guidance: None, info }))
 }
 
 /// A tensor's native-endian bytes of `dtype` as little-endian f32 bytes.

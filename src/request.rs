@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diffusion::Diffusion;
 use crate::field_error::FieldError;
-use crate::guidance::{DEFAULT_GUIDANCE, Guidance, MAX_GUIDANCE, prior_class};
+use crate::guidance::{DEFAULT_GUIDANCE, Guidance, prior_class};
 use crate::images::DataRange;
 use crate::limits;
 use crate::sampler::{EpsTheta, Sampler, Step};
@@ -44,6 +44,8 @@ pub struct Model<'a> {
     pub default_sampler: Option<&'a SamplerConfig>,
     /// What a distilled student learnt (None: not a student).
     pub student: Option<&'a Student>,
+    /// The guidance its weights file names, if any.
+    pub named_guidance: Option<f64>,
     pub device: &'a Device,
 }
 
@@ -58,6 +60,7 @@ impl<'a> Model<'a> {
             num_classes: u.num_classes,
             default_sampler: header.sampler.as_ref(),
             student: header.student.as_ref(),
+            named_guidance: header.guidance,
             device,
         }
     }
@@ -79,15 +82,16 @@ impl<'a> Model<'a> {
         }
     }
 
-    /// The guidance strengths the model takes: a student's learnt range, else 0..[`MAX_GUIDANCE`].
+    /// The guidance strengths the model takes ([`crate::weights::guidance_range`]).
     pub fn guidance_range(&self) -> [f64; 2] {
-        self.student.map_or([0.0, MAX_GUIDANCE], |s| [s.w_min, s.w_max])
+        crate::weights::guidance_range(self.student)
     }
 
-    /// [`DEFAULT_GUIDANCE`], or for a student whose range leaves it out the nearest it learnt.
+    /// The guidance its file names, else [`DEFAULT_GUIDANCE`] (for a student whose range leaves
+    /// it out, the nearest it learnt).
     pub fn default_guidance(&self) -> f64 {
         let [lo, hi] = self.guidance_range();
-        DEFAULT_GUIDANCE.clamp(lo, hi)
+        self.named_guidance.unwrap_or(DEFAULT_GUIDANCE).clamp(lo, hi)
     }
 
     /// Guidance strength: as asked, or the default; refused for an unconditional model, and

@@ -12,6 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::diffusion::ScheduleConfig;
+use crate::guidance::MAX_GUIDANCE;
 use crate::limits;
 use crate::solvers::SamplerConfig;
 use crate::unet::{UNet, UNetConfig};
@@ -20,10 +21,11 @@ pub const FORMAT: &str = "ddpm-web";
 /// Version 2 added `sampler`, the model's own default sampler; version 3 `unet.guidance_input`
 /// (a distilled student takes w as an input); version 4 what an imported labml model needs:
 /// `unet.attn_norm`, `unet.attn_softmax` and `schedule.data_range`; version 5 `student`, what a
-/// distilled student learnt. Older files (without those fields) are still read; a later version
-/// is refused, as is any field a config does not know or a field newer than its file's version.
-pub const FORMAT_VERSION: u32 = 5;
-const READABLE_VERSIONS: [u32; 5] = [1, 2, 3, 4, 5];
+/// distilled student learnt; version 6 `guidance`, the model's own default guidance strength.
+/// Older files (without those fields) are still read; a later version is refused, as is any field
+/// a config does not know or a field newer than its file's version.
+pub const FORMAT_VERSION: u32 = 6;
+const READABLE_VERSIONS: [u32; 6] = [1, 2, 3, 4, 5, 6];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -67,6 +69,11 @@ pub struct Header {
     pub sampler: Option<SamplerConfig>,
     /// What a distilled student learnt (None: not a student).
     pub student: Option<Student>,
+    /// The guidance strength a class-conditional model is drawn with when none is asked for
+    /// (None: the library's [`crate::guidance::DEFAULT_GUIDANCE`]). A student's w is its own: it
+    /// learnt the guided teacher only approximately, and reaches the teacher's class fidelity at
+    /// a slightly larger w (docs/mnist-fast-model.md), which its file then names.
+    pub guidance: Option<f64>,
     /// The rest of the metadata (training step, data set, ...), for display.
     pub info: BTreeMap<String, String>,
 }
@@ -84,7 +91,7 @@ pub struct Student {
 
 impl Student {
     fn validate(&self, header: &Header) -> Result<(), String> {
-        let max = crate::guidance::MAX_GUIDANCE;
+        let max = MAX_GUIDANCE;
         if !(0.0 <= self.w_min && self.w_min <= self.w_max && self.w_max <= max) {
             return Err(format!("student: the w range {}..{} is not within 0..{max}", self.w_min, self.w_max));
         }
@@ -98,10 +105,28 @@ impl Student {
     }
 }
 
+/// The guidance strengths a model takes: a student's learnt range, else 0..[`MAX_GUIDANCE`].
+pub fn guidance_range(student: Option<&Student>) -> [f64; 2] {
+    student.map_or([0.0, MAX_GUIDANCE], |s| [s.w_min, s.w_max])
+}
+
 impl Header {
     /// The header of a model drawn with the library's sampler, not a student, without metadata.
     pub fn new(unet: UNetConfig, schedule: ScheduleConfig) -> Self {
-        Header { unet, schedule, sampler: None, student: None, info: Default::default() }
+        Header { unet, schedule, sampler: None, student: None, guidance: None, info: Default::default() }
+    }
+
+    /// A named default guidance belongs to a class-conditional model and lies in its range.
+    pub fn check_guidance(&self) -> Result<(), String> {
+        let Some(w) = self.guidance else { return Ok(()) };
+        let [lo, hi] = guidance_range(self.student.as_ref());
+        if self.unet.num_classes.is_none() {
+            return Err("guidance: an unconditional model has no guidance to name".into());
+        }
+        if !(lo..=hi).contains(&w) {
+            return Err(format!("guidance: {w} is outside the model's range {lo}..{hi}"));
+        }
+        Ok(())
     }
 
     /// A class-conditional model's class names, as training stored them (an image folder's
@@ -123,6 +148,9 @@ pub fn to_safetensors(model: &UNet, header: &Header, precision: Precision) -> Re
     }
     if let Some(student) = &header.student {
         metadata.insert("student".into(), serde_json::to_string(student).expect("config serialises"));
+    }
+    if let Some(w) = header.guidance {
+        metadata.insert("guidance".into(), w.to_string());
     }
     module_to_safetensors(model, metadata, precision)
 }
@@ -231,12 +259,17 @@ fn header_of(metadata: Option<HashMap<String, String>>) -> Result<Header, Weight
         Some(text) => Some(serde_json::from_str(&text).map_err(|e| WeightsError::Config(format!("student: {e}")))?),
         None => None,
     };
+    let guidance: Option<f64> = match info.remove("guidance") {
+        Some(text) => Some(text.parse().map_err(|_| WeightsError::Config(format!("guidance: {text:?} is not a number")))?),
+        None => None,
+    };
     let newer = [
         ("unet: `guidance_input`", 3, unet.guidance_input),
         ("unet: `attn_norm`", 4, !unet.attn_norm),
         ("unet: `attn_softmax`", 4, !unet.attn_softmax.is_keys()),
         ("schedule: `data_range`", 4, !schedule.data_range.is_paper()),
         ("`student`", 5, student.is_some()),
+        ("`guidance`", 6, guidance.is_some()),
     ];
     if let Some((field, _, _)) = newer.iter().find(|(_, since, set)| *set && readable < Some(since)) {
         return Err(WeightsError::Config(format!("{field} is not part of format version {version}")));
@@ -246,10 +279,11 @@ fn header_of(metadata: Option<HashMap<String, String>>) -> Result<Header, Weight
     if let Some(sampler) = &sampler {
         sampler.check(schedule.steps).map_err(|e| WeightsError::Config(format!("sampler: {e}")))?;
     }
-    let header = Header { unet, schedule, sampler, student, info };
+    let header = Header { unet, schedule, sampler, student, guidance, info };
     if let Some(student) = &header.student {
         student.validate(&header).map_err(WeightsError::Config)?;
     }
+    header.check_guidance().map_err(WeightsError::Config)?;
     Ok(header)
 }
 

@@ -420,6 +420,13 @@ fn every_class_sampled_into_its_folder_and_a_class_morph() {
     let train = ["train", "--data", data.to_str().unwrap(), "--conditional", "--steps", "2", "--batch-size", "4"];
     ok(&[&train[..], &["--sample-every", "0", "--out", run], MODEL].concat());
     ok(&["export", "--run", run, "--out", file]);
+    // A file may name its own guidance (what a request without one draws at: tests/request.rs).
+    let named = root.join("named.safetensors");
+    let named = named.to_str().unwrap();
+    ok(&["export", "--weights", file, "--out", named, "--default-guidance", "2.5"]);
+    let header = ddpm::weights::read_header(&std::fs::read(named).unwrap()).unwrap();
+    assert_eq!(header.guidance, Some(2.5));
+    fails(&["export", "--weights", file, "--out", named, "--default-guidance", "25"], "--default-guidance: 25 is outside");
     let per = root.join("per");
     let sampler = ["--weights", file, "--steps", "3", "--guidance", "2"];
     ok(&[&["sample", "--class", "all", "--count", "2", "--seed", "5", "--out", per.to_str().unwrap()], &sampler[..]]

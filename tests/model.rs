@@ -345,6 +345,24 @@ fn what_a_student_learnt_needs_format_version_5_and_is_checked() {
 }
 
 #[test]
+fn a_file_names_its_own_guidance_from_format_version_6() {
+    let device = Device::flex();
+    let cfg = UNetConfig { num_classes: Some(3), ..tiny() };
+    let model = cfg.init(&device);
+    let h = Header { guidance: Some(1.3), ..header(&cfg) };
+    let bytes = weights::to_safetensors(&model, &h, Precision::F16).unwrap();
+    assert_eq!(weights::read_header(&bytes).unwrap(), h);
+    let refused = |bytes: &[u8]| weights::read_header(bytes).unwrap_err().to_string();
+    let e = refused(&common::set_metadata(&bytes, "format_version", "5"));
+    assert!(e.contains("`guidance` is not part of format version 5"), "{e}");
+    assert!(refused(&common::set_metadata(&bytes, "guidance", "strong")).contains("\"strong\" is not a number"));
+    assert!(refused(&common::set_metadata(&bytes, "guidance", "21")).contains("21 is outside the model's range 0..20"));
+    let plain = weights::to_safetensors(&tiny().init(&device), &header(&tiny()), Precision::F16).unwrap();
+    let e = refused(&common::set_metadata(&plain, "guidance", "1.3"));
+    assert!(e.contains("an unconditional model has no guidance to name"), "{e}");
+}
+
+#[test]
 fn missing_and_unexpected_tensors_are_named() {
     let device = Device::flex();
     let cfg = tiny();

@@ -39,6 +39,7 @@ impl Setup {
             num_classes: self.model.num_classes(),
             default_sampler: None,
             student: None,
+            named_guidance: None,
             device: &self.device,
         }
     }
@@ -257,4 +258,26 @@ fn a_student_keeps_to_its_guidance_range_its_sampler_and_its_grid() {
     let request: Request = serde_json::from_str(&json).unwrap();
     let mut run = request.start(&stage1, &PAGE_BOUNDS).unwrap();
     assert_eq!(run.step(s.eps()).unwrap().step.t, 23);
+}
+
+/// A file's own guidance is what a request without one draws with: the same pixels as asking
+/// for it by value, not the library's default's; a student's range still bounds it.
+#[test]
+fn a_request_without_guidance_draws_at_the_file_s_own() {
+    use ddpm::weights::Student;
+    let s = Setup::new(Some(3));
+    // Every weight drawn, so that the class embedding (zero at init) moves the prediction.
+    let s = Setup { model: common::seeded(s.model, 1, ""), ..s };
+    let draw = |model: &Model, guidance: &str| {
+        let json = format!(r#"{{"kind": "sample", "seed": 3, "count": 2, "class": 1{guidance}}}"#);
+        let request: Request = serde_json::from_str(&json).unwrap();
+        values(request.start(model, &PAGE_BOUNDS).unwrap().finish(s.eps()))
+    };
+    let named = Model { named_guidance: Some(1.4), ..s.model() };
+    assert_eq!(named.default_guidance(), 1.4);
+    assert_eq!(draw(&named, ""), draw(&named, r#", "guidance": 1.4"#));
+    assert_ne!(draw(&named, ""), draw(&s.model(), ""));
+    assert_eq!(draw(&s.model(), ""), draw(&named, r#", "guidance": 1.15"#));
+    let student = Student { w_min: 0.0, w_max: 1.2, grid_only: false };
+    assert_eq!(Model { student: Some(&student), ..named }.default_guidance(), 1.2);
 }

@@ -736,11 +736,13 @@ function wireLive() {
   const fail = (section) => (e) => showError(e.message ?? String(e), e.field, section);
   const size = model.image_size;
 
-  // The guidance slider keeps to what the student learnt.
+  // The guidance slider keeps to what the student learnt, and starts at the student's own
+  // default (its file's: where it meets the teacher's class fidelity) unless a link set it.
   if (model.num_classes) {
     const [lo, hi] = student.guidance_range;
     $('guidance').min = String(Math.max(Number($('guidance').min), lo));
     $('guidance').max = String(Math.min(Number($('guidance').max), hi));
+    if (!params.has('guidance')) $('guidance').value = String(student.default_guidance);
     $('guidance').dispatchEvent(new Event('input')); // the value, clamped by the slider, shown
   }
   const withoutSampler = ({ sampler: _, ...request }) => request; // the student's own

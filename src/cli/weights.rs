@@ -26,7 +26,7 @@ pub struct ExportArgs {
     /// Or a labml-shaped file: labml's keys and shapes, loaded in PyTorch by `labml_nn`'s
     /// `UNet(**args)` with `load_state_dict(safetensors.torch.load_file(FILE), strict=True)`
     /// (the constructor's arguments are in its metadata, `labml_unet`). Always f32.
-    #[arg(long, conflicts_with_all = ["f16", "default_sampler"])]
+    #[arg(long, conflicts_with_all = ["f16", "default_sampler", "default_guidance"])]
     labml: Option<PathBuf>,
     /// Store half-precision weights (half the size; what the page loads).
     #[arg(long)]
@@ -41,6 +41,10 @@ pub struct ExportArgs {
     /// DDIM's η of --default-sampler.
     #[arg(long, requires = "default_sampler")]
     default_eta: Option<f64>,
+    /// The guidance strength `ddpm sample` and the page use for this class-conditional model
+    /// when none is asked for (the file's own default) [default: none, the library's].
+    #[arg(long)]
+    default_guidance: Option<f64>,
 }
 
 #[derive(Args)]
@@ -89,6 +93,10 @@ pub fn export(a: ExportArgs) -> Result<()> {
             anyhow::anyhow!("--default-{field}: {}", e.message)
         })?;
         header.sampler = Some(sampler);
+    }
+    if let Some(w) = a.default_guidance {
+        header.guidance = Some(w);
+        header.check_guidance().map_err(|e| anyhow::anyhow!("--default-{e}"))?;
     }
     let size = write_weights(out, &model, &header, a.f16)?;
     eprintln!("wrote {} ({size} bytes, {what})", out.display());

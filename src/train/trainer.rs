@@ -228,7 +228,7 @@ impl Trainer {
             w_max: d.w_max,
             grid_only: d.teacher_steps.is_some(),
         });
-        Header { unet: self.unet.clone(), schedule: self.schedule.clone(), sampler, student, info: info.collect() }
+        Header { unet: self.unet.clone(), schedule: self.schedule.clone(), sampler, student, guidance: None, info: info.collect() }
     }
 }
 

@@ -20,7 +20,9 @@ after(async () => { for (const b of browsers) await b.close(); });
 // into a fresh page on `gpu` or the CPU; resolves once the page is ready.
 async function livePage(gpu) {
   const student = tinyStudent();
-  const [teacher, s4] = [join(student.dir, 'teacher.safetensors'), join(student.dir, 's4.safetensors')];
+  // The student names its own guidance, which the page's slider then starts at.
+  student.run('export', '--weights', 's4.safetensors', '--out', 'live.safetensors', '--default-guidance', '1.6');
+  const [teacher, s4] = [join(student.dir, 'teacher.safetensors'), join(student.dir, 'live.safetensors')];
   const manifest = JSON.parse(readFileSync('weights/index.json', 'utf8'));
   manifest.models.push(manifestEntry('tiny', teacher, { live: 'tiny-fast' }), manifestEntry('tiny-fast', s4));
   const { browser, page } = await openPage(browsers, gpu);
@@ -41,8 +43,9 @@ async function livePage(gpu) {
     rmSync(out, { recursive: true, force: true });
     return bytes;
   };
+  // Without --guidance: at the file's own, as the page's slider starts.
   const frame = (lambda) => pngTiles(native(['interpolate', '--seed-a', '0', '--seed-b', '1', '--t', '500', '--lambda',
-    String(lambda), '--guidance', '1.15', '--scale', '1']), 1, 28, 2)[0];
+    String(lambda), '--scale', '1']), 1, 28, 2)[0];
   const morph = async () => (await canvasPixels(page, 'morph')).filter((_, k) => k % 4 === 0);
   return { dir: student.dir, browser, page, drawn, waitDrawn, native, frame, morph };
 }
@@ -53,11 +56,11 @@ test('CPU fallback: the live controls draw the student\'s pictures as the CLI do
   await waitDrawn('interpolate', 1);
   const ui = await page.evaluate(() => {
     const $ = (id) => document.getElementById(id);
-    return { text: $('live-text').textContent, w: [$('guidance').min, $('guidance').max], compute: $('interp').hidden,
+    return { text: $('live-text').textContent, w: [$('guidance').min, $('guidance').max, $('guidance').value], compute: $('interp').hidden,
       pad: $('pad-live').hidden, t: $('t-text').textContent };
   });
   assert.match(ui.text, /the distilled student tiny-fast \(DDIM, 4 steps\); Start and “Denoise my drawing” run the teacher/);
-  assert.deepEqual(ui.w, ['0.5', '3'], 'the guidance slider keeps to the range the student learnt');
+  assert.deepEqual(ui.w, ['0.5', '3', '1.6'], 'the guidance slider keeps to the range the student learnt, at its own default');
   assert.deepEqual([ui.compute, ui.pad], [true, false]);
   assert.equal(ui.t, ' → 499 (the student\'s grid)', 'the interpolation\'s t = 500 snaps on the live model\'s grid');
 

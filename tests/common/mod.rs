@@ -121,7 +121,7 @@ pub fn tiny_weights() -> Vec<u8> {
     let info = [("train_steps".to_string(), "1".to_string())].into();
     ddpm::weights::to_safetensors(
         &model,
-        &ddpm::weights::Header { unet, schedule, sampler: None, student: None, info },
+        &ddpm::weights::Header { unet, schedule, sampler: None, student: None, guidance: None, info },
         ddpm::weights::Precision::F16,
     )
     .unwrap()
