@@ -260,7 +260,9 @@ fn header_of(metadata: Option<HashMap<String, String>>) -> Result<Header, Weight
         None => None,
     };
     let guidance: Option<f64> = match info.remove("guidance") {
-        Some(text) => Some(text.parse().map_err(|_| WeightsError::Config(format!("guidance: {text:?} is not a number")))?),
+        Some(text) => {
+            Some(text.parse().map_err(|_| WeightsError::Config(format!("guidance: {text:?} is not a number")))?)
+        }
         None => None,
     };
     let newer = [

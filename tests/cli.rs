@@ -426,7 +426,10 @@ fn every_class_sampled_into_its_folder_and_a_class_morph() {
     ok(&["export", "--weights", file, "--out", named, "--default-guidance", "2.5"]);
     let header = ddpm::weights::read_header(&std::fs::read(named).unwrap()).unwrap();
     assert_eq!(header.guidance, Some(2.5));
-    fails(&["export", "--weights", file, "--out", named, "--default-guidance", "25"], "--default-guidance: 25 is outside");
+    fails(
+        &["export", "--weights", file, "--out", named, "--default-guidance", "25"],
+        "--default-guidance: 25 is outside",
+    );
     let per = root.join("per");
     let sampler = ["--weights", file, "--steps", "3", "--guidance", "2"];
     ok(&[&["sample", "--class", "all", "--count", "2", "--seed", "5", "--out", per.to_str().unwrap()], &sampler[..]]

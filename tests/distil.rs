@@ -327,3 +327,35 @@ fn a_stage_2_run_resumes_exactly_names_its_sampler_and_needs_a_student_teacher()
     let e = Trainer::new(config, ScheduleConfig::default(), recipe(&plain), &device).err().expect("refused");
     assert!(e.to_string().contains("stage 2 distils a student"), "{e}");
 }
+
+/// Stage 1 may train a narrower student from scratch (`ddpm distil --base-channels`): the
+/// teacher need only draw the same images of the same classes. Stage 2's student starts as its
+/// teacher, so there the two must be one architecture.
+#[test]
+fn a_narrower_stage_1_student_learns_from_scratch_and_stage_2_needs_one_architecture() {
+    let dir = TempDir::new("distil-narrow");
+    let (_, path) = teacher(&dir);
+    let device = Device::flex();
+    let narrow = UNetConfig { guidance_input: true, base_channels: 4, ..teacher_config() };
+    let new = |unet: UNetConfig, recipe: TrainConfig| Trainer::new(unet, ScheduleConfig::default(), recipe, &device);
+    let mut trainer = new(narrow.clone(), distil_recipe(&path, 60, 3e-3)).unwrap();
+    let losses: Vec<f64> = (0..60).map(|_| trainer.step(&labelled()).unwrap().loss).collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (first, last) = (mean(&losses[..10]), mean(&losses[50..]));
+    assert!(last < 0.5 * first, "the narrow student's loss went from {first} to only {last}");
+    let e = new(UNetConfig { image_size: 16, ..narrow.clone() }, distil_recipe(&path, 1, 1e-3)).err().unwrap();
+    assert!(e.to_string().contains("not of the student's image size"), "{e}");
+    // The narrow student as a stage-2 teacher of a student of the first teacher's width.
+    let header = Header {
+        sampler: Some(SamplerConfig::ddim(8, 0.0)),
+        student: Some(ddpm::weights::Student { w_min: 0.0, w_max: 4.0, grid_only: false }),
+        ..Header::new(narrow, ScheduleConfig::default())
+    };
+    let file = dir.join("narrow.safetensors");
+    std::fs::write(&file, weights::to_safetensors(&trainer.model.valid(), &header, Precision::F32).unwrap()).unwrap();
+    let mut round = distil_recipe(&file, 1, 1e-3);
+    round.distil.as_mut().unwrap().teacher_steps = Some(8);
+    let wide = UNetConfig { guidance_input: true, ..teacher_config() };
+    let e = new(wide, round).err().unwrap();
+    assert!(e.to_string().contains("is not the student's architecture"), "{e}");
+}

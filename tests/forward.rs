@@ -25,7 +25,15 @@ fn values(x: Tensor<4>) -> Vec<f32> {
 
 /// The tiny conditional 8×8 model as a request sees it.
 fn described<'a>(diffusion: &'a Diffusion, device: &'a Device) -> Model<'a> {
-    Model { diffusion, image: [1, 8, 8], num_classes: Some(3), default_sampler: None, student: None, named_guidance: None, device }
+    Model {
+        diffusion,
+        image: [1, 8, 8],
+        num_classes: Some(3),
+        default_sampler: None,
+        student: None,
+        named_guidance: None,
+        device,
+    }
 }
 
 #[test]

@@ -40,6 +40,12 @@ pub struct DistilArgs {
     /// The share of items drawn as "no class" (∅), for which the student learns ε(∅).
     #[arg(long, default_value_t = 0.1)]
     label_dropout: f64,
+    /// Stage 1: a student this many channels wide at its first level (every level's width scales
+    /// with it), trained from scratch instead of starting as the teacher: a cheaper model for the
+    /// page's live controls (a pass costs about the square of the width). The rest of its
+    /// architecture is the teacher's. [default: the teacher's, starting from its weights]
+    #[arg(long, conflicts_with = "teacher_steps")]
+    base_channels: Option<usize>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -122,10 +128,15 @@ fn fresh(a: &DistilArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<T
         }),
         ..a.run.recipe(DEFAULT_STEPS, DEFAULT_LR)
     };
-    let student = ddpm::unet::UNetConfig { guidance_input: true, ..header.unet.clone() };
+    let base_channels = a.base_channels.unwrap_or(header.unet.base_channels);
+    let student = ddpm::unet::UNetConfig { guidance_input: true, base_channels, ..header.unet.clone() };
+    student.validate().map_err(|e| anyhow::anyhow!("--base-channels {base_channels}: {e}"))?;
     let mut trainer = Trainer::new(student, header.schedule.clone(), train, device)?;
-    // Stage 2's student starts as its teacher (Salimans & Ho: from the teacher's weights).
-    trainer.start_from(if stage2 { teacher } else { teacher.with_guidance_input() });
+    // A student of the teacher's width starts as the teacher (Salimans & Ho: from the teacher's
+    // weights; stage 1 adds the w input); a narrower one from its own random weights.
+    if base_channels == header.unet.base_channels {
+        trainer.start_from(if stage2 { teacher } else { teacher.with_guidance_input() });
+    }
     Ok(trainer)
 }
 
@@ -145,6 +156,7 @@ fn resumed(a: &DistilArgs, given: &ArgMatches, ckpt: &Path, device: &burn::tenso
         ("w_max", a.w_max.to_string(), d.w_max.to_string()),
         ("label_dropout", a.label_dropout.to_string(), r.label_dropout.to_string()),
         ("teacher_steps", steps(a.teacher_steps), steps(d.teacher_steps)),
+        ("base_channels", a.base_channels.unwrap_or_default().to_string(), t.unet.base_channels.to_string()),
     ];
     refuse_changes(given, ckpt, fixed.into_iter().chain(a.run.fixed(r)))?;
     a.run.resume_changes(&mut t.train)?;

@@ -228,7 +228,14 @@ impl Trainer {
             w_max: d.w_max,
             grid_only: d.teacher_steps.is_some(),
         });
-        Header { unet: self.unet.clone(), schedule: self.schedule.clone(), sampler, student, guidance: None, info: info.collect() }
+        Header {
+            unet: self.unet.clone(),
+            schedule: self.schedule.clone(),
+            sampler,
+            student,
+            guidance: None,
+            info: info.collect(),
+        }
     }
 }
 
@@ -256,8 +263,9 @@ fn sharded_pass(
 }
 
 /// The teacher of a distillation run: its weights file, checked against the run's record of
-/// it (its bytes' SHA-256, its schedule, and the student's architecture less the guidance
-/// input), on the plain device.
+/// it (its bytes' SHA-256 and its schedule) and against the student: stage 2's student starts as
+/// its teacher, so their architectures are one; stage 1's may be narrower (trained from scratch,
+/// a cheaper model for the page), but draws the same images of the same classes.
 fn load_teacher(d: &DistilConfig, student: &UNetConfig, schedule: &ScheduleConfig, device: &Device) -> Result<UNet> {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(&d.teacher).with_context(|| format!("reading the teacher {}", d.teacher))?;
@@ -270,12 +278,17 @@ fn load_teacher(d: &DistilConfig, student: &UNetConfig, schedule: &ScheduleConfi
     );
     let (teacher, header) =
         crate::weights::load(&bytes, device).with_context(|| format!("the teacher {}", d.teacher))?;
-    // Stage 1's teacher is the student less its guidance input; stage 2's is a student.
+    // Stage 1's teacher has no guidance input; stage 2's is a student, which takes w.
     let stage2 = d.teacher_steps.is_some();
+    let t = &header.unet;
+    let same_images = (t.image_channels, t.image_size, t.num_classes)
+        == (student.image_channels, student.image_size, student.num_classes);
+    let same_model = *t == UNetConfig { guidance_input: stage2, ..student.clone() };
     ensure!(
-        header.unet == UNetConfig { guidance_input: stage2, ..student.clone() } && &header.schedule == schedule,
-        "the teacher {} is not the student's architecture and schedule{}",
+        (if stage2 { same_model } else { same_images && !t.guidance_input }) && &header.schedule == schedule,
+        "the teacher {} is not {} and schedule{}",
         d.teacher,
+        if stage2 { "the student's architecture" } else { "of the student's image size, channels, classes" },
         if stage2 { " (stage 2 distils a student, which takes w)" } else { "" }
     );
     if let (Some(n), Some(own)) = (d.teacher_steps, &header.sampler) {
