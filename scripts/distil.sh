@@ -10,8 +10,10 @@
 # stage-1 checkpoint names by that relative path), stage1/ and s16.safetensors (the stage-1
 # student, taught to be drawn over 16 steps by the first round), s8/ … s1/ and s8.safetensors …
 # s1.safetensors (drawn over 8 … 1 steps). FLAGs go to every `ddpm distil` (e.g. --backend wgpu
-# --batch-size 256). STAGE1_STEPS (default 4000), ROUND_STEPS (800 a round) and DDPM (the binary,
-# default target/release/ddpm) may be set. A round starts from weights that already work, so it warms
+# --batch-size 256). STAGE1_STEPS (default 4000), STAGE1_FLAGS (stage 1's own: e.g. "--base-channels
+# 48 --lr 5e-4 --warmup 300 --lr-decay 3000" for a narrower student from scratch), W_MAX (the
+# largest w every stage learns, default 4), ROUND_STEPS (800 a round) and DDPM (the binary, default
+# target/release/ddpm) may be set. A round starts from weights that already work, so it warms
 # up over 50 steps instead of training's 500 and its rate falls linearly to 0 over the round, which
 # ends it on settled weights for the next round to copy.
 set -euo pipefail
@@ -31,10 +33,12 @@ stage() {
   "$ddpm" export --run "$out" --out "$out.safetensors"
 }
 
-stage stage1 "${STAGE1_STEPS:-4000}" --teacher teacher-mnist.safetensors --w-min 0 --w-max 4
+read -ra stage1_flags <<< "${STAGE1_FLAGS:-}"
+w_range=(--w-min 0 --w-max "${W_MAX:-4}")
+stage stage1 "${STAGE1_STEPS:-4000}" --teacher teacher-mnist.safetensors "${w_range[@]}" "${stage1_flags[@]}"
 cp stage1.safetensors s16.safetensors
 round_steps=${ROUND_STEPS:-800}
 for n in 16 8 4 2; do
-  stage "s$((n / 2))" "$round_steps" --teacher "s$n.safetensors" --teacher-steps "$n" \
+  stage "s$((n / 2))" "$round_steps" --teacher "s$n.safetensors" --teacher-steps "$n" "${w_range[@]}" \
     --warmup 50 --lr-decay "$round_steps"
 done
