@@ -72,7 +72,7 @@ pub struct Header {
     /// The guidance strength a class-conditional model is drawn with when none is asked for
     /// (None: the library's [`crate::guidance::DEFAULT_GUIDANCE`]). A student's w is its own: it
     /// learnt the guided teacher only approximately, and reaches the teacher's class fidelity at
-    /// a slightly larger w (docs/mnist-fast-model.md), which its file then names.
+    /// a slightly larger w (docs/distillation.md), which its file then names.
     pub guidance: Option<f64>,
     /// The rest of the metadata (training step, data set, ...), for display.
     pub info: BTreeMap<String, String>,

@@ -42,8 +42,9 @@ pub struct DistilArgs {
     label_dropout: f64,
     /// Stage 1: a student this many channels wide at its first level (every level's width scales
     /// with it), trained from scratch instead of starting as the teacher: a cheaper model for the
-    /// page's live controls (a pass costs about the square of the width). The rest of its
-    /// architecture is the teacher's. [default: the teacher's, starting from its weights]
+    /// page's live controls (a pass costs about the square of the width); the teacher's own width
+    /// starts as the teacher. The rest of its architecture is the teacher's. [default: the
+    /// teacher's]
     #[arg(long, conflicts_with = "teacher_steps")]
     base_channels: Option<usize>,
     #[command(flatten)]
