@@ -187,11 +187,11 @@ test('the sampler controls start at the default the module gives: the library\'s
   await ready(page, '&backend=cpu&weights=weights/own.safetensors');
   assert.deepEqual(await controls(), ['ddim', '7', '0.5', true, true]);
   // A version this build does not know is refused with a message that says so.
-  const future = editedWeights((meta) => { meta.format_version = '6'; });
+  const future = editedWeights((meta) => { meta.format_version = '7'; });
   await page.route('**/weights/future.safetensors', (route) => route.fulfill({ body: future }));
   await page.goto(`${URL_}?autostart=0&backend=cpu&weights=weights/future.safetensors`);
   await page.waitForFunction(() => window.ddpmState?.error, null, { timeout: 60_000 });
-  assert.match(await page.textContent('#error'), /weights format version 6 is not supported \(this build reads versions 1 to 5/);
+  assert.match(await page.textContent('#error'), /weights format version 7 is not supported \(this build reads versions 1 to 6/);
   assert.deepEqual(browser.errors, []);
 });
 
