@@ -131,7 +131,6 @@ fn fresh(a: &DistilArgs, ckpt: &Path, device: &burn::tensor::Device) -> Result<T
     };
     let base_channels = a.base_channels.unwrap_or(header.unet.base_channels);
     let student = ddpm::unet::UNetConfig { guidance_input: true, base_channels, ..header.unet.clone() };
-    student.validate().map_err(|e| anyhow::anyhow!("--base-channels {base_channels}: {e}"))?;
     let mut trainer = Trainer::new(student, header.schedule.clone(), train, device)?;
     // A student of the teacher's width starts as the teacher (Salimans & Ho: from the teacher's
     // weights; stage 1 adds the w input); a narrower one from its own random weights.

@@ -279,18 +279,18 @@ fn load_teacher(d: &DistilConfig, student: &UNetConfig, schedule: &ScheduleConfi
     let (teacher, header) =
         crate::weights::load(&bytes, device).with_context(|| format!("the teacher {}", d.teacher))?;
     // Stage 1's teacher has no guidance input; stage 2's is a student, which takes w.
-    let stage2 = d.teacher_steps.is_some();
     let t = &header.unet;
-    let same_images = (t.image_channels, t.image_size, t.num_classes)
-        == (student.image_channels, student.image_size, student.num_classes);
-    let same_model = *t == UNetConfig { guidance_input: stage2, ..student.clone() };
-    ensure!(
-        (if stage2 { same_model } else { same_images && !t.guidance_input }) && &header.schedule == schedule,
-        "the teacher {} is not {} and schedule{}",
-        d.teacher,
-        if stage2 { "the student's architecture" } else { "of the student's image size, channels, classes" },
-        if stage2 { " (stage 2 distils a student, which takes w)" } else { "" }
-    );
+    let (fits, what) = if d.teacher_steps.is_some() {
+        let same = *t == UNetConfig { guidance_input: true, ..student.clone() };
+        (same, "the student's architecture and schedule (stage 2 distils a student, which takes w)")
+    } else {
+        let images = |u: &UNetConfig| (u.image_channels, u.image_size, u.num_classes);
+        (
+            images(t) == images(student) && !t.guidance_input,
+            "of the student's image size, channels, classes and schedule",
+        )
+    };
+    ensure!(fits && &header.schedule == schedule, "the teacher {} is not {what}", d.teacher);
     if let (Some(n), Some(own)) = (d.teacher_steps, &header.sampler) {
         ensure!(
             *own == crate::solvers::SamplerConfig::ddim(n, 0.0),
