@@ -23,6 +23,7 @@ use crate::unet::UNet;
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardRequest {
+    #[serde(with = "serde_bytes")]
     pub rgba: Vec<u8>,
     pub t: usize,
     pub seed: u64,

@@ -350,6 +350,7 @@ impl InterpolationRequest {
 #[serde(deny_unknown_fields)]
 pub struct EditRequest {
     /// The drawing's RGBA bytes at the model's size, row-major, as a canvas gives them.
+    #[serde(with = "serde_bytes")]
     pub rgba: Vec<u8>,
     pub seed: u64,
     pub t: usize,

@@ -198,7 +198,7 @@ async function startSampling() {
 // SDEdit on the pad's drawing, drawn in the sampling panels like a run of one image.
 let pad = null;
 async function editDrawing() {
-  const rgba = Array.from(pad.pixels());
+  const rgba = pad.pixels();
   state.lastDrawing = rgba; // for the browser test's `ddpm edit` on the same pixels
   const request = { kind: 'edit', rgba, seed: Number($('seed').value) >>> 0, t: Number($('edit-t').value), ...guidance(), sampler: samplerChoice() };
   clearError();
@@ -523,7 +523,7 @@ async function exampleRgba() {
   const canvas = new OffscreenCanvas(n, n);
   const ctx = canvas.getContext('2d');
   ctx.drawImage(exampleStrip, Number(choice) * n, 0, n, n, 0, 0, n, n);
-  return ctx.getImageData(0, 0, n, n).data;
+  return new Uint8Array(ctx.getImageData(0, 0, n, n).data.buffer);
 }
 
 // The forward request of the panel's example and ε at step t: a conditional model's ε̂ takes the
@@ -531,7 +531,7 @@ async function exampleRgba() {
 async function forwardRequest(t) {
   const choice = $('forward-example').value;
   const label = choice === 'drawing' ? null : examples.classes?.[Number(choice)] ?? null;
-  return { rgba: Array.from(await exampleRgba()), t, seed: Number($('forward-seed').value), class: model.num_classes ? label : null };
+  return { rgba: await exampleRgba(), t, seed: Number($('forward-seed').value), class: model.num_classes ? label : null };
 }
 
 async function showForward() {
@@ -796,7 +796,7 @@ function wireLive() {
   // The drawing pad: denoised again when each stroke ends, beside the pad.
   pad.onStrokeEnd = liveControl(client, name, 'draw', {
     build: () => {
-      const rgba = Array.from(pad.pixels());
+      const rgba = pad.pixels();
       state.live.lastDrawing = rgba; // for the browser test's `ddpm edit` on the same pixels
       return { kind: 'edit', rgba, seed: Number($('seed').value) >>> 0, t: Number($('edit-t').value), ...guidance() };
     },

@@ -103,7 +103,7 @@ test('CPU fallback: the live controls draw the student\'s pictures as the CLI do
   await page.mouse.move(box.x + 0.6 * box.width, box.y + 0.8 * box.height, { steps: 8 });
   await page.mouse.up();
   await waitDrawn('draw', 1);
-  const drawing = await page.evaluate(() => window.ddpmState.live.lastDrawing);
+  const drawing = await page.evaluate(() => Array.from(window.ddpmState.live.lastDrawing));
   writeFileSync(join(dir, 'drawing.png'), rgbPng(28, (x, y) => drawing.slice((y * 28 + x) * 4, (y * 28 + x) * 4 + 3)));
   const edited = pngPixels(native(['edit', '--input', join(dir, 'drawing.png'), '--t', '500', '--seed', '5']));
   const [padOut] = await canvasTiles(page, 'pad-out', 1, 28);

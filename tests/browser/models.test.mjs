@@ -217,7 +217,7 @@ test('CPU fallback: a drawing denoised in the page equals `ddpm edit` on the sam
   await page.evaluate((t) => { const e = document.getElementById('edit-t'); e.value = String(t); e.dispatchEvent(new Event('input')); }, t);
   await page.click('#edit');
   await waitDone(page);
-  const drawing = await page.evaluate(() => window.ddpmState.lastDrawing);
+  const drawing = await page.evaluate(() => Array.from(window.ddpmState.lastDrawing));
   assert.equal(drawing.length, 28 * 28 * 4);
   const ink = drawing.filter((v, i) => i % 4 === 0 && v > 128).length;
   assert.ok(ink > 20 && ink < 400, `${ink} inked pixels of 784`);
