@@ -156,7 +156,8 @@ pub struct SamplerArgs {
     #[arg(long)]
     pub class: Option<ClassArg>,
     #[arg(long, help = format!("Classifier-free guidance strength w of a conditional model (0: the ∅ row \
-        alone, 1: the class's own prediction, more: closer to the class) [default: {DEFAULT_GUIDANCE}]"))]
+        alone, 1: the class's own prediction, more: closer to the class) [default: the weights file's own, \
+        else {DEFAULT_GUIDANCE}]"))]
     pub guidance: Option<f64>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: Backend,

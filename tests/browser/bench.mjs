@@ -138,7 +138,7 @@ for (const { webgpu, backend, query } of configs) {
   for (const student of liveModels) await liveLatency(page, backend, query, student);
   await browser.close();
 }
-for (const { dir } of liveModels) rmSync(dir, { recursive: true, force: true });
+for (const { dir } of liveModels) if (dir) rmSync(dir, { recursive: true, force: true });
 
 // The live models: the one the shipped digits' manifest entry names, else stand-ins made here
 // from the shipped teacher by one update of each distillation stage (a student's latency
