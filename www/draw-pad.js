@@ -54,7 +54,7 @@ export class DrawPad {
   }
 
   // The drawing at the model's size, as RGBA bytes: a Uint8Array, which the module reads as one
-  // block of bytes (a plain array of them costs the module a conversion per byte, 0.1 s).
+  // block of bytes (a plain array would cost it a JavaScript value per byte).
   pixels() {
     const small = new OffscreenCanvas(this.size, this.size);
     const ctx = small.getContext('2d');
