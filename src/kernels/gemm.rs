@@ -132,6 +132,24 @@ pub(super) fn product(
     assert!(last(m, n, 1, dst_rs).is_none_or(|i| i < dst.len()));
     assert!(last(m, k, a.cs, a.rs).is_none_or(|i| i < a.data.len()));
     assert!(last(k, n, b.cs, b.rs).is_none_or(|i| i < b.data.len()));
+    // In the browser's threaded module, a's rows in one band a thread: the gemm crate's own
+    // split of a batch-1 product cuts it into many small tasks, between which the web workers
+    // sleep and wake (docs/speed.md). Each band packs all of b, which costs (bands)/m of the
+    // products; a band has at least 8 rows.
+    #[cfg(all(pool, target_arch = "wasm32"))]
+    if let gemm::Parallelism::Rayon(threads) = parallelism {
+        use rayon::prelude::*;
+        let rows = m.div_ceil(threads.min(m / 8).max(1));
+        if rows < m {
+            let dst = &mut dst[..(m - 1) * dst_rs + n];
+            dst.par_chunks_mut(rows * dst_rs).enumerate().for_each(|(i, dst)| {
+                let a = Strided { data: &a.data[i * rows * a.rs..], ..a };
+                let b = Strided { ..b };
+                product(rows.min(m - i * rows), n, k, Rows(dst, dst_rs), accumulate, a, b, gemm::Parallelism::None);
+            });
+            return;
+        }
+    }
     // SAFETY: every index the strides reach is checked above to lie within its slice.
     unsafe {
         gemm::gemm(
