@@ -101,6 +101,7 @@ impl<'a> Lhs<'a> {
 pub(super) struct Rows<T>(pub T, pub usize);
 
 /// A matrix in a slice with its elements `cs` apart along a row and its rows `rs` apart.
+#[derive(Clone, Copy)]
 pub(super) struct Strided<'a> {
     pub data: &'a [f32],
     pub cs: usize,
@@ -144,7 +145,6 @@ pub(super) fn product(
             let dst = &mut dst[..(m - 1) * dst_rs + n];
             dst.par_chunks_mut(rows * dst_rs).enumerate().for_each(|(i, dst)| {
                 let a = Strided { data: &a.data[i * rows * a.rs..], ..a };
-                let b = Strided { ..b };
                 product(rows.min(m - i * rows), n, k, Rows(dst, dst_rs), accumulate, a, b, gemm::Parallelism::None);
             });
             return;
