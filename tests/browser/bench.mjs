@@ -78,6 +78,10 @@ for (const { webgpu, backend, query } of configs) {
     // this run: a first image from a loaded page (add the return visit's load to compare with
     // first_image_done), and the interpolation panel's default request (noise mode, t = 500,
     // 9 frames; the old page ran its DDIM steps with η = 0).
+    // The forward panel's passes start after the first picture (app.js, `main`); they would
+    // run in the one worker between the timed image's steps.
+    await page.waitForFunction(() => (window.ddpmState.forward && window.ddpmState.lossCurve) || window.ddpmState.error,
+      null, { timeout: 600_000, polling: 20 });
     const defaults = await page.evaluate(() => window.ddpmState.limits.default_sampler);
     const samplers = [
       { name: 'default', solver: defaults.solver, steps: defaults.steps, eta: defaults.eta },
