@@ -65,8 +65,10 @@ for (const { webgpu, backend, query } of configs) {
     if (!webgpu) {
       // On the CPU, the default run's first finished image, from navigation start.
       await page.waitForFunction(() => !window.ddpmState.running, null, { timeout: 600_000, polling: 20 });
-      emit({ backend, what: 'first_image_done', visit, ms: Math.round(await page.evaluate(() => performance.now())),
-        batch: Number(s.count), steps: await page.evaluate(() => window.ddpmState.lastStep.total) });
+      // With each of its steps' ms, to hold against a warm page's (`sample_step` below).
+      const done = await page.evaluate(() => ({ now: performance.now(), steps: window.ddpmState.lastStep.total, ms: window.ddpmState.msPerStep }));
+      emit({ backend, what: 'first_image_done', visit, ms: Math.round(done.now), batch: Number(s.count), steps: done.steps,
+        step_ms: done.ms.map(Math.round), median_step_ms: Math.round(median(done.ms)) });
     } else {
       // SwiftShader would take minutes to finish the autostarted run: stop it.
       await page.click('#stop');
