@@ -6,6 +6,8 @@
 //!
 //! and the schedule those t walk through. Our t is the paper's t − 1: our t = 0 is its t = 1.
 
+use std::ops::Range;
+
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -81,13 +83,20 @@ impl ForwardRequest {
     }
 
     /// The loss-versus-t curve of this example and ε: L_t = ‖ε − ε_θ(x_t, t)‖² (eq. 14, the
-    /// mean over pixels) at the [`LOSS_CURVE_POINTS`] steps of [`loss_curve_steps`], one batch
-    /// of that many evaluations (the request's own t is checked, not used). Where it is high
-    /// the network's task is hard: near t = 0 the noise is a faint residue of x_t, near T the
-    /// image is.
-    pub fn loss_curve(&self, unet: &UNet, model: &Model) -> Result<LossCurve, FieldError> {
+    /// mean over pixels) at the [`LOSS_CURVE_POINTS`] steps of [`loss_curve_steps`], or at the
+    /// part `points` of them, one batch of that many evaluations (the request's own t is checked,
+    /// not used). The page asks for it a few points at a time, so that no one pass holds its
+    /// worker for long. Where the loss is high the network's task is hard: near t = 0 the noise
+    /// is a faint residue of x_t, near T the image is.
+    pub fn loss_curve(&self, unet: &UNet, model: &Model, points: Range<usize>) -> Result<LossCurve, FieldError> {
+        if points.is_empty() || points.end > LOSS_CURVE_POINTS {
+            return Err(FieldError::new(
+                "points",
+                format!("points {points:?} are not a part of the curve's 0..{LOSS_CURVE_POINTS}"),
+            ));
+        }
         let (x0, eps) = self.x0_and_eps(model)?;
-        let t = loss_curve_steps(model.diffusion, LOSS_CURVE_POINTS);
+        let t = loss_curve_steps(model.diffusion, LOSS_CURVE_POINTS)[points].to_vec();
         let n = t.len();
         let eps = eps.repeat_dim(0, n);
         let x_t = model.diffusion.q_sample(x0.repeat_dim(0, n), &t, eps.clone());

@@ -16,7 +16,7 @@ use wasm_bindgen::prelude::*;
 use crate::animation;
 use crate::diffusion::Diffusion;
 use crate::field_error::FieldError;
-use crate::forward::{ForwardRequest, ScheduleCurves};
+use crate::forward::{ForwardRequest, LOSS_CURVE_POINTS, ScheduleCurves};
 #[cfg(not(feature = "threads"))]
 use crate::guidance::Guided;
 use crate::guidance::{DEFAULT_GUIDANCE, MAX_GUIDANCE};
@@ -327,19 +327,22 @@ impl Ddpm {
         }))
     }
 
-    /// The loss-versus-t curve of the forward panel's example and ε ([`ForwardRequest::loss_curve`]:
-    /// one batch of [`crate::forward::LOSS_CURVE_POINTS`] evaluations), resolving to `{t, loss}`.
-    pub fn loss_curve(&self, request: JsValue) -> Result<js_sys::Promise, JsValue> {
+    /// The points `first..first + count` of the loss-versus-t curve of the forward panel's
+    /// example and ε ([`ForwardRequest::loss_curve`]: one batch of `count` evaluations),
+    /// resolving to `{t, loss, points}` (`points`: how many the whole curve has).
+    pub fn loss_curve(&self, request: JsValue, first: usize, count: usize) -> Result<js_sys::Promise, JsValue> {
         let request: ForwardRequest = serde_wasm_bindgen::from_value(request)
             .map_err(|e| field_err(FieldError::new("request", format!("not a forward request: {e}"))))?;
         let model = Model::of(&self.header, &self.diffusion, &self.device);
-        let curve = request.loss_curve(&self.model, &model).map_err(field_err)?;
+        let points = first..first.saturating_add(count);
+        let curve = request.loss_curve(&self.model, &model, points).map_err(field_err)?;
         Ok(wasm_bindgen_futures::future_to_promise(async move {
             let loss = curve.loss.into_data_async().await.map_err(|e| JsValue::from_str(&format!("{e:?}")))?;
             let loss = loss.convert::<f32>().try_to_vec::<f32>().map_err(|e| JsValue::from_str(&format!("{e:?}")))?;
             let out = Object::new();
             Reflect::set(&out, &"t".into(), &to_js(&curve.t)?)?;
             Reflect::set(&out, &"loss".into(), &to_js(&loss)?)?;
+            Reflect::set(&out, &"points".into(), &LOSS_CURVE_POINTS.into())?;
             Ok(out.into())
         }))
     }

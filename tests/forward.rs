@@ -4,7 +4,7 @@
 
 use burn::tensor::{Device, Tensor};
 use ddpm::diffusion::{Diffusion, ScheduleConfig};
-use ddpm::forward::{ForwardRequest, ScheduleCurves, loss_curve_steps};
+use ddpm::forward::{ForwardRequest, LOSS_CURVE_POINTS, ScheduleCurves, loss_curve_steps};
 use ddpm::request::Model;
 use ddpm::unet::UNetConfig;
 
@@ -102,8 +102,8 @@ fn the_loss_curve_is_the_views_loss_at_each_of_its_t() {
     let described = described(&diffusion, &device);
     let rgba: Vec<u8> = (0..64).flat_map(|p| if p % 5 == 0 { [0, 0, 0, 255] } else { [255; 4] }).collect();
     let request = ForwardRequest { rgba, t: 0, seed: 9, class: Some(2) };
-    let curve = request.loss_curve(&model, &described).unwrap();
-    assert_eq!(curve.t, loss_curve_steps(&diffusion, ddpm::forward::LOSS_CURVE_POINTS));
+    let curve = request.loss_curve(&model, &described, 0..LOSS_CURVE_POINTS).unwrap();
+    assert_eq!(curve.t, loss_curve_steps(&diffusion, LOSS_CURVE_POINTS));
     let loss = curve.loss.into_data().try_into_vec::<f32>().unwrap();
     assert_eq!(loss.len(), 20);
     // One batch of 20 evaluations gives what 20 single views give: each item its own t, the same
@@ -119,6 +119,17 @@ fn the_loss_curve_is_the_views_loss_at_each_of_its_t() {
         );
     }
     assert!(loss.windows(2).any(|w| (w[0] - w[1]).abs() > 1e-3), "the loss depends on t: {loss:?}");
-    let field = |r: ForwardRequest| r.loss_curve(&model, &described).err().unwrap().field;
-    assert_eq!(field(ForwardRequest { class: Some(3), ..request.clone() }), "class");
+    // A part of the curve (the page asks for it a few points at a time) is those points of the
+    // whole: their own t, and the same loss at each.
+    let part = request.loss_curve(&model, &described, 8..12).unwrap();
+    assert_eq!(part.t, curve.t[8..12]);
+    let part_loss = part.loss.into_data().try_into_vec::<f32>().unwrap();
+    for (p, w) in part_loss.iter().zip(&loss[8..12]) {
+        assert!((p - w).abs() < 1e-4 * w.max(1e-3), "{part_loss:?} against {:?}", &loss[8..12]);
+    }
+    let field = |r: &ForwardRequest, points| r.loss_curve(&model, &described, points).err().unwrap().field;
+    assert_eq!(field(&ForwardRequest { class: Some(3), ..request.clone() }, 0..LOSS_CURVE_POINTS), "class");
+    for points in [12..12, 18..21, 20..24] {
+        assert_eq!(field(&request, points), "points");
+    }
 }

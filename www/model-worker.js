@@ -13,7 +13,7 @@
 //
 // Messages in:  {type: 'load', name, bytes, wantGpu} | {type: 'warm', batches}
 //               | {type: 'forward' | 'loss-curve', id, request} (the forward process at one t, or its
-//                 loss at 20 t: src/forward.rs)
+//                 loss at 20 t, a few at a time: src/forward.rs)
 //               | {type: 'call', id, call, args} (animation_steps, animation_gif, check_weights_header:
 //                 no model needed)
 //               | {type: 'run', id, request, model, beside} (a request as src/request.rs types it,
@@ -126,6 +126,26 @@ async function warm(batches) {
   }
 }
 
+// The forward panel's loss curve, LOSS_CURVE_PART points a pass with the worker's messages let
+// in between: a run asked for meanwhile starts at once instead of after the whole curve (a batch
+// of 20 on the CPU takes seconds), a newer curve replaces this one, and a page that is left stops
+// within one part (a closing page's worker runs on until its current call returns: the whole
+// curve's pass ran on beside the next page's first steps, docs/samplers.md).
+const LOSS_CURVE_PART = 4;
+let curveId = null;
+async function lossCurve(id, request) {
+  curveId = id;
+  const t = [], loss = [];
+  for (;;) {
+    const part = await model.loss_curve(request, t.length, LOSS_CURVE_PART);
+    t.push(...part.t);
+    loss.push(...part.loss);
+    if (t.length >= part.points) return { t, loss };
+    await yieldToMessages();
+    if (curveId !== id) return null;
+  }
+}
+
 onmessage = async ({ data }) => {
   switch (data.type) {
     case 'load':
@@ -153,7 +173,8 @@ onmessage = async ({ data }) => {
     case 'forward':
     case 'loss-curve':
       try {
-        const answer = data.type === 'forward' ? await model.forward(data.request) : await model.loss_curve(data.request);
+        const answer = data.type === 'forward' ? await model.forward(data.request) : await lossCurve(data.id, data.request);
+        if (!answer) break; // a newer curve replaced it
         const images = data.type === 'forward' ? ['x0', 'eps', 'x_t', 'eps_hat', 'x0_hat'].map((k) => answer[k].buffer) : [];
         postMessage({ type: data.type, id: data.id, answer }, images);
       } catch (e) {
