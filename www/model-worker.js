@@ -150,7 +150,7 @@ onmessage = async ({ data }) => {
   switch (data.type) {
     case 'load':
       try {
-        const loaded = await pkg.Ddpm.create(data.bytes, data.wantGpu && !pkg.threaded);
+        const loaded = await pkg.Ddpm.create(data.bytes, data.wantGpu && pkg.adapter);
         models.set(data.name, loaded);
         const about = loaded.describe();
         about.backend += pkg.why;
@@ -215,9 +215,11 @@ async function startModule() {
   pkg = await import(threaded ? './pkg-threads/ddpm.js' : './pkg/ddpm.js');
   wasm = await pkg.default();
   if (threaded) await pkg.init_threads(threads);
-  // What the main module would have said when the browser has WebGPU but no adapter for it.
-  const why = threaded && query.get('backend') !== 'cpu' && self.navigator.gpu ? ' — WebGPU unavailable: no adapter' : '';
-  pkg = { ...pkg, threaded, why };
+  // Why the CPU, when the browser has WebGPU but no adapter for it: the same words from either
+  // module, whose model is not sent to look for an adapter again (burn-wgpu's search would only
+  // fail in longer words).
+  const why = !adapter && query.get('backend') !== 'cpu' && self.navigator.gpu ? ' — WebGPU unavailable: no adapter' : '';
+  pkg = { ...pkg, threaded, why, adapter: adapter !== null };
 }
 
 startModule().then(() => {
