@@ -327,14 +327,14 @@ impl Ddpm {
         }))
     }
 
-    /// The points `first..first + count` of the loss-versus-t curve of the forward panel's
-    /// example and ε ([`ForwardRequest::loss_curve`]: one batch of `count` evaluations),
+    /// The points of the loss-versus-t curve of the forward panel's example and ε from `first`
+    /// on, at most `count` of them ([`ForwardRequest::loss_curve`]: one batch of evaluations),
     /// resolving to `{t, loss, points}` (`points`: how many the whole curve has).
     pub fn loss_curve(&self, request: JsValue, first: usize, count: usize) -> Result<js_sys::Promise, JsValue> {
         let request: ForwardRequest = serde_wasm_bindgen::from_value(request)
             .map_err(|e| field_err(FieldError::new("request", format!("not a forward request: {e}"))))?;
         let model = Model::of(&self.header, &self.diffusion, &self.device);
-        let points = first..first.saturating_add(count);
+        let points = first..first.saturating_add(count).min(LOSS_CURVE_POINTS);
         let curve = request.loss_curve(&self.model, &model, points).map_err(field_err)?;
         Ok(wasm_bindgen_futures::future_to_promise(async move {
             let loss = curve.loss.into_data_async().await.map_err(|e| JsValue::from_str(&format!("{e:?}")))?;

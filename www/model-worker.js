@@ -126,18 +126,20 @@ async function warm(batches) {
   }
 }
 
-// The forward panel's loss curve, LOSS_CURVE_PART points a pass with the worker's messages let
+// The forward panel's loss curve. On the CPU a pass is one call that holds this worker until it
+// returns, so the curve is computed LOSS_CURVE_PART points a pass with the worker's messages let
 // in between: a run asked for meanwhile starts at once instead of after the whole curve (a batch
-// of 20 on the CPU takes seconds), a newer curve replaces this one, and a page that is left stops
-// within one part (a closing page's worker runs on until its current call returns: the whole
-// curve's pass ran on beside the next page's first steps, docs/samplers.md).
+// of 20 takes seconds), a newer curve replaces this one, and a page that is left stops within
+// one part (a closing page's worker runs on until its current call returns: the whole curve's
+// pass ran on beside the next page's first steps, docs/samplers.md). On WebGPU the worker only
+// waits for the device, its messages coming in meanwhile, so the curve is one pass.
 const LOSS_CURVE_PART = 4;
 let curveId = null;
 async function lossCurve(id, request) {
   curveId = id;
   const t = [], loss = [];
   for (;;) {
-    const part = await model.loss_curve(request, t.length, LOSS_CURVE_PART);
+    const part = await model.loss_curve(request, t.length, model.on_gpu ? 2 ** 31 : LOSS_CURVE_PART);
     t.push(...part.t);
     loss.push(...part.loss);
     if (t.length >= part.points) return { t, loss };

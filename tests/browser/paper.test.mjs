@@ -67,6 +67,26 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
   });
 }
 
+// The order in which a 1-step run, asked for while the forward panel computes a new loss curve,
+// and that curve finish: ['run', 'curve'] when the run overtakes it.
+function runDuringCurve(page) {
+  return page.evaluate(async () => {
+    const events = [];
+    const until = (f) => new Promise((resolve) => { const check = () => (f() ? resolve() : setTimeout(check, 5)); check(); });
+    const example = document.getElementById('forward-example');
+    example.value = '5';
+    example.dispatchEvent(new Event('input'));
+    // The panel's view is answered before its curve is begun (both asked at once, in order).
+    await until(() => window.ddpmState.forward?.example === '5');
+    const run = window.ddpmRunTogether([{ kind: 'sample', seed: 1, count: 1, sampler: { solver: 'ddim', steps: 1 } }])
+      .then(() => events.push('run'));
+    await until(() => window.ddpmState.lossCurve?.example === '5');
+    events.push('curve');
+    await run;
+    return events;
+  });
+}
+
 // The schedule drawn and the loss-versus-t curve: the page's curves against the paper's formulas,
 // the forward panel's t marked on the plot, the curve's batches against the panel's single
 // evaluation at the same t, and a run that overtakes the curve.
@@ -98,24 +118,10 @@ for (const gpu of [true, false].filter((g) => backends.includes(g ? 'webgpu' : '
     // Every curve is drawn, and the loss curve has its 20 points.
     assert.equal(await page.locator('#schedule-plot polyline').count(), 4);
     assert.equal(await page.locator('#loss-plot circle').count(), 20);
-    // The worker computes the curve a few points a pass: a run asked for while it does so
-    // finishes first, where one pass over the whole curve would hold the worker until it ends.
-    const order = await page.evaluate(async () => {
-      const events = [];
-      const until = (f) => new Promise((resolve) => { const check = () => (f() ? resolve() : setTimeout(check, 5)); check(); });
-      const example = document.getElementById('forward-example');
-      example.value = '5';
-      example.dispatchEvent(new Event('input'));
-      // The panel's view is answered before its curve is begun (both asked at once, in order).
-      await until(() => window.ddpmState.forward?.example === '5');
-      const run = window.ddpmRunTogether([{ kind: 'sample', seed: 1, count: 1, sampler: { solver: 'ddim', steps: 1 } }])
-        .then(() => events.push('run'));
-      await until(() => window.ddpmState.lossCurve?.example === '5');
-      events.push('curve');
-      await run;
-      return events;
-    });
-    assert.deepEqual(order, ['run', 'curve']);
+    // On the CPU the worker computes the curve a few points a pass: a run asked for while it does
+    // so finishes first, where one pass over the whole curve would hold the worker until it ends.
+    // (On WebGPU the curve is one pass on the device, and the worker answers meanwhile.)
+    if (!gpu) assert.deepEqual(await runDuringCurve(page), ['run', 'curve']);
     assert.deepEqual(browser.errors, []);
   });
 
