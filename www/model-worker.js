@@ -134,12 +134,13 @@ async function warm(batches) {
 // pass ran on beside the next page's first steps, docs/samplers.md). On WebGPU the worker only
 // waits for the device, its messages coming in meanwhile, so the curve is one pass.
 const LOSS_CURVE_PART = 4;
+const WHOLE_CURVE = 2 ** 31; // more points than a curve has: all that are left, in one pass
 let curveId = null;
 async function lossCurve(id, request) {
   curveId = id;
   const t = [], loss = [];
   for (;;) {
-    const part = await model.loss_curve(request, t.length, model.on_gpu ? 2 ** 31 : LOSS_CURVE_PART);
+    const part = await model.loss_curve(request, t.length, model.on_gpu ? WHOLE_CURVE : LOSS_CURVE_PART);
     t.push(...part.t);
     loss.push(...part.loss);
     if (t.length >= part.points) return { t, loss };
