@@ -85,8 +85,8 @@ impl ForwardRequest {
     /// The loss-versus-t curve of this example and ε: L_t = ‖ε − ε_θ(x_t, t)‖² (eq. 14, the
     /// mean over pixels) at the [`LOSS_CURVE_POINTS`] steps of [`loss_curve_steps`], or at the
     /// part `points` of them, one batch of that many evaluations (the request's own t is checked,
-    /// not used). The page asks for it a few points at a time, so that no one pass holds its
-    /// worker for long. Where the loss is high the network's task is hard: near t = 0 the noise
+    /// not used). On the CPU the page asks for it a few points at a time, so that no one pass
+    /// holds its worker for long. Where the loss is high the network's task is hard: near t = 0 the noise
     /// is a faint residue of x_t, near T the image is.
     pub fn loss_curve(&self, unet: &UNet, model: &Model, points: Range<usize>) -> Result<LossCurve, FieldError> {
         if points.is_empty() || points.end > LOSS_CURVE_POINTS {
